@@ -1,0 +1,297 @@
+"""The ``medialab`` command: serve the API, run and watch jobs, manage keys and templates."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator import auth, service
+from orchestrator import templates as tpl
+from orchestrator.context import Context
+from orchestrator.errors import InvalidInput, MediaLabError
+from orchestrator.jobs import JobState
+from orchestrator.models import Job
+from orchestrator.settings import get_settings
+
+app = typer.Typer(help="Media Lab: versioned ComfyUI templates run on ComfyUI servers.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List, show, watch and cancel jobs.", no_args_is_help=True)
+templates_app = typer.Typer(help="The template library.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(templates_app, name="templates")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err = Console(stderr=True)
+STATE_STYLE = {"QUEUED": "yellow", "RUNNING": "cyan", "SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "magenta"}
+
+
+def context() -> Context:
+    try:
+        return Context(get_settings())
+    except MediaLabError as exc:
+        fail(exc)
+
+
+def fail(exc: MediaLabError | str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc.message if isinstance(exc, MediaLabError) else exc}")
+    raise typer.Exit(1)
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``name=value`` pairs; values are JSON when they parse as JSON (numbers, true/false), else text."""
+    values: dict[str, Any] = {}
+    for item in sets:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            fail(f"--set {item!r}: expected name=value")
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    return values
+
+
+def attach_input(ctx: Context, template: str, version: int | None, path: Path,
+                 values: dict[str, Any]) -> None:
+    """Store the file and pass it as the template's first image/video parameter."""
+    with ctx.db.session() as s:
+        _row, t = service.get_template(s, template, version)
+        target = next((p for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES), None)
+        if target is None:
+            raise InvalidInput(f"{t.ref} takes no image or video input")
+        if not path.is_file():
+            raise InvalidInput(f"--input {path}: no such file")
+        values[target.name] = service.store_input(s, ctx.store, path, path.name).id
+
+
+def follow(ctx: Context, job_id: str, poll_s: float = 0.2) -> Job:
+    """Show the job's events with a live progress bar until it ends."""
+    after = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(f"job {job_id[:8]} QUEUED", total=1.0)
+        while True:
+            with ctx.db.session() as s:
+                events = service.events_after(s, job_id, after)
+                job = service.get_job(s, job_id)
+            for e in events:
+                after = e.id
+                if e.kind == "progress" and e.data:
+                    bar.update(task, completed=e.data.get("fraction", 0.0), description=f"{e.reason}")
+                elif e.kind == "state":
+                    bar.console.print(f"[{STATE_STYLE.get(e.state, '')}]{e.state}[/] {e.reason}")
+                    bar.update(task, description=f"job {job_id[:8]} {e.state}")
+                else:
+                    bar.console.print(f"[dim]{e.reason}[/dim]")
+            if job.state.terminal and not events:
+                if job.state == JobState.SUCCEEDED:
+                    bar.update(task, completed=1.0)
+                return job
+            time.sleep(poll_s)
+
+
+def report(ctx: Context, job: Job, out: Path | None = None) -> None:
+    """Print the outputs; with ``out``, also copy each one there under its own file name."""
+    with ctx.db.session() as s:
+        outputs = service.job_outputs(s, job.id)
+    if job.state != JobState.SUCCEEDED:
+        msg = (job.error or {}).get("message", "")
+        err.print(f"[red]job {job.id} {job.state.value}[/red] {msg}")
+        raise typer.Exit(1)
+    for art in outputs:
+        size = f"{art.width}x{art.height} " if art.width else ""
+        console.print(f"[green]{art.output_name}[/green] {size}{art.content_type} artifact {art.id}")
+        console.print(f"  stored: {ctx.store.local_path(art.key) or art.key}", soft_wrap=True)
+        if out:
+            dest = out / job.id[:8] / art.filename
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with ctx.store.open(art.key) as src, dest.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            console.print(f"  copy:   {dest.resolve()}", soft_wrap=True)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+@app.command()
+def init(name: str = "admin") -> None:
+    """Create the database and sync the template library; print the first admin key."""
+    ctx = context()
+    with ctx.db.session() as s:
+        if auth.has_keys(s):
+            console.print(f"database ready at {ctx.settings.database}; keys exist already (medialab keys create)")
+            return
+        _row, plain = auth.create_key(s, name, ["admin"])
+    console.print(f"database ready at {ctx.settings.database}")
+    console.print(f"first admin API key (shown once): [bold]{plain}[/bold]")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, dispatch: bool = True) -> None:
+    """Serve the API under /v1 (and dispatch jobs, starting a local ComfyUI if no pool is configured)."""
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+
+    uvicorn.run(create_app(dispatch=dispatch), host=host, port=port)
+
+
+@app.command()
+def run(template: str,
+        input: Annotated[Path | None, typer.Option("--input", "-i", help="File for the image/video input.")] = None,
+        set_: Annotated[list[str], typer.Option("--set", "-s", help="name=value parameter.")] = [],  # noqa: B006
+        version: Annotated[int | None, typer.Option(help="Template version; default: newest.")] = None,
+        out: Annotated[Path, typer.Option(help="Folder for copies of the outputs.")] = Path("medialab-outputs"),
+        ) -> None:
+    """Run one job here and now with live progress: starts a local ComfyUI when no pool is configured."""
+    logging.basicConfig(level=logging.WARNING)
+    ctx = context()
+    try:
+        values = parse_sets(set_)
+        if input:
+            attach_input(ctx, template, version, input, values)
+        with ctx.db.session() as s:
+            service.submit_job(s, None, template, values, version)  # fail fast on bad parameters
+            s.rollback()
+        with console.status("starting ComfyUI..." if not ctx.settings.comfy_servers else "connecting..."):
+            pool = ctx.start_pool()
+        with ctx.db.session() as s:
+            job = service.submit_job(s, pool, template, values, version)
+            service.transition(s, job.id, JobState.QUEUED, JobState.RUNNING, "dispatched by medialab run")
+        refs = None
+        with ctx.db.session() as s:
+            _row, t = service.get_template(s, template, version)
+            refs = service.required_models(t, job.params)
+        server = next(srv for srv in pool.servers if not srv.missing(refs))
+        worker = threading.Thread(target=ctx.executor.run, args=(job.id, server), daemon=True)
+        worker.start()
+        final = follow(ctx, job.id)
+        worker.join()
+        report(ctx, final, out)
+    except MediaLabError as exc:
+        fail(exc)
+    finally:
+        ctx.close()
+
+
+@app.command()
+def submit(template: str,
+           input: Annotated[Path | None, typer.Option("--input", "-i")] = None,
+           set_: Annotated[list[str], typer.Option("--set", "-s")] = [],  # noqa: B006
+           version: int | None = None, priority: int = 0,
+           watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
+           out: Annotated[Path | None, typer.Option(help="Folder for copies of the outputs.")] = None) -> None:
+    """Queue a job for the running server (medialab serve) to dispatch."""
+    ctx = context()
+    try:
+        values = parse_sets(set_)
+        if input:
+            attach_input(ctx, template, version, input, values)
+        with ctx.db.session() as s:
+            job = service.submit_job(s, None, template, values, version, priority=priority)
+        console.print(f"queued job [bold]{job.id}[/bold]")
+        if watch:
+            report(ctx, follow(ctx, job.id), out)
+    except MediaLabError as exc:
+        fail(exc)
+
+
+@jobs_app.command("list")
+def jobs_list(state: JobState | None = None, template: str | None = None, limit: int = 20) -> None:
+    ctx = context()
+    with ctx.db.session() as s:
+        rows = service.list_jobs(s, state, template, limit)
+    table = Table("id", "template", "state", "progress", "created", "error")
+    for j in rows:
+        table.add_row(j.id, f"{j.template}@v{j.version}", f"[{STATE_STYLE[j.state]}]{j.state.value}[/]",
+                      f"{j.progress:.0%}", j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      ((j.error or {}).get("message") or "")[:60])
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str) -> None:
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            job = service.get_job(s, job_id)
+            data = {"job": job.model_dump(mode="json"),
+                    "attempts": [a.model_dump(mode="json") for a in service.job_attempts(s, job_id)],
+                    "outputs": [a.model_dump(mode="json") for a in service.job_outputs(s, job_id)],
+                    "events": [e.model_dump(mode="json") for e in service.events_after(s, job_id)
+                               if e.kind != "progress"]}
+    except MediaLabError as exc:
+        fail(exc)
+    console.print_json(json.dumps(data))
+
+
+@jobs_app.command("watch")
+def jobs_watch(job_id: str) -> None:
+    ctx = context()
+    try:
+        report(ctx, follow(ctx, job_id))
+    except MediaLabError as exc:
+        fail(exc)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            job = service.cancel_job(s, job_id)
+    except MediaLabError as exc:
+        fail(exc)
+    note = " (cancel requested; the running prompt is interrupted by its id)" if job.state == JobState.RUNNING else ""
+    console.print(f"job {job.id} {job.state.value}{note}")
+
+
+@templates_app.command("list")
+def templates_list() -> None:
+    ctx = context()
+    table = Table("name", "version", "kind", "title", "hash")
+    with ctx.db.session() as s:
+        for row in service.template_rows(s):
+            table.add_row(row.name, f"v{row.version}", row.kind, row.title, row.content_hash[:12])
+    console.print(table)
+
+
+@templates_app.command("show")
+def templates_show(name: str, version: int | None = None) -> None:
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            _row, t = service.get_template(s, name, version)
+    except MediaLabError as exc:
+        fail(exc)
+    console.print(f"[bold]{t.ref}[/bold] {t.manifest.title} ({t.manifest.kind}) hash {t.content_hash[:12]}")
+    console.print(t.manifest.description)
+    table = Table("parameter", "type", "default", "range/choices", "binds to", "help")
+    for p in t.manifest.parameters:
+        rng = (", ".join(map(str, p.choices)) if p.choices else
+               f"{p.min}..{p.max}" if p.min is not None or p.max is not None else p.folder or "")
+        table.add_row(p.name, p.type.value, "" if p.required else str(p.default), rng,
+                      f"{p.bind.node}.{p.bind.input}", p.help)
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="admin, run, publish, export")],
+                name: str = "cli") -> None:
+    """Create an API key with the given roles; the key is printed once."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            row, plain = auth.create_key(s, name, role)
+    except MediaLabError as exc:
+        fail(exc)
+    console.print(f"key '{row.name}' roles {','.join(row.roles)}: [bold]{plain}[/bold]")

@@ -1,0 +1,208 @@
+"""A typed client for one ComfyUI server (HTTP + websocket).
+
+Every call that names a prompt uses our own ``prompt_id`` (the attempt id), so after any crash the
+orchestrator can ask the server about exactly that run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import httpx
+import websocket
+
+from orchestrator.errors import MediaLabError
+
+
+class ComfyError(MediaLabError):
+    status = 502
+    title = "ComfyUI error"
+
+
+class ComfyUnreachable(ComfyError):
+    status = 503
+    title = "ComfyUI unreachable"
+
+
+class ComfyValidationError(ComfyError):
+    """ComfyUI refused the graph; ``node_errors`` is ComfyUI's own per-node report."""
+
+    status = 422
+    title = "ComfyUI rejected the graph"
+
+    def __init__(self, message: str, error: dict[str, Any], node_errors: dict[str, Any],
+                 titles: dict[str, str] | None = None) -> None:
+        self.error = error
+        self.node_errors = node_errors
+        super().__init__(describe_node_errors(message, node_errors, titles or {}),
+                         comfy_error=error, node_errors=node_errors)
+
+
+def describe_node_errors(message: str, node_errors: dict[str, Any], titles: dict[str, str]) -> str:
+    """One readable line per failing input: node title, id, class, input name and ComfyUI's reason."""
+    lines = [message]
+    for node_id, report in node_errors.items():
+        title = titles.get(node_id) or node_id
+        for err in report.get("errors", []):
+            name = (err.get("extra_info") or {}).get("input_name")
+            where = f"node '{title}' (#{node_id} {report.get('class_type', '?')})"
+            if name:
+                where += f" input '{name}'"
+            lines.append(f"{where}: {err.get('message', '')}: {err.get('details', '')}".rstrip(": "))
+    return "; ".join(lines)
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file ComfyUI reports in an output's ui dict (images, gifs, videos, audio, ...)."""
+
+    filename: str
+    subfolder: str
+    type: str
+
+    @property
+    def params(self) -> dict[str, str]:
+        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.type}
+
+
+class EventStream:
+    """The websocket of one client id; ``recv`` returns a JSON event, or None when ``timeout`` passes."""
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        self._ws = ws
+
+    def recv(self, timeout: float) -> dict[str, Any] | None:
+        self._ws.settimeout(timeout)
+        while True:
+            try:
+                frame = self._ws.recv()
+            except websocket.WebSocketTimeoutException:
+                return None
+            except (websocket.WebSocketException, OSError) as exc:
+                raise ComfyUnreachable(f"websocket closed: {exc}") from exc
+            if isinstance(frame, str):
+                return json.loads(frame)
+            # binary frames are previews (4-byte event type + image); the orchestrator ignores them
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self._ws.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ComfyClient:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise ComfyUnreachable(f"{self.base_url}{path}: {exc}") from exc
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        r = self._request(method, path, **kw)
+        if r.status_code >= 400:
+            raise ComfyError(f"{method} {path} -> {r.status_code}: {r.text[:500]}")
+        return r.json() if r.content else None
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def submit(self, graph: dict[str, Any], prompt_id: str, client_id: str,
+               extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"prompt": graph, "prompt_id": prompt_id, "client_id": client_id,
+                "extra_data": extra_data or {}}
+        r = self._request("POST", "/prompt", json=body)
+        data = r.json() if r.content else {}
+        if r.status_code == 400 or data.get("node_errors") and r.status_code >= 400:
+            error = data.get("error") or {}
+            titles = {k: (v.get("_meta") or {}).get("title", "") for k, v in graph.items()}
+            raise ComfyValidationError(error.get("message", "invalid prompt"), error,
+                                       data.get("node_errors") or {}, titles)
+        if r.status_code >= 400:
+            raise ComfyError(f"POST /prompt -> {r.status_code}: {r.text[:500]}")
+        return data
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The finished prompt's history entry, or None (ComfyUI answers {} for running and unknown alike)."""
+        data = self._json("GET", f"/history/{prompt_id}")
+        return (data or {}).get(prompt_id)
+
+    def queue(self) -> dict[str, list]:
+        return self._json("GET", "/queue")
+
+    def queue_position(self, prompt_id: str) -> str | None:
+        """'running', 'pending' or None when the server's queue does not hold the prompt."""
+        q = self.queue()
+        for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
+            if any(item[1] == prompt_id for item in q.get(key, [])):
+                return state
+        return None
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Interrupt the prompt only if it is the one running (never a bare interrupt)."""
+        self._json("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def delete_queued(self, *prompt_ids: str) -> None:
+        self._json("POST", "/queue", json={"delete": list(prompt_ids)})
+
+    def events(self, client_id: str, timeout: float = 10.0) -> EventStream:
+        url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
+        try:
+            return EventStream(websocket.create_connection(url, timeout=timeout))
+        except (websocket.WebSocketException, OSError) as exc:
+            raise ComfyUnreachable(f"{url}: {exc}") from exc
+
+    # -- files -------------------------------------------------------------------------------------
+    def upload(self, data: BinaryIO | bytes, filename: str, subfolder: str = "", kind: str = "input") -> str:
+        """Upload an input file; returns the name to put in a loader node (ComfyUI may rename it)."""
+        files = {"image": (filename, data, "application/octet-stream")}
+        form = {"type": kind, "subfolder": subfolder, "overwrite": "false"}
+        out = self._json("POST", "/upload/image", files=files, data=form)
+        return f"{out['subfolder']}/{out['name']}" if out.get("subfolder") else out["name"]
+
+    def stream_view(self, ref: FileRef, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            with self._http.stream("GET", "/view", params=ref.params) as r:
+                if r.status_code >= 400:
+                    raise ComfyError(f"GET /view {ref.filename} -> {r.status_code}")
+                yield from r.iter_bytes(chunk_size)
+        except httpx.TransportError as exc:
+            raise ComfyUnreachable(f"{self.base_url}/view: {exc}") from exc
+
+    # -- capabilities ------------------------------------------------------------------------------
+    def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        return self._json("GET", f"/object_info/{node_class}" if node_class else "/object_info")
+
+    def models(self, folder: str) -> list[str]:
+        r = self._request("GET", f"/models/{folder}")
+        if r.status_code == 404:
+            return []
+        if r.status_code >= 400:
+            raise ComfyError(f"GET /models/{folder} -> {r.status_code}")
+        return r.json()
+
+    def system_stats(self) -> dict[str, Any]:
+        return self._json("GET", "/system_stats")
+
+
+def output_files(ui: dict[str, Any]) -> list[FileRef]:
+    """Every file in one node's ui output, whatever the key (images, gifs, video, audio, ...)."""
+    refs: list[FileRef] = []
+    for value in ui.values():
+        if isinstance(value, list):
+            refs += [FileRef(v["filename"], v.get("subfolder", ""), v.get("type", "output"))
+                     for v in value if isinstance(v, dict) and "filename" in v]
+    return refs

@@ -1,0 +1,112 @@
+"""A local ComfyUI worker: the real ComfyUI runtime started as a subprocess on this machine.
+
+Used when no pool is configured (the embedded default) and by the tests. The orchestrator starts it,
+waits until it answers, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from orchestrator.errors import Unavailable
+
+MODEL_FOLDERS = ["checkpoints", "loras", "vae", "clip", "clip_vision", "upscale_models", "embeddings",
+                 "controlnet", "ipadapter", "insightface", "unet", "diffusion_models", "text_encoders"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def has_gpu() -> bool:
+    return Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists()
+
+
+class LocalWorker:
+    def __init__(self, runtime: Path, models_dir: Path, base_dir: Path, port: int | None = None,
+                 device: str = "auto", start_timeout_s: float = 180.0) -> None:
+        self.runtime = runtime.resolve()
+        self.models_dir = models_dir.resolve()
+        self.base_dir = base_dir.resolve()
+        self.port = port or free_port()
+        self.device = device
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "comfyui.log"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, str(self.runtime / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.base_dir), "--extra-model-paths-config",
+               str(self._model_paths_config()), "--disable-auto-launch"]
+        if self.device == "cpu" or (self.device == "auto" and not has_gpu()):
+            cmd.append("--cpu")
+        return cmd
+
+    def _model_paths_config(self) -> Path:
+        path = self.base_dir / "extra_model_paths.yaml"
+        lines = ["medialab:", f"  base_path: {self.models_dir}"]
+        lines += [f"  {folder}: {folder}" for folder in MODEL_FOLDERS]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self) -> LocalWorker:
+        if not (self.runtime / "main.py").exists():
+            raise Unavailable(f"no ComfyUI runtime at {self.runtime}: run scripts/setup.sh first")
+        for sub in ("custom_nodes", "input", "output", "temp", "user"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(self.command(), cwd=self.runtime, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise Unavailable(f"local ComfyUI exited with {self.proc.returncode} at start; "
+                                  f"log {self.log_path}:\n{tail}")
+            try:
+                if httpx.get(f"{self.url}/system_stats", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise Unavailable(f"local ComfyUI did not answer within {self.start_timeout_s:.0f}s; log {self.log_path}")
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> LocalWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

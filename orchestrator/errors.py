@@ -1,0 +1,47 @@
+"""The error hierarchy. Each error carries its HTTP status; the API maps them in one place (api/app.py)."""
+
+from typing import Any
+
+
+class MediaLabError(Exception):
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def to_problem(self) -> dict[str, Any]:
+        return {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.message,
+                **self.extra}
+
+
+class NotFound(MediaLabError):
+    status = 404
+    title = "Not found"
+
+
+class InvalidInput(MediaLabError):
+    status = 422
+    title = "Invalid input"
+
+
+class Conflict(MediaLabError):
+    status = 409
+    title = "Conflict"
+
+
+class Unauthorized(MediaLabError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(MediaLabError):
+    status = 403
+    title = "Forbidden"
+
+
+class Unavailable(MediaLabError):
+    status = 503
+    title = "Service unavailable"

@@ -1,0 +1,126 @@
+"""Database tables (SQLModel). The database is the system of record for state."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from orchestrator.jobs import JobState
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TemplateVersionRow(SQLModel, table=True):
+    __tablename__ = "template_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version: int
+    content_hash: str
+    title: str
+    kind: str
+    manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    graph: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=now)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str
+    key_hash: str = Field(unique=True, index=True)
+    roles: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=now)
+    revoked_at: datetime | None = None
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    template_version_id: int = Field(foreign_key="template_versions.id", index=True)
+    template: str = Field(index=True)
+    version: int
+    params: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    state: JobState = Field(default=JobState.QUEUED, index=True)
+    priority: int = 0
+    timeout_s: float | None = None
+    api_key_id: str | None = Field(default=None, foreign_key="api_keys.id")
+    cancel_requested: bool = False
+    progress: float = 0.0
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=now, index=True)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Attempt(SQLModel, table=True):
+    """One dispatch of a job to a server; its id is ComfyUI's prompt_id."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True)
+    number: int
+    server: str
+    state: JobState = JobState.RUNNING
+    comfy_version: str | None = None
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    started_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None
+
+
+class JobEvent(SQLModel, table=True):
+    """Append-only: every state change (and progress) of a job, with time and reason."""
+
+    __tablename__ = "job_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True)
+    at: datetime = Field(default_factory=now)
+    kind: str  # state | progress | info
+    state: JobState | None = None
+    reason: str = ""
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class Artifact(SQLModel, table=True):
+    """Bytes in the object store plus their lineage."""
+
+    __tablename__ = "artifacts"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    # what made it, unique: "input:<sha256>" for uploads, "output:<job>:<node>:<file>" for results
+    origin: str = Field(unique=True)
+    key: str
+    sha256: str = Field(index=True)
+    size: int
+    content_type: str
+    filename: str
+    role: str  # input | output
+    job_id: str | None = Field(default=None, foreign_key="jobs.id", index=True)
+    attempt_id: str | None = None
+    output_name: str | None = None
+    template: str | None = None
+    template_version: int | None = None
+    template_hash: str | None = None
+    params: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    input_artifacts: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    server: str | None = None
+    comfy_version: str | None = None
+    width: int | None = None
+    height: int | None = None
+    created_at: datetime = Field(default_factory=now)

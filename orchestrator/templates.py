@@ -1,0 +1,256 @@
+"""Template format v1: ``<library>/<name>/v<N>/graph.json`` (API format) + ``manifest.json``.
+
+Pure logic only: reading a version, its content hash, the pydantic model of its parameters, and
+binding parameter values into a copy of the graph by node title (never by node id).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from orchestrator.errors import InvalidInput, NotFound
+
+VERSION_DIR = re.compile(r"^v(\d+)$")
+
+# Loader inputs that name a model file, by node class: (input name, models folder).
+MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
+    "UpscaleModelLoader": [("model_name", "upscale_models")],
+    "CheckpointLoaderSimple": [("ckpt_name", "checkpoints")],
+    "LoraLoader": [("lora_name", "loras")],
+    "LoraLoaderModelOnly": [("lora_name", "loras")],
+    "VAELoader": [("vae_name", "vae")],
+    "CLIPVisionLoader": [("clip_name", "clip_vision")],
+    "ControlNetLoader": [("control_net_name", "controlnet")],
+    "IPAdapterModelLoader": [("ipadapter_file", "ipadapter")],
+}
+
+
+class ParamType(StrEnum):
+    string = "string"
+    int = "int"
+    float = "float"
+    bool = "bool"
+    choice = "choice"
+    image = "image"
+    video = "video"
+    model = "model"
+
+
+ARTIFACT_TYPES = {ParamType.image, ParamType.video}
+
+
+class Binding(BaseModel):
+    node: str = Field(description="Title of the node (``_meta.title``) the value goes into.")
+    input: str
+
+
+class Parameter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    type: ParamType
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    choices: list[Any] | None = None
+    folder: str | None = Field(None, description="Models folder, for type model.")
+    help: str = ""
+    bind: Binding
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Parameter:
+        if self.type == ParamType.choice and not self.choices:
+            raise ValueError(f"parameter {self.name}: type choice needs choices")
+        if self.type == ParamType.model and not self.folder:
+            raise ValueError(f"parameter {self.name}: type model needs folder")
+        return self
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+class Output(BaseModel):
+    node: str = Field(description="Title of an output node whose files are the job's results.")
+    name: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    description: str = ""
+    kind: Literal["image", "video", "audio", "model", "other"]
+    timeout_s: float | None = None
+    parameters: list[Parameter] = []
+    outputs: list[Output] = Field(min_length=1)
+
+
+class TemplateVersion(BaseModel):
+    """One immutable version as read from disk."""
+
+    name: str
+    version: int
+    manifest: Manifest
+    graph: dict[str, Any]
+    content_hash: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def param(self, name: str) -> Parameter:
+        return next(p for p in self.manifest.parameters if p.name == name)
+
+    def params_model(self) -> type[BaseModel]:
+        return params_model(self)
+
+    def params_schema(self) -> dict[str, Any]:
+        return self.params_model().model_json_schema()
+
+
+def content_hash(manifest: dict[str, Any], graph: dict[str, Any]) -> str:
+    canon = json.dumps({"manifest": manifest, "graph": graph}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def nodes_by_title(graph: dict[str, Any]) -> dict[str, str]:
+    """Map node title -> node id; a title used twice cannot be bound and is left out."""
+    seen: dict[str, list[str]] = {}
+    for node_id, node in graph.items():
+        title = (node.get("_meta") or {}).get("title")
+        if title:
+            seen.setdefault(title, []).append(node_id)
+    return {t: ids[0] for t, ids in seen.items() if len(ids) == 1}
+
+
+def load_version(folder: Path, name: str, version: int) -> TemplateVersion:
+    where = f"template {name}@v{version} ({folder})"
+    try:
+        manifest_raw = json.loads((folder / "manifest.json").read_text())
+        graph = json.loads((folder / "graph.json").read_text())
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{where}: missing {Path(exc.filename).name}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}: bad JSON: {exc}") from exc
+    try:
+        manifest = Manifest.model_validate(manifest_raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"{where}: bad manifest: {exc}") from exc
+    check_graph(where, manifest, graph)
+    return TemplateVersion(name=name, version=version, manifest=manifest, graph=graph,
+                           content_hash=content_hash(manifest_raw, graph))
+
+
+def check_graph(where: str, manifest: Manifest, graph: dict[str, Any]) -> None:
+    """Every binding and output names a node title that exists exactly once in the graph."""
+    if not graph or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+        raise InvalidInput(f"{where}: graph.json is not an API-format graph (node id -> class_type, inputs)")
+    titles = nodes_by_title(graph)
+    for p in manifest.parameters:
+        if p.bind.node not in titles:
+            raise InvalidInput(f"{where}: parameter {p.name} binds to node title '{p.bind.node}', "
+                               "which is missing or not unique in the graph")
+    for o in manifest.outputs:
+        if o.node not in titles:
+            raise InvalidInput(f"{where}: output {o.name} names node title '{o.node}', "
+                               "which is missing or not unique in the graph")
+
+
+def scan_library(root: Path) -> list[TemplateVersion]:
+    """Every ``<name>/v<N>`` folder under root, sorted by name and version."""
+    found = []
+    for tdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        for vdir in tdir.iterdir():
+            m = VERSION_DIR.match(vdir.name)
+            if m and vdir.is_dir():
+                found.append(load_version(vdir, tdir.name, int(m.group(1))))
+    return sorted(found, key=lambda t: (t.name, t.version))
+
+
+def pick(versions: list[TemplateVersion], name: str, version: int | None = None) -> TemplateVersion:
+    """The named version, or the newest one when version is None."""
+    mine = [t for t in versions if t.name == name]
+    if not mine:
+        known = ", ".join(sorted({t.name for t in versions})) or "none"
+        raise NotFound(f"unknown template '{name}' (known: {known})")
+    if version is None:
+        return mine[-1]
+    for t in mine:
+        if t.version == version:
+            return t
+    raise NotFound(f"template '{name}' has no version {version} "
+                   f"(versions: {', '.join(f'v{t.version}' for t in mine)})")
+
+
+_PY_TYPES: dict[ParamType, type] = {
+    ParamType.string: str, ParamType.int: int, ParamType.float: float, ParamType.bool: bool,
+    ParamType.image: str, ParamType.video: str, ParamType.model: str,
+}
+
+
+def params_model(t: TemplateVersion) -> type[BaseModel]:
+    """A pydantic model of the template's parameters; its JSON Schema draws the frontend's form."""
+    fields: dict[str, Any] = {}
+    for p in t.manifest.parameters:
+        py: Any = Literal[tuple(p.choices)] if p.type == ParamType.choice else _PY_TYPES[p.type]  # type: ignore[misc]
+        extra: dict[str, Any] = {"x-medialab-type": p.type.value}
+        if p.folder:
+            extra["x-medialab-folder"] = p.folder
+        if p.type in ARTIFACT_TYPES:
+            extra["x-medialab-artifact"] = p.type.value
+        numeric = p.type in (ParamType.int, ParamType.float)
+        fields[p.name] = (py, Field(
+            ... if p.required else p.default, description=p.help or None,
+            ge=p.min if numeric else None, le=p.max if numeric else None,
+            strict=p.type in (ParamType.int, ParamType.bool, ParamType.string), json_schema_extra=extra))
+    model = create_model(f"Params_{t.name.replace('-', '_')}_v{t.version}",
+                         __config__=ConfigDict(extra="forbid"), **fields)
+    model.__doc__ = t.manifest.title
+    return model
+
+
+def validate_params(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:
+    """Validated parameters with defaults filled in; InvalidInput names each bad field."""
+    try:
+        return params_model(t).model_validate(values).model_dump()
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        raise InvalidInput(f"bad parameters for {t.ref}: " + "; ".join(problems),
+                           errors=[{"param": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                                   for e in exc.errors()]) from exc
+
+
+def bind(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the graph with each parameter's value written into its bound node input."""
+    graph = copy.deepcopy(t.graph)
+    titles = nodes_by_title(graph)
+    for p in t.manifest.parameters:
+        if p.name in values:
+            graph[titles[p.bind.node]]["inputs"][p.bind.input] = values[p.name]
+    return graph
+
+
+def model_refs(graph: dict[str, Any]) -> set[tuple[str, str]]:
+    """(folder, file) of every model a bound graph loads by name."""
+    refs = set()
+    for node in graph.values():
+        for input_name, folder in MODEL_INPUTS.get(node.get("class_type", ""), []):
+            value = node.get("inputs", {}).get(input_name)
+            if isinstance(value, str):
+                refs.add((folder, value))
+    return refs
+
+
+def output_node_ids(t: TemplateVersion) -> dict[str, str]:
+    """Output node id -> output name."""
+    titles = nodes_by_title(t.graph)
+    return {titles[o.node]: o.name for o in t.manifest.outputs}

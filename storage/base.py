@@ -1,0 +1,44 @@
+"""The object-store interface every backend implements."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    sha256: str
+    size: int
+
+
+def key_for(sha256: str) -> str:
+    """Content-addressed key: the same bytes always land on the same key, so nothing is stored twice."""
+    return f"sha256/{sha256[:2]}/{sha256}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+class ObjectStore(Protocol):
+    def put_stream(self, chunks: Iterable[bytes]) -> StoredObject:
+        """Store bytes as they arrive (never all in memory); returns the content-addressed object."""
+
+    def put_file(self, path: Path) -> StoredObject: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A path on this machine when the backend has one (local disk), else None."""
