@@ -107,7 +107,8 @@ class Executor:
         titles = {k: (v.get("_meta") or {}).get("title") or v["class_type"] for k, v in graph.items()}
         timeout = job.timeout_s or self.settings.job_timeout_s
         deadline = time.monotonic() + timeout if timeout else None
-        quiet_since = last_progress = time.monotonic()
+        quiet_since = time.monotonic()
+        last_progress = 0.0
         done: set[str] = set()
         interrupting = False
         while True:
@@ -145,7 +146,7 @@ class Executor:
                 return self._check_history(client.history(pid) or {}, pid, interrupting)
             elif kind == "executing":
                 done.add(data["node"])
-            elif kind == "progress" and time.monotonic() - last_progress > 0.2:
+            elif kind == "progress" and (data["value"] >= data["max"] or time.monotonic() - last_progress > 0.2):
                 last_progress = time.monotonic()
                 fraction = (len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph)
                 node = str(data.get("node"))

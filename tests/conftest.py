@@ -1,0 +1,68 @@
+"""Shared fixtures. Integration tests run against real ComfyUI servers started on the CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestrator.comfy.worker import LocalWorker
+from orchestrator.settings import PROJECT_ROOT, Settings
+
+RUNTIME = PROJECT_ROOT / ".runtime" / "comfyui"
+MODELS = PROJECT_ROOT / ".runtime" / "models"
+FIXTURE_MODEL = "tiny_x4.safetensors"
+
+
+def png_bytes(w: int = 128, h: int = 96, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("RGB", (w, h), color)
+    for x in range(0, w, 8):  # some structure, so outputs differ from a flat colour
+        img.putpixel((x, x % h), (0, 0, 255))
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def comfy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real ComfyUI 0.3.75 server on the CPU with the fixture ESRGAN model, for the whole session."""
+    if not (RUNTIME / "main.py").exists() or not (MODELS / "upscale_models" / FIXTURE_MODEL).exists():
+        pytest.skip(f"no ComfyUI runtime or fixture model under {RUNTIME.parent}: run scripts/setup.sh first")
+    with LocalWorker(RUNTIME, MODELS, tmp_path_factory.mktemp("comfy"), device="cpu") as worker:
+        yield worker.url
+
+
+@pytest.fixture
+def templates_dir(tmp_path: Path) -> Path:
+    """The packaged library plus a test template whose manifest is looser than ComfyUI's own limits."""
+    root = tmp_path / "templates"
+    shutil.copytree(PROJECT_ROOT / "comfy_workflows", root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    v1 = root / "scale-by" / "v1"
+    v1.mkdir(parents=True)
+    (v1 / "graph.json").write_text(json.dumps({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "Input"}},
+        "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                        "scale_by": 2.0}, "_meta": {"title": "Scale"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t/scale"},
+              "_meta": {"title": "Result"}},
+    }))
+    (v1 / "manifest.json").write_text(json.dumps({
+        "title": "Scale by", "kind": "image",
+        "parameters": [
+            {"name": "image", "type": "image", "bind": {"node": "Input", "input": "image"}},
+            {"name": "scale", "type": "float", "default": 2.0, "min": 0.01,
+             "bind": {"node": "Scale", "input": "scale_by"}},
+        ],
+        "outputs": [{"node": "Result", "name": "scaled"}],
+    }))
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, templates_dir: Path) -> Settings:
+    return Settings(home=tmp_path / "home", templates_dir=templates_dir, event_timeout_s=5.0)
