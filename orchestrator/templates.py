@@ -211,7 +211,7 @@ def params_model(t: TemplateVersion) -> type[BaseModel]:
         fields[p.name] = (py, Field(
             ... if p.required else p.default, description=p.help or None,
             ge=p.min if numeric else None, le=p.max if numeric else None,
-            strict=p.type in (ParamType.int, ParamType.bool, ParamType.string), json_schema_extra=extra))
+            strict=None if p.type == ParamType.choice else True, json_schema_extra=extra))
     model = create_model(f"Params_{t.name.replace('-', '_')}_v{t.version}",
                          __config__=ConfigDict(extra="forbid"), **fields)
     model.__doc__ = t.manifest.title

@@ -1,0 +1,103 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import templates as tpl
+from orchestrator.errors import InvalidInput, NotFound
+from orchestrator.settings import PROJECT_ROOT
+
+LIBRARY = PROJECT_ROOT / "comfy_workflows"
+
+
+@pytest.fixture
+def esrgan() -> tpl.TemplateVersion:
+    return tpl.pick(tpl.scan_library(LIBRARY), "upscale-esrgan")
+
+
+def write(folder: Path, manifest: dict, graph: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "graph.json").write_text(json.dumps(graph))
+    return folder
+
+
+GRAPH = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}, "_meta": {"title": "In"}},
+         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}, "_meta": {"title": "Out"}}}
+MANIFEST = {"title": "t", "kind": "image", "outputs": [{"node": "Out", "name": "o"}],
+            "parameters": [{"name": "image", "type": "image", "bind": {"node": "In", "input": "image"}}]}
+
+
+def test_bind_by_title_not_id(esrgan: tpl.TemplateVersion) -> None:
+    graph = tpl.bind(esrgan, {"image": "abc.png", "model": "m.pth"})
+    assert graph["1"]["inputs"]["image"] == "abc.png"
+    assert graph["2"]["inputs"]["model_name"] == "m.pth"
+    assert esrgan.graph["1"]["inputs"]["image"] == "frame.png"  # the template itself is untouched
+    # renumbered nodes (an artist re-saved the graph) bind the same way
+    renumbered = {str(int(k) + 10): v for k, v in esrgan.graph.items()}
+    moved = esrgan.model_copy(update={"graph": renumbered})
+    assert tpl.bind(moved, {"image": "x.png"})["11"]["inputs"]["image"] == "x.png"
+
+
+def test_validate_params_fills_defaults_and_names_bad_fields(esrgan: tpl.TemplateVersion) -> None:
+    assert tpl.validate_params(esrgan, {"image": "id1"}) == {"image": "id1", "model": "RealESRGAN_x4plus.pth"}
+    with pytest.raises(InvalidInput) as exc:
+        tpl.validate_params(esrgan, {"model": 3, "extra": True})
+    msg = exc.value.message
+    assert "image: Field required" in msg and "model:" in msg and "extra:" in msg
+
+
+def test_numeric_ranges_and_choices(tmp_path: Path) -> None:
+    manifest = dict(MANIFEST, parameters=MANIFEST["parameters"] + [
+        {"name": "steps", "type": "int", "default": 4, "min": 1, "max": 50, "bind": {"node": "In", "input": "s"}},
+        {"name": "mode", "type": "choice", "default": "a", "choices": ["a", "b"], "bind": {"node": "In", "input": "m"}},
+    ])
+    t = tpl.load_version(write(tmp_path / "v1", manifest, GRAPH), "t", 1)
+    assert tpl.validate_params(t, {"image": "i", "steps": 50, "mode": "b"})["steps"] == 50
+    for bad in ({"steps": 51}, {"steps": 0}, {"steps": 2.5}, {"steps": "3"}, {"mode": "c"}):
+        with pytest.raises(InvalidInput):
+            tpl.validate_params(t, {"image": "i", **bad})
+    schema = t.params_schema()
+    assert schema["properties"]["steps"]["maximum"] == 50
+    assert schema["properties"]["mode"]["enum"] == ["a", "b"]
+
+
+def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
+    bad_bind = dict(MANIFEST, parameters=[{"name": "image", "type": "image", "bind": {"node": "Nope", "input": "x"}}])
+    with pytest.raises(InvalidInput, match="binds to node title 'Nope'"):
+        tpl.load_version(write(tmp_path / "a", bad_bind, GRAPH), "a", 1)
+    with pytest.raises(InvalidInput, match="output o names node title 'Gone'"):
+        tpl.load_version(write(tmp_path / "b", dict(MANIFEST, outputs=[{"node": "Gone", "name": "o"}]), GRAPH), "b", 1)
+    with pytest.raises(InvalidInput, match="type choice needs choices"):
+        choice = dict(MANIFEST, parameters=[{"name": "c", "type": "choice", "bind": {"node": "In", "input": "x"}}])
+        tpl.load_version(write(tmp_path / "c", choice, GRAPH), "c", 1)
+    with pytest.raises(InvalidInput, match="not an API-format graph"):
+        tpl.load_version(write(tmp_path / "d", MANIFEST, {"nodes": [], "links": []}), "d", 1)
+    dup = {**GRAPH, "3": {"class_type": "LoadImage", "inputs": {}, "_meta": {"title": "In"}}}
+    with pytest.raises(InvalidInput, match="missing or not unique"):
+        tpl.load_version(write(tmp_path / "e", MANIFEST, dup), "e", 1)
+
+
+def test_content_hash_is_stable_and_sensitive(esrgan: tpl.TemplateVersion, tmp_path: Path) -> None:
+    again = tpl.pick(tpl.scan_library(LIBRARY), "upscale-esrgan", 1)
+    assert again.content_hash == esrgan.content_hash
+    a = tpl.load_version(write(tmp_path / "v1", MANIFEST, GRAPH), "t", 1)
+    b = tpl.load_version(write(tmp_path / "v2", dict(MANIFEST, title="t2"), GRAPH), "t", 2)
+    assert a.content_hash != b.content_hash
+
+
+def test_pick_versions(tmp_path: Path) -> None:
+    write(tmp_path / "t" / "v1", MANIFEST, GRAPH)
+    write(tmp_path / "t" / "v2", dict(MANIFEST, title="second"), GRAPH)
+    versions = tpl.scan_library(tmp_path)
+    assert tpl.pick(versions, "t").version == 2
+    assert tpl.pick(versions, "t", 1).manifest.title == "t"
+    with pytest.raises(NotFound, match="no version 3"):
+        tpl.pick(versions, "t", 3)
+    with pytest.raises(NotFound, match="unknown template 'x'"):
+        tpl.pick(versions, "x")
+
+
+def test_model_refs(esrgan: tpl.TemplateVersion) -> None:
+    graph = tpl.bind(esrgan, {"model": "tiny.safetensors"})
+    assert tpl.model_refs(graph) == {("upscale_models", "tiny.safetensors")}
