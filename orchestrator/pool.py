@@ -69,7 +69,8 @@ class Pool:
                 continue
             if not missing:
                 return
-            reports.append(f"{server.url} lacks " + ", ".join(f"{f}/{n}" for f, n in missing))
+            reports.append(f"{server.url} lacks " + ", ".join(
+                f"{f}/{n} (it has: {', '.join(sorted(server.models(f))[:10]) or 'none'})" for f, n in missing))
         raise MissingModels("no server can run this job: " + "; ".join(reports))
 
 

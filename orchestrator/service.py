@@ -18,8 +18,6 @@ from orchestrator.models import Artifact, Attempt, Job, JobEvent, TemplateVersio
 from orchestrator.pool import Pool
 from storage import ObjectStore
 
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif"}
-
 
 # -- templates -------------------------------------------------------------------------------------
 def sync_templates(session: Session, versions: list[tpl.TemplateVersion]) -> None:
@@ -68,10 +66,10 @@ def sniff(f: BinaryIO, filename: str) -> tuple[str, int | None, int | None]:
         return f"image/{fmt.lower()}", w, h
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         pass
-    guessed = mimetypes.guess_type(filename)[0]
-    if Path(filename).suffix.lower() in VIDEO_SUFFIXES and guessed:
-        return guessed, None, None
-    return guessed or "application/octet-stream", None, None
+    guessed = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    if guessed.startswith("image/"):  # a name is no proof: only bytes that decode are an image
+        return "application/octet-stream", None, None
+    return guessed, None, None
 
 
 def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[bytes] | Path,

@@ -84,13 +84,14 @@ def test_missing_model_is_refused_before_dispatch(api: Api) -> None:
     r = submit(api, {"image": frame["id"], "model": "no-such-model.pth"})
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
-    assert "upscale_models/no-such-model.pth" in r.json()["detail"]
+    assert "upscale_models/no-such-model.pth (it has: tiny_x4.safetensors)" in r.json()["detail"]
     assert api.client.get("/v1/jobs", headers=api.reader).json() == []  # nothing half-written
 
 
 def test_bad_input_gets_clear_4xx_and_writes_nothing(api: Api) -> None:
     frame = upload(api, png_bytes())
-    not_image = upload(api, b"this is not an image", "notes.txt")
+    not_image = upload(api, b"this is not an image", "named-like-one.png")
+    assert not_image["content_type"] == "application/octet-stream"
     cases = [
         ({"template": "nope", "params": {}}, 404, "unknown template 'nope'"),
         ({"template": "upscale-esrgan", "version": 7, "params": {"image": frame["id"]}}, 404, "no version 7"),
