@@ -167,14 +167,21 @@ def run(template: str,
         with ctx.db.session() as s:
             job = service.submit_job(s, pool, template, values, version)
             service.transition(s, job.id, JobState.QUEUED, JobState.RUNNING, "dispatched by medialab run")
-        refs = None
         with ctx.db.session() as s:
             _row, t = service.get_template(s, template, version)
-            refs = service.required_models(t, job.params)
+        refs = service.required_models(t, job.params)
         server = next(srv for srv in pool.servers if not srv.missing(refs))
         worker = threading.Thread(target=ctx.executor.run, args=(job.id, server), daemon=True)
         worker.start()
-        final = follow(ctx, job.id)
+        try:
+            final = follow(ctx, job.id)
+        except KeyboardInterrupt:  # Ctrl-C: interrupt the prompt on the server, never leave the job RUNNING
+            err.print("interrupted: cancelling the job...")
+            with ctx.db.session() as s:
+                service.cancel_job(s, job.id)
+            worker.join(60)
+            with ctx.db.session() as s:
+                final = service.get_job(s, job.id)
         worker.join()
         report(ctx, final, out)
     except MediaLabError as exc:

@@ -108,12 +108,13 @@ class Executor:
         timeout = job.timeout_s or self.settings.job_timeout_s
         deadline = time.monotonic() + timeout if timeout else None
         quiet_since = time.monotonic()
-        last_progress = 0.0
+        last_progress = checked_at = 0.0
         done: set[str] = set()
         interrupting = False
         while True:
             event = events.recv(timeout=1.0)
-            if not interrupting:
+            if not interrupting and time.monotonic() - checked_at > 0.5:
+                checked_at = time.monotonic()
                 reason = ("cancelled" if self._cancel_requested(job.id) else
                           f"timed out after {timeout:.0f}s" if deadline and time.monotonic() > deadline else None)
                 if reason:
