@@ -24,6 +24,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(conn, _record) -> None:  # type: ignore[no-untyped-def]
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # WAL: safe against a crash of the process
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()

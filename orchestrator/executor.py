@@ -74,7 +74,7 @@ class Executor:
 
     # -- steps -------------------------------------------------------------------------------------
     def _execute(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> list[Artifact]:
-        missing = server.missing(service.required_models(t, job.params), fresh=True)
+        missing = server.missing(service.required_models(t, job.params))
         if missing:
             raise MissingModels(f"{server.url} lacks " + ", ".join(f"{f}/{n}" for f, n in missing))
         values, input_ids = self._upload_inputs(job, t, server)
