@@ -132,7 +132,7 @@ def init(name: str = "admin") -> None:
             return
         _row, plain = auth.create_key(s, name, ["admin"])
     console.print(f"database ready at {ctx.settings.database}")
-    console.print(f"first admin API key (shown once): [bold]{plain}[/bold]")
+    console.print(f"first admin API key (shown once): [bold]{plain}[/bold]", soft_wrap=True)
 
 
 @app.command()
@@ -301,4 +301,4 @@ def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="ad
             row, plain = auth.create_key(s, name, role)
     except MediaLabError as exc:
         fail(exc)
-    console.print(f"key '{row.name}' roles {','.join(row.roles)}: [bold]{plain}[/bold]")
+    console.print(f"key '{row.name}' roles {','.join(row.roles)}: [bold]{plain}[/bold]", soft_wrap=True)
