@@ -17,10 +17,11 @@ from rich.table import Table
 
 from orchestrator import auth, service
 from orchestrator import templates as tpl
-from orchestrator.context import Context
-from orchestrator.errors import InvalidInput, MediaLabError
+from orchestrator.context import Context, configured_servers
+from orchestrator.errors import InvalidInput, MediaLabError, Unavailable
 from orchestrator.jobs import JobState
 from orchestrator.models import Job
+from orchestrator.placement import place
 from orchestrator.settings import get_settings
 
 app = typer.Typer(help="Media Lab: versioned ComfyUI templates run on ComfyUI servers.", no_args_is_help=True)
@@ -160,18 +161,23 @@ def run(template: str,
         if input:
             attach_input(ctx, template, version, input, values)
         with ctx.db.session() as s:
-            service.submit_job(s, None, template, values, version)  # fail fast on bad parameters
-            s.rollback()
-        with console.status("starting ComfyUI..." if not ctx.settings.comfy_servers else "connecting..."):
+            service.validate_job(s, None, template, values, version)  # fail fast, before starting ComfyUI
+        with console.status("starting ComfyUI..." if not configured_servers(ctx.settings) else "connecting..."):
             pool = ctx.start_pool()
+        ctx.start_dispatcher(dispatch=False, recover=False)  # renews this job's lease while it runs
         with ctx.db.session() as s:
             job = service.submit_job(s, pool, template, values, version)
-            service.transition(s, job.id, JobState.QUEUED, JobState.RUNNING, "dispatched by medialab run")
-        with ctx.db.session() as s:
             _row, t = service.get_template(s, template, version)
-        refs = service.required_models(t, job.params)
-        server = next(srv for srv in pool.servers if not srv.missing(refs))
-        worker = threading.Thread(target=ctx.executor.run, args=(job.id, server), daemon=True)
+            view = place(service.requirements(t, job.params), pool.views(service.inflight_by_server(s)),
+                         max_inflight=1_000_000)  # run now: ComfyUI queues it behind other work
+            if view is None:
+                raise Unavailable(f"no healthy server can run job {job.id} now; it stays QUEUED for a running "
+                                  "'medialab serve'")
+            attempt = service.start_attempt(s, job, view.url, ctx.owner, ctx.settings.lease_s,
+                                            reason="dispatched by medialab run")
+            s.commit()
+        server = pool.get(view.url)
+        worker = threading.Thread(target=ctx.executor.execute, args=(attempt.id, server), daemon=True)
         worker.start()
         try:
             final = follow(ctx, job.id)

@@ -6,11 +6,19 @@ The API server and the CLI both build one of these, so they share one code path.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import tomllib
+
+from sqlmodel import select
 
 from orchestrator import service
 from orchestrator.comfy.worker import LocalWorker
 from orchestrator.db import Database
+from orchestrator.errors import InvalidInput
 from orchestrator.executor import Executor
+from orchestrator.metrics import Metrics
+from orchestrator.models import ServerRow
 from orchestrator.pool import Pool
 from orchestrator.scheduler import Dispatcher
 from orchestrator.settings import Settings
@@ -20,37 +28,62 @@ from storage import LocalDiskStore
 log = logging.getLogger(__name__)
 
 
+def configured_servers(settings: Settings) -> list[tuple[str | None, str]]:
+    """(name, url) of the servers named by MEDIALAB_COMFY_SERVERS and the servers file."""
+    found: list[tuple[str | None, str]] = [(None, url) for url in settings.comfy_servers]
+    if settings.servers_file:
+        try:
+            data = tomllib.loads(settings.servers_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"servers file {settings.servers_file}: {exc}") from exc
+        for i, entry in enumerate(data.get("server", [])):
+            if "url" not in entry:
+                raise InvalidInput(f"servers file {settings.servers_file}: [[server]] #{i + 1} has no url")
+            found.append((entry.get("name"), entry["url"]))
+    return found
+
+
 class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
+        self.owner = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.db = Database(settings.database)
         self.store = LocalDiskStore(settings.objects)
         with self.db.session() as s:
             service.sync_templates(s, scan_library(settings.templates))
-        self.executor = Executor(self.db, self.store, settings)
+            for name, url in configured_servers(settings):
+                service.register_server(s, url, name, source="config")
+        self.executor = Executor(self.db, self.store, settings, self.owner)
         self.worker: LocalWorker | None = None
         self.pool: Pool | None = None
+        self.metrics: Metrics | None = None
         self.dispatcher: Dispatcher | None = None
 
     def start_pool(self) -> Pool:
-        """The configured servers, or a local ComfyUI worker started now (stopped by close())."""
+        """The registered servers, or, when there are none, a local ComfyUI worker started now."""
         if self.pool is None:
-            urls = list(self.settings.comfy_servers)
-            if not urls:
-                s = self.settings
-                self.worker = LocalWorker(s.comfy_runtime, s.models_dir, s.home / "worker", port=s.worker_port,
-                                          device=s.worker_device, start_timeout_s=s.worker_start_timeout_s)
-                log.info("no ComfyUI pool configured: starting a local worker on %s", self.worker.url)
-                self.worker.start()
-                urls = [self.worker.url]
-            self.pool = Pool(urls)
+            with self.db.session() as s:
+                for stale in s.exec(select(ServerRow).where(ServerRow.source == "local")):
+                    s.delete(stale)  # a local worker of an earlier run: gone with its process
+                s.commit()
+                if not service.server_rows(s):
+                    st = self.settings
+                    self.worker = LocalWorker(st.comfy_runtime, st.models_dir, st.home / "worker",
+                                              port=st.worker_port, device=st.worker_device,
+                                              start_timeout_s=st.worker_start_timeout_s)
+                    log.info("no ComfyUI server registered: starting a local worker on %s", self.worker.url)
+                    self.worker.start()
+                    service.register_server(s, self.worker.url, "local", source="local")
+            self.pool = Pool(self.db, f"medialab-{self.owner}", health_interval_s=self.settings.health_interval_s,
+                             refresh_interval_s=self.settings.refresh_interval_s).start()
+            self.executor.pool = self.pool
+            self.metrics = Metrics(self.db, self.pool)
         return self.pool
 
-    def start_dispatcher(self) -> Dispatcher:
-        self.dispatcher = Dispatcher(self.db, self.start_pool(), self.executor)
-        self.dispatcher.start()
-        return self.dispatcher
+    def start_dispatcher(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
+        self.dispatcher = Dispatcher(self.db, self.start_pool(), self.executor, self.settings, self.metrics)
+        return self.dispatcher.start(dispatch, recover)
 
     def close(self) -> None:
         if self.dispatcher:
@@ -59,4 +92,8 @@ class Context:
             self.pool.close()
         if self.worker:
             self.worker.stop()
+            with self.db.session() as s:
+                for row in s.exec(select(ServerRow).where(ServerRow.source == "local")):
+                    s.delete(row)
+                s.commit()
         self.db.engine.dispose()

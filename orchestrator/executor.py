@@ -1,8 +1,10 @@
-"""Runs one claimed (RUNNING) job on one ComfyUI server, start to finish.
+"""Runs one attempt of a job on one ComfyUI server, start to finish, or re-attaches to it after a crash.
 
-Upload inputs, submit with the attempt id as prompt_id, follow the websocket (asking /history and
-/queue when it goes quiet), then stream every output into the object store and mark the job
-SUCCEEDED in the same transaction that records the artifacts.
+Upload inputs, submit with the attempt id as prompt_id, follow the server's shared websocket (asking
+/history and /queue whenever it goes quiet or drops), then stream every output into the object store and
+mark the job SUCCEEDED in the same transaction that records the artifacts. A server that disappears is
+a transient failure: the job goes back to the queue with backoff (bounded attempts); anything
+deterministic (validation, missing model, bad input, an error inside a node, a timeout) ends it FAILED.
 """
 
 from __future__ import annotations
@@ -10,20 +12,24 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlmodel import func, select
+from sqlmodel import select
 
 from orchestrator import service
 from orchestrator import templates as tpl
-from orchestrator.comfy.client import ComfyUnreachable, ComfyValidationError, EventStream, output_files
+from orchestrator.comfy.client import ComfyUnreachable, ComfyValidationError, output_files
+from orchestrator.comfy.monitor import Subscription
 from orchestrator.db import Database
 from orchestrator.errors import MediaLabError
 from orchestrator.jobs import JobState
-from orchestrator.models import Artifact, Attempt, Job, TemplateVersionRow, now
-from orchestrator.pool import MissingModels, Server
+from orchestrator.models import Artifact, Attempt, Job, TemplateVersionRow
+from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
 from storage import ObjectStore
+
+if TYPE_CHECKING:
+    from orchestrator.pool import Pool, Server
 
 log = logging.getLogger(__name__)
 
@@ -41,105 +47,127 @@ class ServerLost(ComfyUnreachable):
 
 
 class Executor:
-    def __init__(self, db: Database, store: ObjectStore, settings: Settings) -> None:
+    def __init__(self, db: Database, store: ObjectStore, settings: Settings, owner: str,
+                 pool: Pool | None = None) -> None:
         self.db = db
         self.store = store
         self.settings = settings
+        self.owner = owner
+        self.pool = pool
+        self.policy = RetryPolicy(settings.max_attempts, settings.retry_base_delay_s)
 
-    def run(self, job_id: str, server: Server) -> JobState:
-        """Run a job this process has claimed; returns its final state. Never raises for job failures."""
+    def execute(self, attempt_id: str, server: Server, resume: bool = False) -> JobState:
+        """Run (or, with ``resume``, re-attach to) an attempt this process owns; returns the job's state.
+        Never raises for a job's own failures."""
         with self.db.session() as s:
-            job = service.get_job(s, job_id)
+            attempt = s.get(Attempt, attempt_id)
+            job = service.get_job(s, attempt.job_id)
             t = service.template_from_row(s.get(TemplateVersionRow, job.template_version_id))
-            number = s.exec(select(func.count()).where(Attempt.job_id == job_id)).one() + 1
-            attempt = Attempt(job_id=job_id, number=number, server=server.url, comfy_version=server.comfy_version)
-            s.add(attempt)
-            s.commit()
-            service.add_event(s, job_id, "info", f"attempt {number} on {server.url}",
-                              {"attempt": attempt.id, "server": server.url})
         try:
-            artifacts = self._execute(job, t, attempt, server)
+            history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
+            artifacts = self._collect(job, t, attempt, server, history)
+        except Interrupted as exc:
+            return self._finish(attempt, JobState.CANCELLED, exc.message, None)
         except ComfyValidationError as exc:
             return self._finish(attempt, JobState.FAILED, exc.message,
                                 {"message": exc.message, "comfy_error": exc.error, "node_errors": exc.node_errors})
-        except Interrupted as exc:
-            return self._finish(attempt, JobState.CANCELLED, exc.message, None)
+        except ComfyUnreachable as exc:
+            return self._transient(job, attempt, server, exc)
         except MediaLabError as exc:
             return self._finish(attempt, JobState.FAILED, exc.message, {"message": exc.message, **exc.extra})
         except Exception as exc:  # a bug or an unexpected server answer: the job must still end
-            log.exception("job %s failed", job_id)
+            log.exception("job %s failed", job.id)
             return self._finish(attempt, JobState.FAILED, f"internal error: {exc!r}",
                                 {"message": f"internal error: {exc!r}"})
-        return self._finish(attempt, JobState.SUCCEEDED, "outputs stored", None, artifacts)
+        return self._finish(attempt, JobState.SUCCEEDED, f"{len(artifacts)} output(s) stored", None, artifacts)
 
     # -- steps -------------------------------------------------------------------------------------
-    def _execute(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> list[Artifact]:
-        missing = server.missing(service.required_models(t, job.params))
+    def _run(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
+        missing = [f"{f}/{n}" for f, n in sorted(service.requirements(t, job.params).models)
+                   if server.caps and n not in server.caps.models.get(f, frozenset())]
         if missing:
-            raise MissingModels(f"{server.url} lacks " + ", ".join(f"{f}/{n}" for f, n in missing))
-        values, input_ids = self._upload_inputs(job, t, server)
+            raise ExecutionFailed(f"{server.url} lacks {', '.join(missing)}")
+        values = self._upload_inputs(job, t, server)
         graph = tpl.bind(t, values)
         extra = {"extra_pnginfo": {"medialab": {"job": job.id, "attempt": attempt.id, "template": t.ref,
                                                 "template_hash": t.content_hash}}}
-        with server.client.events(attempt.id) as events:
-            server.client.submit(graph, attempt.id, attempt.id, extra_data=extra)
-            self._event(job.id, "info", "submitted", {"prompt_id": attempt.id})
-            history = self._follow(events, job, graph, attempt, server)
-        return self._collect(job, t, attempt, server, history, input_ids)
+        with server.monitor.subscribe(attempt.id) as events:
+            server.client.submit(graph, attempt.id, server.monitor.client_id, extra_data=extra)
+            self._event(job.id, "info", "submitted", {"prompt_id": attempt.id, "server": server.url})
+            return self._follow(events, job, graph, attempt, server)
 
-    def _upload_inputs(self, job: Job, t: tpl.TemplateVersion, server: Server) -> tuple[dict[str, Any], list[str]]:
-        values, input_ids = dict(job.params), []
+    def _reattach(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
+        """After an orchestrator crash: finished -> its history; still queued or running -> follow it;
+        unknown to the server -> lost (the job is queued again)."""
+        client = server.client
+        entry = client.history(attempt.id)
+        if not entry and client.queue_position(attempt.id) is None and not (entry := client.history(attempt.id)):
+            raise ServerLost(f"{server.url} does not know prompt {attempt.id} (it never arrived or the server "
+                             "restarted)")
+        if entry:
+            self._event(job.id, "info", "re-attached: finished while the orchestrator was down")
+            return self._check_history(entry, attempt.id, False)
+        self._event(job.id, "info", "re-attached to the running prompt")
+        with server.monitor.subscribe(attempt.id) as events:
+            return self._follow(events, job, tpl.bind(t, {}), attempt, server, poll_s=1.0)
+
+    def _upload_inputs(self, job: Job, t: tpl.TemplateVersion, server: Server) -> dict[str, Any]:
+        values = dict(job.params)
         with self.db.session() as s:
             for p in t.manifest.parameters:
-                if p.type not in tpl.ARTIFACT_TYPES or not values.get(p.name):
-                    continue
-                art = service.get_artifact(s, values[p.name])
-                with self.store.open(art.key) as f:
-                    values[p.name] = server.client.upload(f, art.sha256 + Path(art.filename).suffix.lower(),
-                                                          subfolder="medialab")
-                input_ids.append(art.id)
-        return values, input_ids
+                if p.type in tpl.ARTIFACT_TYPES and values.get(p.name):
+                    art = service.get_artifact(s, values[p.name])
+                    with self.store.open(art.key) as f:
+                        values[p.name] = server.client.upload(
+                            f, art.sha256 + Path(art.filename).suffix.lower(), subfolder="medialab")
+        return values
 
-    def _follow(self, events: EventStream, job: Job, graph: dict[str, Any], attempt: Attempt,
-                server: Server) -> dict[str, Any]:
-        """Follow the prompt to its end; returns its /history entry."""
+    def _follow(self, events: Subscription, job: Job, graph: dict[str, Any], attempt: Attempt, server: Server,
+                poll_s: float | None = None) -> dict[str, Any]:
+        """Follow the prompt to its end; returns its /history entry.
+
+        Events come from the server's websocket. When they stop for ``poll_s`` seconds, or the socket
+        drops, the server is asked directly (/history is {} for running and unknown alike, so /queue
+        decides), and from a drop on it is polled every second.
+        """
         pid, client = attempt.id, server.client
         titles = {k: (v.get("_meta") or {}).get("title") or v["class_type"] for k, v in graph.items()}
         timeout = job.timeout_s or self.settings.job_timeout_s
         deadline = time.monotonic() + timeout if timeout else None
+        quiet_limit = poll_s or self.settings.event_timeout_s
         quiet_since = time.monotonic()
         last_progress = checked_at = 0.0
         done: set[str] = set()
         interrupting = False
         while True:
-            event = events.recv(timeout=1.0)
+            try:
+                event = events.recv(timeout=min(1.0, quiet_limit))
+            except ComfyUnreachable:
+                event, quiet_limit, quiet_since = None, 1.0, 0.0  # poll from now on, starting now
             if not interrupting and time.monotonic() - checked_at > 0.5:
                 checked_at = time.monotonic()
                 reason = ("cancelled" if self._cancel_requested(job.id) else
                           f"timed out after {timeout:.0f}s" if deadline and time.monotonic() > deadline else None)
                 if reason:
-                    interrupting = True
+                    interrupting, quiet_limit = True, 1.0
                     client.delete_queued(pid)
                     client.interrupt(pid)  # only ever by prompt_id: never someone else's job
                     self._event(job.id, "info", f"interrupting: {reason}")
                     if reason != "cancelled":
                         raise ExecutionFailed(f"job {reason}; interrupted on {server.url}")
             if event is None:
-                if time.monotonic() - quiet_since > self.settings.event_timeout_s:
-                    # the websocket went quiet: ask the server itself ({} means running *or* unknown)
+                if time.monotonic() - quiet_since >= quiet_limit:
                     entry = client.history(pid)
-                    if not entry and client.queue_position(pid) is None:
-                        entry = client.history(pid)  # it may have finished between the two calls
-                        if not entry:
-                            raise ServerLost(f"{server.url} no longer knows prompt {pid}")
+                    if not entry and client.queue_position(pid) is None and not (entry := client.history(pid)):
+                        if interrupting:  # removed from the queue before it ran
+                            raise Interrupted("cancelled; removed from the server's queue")
+                        raise ServerLost(f"{server.url} no longer knows prompt {pid}")
                     if entry:
                         return self._check_history(entry, pid, interrupting)
                     quiet_since = time.monotonic()
                 continue
             quiet_since = time.monotonic()
             data = event.get("data") or {}
-            if data.get("prompt_id") != pid:
-                continue
             kind = event.get("type")
             if kind == "execution_cached":
                 done.update(data.get("nodes") or [])
@@ -149,12 +177,11 @@ class Executor:
                 done.add(data["node"])
             elif kind == "progress" and (data["value"] >= data["max"] or time.monotonic() - last_progress > 0.2):
                 last_progress = time.monotonic()
-                fraction = (len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph)
+                fraction = round(max((len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph), 0.0), 4)
                 node = str(data.get("node"))
                 self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
                             {"node": node, "title": titles.get(node), "value": data["value"],
-                             "max": data["max"], "fraction": round(max(fraction, 0.0), 4)},
-                            progress=round(max(fraction, 0.0), 4))
+                             "max": data["max"], "fraction": fraction}, progress=fraction)
             elif kind == "execution_error":
                 node = str(data.get("node_id"))
                 raise ExecutionFailed(
@@ -180,51 +207,83 @@ class Executor:
         return entry
 
     def _collect(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
-                 history: dict[str, Any], input_ids: list[str]) -> list[Artifact]:
+                 history: dict[str, Any]) -> list[Artifact]:
+        """Stream every file of the template's output nodes (any kind: images, gifs, video, audio) into
+        the store. Origins are per job, so whichever attempt made them, a job has one set of outputs."""
         artifacts = []
+        input_ids = [job.params[p.name] for p in t.manifest.parameters
+                     if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)]
         outputs = history.get("outputs") or {}
         for node_id, name in tpl.output_node_ids(t).items():
-            for ref in output_files(outputs.get(node_id) or {}):
+            for index, ref in enumerate(output_files(outputs.get(node_id) or {})):
                 obj = self.store.put_stream(server.client.stream_view(ref))
                 with self.store.open(obj.key) as f:
                     content_type, w, h = service.sniff(f, ref.filename)
                 artifacts.append(Artifact(
-                    origin=f"output:{job.id}:{node_id}:{ref.subfolder}/{ref.filename}", key=obj.key,
-                    sha256=obj.sha256, size=obj.size, content_type=content_type, filename=ref.filename,
-                    role="output", job_id=job.id, attempt_id=attempt.id, output_name=name, template=t.name,
-                    template_version=t.version, template_hash=t.content_hash, params=job.params,
-                    input_artifacts=input_ids, server=server.url, comfy_version=attempt.comfy_version,
-                    width=w, height=h))
+                    origin=f"output:{job.id}:{node_id}:{index}", key=obj.key, sha256=obj.sha256, size=obj.size,
+                    content_type=content_type, filename=ref.filename, role="output", job_id=job.id,
+                    attempt_id=attempt.id, output_name=name, template=t.name, template_version=t.version,
+                    template_hash=t.content_hash, params=job.params, input_artifacts=input_ids, server=server.url,
+                    comfy_version=attempt.comfy_version or server.comfy_version, width=w, height=h))
         if not artifacts:
             raise ExecutionFailed(f"{t.ref} finished without files on its output nodes "
                                   f"({', '.join(o.node for o in t.manifest.outputs)})")
         return artifacts
 
+    # -- outcomes ----------------------------------------------------------------------------------
+    def _transient(self, job: Job, attempt: Attempt, server: Server, exc: ComfyUnreachable) -> JobState:
+        if self.pool is not None:
+            self.pool.mark_down(server, exc.message)
+        return self.retry_or_fail(job, attempt, exc.message, server.url)
+
+    def lost(self, attempt_id: str, message: str) -> JobState:
+        """An adopted attempt whose server left the pool: retry the job elsewhere."""
+        with self.db.session() as s:
+            attempt = s.get(Attempt, attempt_id)
+            job = service.get_job(s, attempt.job_id)
+        return self.retry_or_fail(job, attempt, message, attempt.server)
+
+    def retry_or_fail(self, job: Job, attempt: Attempt, message: str, server_url: str) -> JobState:
+        """The server went away: queue the job again with backoff while attempts are left."""
+        error = {"message": message, "server": server_url, "transient": True}
+        if self._cancel_requested(job.id):
+            return self._finish(attempt, JobState.CANCELLED, f"cancelled; {message}", error)
+        delay = self.policy.delay(attempt.number)
+        if delay is None:
+            return self._finish(attempt, JobState.FAILED, f"gave up after {attempt.number} attempts; last: {message}",
+                                error)
+        return self._finish(attempt, JobState.QUEUED, f"attempt {attempt.number} lost ({message}); "
+                            f"retrying in {delay:.0f}s", error, requeue_in=delay)
+
+    def _finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
+                artifacts: list[Artifact] | None = None, requeue_in: float | None = None) -> JobState:
+        with self.db.session() as s:
+            attempt_state = JobState.FAILED if state == JobState.QUEUED else state
+            if not service.finish_attempt(s, attempt.id, self.owner, attempt_state, error):
+                s.rollback()
+                log.warning("attempt %s is no longer ours; leaving job %s alone", attempt.id, attempt.job_id)
+                return service.get_job(s, attempt.job_id).state
+            known = {a.origin for a in s.exec(select(Artifact).where(Artifact.job_id == attempt.job_id))}
+            s.add_all(a for a in artifacts or [] if a.origin not in known)
+            if requeue_in is not None:
+                moved = service.requeue(s, attempt.job_id, reason, requeue_in)
+            else:
+                data = {"outputs": [a.id for a in artifacts]} if artifacts else error
+                extra: dict[str, Any] = {"progress": 1.0} if state == JobState.SUCCEEDED else {}
+                moved = service.transition(s, attempt.job_id, JobState.RUNNING, state, reason, data, commit=False,
+                                           error=error, **extra)
+            if not moved:
+                s.rollback()
+                log.warning("job %s was no longer RUNNING when attempt %s ended", attempt.job_id, attempt.id)
+                return service.get_job(s, attempt.job_id).state
+            s.commit()
+        return state
+
     # -- bookkeeping ------------------------------------------------------------------------------
     def _cancel_requested(self, job_id: str) -> bool:
         with self.db.session() as s:
-            return bool(s.exec(select(Job.cancel_requested).where(Job.id == job_id)).one())
+            return bool(service.get_job(s, job_id).cancel_requested)
 
     def _event(self, job_id: str, kind: str, reason: str, data: dict[str, Any] | None = None, **fields: Any) -> None:
         with self.db.session() as s:
             service.add_event(s, job_id, kind, reason, data, **fields)
-
-    def _finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
-                artifacts: list[Artifact] | None = None) -> JobState:
-        with self.db.session() as s:
-            row = s.get(Attempt, attempt.id)
-            row.state, row.error, row.finished_at = state, error, now()
-            s.add(row)
-            known = {a.origin for a in s.exec(select(Artifact).where(Artifact.job_id == attempt.job_id))}
-            for art in artifacts or []:
-                if art.origin not in known:  # a re-run after a crash never stores an output twice
-                    s.add(art)
-            data = {"outputs": [a.id for a in artifacts]} if artifacts else error
-            fields: dict[str, Any] = {"error": error}
-            if state == JobState.SUCCEEDED:
-                fields["progress"] = 1.0
-            if not service.transition(s, attempt.job_id, JobState.RUNNING, state, reason, data, **fields):
-                log.warning("job %s was no longer RUNNING when attempt %s ended %s", attempt.job_id,
-                            attempt.id, state)
-                return service.get_job(s, attempt.job_id).state
-        return state

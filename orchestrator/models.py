@@ -60,6 +60,8 @@ class Job(SQLModel, table=True):
     api_key_id: str | None = Field(default=None, foreign_key="api_keys.id")
     cancel_requested: bool = False
     progress: float = 0.0
+    run_after: datetime | None = Field(default=None, description="Not dispatched before (retry backoff).")
+    queued_at: datetime = Field(default_factory=now, description="Last time it entered QUEUED.")
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=now, index=True)
     started_at: datetime | None = None
@@ -76,11 +78,31 @@ class Attempt(SQLModel, table=True):
     job_id: str = Field(foreign_key="jobs.id", index=True)
     number: int
     server: str
-    state: JobState = JobState.RUNNING
+    state: JobState = Field(default=JobState.RUNNING, index=True)
+    owner: str | None = Field(default=None, description="The orchestrator process following it.")
+    lease_until: datetime | None = Field(default=None, description="Owner's heartbeat; expired = orphaned.")
     comfy_version: str | None = None
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None
+
+
+class ServerRow(SQLModel, table=True):
+    """A ComfyUI server of the pool, with the last known health and capabilities."""
+
+    __tablename__ = "servers"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(unique=True)
+    url: str = Field(unique=True)
+    state: str = "active"  # active | draining
+    source: str = "api"  # config | api | local
+    healthy: bool = False
+    last_seen: datetime | None = None
+    last_error: str | None = None
+    capabilities: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    refreshed_at: datetime | None = None
+    created_at: datetime = Field(default_factory=now)
 
 
 class JobEvent(SQLModel, table=True):
@@ -103,7 +125,8 @@ class Artifact(SQLModel, table=True):
     __tablename__ = "artifacts"
 
     id: str = Field(default_factory=new_id, primary_key=True)
-    # what made it, unique: "input:<sha256>" for uploads, "output:<job>:<node>:<file>" for results
+    # what made it, unique: "input:<sha256>" for uploads, "output:<job>:<node>:<n>" for results, so a job
+    # has exactly one set of outputs whatever server or attempt made them
     origin: str = Field(unique=True)
     key: str
     sha256: str = Field(index=True)

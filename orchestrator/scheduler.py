@@ -1,36 +1,65 @@
-"""Dispatch: one loop per server claims the next QUEUED job and runs it there."""
+"""Dispatch: fair job order, placement on capable servers, runners, leases and crash recovery.
+
+One dispatch loop per orchestrator process. Each round it counts the prompts in flight per server
+(from the database, so replicas see each other's), locks a batch of ready QUEUED jobs (SKIP LOCKED on
+PostgreSQL), orders them (priority, fair share across API keys, age), places each on the best server
+with a free slot, and claims it with its attempt in the same transaction. Runners (threads) then
+execute the attempts. A lease loop renews this process's attempts and adopts attempts whose process
+stopped renewing (crashed): those are reconciled with their server, never run twice.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlmodel import Session
 
 from orchestrator import service
+from orchestrator.capabilities import Requirements
 from orchestrator.db import Database
 from orchestrator.executor import Executor
+from orchestrator.jobs import JobState
+from orchestrator.metrics import Metrics
+from orchestrator.models import Job, TemplateVersionRow
+from orchestrator.placement import Candidate, fair_order, place, unrunnable_reason
 from orchestrator.pool import Pool, Server
+from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, db: Database, pool: Pool, executor: Executor, poll_s: float = 0.5) -> None:
+    def __init__(self, db: Database, pool: Pool, executor: Executor, settings: Settings,
+                 metrics: Metrics | None = None, poll_s: float = 0.5) -> None:
         self.db = db
         self.pool = pool
         self.executor = executor
+        self.settings = settings
+        self.metrics = metrics
         self.poll_s = poll_s
+        self.owner = executor.owner
+        self._runners = ThreadPoolExecutor(max_workers=64, thread_name_prefix="attempt")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._requirements: dict[tuple[int, str], Requirements] = {}
 
-    def start(self) -> None:
-        for server in self.pool.servers:
-            t = threading.Thread(target=self._loop, args=(server,), name=f"dispatch {server.url}", daemon=True)
+    def start(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
+        """``dispatch=False, recover=False`` only renews this process's leases (``medialab run``)."""
+        self.recovering = recover
+        loops = [(self._lease_loop, "leases")] + ([(self._dispatch_loop, "dispatch")] if dispatch else [])
+        for target, name in loops:
+            t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        return self
 
     def wake(self) -> None:
-        """A job was queued: look now instead of at the next poll."""
+        """A job was queued or a slot freed: look now instead of at the next poll."""
         self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -38,17 +67,103 @@ class Dispatcher:
         self._wake.set()
         for t in self._threads:
             t.join(timeout)
+        self._runners.shutdown(wait=False, cancel_futures=True)
 
-    def _loop(self, server: Server) -> None:
+    # -- dispatch ----------------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                with self.db.session() as s:
-                    job = service.claim_next(s)
-                if job is None:
-                    self._wake.wait(self.poll_s)
-                    self._wake.clear()
+                launched = self.dispatch_once()
+            except Exception:
+                log.exception("dispatch round")
+                launched = 0
+            if not launched:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def requirements(self, session: Session, job: Job) -> Requirements:
+        key = (job.template_version_id, json.dumps(job.params, sort_keys=True))
+        if key not in self._requirements:
+            t = service.template_from_row(session.get(TemplateVersionRow, job.template_version_id))
+            self._requirements[key] = service.requirements(t, job.params)
+        return self._requirements[key]
+
+    def dispatch_once(self) -> int:
+        """One round; returns how many attempts it started."""
+        with self.db.session() as s:
+            views = self.pool.views(service.inflight_by_server(s))
+        max_inflight = self.settings.max_inflight
+        if not any(v.healthy and v.active and v.inflight < max_inflight for v in views):
+            return 0
+        launched = []
+        with self.db.session() as s:
+            jobs = {j.id: j for j in service.queued_candidates(s)}
+            order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
+                               service.running_by_key(s))
+            for c in order:
+                job = jobs[c.id]
+                req = self.requirements(s, job)
+                view = place(req, views, max_inflight)
+                if view is None:
+                    reason = unrunnable_reason(req, views)
+                    if reason and all(v.caps for v in views if v.active):
+                        service.transition(s, job.id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
+                                           error={"message": reason})
                     continue
-                self.executor.run(job.id, server)
-            except Exception:  # keep dispatching whatever one job did
-                log.exception("dispatch loop on %s", server.url)
-                self._stop.wait(self.poll_s)
+                server = self.pool.get(view.url)
+                attempt = service.start_attempt(s, job, view.url, self.owner, self.settings.lease_s,
+                                                server.comfy_version if server else None)
+                if attempt is None or server is None:
+                    continue
+                view.inflight += 1
+                view.warm = req.models or view.warm
+                launched.append((job, attempt.id, server, req))
+            s.commit()
+        for job, attempt_id, server, req in launched:
+            self.pool.note_dispatch(server, req.models)
+            if self.metrics:
+                self.metrics.dispatch_latency.observe(max(time.time() - job.queued_at.timestamp(), 0.0))
+            self._runners.submit(self._run, attempt_id, server, False)
+        return len(launched)
+
+    def _run(self, attempt_id: str, server: Server, resume: bool) -> None:
+        try:
+            self.executor.execute(attempt_id, server, resume=resume)
+        except Exception:
+            log.exception("attempt %s", attempt_id)
+        finally:
+            self.wake()  # a slot is free
+
+    # -- leases and recovery -------------------------------------------------------------------------
+    def _lease_loop(self) -> None:
+        if self.recovering:
+            self.recover()
+        while not self._stop.wait(max(self.settings.lease_s / 3, 0.5)):
+            try:
+                with self.db.session() as s:
+                    service.heartbeat(s, self.owner, self.settings.lease_s)
+                if self.recovering:
+                    self.recover()
+            except Exception:
+                log.exception("lease loop")
+
+    def recover(self) -> int:
+        """Adopt attempts whose orchestrator stopped (crash, kill -9) and reconcile each with its server:
+        finished -> ingest its outputs; still queued or running -> follow it; unknown -> queue the job
+        again. Attempts on a server no longer in the pool count as lost."""
+        with self.db.session() as s:
+            orphans = service.adopt_orphans(s, self.owner, self.settings.lease_s)
+        for attempt in orphans:
+            server = self.pool.get(attempt.server)
+            log.warning("adopting attempt %s of job %s on %s", attempt.id, attempt.job_id, attempt.server)
+            if server is None:
+                self._runners.submit(self._lost, attempt.id, attempt.server)
+            else:
+                self._runners.submit(self._run, attempt.id, server, True)
+        return len(orphans)
+
+    def _lost(self, attempt_id: str, url: str) -> None:
+        try:
+            self.executor.lost(attempt_id, f"server {url} left the pool")
+        finally:
+            self.wake()

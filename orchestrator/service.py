@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import update
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from orchestrator import templates as tpl
+from orchestrator.capabilities import Capabilities, Requirements
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.jobs import JobState, check_transition
-from orchestrator.models import Artifact, Attempt, Job, JobEvent, TemplateVersionRow, now
-from orchestrator.pool import Pool
+from orchestrator.models import Artifact, Attempt, Job, JobEvent, ServerRow, TemplateVersionRow, now
 from storage import ObjectStore
+
+if TYPE_CHECKING:
+    from orchestrator.pool import Pool
 
 
 # -- templates -------------------------------------------------------------------------------------
@@ -118,11 +122,13 @@ def check_artifact_params(session: Session, t: tpl.TemplateVersion, values: dict
                                f"not an {p.type.value}", errors=[{"param": p.name, "message": "wrong type"}])
 
 
-def required_models(t: tpl.TemplateVersion, values: dict[str, Any]) -> set[tuple[str, str]]:
-    refs = tpl.model_refs(tpl.bind(t, values))
+def requirements(t: tpl.TemplateVersion, values: dict[str, Any]) -> Requirements:
+    """The node classes and model files a job needs from the server that runs it."""
+    graph = tpl.bind(t, values)
+    refs = tpl.model_refs(graph)
     refs |= {(p.folder, values[p.name]) for p in t.manifest.parameters
              if p.type == tpl.ParamType.model and p.folder and values.get(p.name)}
-    return refs
+    return Requirements.of_graph(graph, refs)
 
 
 def create_job(session: Session, row: TemplateVersionRow, t: tpl.TemplateVersion, values: dict[str, Any],
@@ -137,18 +143,25 @@ def create_job(session: Session, row: TemplateVersionRow, t: tpl.TemplateVersion
     return job
 
 
-def submit_job(session: Session, pool: Pool | None, template: str, params: dict[str, Any],
-               version: int | None = None, **job_fields: Any) -> Job:
-    """Validate everything that can be known before dispatch, then write the job as QUEUED.
+def validate_job(session: Session, pool: Pool | None, template: str, params: dict[str, Any],
+                 version: int | None = None) -> tuple[TemplateVersionRow, tpl.TemplateVersion, dict[str, Any]]:
+    """Everything that can be known before dispatch; returns the template and the validated parameters.
 
     Refused here: unknown template or version, bad parameters, unknown or wrong-type input artifacts,
-    and models that no server in the pool has (ComfyUI itself would only notice at run time).
+    and node classes or models that no server of the pool has (ComfyUI would only notice at run time).
     """
     row, t = get_template(session, template, version)
     values = tpl.validate_params(t, params)
     check_artifact_params(session, t, values)
     if pool is not None:
-        pool.check_runnable(required_models(t, values))
+        pool.check_runnable(requirements(t, values))
+    return row, t, values
+
+
+def submit_job(session: Session, pool: Pool | None, template: str, params: dict[str, Any],
+               version: int | None = None, **job_fields: Any) -> Job:
+    """Validate, then write the job as QUEUED (a job is always written before it is dispatched)."""
+    row, t, values = validate_job(session, pool, template, params, version)
     return create_job(session, row, t, values, **job_fields)
 
 
@@ -170,10 +183,11 @@ def list_jobs(session: Session, state: JobState | None = None, template: str | N
 
 
 def transition(session: Session, job_id: str, current: JobState, new: JobState, reason: str,
-               data: dict[str, Any] | None = None, **fields: Any) -> bool:
-    """Move a job from ``current`` to ``new`` if nobody else moved it first; commits with its event.
+               data: dict[str, Any] | None = None, commit: bool = True, **fields: Any) -> bool:
+    """Move a job from ``current`` to ``new`` if nobody else moved it first, with its event.
 
-    The conditional UPDATE makes this safe between threads and between orchestrator replicas.
+    The conditional UPDATE makes this safe between threads and between orchestrator replicas. With
+    ``commit=False`` the caller commits (several changes in one transaction).
     """
     check_transition(current, new)
     values: dict[str, Any] = {"state": new, **fields}
@@ -183,10 +197,12 @@ def transition(session: Session, job_id: str, current: JobState, new: JobState, 
         values.setdefault("finished_at", now())
     res = session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == current).values(**values))
     if res.rowcount != 1:
-        session.rollback()
+        if commit:
+            session.rollback()
         return False
     session.add(JobEvent(job_id=job_id, kind="state", state=new, reason=reason, data=data))
-    session.commit()
+    if commit:
+        session.commit()
     return True
 
 
@@ -219,14 +235,145 @@ def events_after(session: Session, job_id: str, after_id: int = 0) -> list[JobEv
                              .order_by(col(JobEvent.id))))
 
 
-def claim_next(session: Session) -> Job | None:
-    """Claim the next QUEUED job (highest priority, then oldest) for this dispatcher, or None."""
-    for _ in range(5):
-        job = session.exec(select(Job).where(Job.state == JobState.QUEUED)
-                           .order_by(col(Job.priority).desc(), col(Job.created_at)).limit(1)).first()
-        if job is None:
-            return None
-        if transition(session, job.id, JobState.QUEUED, JobState.RUNNING, "dispatched"):
-            session.expire_all()
-            return get_job(session, job.id)
-    return None
+def queued_candidates(session: Session, limit: int = 100) -> list[Job]:
+    """QUEUED jobs that may be dispatched now, locked for this transaction (PostgreSQL: FOR UPDATE SKIP
+    LOCKED, so replicas never consider the same job; SQLite has one writer and ignores the clause)."""
+    q = (select(Job).where(Job.state == JobState.QUEUED, or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
+         .order_by(col(Job.priority).desc(), col(Job.queued_at)).limit(limit).with_for_update(skip_locked=True))
+    return list(session.exec(q))
+
+
+def running_by_key(session: Session) -> dict[str | None, int]:
+    q = select(Job.api_key_id, func.count()).where(Job.state == JobState.RUNNING).group_by(Job.api_key_id)
+    return dict(session.exec(q).all())
+
+
+def inflight_by_server(session: Session) -> dict[str, int]:
+    q = select(Attempt.server, func.count()).where(Attempt.state == JobState.RUNNING).group_by(Attempt.server)
+    return dict(session.exec(q).all())
+
+
+def start_attempt(session: Session, job: Job, server: str, owner: str | None, lease_s: float,
+                  comfy_version: str | None = None, reason: str = "dispatched") -> Attempt | None:
+    """Claim a QUEUED job for a server: RUNNING + a new attempt owned by ``owner``. The caller commits.
+    None when another dispatcher got it first."""
+    number = session.exec(select(func.count()).where(Attempt.job_id == job.id)).one() + 1
+    attempt = Attempt(job_id=job.id, number=number, server=server, owner=owner, comfy_version=comfy_version,
+                      lease_until=now() + timedelta(seconds=lease_s))
+    if not transition(session, job.id, JobState.QUEUED, JobState.RUNNING, reason,
+                      {"attempt": attempt.id, "number": number, "server": server}, commit=False,
+                      cancel_requested=False):
+        return None
+    session.add(attempt)
+    return attempt
+
+
+def finish_attempt(session: Session, attempt_id: str, owner: str | None, state: JobState,
+                   error: dict[str, Any] | None) -> bool:
+    """End an attempt this owner still holds (the caller commits); False when it lost the lease."""
+    res = session.execute(update(Attempt).where(col(Attempt.id) == attempt_id, col(Attempt.state) == JobState.RUNNING,
+                                                col(Attempt.owner) == owner)
+                          .values(state=state, error=error, finished_at=now()))
+    return res.rowcount == 1
+
+
+def heartbeat(session: Session, owner: str, lease_s: float) -> int:
+    res = session.execute(update(Attempt).where(col(Attempt.owner) == owner, col(Attempt.state) == JobState.RUNNING)
+                          .values(lease_until=now() + timedelta(seconds=lease_s)))
+    session.commit()
+    return res.rowcount
+
+
+def adopt_orphans(session: Session, owner: str, lease_s: float) -> list[Attempt]:
+    """RUNNING attempts whose owner stopped renewing its lease (crashed), taken over by ``owner``."""
+    adopted = []
+    stale = session.exec(select(Attempt).where(Attempt.state == JobState.RUNNING,
+                                               or_(col(Attempt.lease_until).is_(None),
+                                                   col(Attempt.lease_until) < now()))).all()
+    for a in stale:
+        res = session.execute(update(Attempt).where(col(Attempt.id) == a.id, col(Attempt.state) == JobState.RUNNING,
+                                                    col(Attempt.lease_until) == a.lease_until)
+                              .values(owner=owner, lease_until=now() + timedelta(seconds=lease_s)))
+        if res.rowcount == 1:
+            session.add(JobEvent(job_id=a.job_id, kind="info", reason=f"attempt {a.number} adopted after its "
+                                 f"orchestrator stopped", data={"attempt": a.id, "previous_owner": a.owner}))
+            adopted.append(a)
+    session.commit()
+    return adopted
+
+
+# -- servers ---------------------------------------------------------------------------------------
+def server_rows(session: Session) -> list[ServerRow]:
+    return list(session.exec(select(ServerRow).order_by(ServerRow.name)))
+
+
+def get_server(session: Session, ref: str) -> ServerRow:
+    """A server by id, name or URL."""
+    row = session.exec(select(ServerRow).where(or_(ServerRow.id == ref, ServerRow.name == ref,
+                                                   ServerRow.url == ref.rstrip("/")))).first()
+    if row is None:
+        raise NotFound(f"unknown server {ref!r}")
+    return row
+
+
+def register_server(session: Session, url: str, name: str | None = None, source: str = "api") -> ServerRow:
+    """Add a server (or return it if the URL is registered already)."""
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"server URL {url!r} must start with http:// or https://")
+    row = session.exec(select(ServerRow).where(ServerRow.url == url)).first()
+    if row:
+        return row
+    name = name or url.split("://", 1)[1]
+    if session.exec(select(ServerRow).where(ServerRow.name == name)).first():
+        raise Conflict(f"a server named {name!r} exists already")
+    row = ServerRow(name=name, url=url, source=source)
+    session.add(row)
+    session.commit()
+    return row
+
+
+def set_server_state(session: Session, ref: str, state: str) -> ServerRow:
+    row = get_server(session, ref)
+    row.state = state
+    session.add(row)
+    session.commit()
+    return row
+
+
+def remove_server(session: Session, ref: str) -> ServerRow:
+    row = get_server(session, ref)
+    busy = inflight_by_server(session).get(row.url, 0)
+    if busy:
+        raise Conflict(f"server {row.name} has {busy} job(s) in flight: drain it and wait, then remove it")
+    session.delete(row)
+    session.commit()
+    return row
+
+
+def record_probe(session: Session, server_id: str, caps: Capabilities) -> None:
+    session.execute(update(ServerRow).where(col(ServerRow.id) == server_id).values(
+        capabilities=caps.to_json(), refreshed_at=now(), healthy=True, last_seen=now(), last_error=None))
+    session.commit()
+
+
+def record_health(session: Session, server_id: str, healthy: bool, error: str | None) -> None:
+    values: dict[str, Any] = {"healthy": healthy, "last_error": error}
+    if healthy:
+        values["last_seen"] = now()
+    session.execute(update(ServerRow).where(col(ServerRow.id) == server_id).values(**values))
+    session.commit()
+
+
+def current_jobs(session: Session) -> dict[str, list[str]]:
+    """Server URL -> ids of the jobs running there."""
+    out: dict[str, list[str]] = {}
+    for a in session.exec(select(Attempt).where(Attempt.state == JobState.RUNNING)):
+        out.setdefault(a.server, []).append(a.job_id)
+    return out
+
+
+def requeue(session: Session, job_id: str, reason: str, delay_s: float) -> bool:
+    """A RUNNING job back to QUEUED after a transient failure, not dispatched before ``delay_s``."""
+    return transition(session, job_id, JobState.RUNNING, JobState.QUEUED, reason, {"retry_in_s": delay_s},
+                      commit=False, run_after=now() + timedelta(seconds=delay_s), queued_at=now(), progress=0.0)

@@ -19,8 +19,12 @@ class Settings(BaseSettings):
 
     comfy_servers: list[str] = Field(
         default_factory=list,
-        description="ComfyUI base URLs. Empty: start a local ComfyUI worker and stop it on exit.",
+        description="ComfyUI base URLs added to the pool at start (JSON list).",
     )
+    servers_file: Path | None = Field(
+        None, description="TOML file of servers ([[server]] name, url) added to the pool at start. With no "
+        "server in the pool at all, a local ComfyUI worker is started and stopped on exit.")
+    replica_id: str | None = Field(None, description="Name of this orchestrator process; default host-pid.")
     comfy_runtime: Path = Field(PROJECT_ROOT / ".runtime" / "comfyui", description="ComfyUI tree.")
     models_dir: Path = Field(PROJECT_ROOT / ".runtime" / "models", description="Models of the local worker.")
     worker_port: int | None = Field(None, description="Port of the local ComfyUI worker; default: a free one.")
@@ -29,6 +33,12 @@ class Settings(BaseSettings):
 
     event_timeout_s: float = Field(30.0, description="Silence on the websocket before /history is asked.")
     job_timeout_s: float | None = Field(None, description="Default job timeout when a template sets none.")
+    max_attempts: int = Field(3, ge=1, description="Attempts per job when servers are lost.")
+    retry_base_delay_s: float = Field(1.0, description="Backoff before the 2nd attempt; doubles after.")
+    max_inflight: int = Field(2, ge=1, description="Prompts per server: one running, the rest queued behind.")
+    lease_s: float = Field(30.0, description="An attempt whose orchestrator is silent this long is adopted.")
+    health_interval_s: float = 5.0
+    refresh_interval_s: float = Field(300.0, description="Capabilities re-read this often (and on recovery).")
 
     @property
     def database(self) -> str:

@@ -186,6 +186,9 @@ class ComfyClient:
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         return self._json("GET", f"/object_info/{node_class}" if node_class else "/object_info")
 
+    def models_folders(self) -> list[str]:
+        return self._json("GET", "/models")
+
     def models(self, folder: str) -> list[str]:
         r = self._request("GET", f"/models/{folder}")
         if r.status_code == 404:
@@ -194,8 +197,8 @@ class ComfyClient:
             raise ComfyError(f"GET /models/{folder} -> {r.status_code}")
         return r.json()
 
-    def system_stats(self) -> dict[str, Any]:
-        return self._json("GET", "/system_stats")
+    def system_stats(self, timeout: float | None = None) -> dict[str, Any]:
+        return self._json("GET", "/system_stats", **({"timeout": timeout} if timeout else {}))
 
 
 def output_files(ui: dict[str, Any]) -> list[FileRef]:

@@ -45,19 +45,28 @@ def queue_jobs(db: Database, n: int) -> list[str]:
                 for i in range(n)]
 
 
+def claim(db: Database, owner: str = "test") -> str | None:
+    """One dispatch claim as the dispatcher makes it: lock a candidate, start its attempt, commit."""
+    with db.session() as s:
+        for job in service.queued_candidates(s, limit=1):
+            if service.start_attempt(s, job, "http://server", owner, 30.0):
+                s.commit()
+                return job.id
+            s.rollback()
+            return "lost"
+    return None
+
+
 def test_each_job_is_claimed_exactly_once(db: Database) -> None:
     ids = queue_jobs(db, 12)
     claimed: list[str] = []
     lock = threading.Lock()
 
     def claimer() -> None:
-        while True:
-            with db.session() as s:
-                job = service.claim_next(s)
-            if job is None:
-                return
-            with lock:
-                claimed.append(job.id)
+        while (job_id := claim(db)) is not None:
+            if job_id != "lost":
+                with lock:
+                    claimed.append(job_id)
 
     threads = [threading.Thread(target=claimer) for _ in range(4)]
     for t in threads:
@@ -68,13 +77,14 @@ def test_each_job_is_claimed_exactly_once(db: Database) -> None:
     with db.session() as s:
         assert all(service.get_job(s, i).state == JobState.RUNNING for i in ids)
         states = [e.state for e in service.events_after(s, ids[0]) if e.kind == "state"]
+        attempts = service.job_attempts(s, ids[0])
     assert states == [JobState.QUEUED, JobState.RUNNING]
+    assert [(a.number, a.owner, a.state) for a in attempts] == [(1, "test", JobState.RUNNING)]
 
 
 def test_priority_then_age(db: Database) -> None:
     ids = queue_jobs(db, 4)  # priorities 0, 1, 0, 1
-    with db.session() as s:
-        order = [service.claim_next(s).id for _ in range(4)]
+    order = [claim(db) for _ in range(4)]
     assert order == [ids[1], ids[3], ids[0], ids[2]]
 
 

@@ -1,0 +1,68 @@
+"""What a ComfyUI server can run, and what a job needs (plain data, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ModelRef = tuple[str, str]  # (models folder, file name)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    node_classes: frozenset[str] = frozenset()
+    models: dict[str, frozenset[str]] = field(default_factory=dict)
+    packs: tuple[str, ...] = ()
+    comfy_version: str | None = None
+    device: str | None = None
+    vram_total: int | None = None
+    vram_free: int | None = None
+
+    @classmethod
+    def from_probe(cls, object_info: dict[str, Any], models: dict[str, list[str]],
+                   system_stats: dict[str, Any]) -> Capabilities:
+        """Build from a server's /object_info, /models/{folder} lists and /system_stats."""
+        packs = sorted({str(info.get("python_module", "")).removeprefix("custom_nodes.")
+                        for info in object_info.values()
+                        if str(info.get("python_module", "")).startswith("custom_nodes.")})
+        devices = system_stats.get("devices") or [{}]
+        return cls(node_classes=frozenset(object_info), models={f: frozenset(v) for f, v in models.items()},
+                   packs=tuple(packs), comfy_version=(system_stats.get("system") or {}).get("comfyui_version"),
+                   device=devices[0].get("name"), vram_total=devices[0].get("vram_total"),
+                   vram_free=devices[0].get("vram_free"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node_classes": sorted(self.node_classes), "models": {f: sorted(v) for f, v in self.models.items()},
+                "packs": list(self.packs), "comfy_version": self.comfy_version, "device": self.device,
+                "vram_total": self.vram_total, "vram_free": self.vram_free}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Capabilities | None:
+        if not data:
+            return None
+        return cls(node_classes=frozenset(data.get("node_classes", [])),
+                   models={f: frozenset(v) for f, v in (data.get("models") or {}).items()},
+                   packs=tuple(data.get("packs", [])), comfy_version=data.get("comfy_version"),
+                   device=data.get("device"), vram_total=data.get("vram_total"), vram_free=data.get("vram_free"))
+
+
+@dataclass(frozen=True)
+class Requirements:
+    node_classes: frozenset[str]
+    models: frozenset[ModelRef]
+
+    @classmethod
+    def of_graph(cls, graph: dict[str, Any], models: set[ModelRef]) -> Requirements:
+        return cls(frozenset(n["class_type"] for n in graph.values()), frozenset(models))
+
+
+def missing(caps: Capabilities | None, req: Requirements) -> list[str]:
+    """What the server lacks for the job, as readable items; [] when it can run it."""
+    if caps is None:
+        return ["(capabilities not known yet)"]
+    lacks = [f"node {c}" for c in sorted(req.node_classes - caps.node_classes)]
+    for folder, name in sorted(req.models):
+        has = caps.models.get(folder, frozenset())
+        if name not in has:
+            lacks.append(f"{folder}/{name} (it has: {', '.join(sorted(has)[:10]) or 'none'})")
+    return lacks

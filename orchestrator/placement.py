@@ -1,0 +1,76 @@
+"""Which job goes next and to which server (plain functions, no I/O).
+
+- A job goes only to a healthy, active server that has every node class and model file it needs.
+- Among those: prefer the one whose loaded models already cover the job (warm-model affinity), then the
+  shortest queue. A server takes at most ``max_inflight`` prompts (one running + one queued behind it,
+  so uploads overlap execution).
+- Job order: priority first; within a priority, the API key with the fewest running jobs goes first
+  (fair share), then the oldest job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from orchestrator.capabilities import Capabilities, ModelRef, Requirements, missing
+
+
+@dataclass
+class ServerView:
+    id: str
+    url: str
+    healthy: bool
+    active: bool  # False while draining
+    caps: Capabilities | None
+    inflight: int = 0
+    warm: frozenset[ModelRef] = field(default_factory=frozenset)
+
+    def can_run(self, req: Requirements) -> bool:
+        return not missing(self.caps, req)
+
+
+def place(req: Requirements, servers: Sequence[ServerView], max_inflight: int = 2) -> ServerView | None:
+    """The best server with a free slot for the job, or None (wait)."""
+    ready = [s for s in servers if s.healthy and s.active and s.inflight < max_inflight and s.can_run(req)]
+    if not ready:
+        return None
+    return min(ready, key=lambda s: (not (req.models and req.models <= s.warm), s.inflight, s.url))
+
+
+def unrunnable_reason(req: Requirements, servers: Sequence[ServerView]) -> str | None:
+    """None when some active server could run the job (now or once healthy); else why none can."""
+    active = [s for s in servers if s.active]
+    if not active:
+        return "no active ComfyUI server is registered"
+    if any(s.can_run(req) for s in active):
+        return None
+    return "no server can run this job: " + "; ".join(
+        f"{s.url} lacks {', '.join(missing(s.caps, req))}" for s in active)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    priority: int
+    key: Hashable  # the API key that submitted the job
+    order: Hashable  # creation time (older first)
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+def fair_order(candidates: Sequence[C], running_by_key: dict[Hashable, int]) -> list[C]:
+    """Candidates in dispatch order: priority, then fair share across keys, then age."""
+    running = Counter(running_by_key)
+    left = sorted(candidates, key=lambda c: (-c.priority, c.order))
+    out: list[C] = []
+    while left:
+        top = left[0].priority
+        best = min((c for c in left if c.priority == top), key=lambda c: (running[c.key], c.order))
+        out.append(best)
+        running[best.key] += 1
+        left.remove(best)
+    return out
