@@ -7,6 +7,7 @@ import logging
 import shutil
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,20 +18,25 @@ from rich.table import Table
 
 from orchestrator import auth, service
 from orchestrator import templates as tpl
+from orchestrator.capabilities import Capabilities
+from orchestrator.comfy.client import ComfyClient
 from orchestrator.context import Context, configured_servers
 from orchestrator.errors import InvalidInput, MediaLabError, Unavailable
 from orchestrator.jobs import JobState
-from orchestrator.models import Job
+from orchestrator.models import Job, ServerRow
 from orchestrator.placement import place
+from orchestrator.pool import probe
 from orchestrator.settings import get_settings
 
 app = typer.Typer(help="Media Lab: versioned ComfyUI templates run on ComfyUI servers.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List, show, watch and cancel jobs.", no_args_is_help=True)
 templates_app = typer.Typer(help="The template library.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+servers_app = typer.Typer(help="The pool of ComfyUI servers.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(templates_app, name="templates")
 app.add_typer(keys_app, name="keys")
+app.add_typer(servers_app, name="servers")
 
 console = Console()
 err = Console(stderr=True)
@@ -308,3 +314,124 @@ def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="ad
     except MediaLabError as exc:
         fail(exc)
     console.print(f"key '{row.name}' roles {','.join(row.roles)}: [bold]{plain}[/bold]", soft_wrap=True)
+
+
+# -- servers ----------------------------------------------------------------------------------------
+def probe_and_record(ctx: Context, row: ServerRow) -> str | None:
+    """Probe one server now and record the result; returns the error, if any."""
+    client = ComfyClient(row.url, timeout=10)
+    try:
+        caps = probe(client)
+    except MediaLabError as exc:
+        with ctx.db.session() as s:
+            service.record_health(s, row.id, False, exc.message)
+        return exc.message
+    finally:
+        client.close()
+    with ctx.db.session() as s:
+        service.record_probe(s, row.id, caps)
+    return None
+
+
+def _ago(when: datetime | None) -> str:
+    if when is None:
+        return "never"
+    seconds = (datetime.now(UTC) - when.replace(tzinfo=when.tzinfo or UTC)).total_seconds()
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+@servers_app.command("list")
+def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server now first.")] = False) -> None:
+    """Each server's health, version, node packs, models and current job."""
+    ctx = context()
+    with ctx.db.session() as s:
+        rows = service.server_rows(s)
+    if refresh:
+        for row in rows:
+            probe_and_record(ctx, row)
+    with ctx.db.session() as s:
+        rows, jobs = service.server_rows(s), service.current_jobs(s)
+    if not rows:
+        console.print("no servers registered: `medialab run` and `medialab serve` start a local ComfyUI worker; "
+                      "`medialab servers add URL` registers one")
+        return
+    table = Table("name", "url", "state", "health", "ComfyUI", "device", "node packs", "models", "current job",
+                  show_lines=True)
+    for row in rows:
+        caps = Capabilities.from_json(row.capabilities)
+        health = ("[green]healthy[/]" if row.healthy else f"[red]down[/] {row.last_error or ''}"[:80]) + \
+            f"\nseen {_ago(row.last_seen)}"
+        device = ""
+        if caps and caps.device:
+            device = f"{caps.device}\n{(caps.vram_free or 0) / 2**30:.1f}/{(caps.vram_total or 0) / 2**30:.1f} GiB"
+        models = "\n".join(f"{f}: {', '.join(sorted(v)[:4])}{' ...' if len(v) > 4 else ''}"
+                           for f, v in sorted(caps.models.items()) if v) if caps else "(not probed)"
+        packs = "\n".join(caps.packs) if caps and caps.packs else ("core only" if caps else "")
+        table.add_row(row.name, row.url, row.state, health, caps.comfy_version if caps else "", device, packs,
+                      models or "none", "\n".join(jobs.get(row.url, [])) or "idle")
+    console.print(table)
+
+
+@servers_app.command("add")
+def servers_add(url: str, name: str | None = None) -> None:
+    """Register a server (probed now; a server that is down is added and retried by the pool)."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            row = service.register_server(s, url, name)
+    except MediaLabError as exc:
+        fail(exc)
+    error = probe_and_record(ctx, row)
+    console.print(f"server {row.name} ({row.url}) added" + (f"; [red]not reachable now[/]: {error}" if error else ""))
+
+
+@servers_app.command("drain")
+def servers_drain(server: str) -> None:
+    """No new jobs go to the server; the ones on it finish."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            row = service.set_server_state(s, server, "draining")
+            busy = service.current_jobs(s).get(row.url, [])
+    except MediaLabError as exc:
+        fail(exc)
+    console.print(f"server {row.name} draining; {len(busy)} job(s) still on it")
+
+
+@servers_app.command("activate")
+def servers_activate(server: str) -> None:
+    """Take a drained server back into the pool."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            row = service.set_server_state(s, server, "active")
+    except MediaLabError as exc:
+        fail(exc)
+    console.print(f"server {row.name} active")
+
+
+@servers_app.command("remove")
+def servers_remove(server: str) -> None:
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            row = service.remove_server(s, server)
+    except MediaLabError as exc:
+        fail(exc)
+    console.print(f"server {row.name} removed")
+
+
+@servers_app.command("refresh")
+def servers_refresh(
+    server: Annotated[str | None, typer.Argument(help="Name, id or URL; default: all.")] = None,
+) -> None:
+    """Probe health and capabilities (node classes, models, VRAM, version) now."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            rows = [service.get_server(s, server)] if server else service.server_rows(s)
+    except MediaLabError as exc:
+        fail(exc)
+    for row in rows:
+        error = probe_and_record(ctx, row)
+        console.print(f"{row.name}: " + (f"[red]down[/] {error}" if error else "[green]healthy[/], capabilities read"))

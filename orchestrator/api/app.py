@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from orchestrator import __version__
-from orchestrator.api.routes import artifacts, jobs, templates
+from orchestrator.api.deps import AnyKey, CtxDep
+from orchestrator.api.routes import artifacts, jobs, servers, templates
 from orchestrator.context import Context
 from orchestrator.errors import MediaLabError
 from orchestrator.settings import Settings, get_settings
@@ -59,6 +61,11 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (artifacts.router, jobs.router, templates.router):
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(ctx: CtxDep, _: AnyKey) -> Response:
+        """Prometheus text format (scrape with an API key as bearer token)."""
+        return Response(ctx.metrics.render() if ctx.metrics else b"", media_type=CONTENT_TYPE_LATEST)
+
+    for router in (artifacts.router, jobs.router, servers.router, templates.router):
         app.include_router(router, prefix="/v1")
     return app

@@ -43,3 +43,4 @@ def require(*roles: Role) -> Callable[..., ApiKey]:
 AnyKey = Annotated[ApiKey, Depends(require())]
 RunKey = Annotated[ApiKey, Depends(require(Role.run))]
 ExportKey = Annotated[ApiKey, Depends(require(Role.run, Role.export))]
+AdminKey = Annotated[ApiKey, Depends(require(Role.admin))]

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from alembic import command
 
 from orchestrator import service
 from orchestrator import templates as tpl
-from orchestrator.db import Database
+from orchestrator.db import Database, alembic_config
 from orchestrator.jobs import JobState
 from orchestrator.settings import PROJECT_ROOT
 
@@ -96,3 +97,11 @@ def test_transition_loses_the_race_cleanly(db: Database) -> None:
         job = service.get_job(s, job_id)
         assert job.state == JobState.CANCELLED and job.finished_at is not None
         assert [e.reason for e in service.events_after(s, job_id)] == ["submitted", "cancelled"]
+
+
+def test_migrations_match_the_models(db: Database) -> None:
+    """A model change without its alembic migration fails here (`alembic check` on both databases)."""
+    cfg = alembic_config(db.engine)
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.check(cfg)

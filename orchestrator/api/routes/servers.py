@@ -1,0 +1,78 @@
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator import service
+from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, SessionDep
+from orchestrator.capabilities import Capabilities
+from orchestrator.errors import NotFound
+from orchestrator.models import ServerRow
+
+router = APIRouter(prefix="/servers", tags=["servers"])
+
+
+class ServerAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    name: str | None = None
+
+
+def server_out(row: ServerRow, jobs: dict[str, list[str]]) -> dict[str, Any]:
+    caps = Capabilities.from_json(row.capabilities)
+    return {
+        "id": row.id, "name": row.name, "url": row.url, "state": row.state, "source": row.source,
+        "healthy": row.healthy, "last_seen": row.last_seen, "last_error": row.last_error,
+        "refreshed_at": row.refreshed_at, "current_jobs": jobs.get(row.url, []),
+        "comfy_version": caps.comfy_version if caps else None, "device": caps.device if caps else None,
+        "vram_total": caps.vram_total if caps else None, "vram_free": caps.vram_free if caps else None,
+        "packs": list(caps.packs) if caps else [], "node_classes": len(caps.node_classes) if caps else 0,
+        "models": {f: sorted(v) for f, v in caps.models.items() if v} if caps else {},
+    }
+
+
+@router.get("")
+def list_servers(session: SessionDep, _: AnyKey) -> list[dict[str, Any]]:
+    jobs = service.current_jobs(session)
+    return [server_out(r, jobs) for r in service.server_rows(session)]
+
+
+@router.post("", status_code=201)
+def add(body: ServerAdd, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str, Any]:
+    row = service.register_server(session, body.url, body.name)
+    if ctx.pool:
+        ctx.pool.sync()
+        srv = ctx.pool.get(row.url)
+        if srv:
+            ctx.pool.check(srv, refresh=True)
+        session.refresh(row)
+    return server_out(row, {})
+
+
+@router.post("/{ref}/drain")
+def drain(ref: str, session: SessionDep, _: AdminKey) -> dict[str, Any]:
+    """No new jobs go to the server; the ones on it finish."""
+    return server_out(service.set_server_state(session, ref, "draining"), service.current_jobs(session))
+
+
+@router.post("/{ref}/activate")
+def activate(ref: str, session: SessionDep, _: AdminKey) -> dict[str, Any]:
+    return server_out(service.set_server_state(session, ref, "active"), service.current_jobs(session))
+
+
+@router.delete("/{ref}")
+def remove(ref: str, session: SessionDep, _: AdminKey) -> dict[str, Any]:
+    return server_out(service.remove_server(session, ref), {})
+
+
+@router.post("/{ref}/refresh")
+def refresh(ref: str, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str, Any]:
+    """Read the server's health and capabilities now."""
+    row = service.get_server(session, ref)
+    srv = ctx.pool.get(row.url) if ctx.pool else None
+    if srv is None:
+        raise NotFound(f"server {ref} is not in this process's pool yet; retry in a few seconds")
+    ctx.pool.check(srv, refresh=True)
+    session.refresh(row)
+    return server_out(row, service.current_jobs(session))
