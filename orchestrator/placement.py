@@ -1,9 +1,9 @@
 """Which job goes next and to which server (plain functions, no I/O).
 
 - A job goes only to a healthy, active server that has every node class and model file it needs.
-- Among those: prefer the one whose loaded models already cover the job (warm-model affinity), then the
-  shortest queue. A server takes at most ``max_inflight`` prompts (one running + one queued behind it,
-  so uploads overlap execution).
+- Among those: an idle server before a busy one (never an idle GPU while work waits); then the one whose
+  loaded models already cover the job (warm-model affinity); then the shortest queue. A server takes at
+  most ``max_inflight`` prompts (one running + one queued behind it, so uploads overlap execution).
 - Job order: priority first; within a priority, the API key with the fewest running jobs goes first
   (fair share), then the oldest job.
 """
@@ -37,7 +37,7 @@ def place(req: Requirements, servers: Sequence[ServerView], max_inflight: int = 
     ready = [s for s in servers if s.healthy and s.active and s.inflight < max_inflight and s.can_run(req)]
     if not ready:
         return None
-    return min(ready, key=lambda s: (not (req.models and req.models <= s.warm), s.inflight, s.url))
+    return min(ready, key=lambda s: (s.inflight > 0, not (req.models and req.models <= s.warm), s.inflight, s.url))
 
 
 def unrunnable_reason(req: Requirements, servers: Sequence[ServerView]) -> str | None:

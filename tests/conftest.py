@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,13 +29,43 @@ def png_bytes(w: int = 128, h: int = 96, color: tuple[int, int, int] = (200, 40,
     return buf.getvalue()
 
 
-@pytest.fixture(scope="session")
-def comfy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real ComfyUI 0.3.75 server on the CPU with the fixture ESRGAN model, for the whole session."""
+def start_workers(tmp_path_factory: pytest.TempPathFactory, count: int, models: Path = MODELS) -> list[LocalWorker]:
+    """Real ComfyUI 0.3.75 servers on the CPU, started in parallel (about 10 s)."""
     if not (RUNTIME / "main.py").exists() or not (MODELS / "upscale_models" / FIXTURE_MODEL).exists():
         pytest.skip(f"no ComfyUI runtime or fixture model under {RUNTIME.parent}: run scripts/setup.sh first")
-    with LocalWorker(RUNTIME, MODELS, tmp_path_factory.mktemp("comfy"), device="cpu") as worker:
-        yield worker.url
+    workers = [LocalWorker(RUNTIME, models, tmp_path_factory.mktemp("comfy"), device="cpu") for _ in range(count)]
+    errors: list[Exception] = []
+
+    def start(w: LocalWorker) -> None:
+        try:
+            w.start()
+        except Exception as exc:  # reported below, after every start has ended
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for w in workers:
+            w.stop()
+        raise errors[0]
+    return workers
+
+
+@pytest.fixture(scope="session")
+def comfy_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Two servers with the fixture ESRGAN model, for the whole session."""
+    workers = start_workers(tmp_path_factory, 2)
+    yield [w.url for w in workers]
+    for w in workers:
+        w.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy_url(comfy_pair: list[str]) -> str:
+    return comfy_pair[0]
 
 
 @pytest.fixture

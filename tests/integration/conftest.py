@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +20,7 @@ class Api:
     reader: dict[str, str]  # a valid key without the run role
 
 
+@contextmanager
 def make_api(settings: Settings, dispatch: bool) -> Iterator[Api]:
     app = create_app(settings, dispatch=dispatch)
     with TestClient(app) as client:
@@ -34,11 +36,13 @@ def make_api(settings: Settings, dispatch: bool) -> Iterator[Api]:
 def api(settings: Settings, comfy_url: str) -> Iterator[Api]:
     """The API with a dispatcher on one real ComfyUI server."""
     settings.comfy_servers = [comfy_url]
-    yield from make_api(settings, dispatch=True)
+    with make_api(settings, dispatch=True) as api:
+        yield api
 
 
 @pytest.fixture
 def api_paused(settings: Settings, comfy_url: str) -> Iterator[Api]:
     """The API with no dispatcher: submitted jobs stay QUEUED."""
     settings.comfy_servers = [comfy_url]
-    yield from make_api(settings, dispatch=False)
+    with make_api(settings, dispatch=False) as api:
+        yield api

@@ -1,0 +1,243 @@
+"""The pool against real ComfyUI servers on the CPU: routing, failover, cancel, crash recovery, replicas."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from PIL import Image
+
+from orchestrator import service
+from orchestrator.db import Database
+from orchestrator.settings import Settings
+from storage import LocalDiskStore
+from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
+from tests.integration.conftest import Api, make_api
+from tests.integration.test_jobs_api import submit, upload, wait
+
+
+def running_on(url: str, prompt_id: str) -> bool:
+    return any(item[1] == prompt_id for item in httpx.get(f"{url}/queue").json()["queue_running"])
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition") -> Any:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached in {timeout}s")
+
+
+def attempts_of(api: Api, job_id: str) -> list[dict[str, Any]]:
+    return api.client.get(f"/v1/jobs/{job_id}", headers=api.reader).json()["attempts"]
+
+
+@pytest.fixture
+def fresh_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
+    """Two servers of this test's own (it kills one)."""
+    workers = start_workers(tmp_path_factory, 2)
+    yield workers
+    for w in workers:
+        w.stop()
+
+
+def test_server_killed_mid_job_fails_over_with_one_set_of_outputs(fresh_pair: list, settings: Settings) -> None:
+    settings.comfy_servers = [w.url for w in fresh_pair]
+    settings.retry_base_delay_s = 0.2
+    with make_api(settings, dispatch=True) as api:
+        frame = upload(api, png_bytes(512, 512, (90, 20, 200)))  # ~4 s on the CPU
+        job = submit(api, {"image": frame["id"], "model": FIXTURE_MODEL}).json()
+        first = wait_until(lambda: attempts_of(api, job["id"]), what="first attempt")[0]
+        wait_until(lambda: running_on(first["server"], first["id"]), what="prompt running")
+        victim = next(w for w in fresh_pair if w.url == first["server"])
+        victim.kill()  # kill -9 while it runs the job
+        final = wait(api, job["id"], timeout=120)
+        assert final["state"] == "SUCCEEDED", final
+        a1, a2 = final["attempts"]
+        assert (a1["state"], a1["server"]) == ("FAILED", victim.url) and a1["error"]["transient"]
+        assert a2["state"] == "SUCCEEDED" and a2["server"] != victim.url
+        (out,) = final["outputs"]
+        assert out["attempt_id"] == a2["id"] and out["server"] == a2["server"]
+        with api.client.app.state.ctx.db.session() as s:
+            assert len(service.job_outputs(s, job["id"])) == 1
+        servers = {s["url"]: s for s in api.client.get("/v1/servers", headers=api.reader).json()}
+        assert servers[victim.url]["healthy"] is False
+
+
+@pytest.fixture(scope="module")
+def lacking_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server whose models folder is empty: it must never receive an upscale job."""
+    (worker,) = start_workers(tmp_path_factory, 1, models=tmp_path_factory.mktemp("no-models"))
+    yield worker.url
+    worker.stop()
+
+
+def test_server_lacking_the_model_never_receives_the_job(lacking_url: str, comfy_url: str,
+                                                         settings: Settings) -> None:
+    settings.comfy_servers = [lacking_url, comfy_url]  # the lacking one sorts first by name
+    with make_api(settings, dispatch=True) as api:
+        jobs = [submit(api, {"image": upload(api, png_bytes(32, 24, (i, 9, 9)))["id"], "model": FIXTURE_MODEL}).json()
+                for i in range(4)]
+        for job in jobs:
+            final = wait(api, job["id"])
+            assert final["state"] == "SUCCEEDED" and final["attempts"][0]["server"] == comfy_url
+        assert httpx.get(f"{lacking_url}/history").json() == {}
+        listed = {s["url"]: s for s in api.client.get("/v1/servers", headers=api.reader).json()}
+        assert listed[lacking_url]["healthy"] and "upscale_models" not in listed[lacking_url]["models"]
+        assert listed[comfy_url]["models"]["upscale_models"] == [FIXTURE_MODEL]
+
+
+def test_cancel_running_job_leaves_other_servers_alone(comfy_pair: list[str], settings: Settings) -> None:
+    settings.comfy_servers = comfy_pair
+    with make_api(settings, dispatch=True) as api:
+        victim = submit(api, {"image": upload(api, png_bytes(1024, 1024, (1, 200, 1)))["id"],
+                              "model": FIXTURE_MODEL}).json()
+        other = submit(api, {"image": upload(api, png_bytes(512, 512, (200, 1, 1)))["id"],
+                             "model": FIXTURE_MODEL}).json()
+        a_victim = wait_until(lambda: attempts_of(api, victim["id"]), what="victim dispatched")[0]
+        a_other = wait_until(lambda: attempts_of(api, other["id"]), what="other dispatched")[0]
+        assert a_victim["server"] != a_other["server"]  # the shortest queue spreads them
+        wait_until(lambda: running_on(a_victim["server"], a_victim["id"]), what="victim running")
+        api.client.post(f"/v1/jobs/{victim['id']}/cancel", headers=api.run)
+        assert wait(api, victim["id"])["state"] == "CANCELLED"
+        queue = httpx.get(f"{a_victim['server']}/queue").json()
+        assert queue == {"queue_running": [], "queue_pending": []}
+        assert wait(api, other["id"])["state"] == "SUCCEEDED"
+
+
+def test_job_nobody_can_run_is_refused_naming_each_server(lacking_url: str, settings: Settings) -> None:
+    settings.comfy_servers = [lacking_url]
+    with make_api(settings, dispatch=False) as api:
+        r = submit(api, {"image": upload(api, png_bytes())["id"], "model": FIXTURE_MODEL})
+        assert r.status_code == 422
+        assert f"{lacking_url} lacks upscale_models/{FIXTURE_MODEL} (it has: none)" in r.json()["detail"]
+
+
+# -- orchestrator processes ---------------------------------------------------------------------------
+def serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "serve", "--port", str(port)], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_until(lambda: _up(port) or proc.poll() is not None, timeout=60, what="orchestrator up")
+    assert proc.poll() is None, log.read_text()[-3000:]
+    return proc
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def orchestrator_env(home: Path, servers: list[str], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIALAB_")}
+    env.update(MEDIALAB_HOME=str(home), MEDIALAB_COMFY_SERVERS=str(servers).replace("'", '"'),
+               MEDIALAB_LEASE_S="3", MEDIALAB_EVENT_TIMEOUT_S="5", **extra)
+    return env
+
+
+def test_orchestrator_killed_mid_job_completes_it_exactly_once(comfy_url: str, tmp_path: Path) -> None:
+    from orchestrator.comfy.worker import free_port
+
+    env = orchestrator_env(tmp_path / "home", [comfy_url])
+    key = subprocess.run([sys.executable, "-m", "orchestrator", "keys", "create", "--role", "admin"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split(": ")[-1].strip()
+    headers = {"X-API-Key": key}
+    port = free_port()
+    proc = serve(env, port, tmp_path / "serve.log")
+    base = f"http://127.0.0.1:{port}/v1"
+    buf = io.BytesIO()
+    Image.new("RGB", (512, 512), (3, 60, 90)).save(buf, format="PNG")
+    art = httpx.post(f"{base}/artifacts", headers=headers, files={"file": ("f.png", buf.getvalue())}).json()
+    job = httpx.post(f"{base}/jobs", headers=headers,
+                     json={"template": "upscale-esrgan", "params": {"image": art["id"], "model": FIXTURE_MODEL}}).json()
+    attempt = wait_until(lambda: httpx.get(f"{base}/jobs/{job['id']}", headers=headers).json()["attempts"],
+                         what="dispatched")[0]
+    wait_until(lambda: running_on(comfy_url, attempt["id"]), what="prompt running")
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the orchestrator mid-job
+    proc.wait()
+    proc = serve(env, port, tmp_path / "serve.log")
+    try:
+        final = wait_until(lambda: (j := httpx.get(f"{base}/jobs/{job['id']}", headers=headers).json())["state"]
+                           in ("SUCCEEDED", "FAILED", "CANCELLED") and j, timeout=90, what="job finished")
+        events = httpx.get(f"{base}/jobs/{job['id']}/events", headers=headers, timeout=10).text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    assert final["state"] == "SUCCEEDED", final
+    assert [a["id"] for a in final["attempts"]] == [attempt["id"]]  # re-attached, not run again
+    assert len(final["outputs"]) == 1
+    history = httpx.get(f"{comfy_url}/history/{attempt['id']}").json()
+    assert list(history) == [attempt["id"]]
+    assert "adopted after its orchestrator stopped" in events or "re-attached" in events
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    name = f"medialab_test_{uuid.uuid4().hex[:8]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pair: list[str], pg_url: str,
+                                                                       tmp_path: Path) -> None:
+    from orchestrator.comfy.worker import free_port
+    from orchestrator.context import Context
+
+    storage = tmp_path / "objects"
+    settings = Settings(home=tmp_path / "seed", database_url=pg_url, storage_dir=storage, comfy_servers=comfy_pair)
+    ctx = Context(settings)
+    with ctx.db.session() as s:
+        art = service.store_input(s, LocalDiskStore(storage), png_bytes(16, 16), "tiny.png")
+        row, t = service.get_template(s, "upscale-esrgan")
+        ids = [service.create_job(s, row, t, {"image": art.id, "model": FIXTURE_MODEL}).id for _ in range(200)]
+    ctx.close()
+    procs = [serve(orchestrator_env(tmp_path / f"home{i}", comfy_pair, MEDIALAB_DATABASE_URL=pg_url,
+                                    MEDIALAB_STORAGE_DIR=str(storage), MEDIALAB_REPLICA_ID=f"replica{i}"),
+                   free_port(), tmp_path / f"serve{i}.log") for i in range(2)]
+    db = Database(pg_url)
+    try:
+        def finished() -> bool:
+            with db.session() as s:
+                return not service.list_jobs(s, limit=1, state=None, template=None) or all(
+                    service.get_job(s, i).state.terminal for i in ids)
+        wait_until(finished, timeout=240, what="200 jobs finished")
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+    with db.session() as s:
+        jobs = [service.get_job(s, i) for i in ids]
+        attempts = [service.job_attempts(s, i) for i in ids]
+        outputs = [service.job_outputs(s, i) for i in ids]
+    db.engine.dispose()
+    assert {j.state.value for j in jobs} == {"SUCCEEDED"}
+    assert all(len(a) == 1 for a in attempts), "a job was dispatched more than once"
+    assert all(len(o) == 1 for o in outputs)
+    owners = {a[0].owner for a in attempts}
+    assert owners == {"replica0", "replica1"}, owners  # both replicas took part
+    prompts = set()
+    for url in comfy_pair:
+        prompts |= set(httpx.get(f"{url}/history", params={"max_items": 100000}).json())
+    assert {a[0].id for a in attempts} <= prompts
