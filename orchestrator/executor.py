@@ -138,62 +138,65 @@ class Executor:
         quiet_since = time.monotonic()
         last_progress = checked_at = 0.0
         done: set[str] = set()
-        interrupting = False
-        while True:
-            try:
-                event = events.recv(timeout=min(1.0, quiet_limit))
-            except ComfyUnreachable:
-                event, quiet_limit, quiet_since = None, 1.0, 0.0  # poll from now on, starting now
-            if not interrupting and time.monotonic() - checked_at > 0.5:
-                checked_at = time.monotonic()
-                reason = ("cancelled" if self._cancel_requested(job.id) else
-                          f"timed out after {timeout:.0f}s" if deadline and time.monotonic() > deadline else None)
-                if reason:
-                    interrupting, quiet_limit = True, 1.0
-                    client.delete_queued(pid)
-                    client.interrupt(pid)  # only ever by prompt_id: never someone else's job
-                    self._event(job.id, "info", f"interrupting: {reason}")
-                    if reason != "cancelled":
-                        raise ExecutionFailed(f"job {reason}; interrupted on {server.url}")
-            if event is None:
-                if time.monotonic() - quiet_since >= quiet_limit:
-                    entry = client.history(pid)
-                    if not entry and client.queue_position(pid) is None and not (entry := client.history(pid)):
-                        if interrupting:  # removed from the queue before it ran
-                            raise Interrupted("cancelled; removed from the server's queue")
-                        raise ServerLost(f"{server.url} no longer knows prompt {pid}")
-                    if entry:
-                        return self._check_history(entry, pid, interrupting)
-                    quiet_since = time.monotonic()
-                continue
-            quiet_since = time.monotonic()
-            data = event.get("data") or {}
-            kind = event.get("type")
-            if kind == "execution_cached":
-                done.update(data.get("nodes") or [])
-            elif kind == "executing" and data.get("node") is None:
-                return self._check_history(client.history(pid) or {}, pid, interrupting)
-            elif kind == "executing":
-                done.add(data["node"])
-            elif kind == "progress" and (data["value"] >= data["max"] or time.monotonic() - last_progress > 0.2):
-                last_progress = time.monotonic()
-                fraction = round(max((len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph), 0.0), 4)
-                node = str(data.get("node"))
-                self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
-                            {"node": node, "title": titles.get(node), "value": data["value"],
-                             "max": data["max"], "fraction": fraction}, progress=fraction)
-            elif kind == "execution_error":
-                node = str(data.get("node_id"))
-                raise ExecutionFailed(
-                    f"node '{titles.get(node, node)}' (#{node} {data.get('node_type')}) failed: "
-                    f"{data.get('exception_type')}: {data.get('exception_message', '').strip()}",
-                    node_id=node, node_type=data.get("node_type"), exception_type=data.get("exception_type"),
-                    exception_message=data.get("exception_message"))
-            elif kind == "execution_interrupted":
-                raise Interrupted("cancelled; ComfyUI confirmed the interruption")
+        interrupting: str | None = None  # why, once the prompt is being interrupted
+        try:
+            while True:
+                try:
+                    event = events.recv(timeout=min(1.0, quiet_limit))
+                except ComfyUnreachable:
+                    event, quiet_limit, quiet_since = None, 1.0, 0.0  # poll from now on, starting now
+                if not interrupting and time.monotonic() - checked_at > 0.5:
+                    checked_at = time.monotonic()
+                    reason = ("cancelled" if self._cancel_requested(job.id) else
+                              f"timed out after {timeout:.0f}s" if deadline and time.monotonic() > deadline else None)
+                    if reason:
+                        interrupting, quiet_limit = reason, 1.0
+                        client.delete_queued(pid)
+                        client.interrupt(pid)  # only ever by prompt_id: never someone else's job
+                        self._event(job.id, "info", f"interrupting: {reason}")
+                if event is None:
+                    if time.monotonic() - quiet_since >= quiet_limit:
+                        entry = client.history(pid)
+                        if not entry and client.queue_position(pid) is None and not (entry := client.history(pid)):
+                            if interrupting:  # removed from the queue before it ran
+                                raise Interrupted("cancelled; removed from the server's queue")
+                            raise ServerLost(f"{server.url} no longer knows prompt {pid}")
+                        if entry:
+                            return self._check_history(entry, pid, interrupting)
+                        quiet_since = time.monotonic()
+                    continue
+                quiet_since = time.monotonic()
+                data = event.get("data") or {}
+                kind = event.get("type")
+                if kind == "execution_cached":
+                    done.update(data.get("nodes") or [])
+                elif kind == "executing" and data.get("node") is None:
+                    return self._check_history(client.history(pid) or {}, pid, interrupting)
+                elif kind == "executing":
+                    done.add(data["node"])
+                elif kind == "progress" and (data["value"] >= data["max"] or time.monotonic() - last_progress > 0.2):
+                    last_progress = time.monotonic()
+                    fraction = round(max((len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph), 0.0), 4)
+                    node = str(data.get("node"))
+                    self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
+                                {"node": node, "title": titles.get(node), "value": data["value"],
+                                 "max": data["max"], "fraction": fraction}, progress=fraction)
+                elif kind == "execution_error":
+                    node = str(data.get("node_id"))
+                    raise ExecutionFailed(
+                        f"node '{titles.get(node, node)}' (#{node} {data.get('node_type')}) failed: "
+                        f"{data.get('exception_type')}: {data.get('exception_message', '').strip()}",
+                        node_id=node, node_type=data.get("node_type"), exception_type=data.get("exception_type"),
+                        exception_message=data.get("exception_message"))
+                elif kind == "execution_interrupted":
+                    raise Interrupted("cancelled; ComfyUI confirmed the interruption")
+        except Interrupted:
+            if interrupting and interrupting != "cancelled":
+                raise ExecutionFailed(f"job {interrupting}; interrupted on {server.url}") from None
+            raise
 
     @staticmethod
-    def _check_history(entry: dict[str, Any], pid: str, interrupting: bool) -> dict[str, Any]:
+    def _check_history(entry: dict[str, Any], pid: str, interrupting: str | None) -> dict[str, Any]:
         status = entry.get("status") or {}
         if status.get("status_str") == "error":
             msgs = [m for m in status.get("messages", []) if m[0] in ("execution_error", "execution_interrupted")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -39,6 +40,11 @@ def wait_until(predicate, timeout: float = 60, what: str = "condition") -> Any: 
             return value
         time.sleep(0.05)
     raise AssertionError(f"{what} not reached in {timeout}s")
+
+
+def _events(api: Api, job_id: str) -> list[dict[str, Any]]:
+    r = api.client.get(f"/v1/jobs/{job_id}/events", headers=api.reader)
+    return [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
 
 
 def attempts_of(api: Api, job_id: str) -> list[dict[str, Any]]:
@@ -241,3 +247,51 @@ def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pa
     for url in comfy_pair:
         prompts |= set(httpx.get(f"{url}/history", params={"max_items": 100000}).json())
     assert {a[0].id for a in attempts} <= prompts
+
+
+def test_pending_cancel_timeout_and_metrics(comfy_url: str, settings: Settings) -> None:
+    """One server: a job waiting in ComfyUI's queue is removed from it on cancel; a job past its timeout is
+    interrupted and FAILED; /metrics reports it all."""
+    settings.comfy_servers = [comfy_url]
+    with make_api(settings, dispatch=True) as api:
+        slow = submit(api, {"image": upload(api, png_bytes(768, 768, (5, 5, 250)))["id"], "model": FIXTURE_MODEL},
+                      timeout_s=2).json()
+        pending = submit(api, {"image": upload(api, png_bytes(64, 64, (7, 7, 7)))["id"],
+                               "model": FIXTURE_MODEL}).json()
+        a_pending = wait_until(lambda: attempts_of(api, pending["id"]), what="second prompt sent")[0]
+        wait_until(lambda: any(item[1] == a_pending["id"]
+                               for item in httpx.get(f"{comfy_url}/queue").json()["queue_pending"]),
+                   what="second prompt pending on the server")
+        api.client.post(f"/v1/jobs/{pending['id']}/cancel", headers=api.run)
+        cancelled = wait(api, pending["id"])
+        assert cancelled["state"] == "CANCELLED"
+        states = [e["reason"] for e in _events(api, pending["id"]) if e["kind"] == "state"]
+        assert states[-1] == "cancelled; removed from the server's queue", states
+        timed_out = wait(api, slow["id"])
+        assert timed_out["state"] == "FAILED" and "timed out after 2s" in timed_out["error"]["message"]
+        assert httpx.get(f"{comfy_url}/queue").json() == {"queue_running": [], "queue_pending": []}
+        assert api.client.get("/metrics").status_code == 401
+        text = api.client.get("/metrics", headers=api.reader).text
+        assert 'medialab_jobs{state="FAILED"} 1.0' in text and 'medialab_jobs{state="CANCELLED"} 1.0' in text
+        assert "medialab_queue_depth 0.0" in text
+        assert "medialab_dispatch_latency_seconds_count 2.0" in text
+        assert 'medialab_server_healthy{server="' in text and "medialab_model_loads_total" in text
+
+
+def test_servers_api_roles_drain_and_remove(comfy_pair: list[str], settings: Settings) -> None:
+    settings.comfy_servers = [comfy_pair[0]]
+    with make_api(settings, dispatch=True) as api:
+        r = api.client.post("/v1/servers", headers=api.run, json={"url": comfy_pair[1]})
+        assert r.status_code == 403
+        r = api.client.post("/v1/servers", headers=api.admin, json={"url": comfy_pair[1], "name": "second"})
+        assert r.status_code == 201, r.text
+        added = r.json()
+        assert added["healthy"] and added["comfy_version"] == "0.3.75" and added["node_classes"] > 100
+        assert api.client.post("/v1/servers", headers=api.admin, json={"url": "ftp://x"}).status_code == 422
+        first = next(s for s in api.client.get("/v1/servers", headers=api.reader).json() if s["name"] != "second")
+        assert api.client.post(f"/v1/servers/{first['name']}/drain", headers=api.admin).json()["state"] == "draining"
+        api.client.app.state.ctx.pool.sync()
+        job = submit(api, {"image": upload(api, png_bytes(40, 30))["id"], "model": FIXTURE_MODEL}).json()
+        assert wait(api, job["id"])["attempts"][0]["server"] == comfy_pair[1]  # not to the draining one
+        assert api.client.delete("/v1/servers/second", headers=api.admin).status_code == 200
+        assert api.client.delete("/v1/servers/second", headers=api.admin).status_code == 404
