@@ -149,6 +149,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, dispatch: bool = True) -> N
 
     from orchestrator.api.app import create_app
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
     uvicorn.run(create_app(dispatch=dispatch), host=host, port=port)
 
 
