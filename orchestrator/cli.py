@@ -7,6 +7,8 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlmodel import Session
 
 from orchestrator import auth, service
 from orchestrator import templates as tpl
@@ -55,6 +58,17 @@ def fail(exc: MediaLabError | str) -> typer.Exit:
     raise typer.Exit(1)
 
 
+@contextmanager
+def session() -> Iterator[Session]:
+    """A database session for one command; a MediaLabError inside ends the command with its message."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            yield s
+    except MediaLabError as exc:
+        fail(exc)
+
+
 def parse_sets(sets: list[str]) -> dict[str, Any]:
     """``name=value`` pairs; values are JSON when they parse as JSON (numbers, true/false), else text."""
     values: dict[str, Any] = {}
@@ -69,17 +83,20 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
     return values
 
 
-def attach_input(ctx: Context, template: str, version: int | None, path: Path,
-                 values: dict[str, Any]) -> None:
-    """Store the file and pass it as the template's first image/video parameter."""
+def job_params(ctx: Context, template: str, version: int | None, input: Path | None, sets: list[str]) -> dict[str, Any]:
+    """The ``--set`` values, plus ``--input`` stored and passed as the template's first image/video input."""
+    values = parse_sets(sets)
+    if input is None:
+        return values
     with ctx.db.session() as s:
         _row, t = service.get_template(s, template, version)
         target = next((p for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES), None)
         if target is None:
             raise InvalidInput(f"{t.ref} takes no image or video input")
-        if not path.is_file():
-            raise InvalidInput(f"--input {path}: no such file")
-        values[target.name] = service.store_input(s, ctx.store, path, path.name).id
+        if not input.is_file():
+            raise InvalidInput(f"--input {input}: no such file")
+        values[target.name] = service.store_input(s, ctx.store, input, input.name).id
+    return values
 
 
 def follow(ctx: Context, job_id: str, poll_s: float = 0.2) -> Job:
@@ -165,9 +182,7 @@ def run(template: str,
     logging.basicConfig(level=logging.WARNING)
     ctx = context()
     try:
-        values = parse_sets(set_)
-        if input:
-            attach_input(ctx, template, version, input, values)
+        values = job_params(ctx, template, version, input, set_)
         with ctx.db.session() as s:
             service.validate_job(s, None, template, values, version)  # fail fast, before starting ComfyUI
         with console.status("starting ComfyUI..." if not configured_servers(ctx.settings) else "connecting..."):
@@ -214,9 +229,7 @@ def submit(template: str,
     """Queue a job for the running server (medialab serve) to dispatch."""
     ctx = context()
     try:
-        values = parse_sets(set_)
-        if input:
-            attach_input(ctx, template, version, input, values)
+        values = job_params(ctx, template, version, input, set_)
         with ctx.db.session() as s:
             job = service.submit_job(s, None, template, values, version, priority=priority)
         console.print(f"queued job [bold]{job.id}[/bold]")
@@ -241,17 +254,12 @@ def jobs_list(state: JobState | None = None, template: str | None = None, limit:
 
 @jobs_app.command("show")
 def jobs_show(job_id: str) -> None:
-    ctx = context()
-    try:
-        with ctx.db.session() as s:
-            job = service.get_job(s, job_id)
-            data = {"job": job.model_dump(mode="json"),
-                    "attempts": [a.model_dump(mode="json") for a in service.job_attempts(s, job_id)],
-                    "outputs": [a.model_dump(mode="json") for a in service.job_outputs(s, job_id)],
-                    "events": [e.model_dump(mode="json") for e in service.events_after(s, job_id)
-                               if e.kind != "progress"]}
-    except MediaLabError as exc:
-        fail(exc)
+    with session() as s:
+        job = service.get_job(s, job_id)
+        data = {"job": job.model_dump(mode="json"),
+                "attempts": [a.model_dump(mode="json") for a in service.job_attempts(s, job_id)],
+                "outputs": [a.model_dump(mode="json") for a in service.job_outputs(s, job_id)],
+                "events": [e.model_dump(mode="json") for e in service.events_after(s, job_id) if e.kind != "progress"]}
     console.print_json(json.dumps(data))
 
 
@@ -266,12 +274,8 @@ def jobs_watch(job_id: str) -> None:
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str) -> None:
-    ctx = context()
-    try:
-        with ctx.db.session() as s:
-            job = service.cancel_job(s, job_id)
-    except MediaLabError as exc:
-        fail(exc)
+    with session() as s:
+        job = service.cancel_job(s, job_id)
     note = " (cancel requested; the running prompt is interrupted by its id)" if job.state == JobState.RUNNING else ""
     console.print(f"job {job.id} {job.state.value}{note}")
 
@@ -288,12 +292,8 @@ def templates_list() -> None:
 
 @templates_app.command("show")
 def templates_show(name: str, version: int | None = None) -> None:
-    ctx = context()
-    try:
-        with ctx.db.session() as s:
-            _row, t = service.get_template(s, name, version)
-    except MediaLabError as exc:
-        fail(exc)
+    with session() as s:
+        _row, t = service.get_template(s, name, version)
     console.print(f"[bold]{t.ref}[/bold] {t.manifest.title} ({t.manifest.kind}) hash {t.content_hash[:12]}")
     console.print(t.manifest.description)
     table = Table("parameter", "type", "default", "range/choices", "binds to", "help")
@@ -309,12 +309,8 @@ def templates_show(name: str, version: int | None = None) -> None:
 def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="admin, run, publish, export")],
                 name: str = "cli") -> None:
     """Create an API key with the given roles; the key is printed once."""
-    ctx = context()
-    try:
-        with ctx.db.session() as s:
-            row, plain = auth.create_key(s, name, role)
-    except MediaLabError as exc:
-        fail(exc)
+    with session() as s:
+        row, plain = auth.create_key(s, name, role)
     console.print(f"key '{row.name}' roles {','.join(row.roles)}: [bold]{plain}[/bold]", soft_wrap=True)
 
 
@@ -390,36 +386,24 @@ def servers_add(url: str, name: str | None = None) -> None:
 @servers_app.command("drain")
 def servers_drain(server: str) -> None:
     """No new jobs go to the server; the ones on it finish."""
-    ctx = context()
-    try:
-        with ctx.db.session() as s:
-            row = service.set_server_state(s, server, "draining")
-            busy = service.current_jobs(s).get(row.url, [])
-    except MediaLabError as exc:
-        fail(exc)
+    with session() as s:
+        row = service.set_server_state(s, server, "draining")
+        busy = service.current_jobs(s).get(row.url, [])
     console.print(f"server {row.name} draining; {len(busy)} job(s) still on it")
 
 
 @servers_app.command("activate")
 def servers_activate(server: str) -> None:
     """Take a drained server back into the pool."""
-    ctx = context()
-    try:
-        with ctx.db.session() as s:
-            row = service.set_server_state(s, server, "active")
-    except MediaLabError as exc:
-        fail(exc)
+    with session() as s:
+        row = service.set_server_state(s, server, "active")
     console.print(f"server {row.name} active")
 
 
 @servers_app.command("remove")
 def servers_remove(server: str) -> None:
-    ctx = context()
-    try:
-        with ctx.db.session() as s:
-            row = service.remove_server(s, server)
-    except MediaLabError as exc:
-        fail(exc)
+    with session() as s:
+        row = service.remove_server(s, server)
     console.print(f"server {row.name} removed")
 
 
