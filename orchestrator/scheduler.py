@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlmodel import Session
 
 from orchestrator import service
+from orchestrator import templates as tpl
 from orchestrator.capabilities import Requirements
 from orchestrator.db import Database
 from orchestrator.executor import Executor
@@ -47,6 +48,7 @@ class Dispatcher:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._requirements: dict[tuple[int, str], Requirements] = {}
+        self._templates: dict[int, tpl.TemplateVersion] = {}
 
     def start(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
         """``dispatch=False, recover=False`` only renews this process's leases (``medialab run``)."""
@@ -82,9 +84,17 @@ class Dispatcher:
                 self._wake.clear()
 
     def requirements(self, session: Session, job: Job) -> Requirements:
-        key = (job.template_version_id, json.dumps(job.params, sort_keys=True))
+        """What the job needs from a server (cached per template version and non-input parameters)."""
+        t = self._templates.get(job.template_version_id)
+        if t is None:
+            t = self._templates[job.template_version_id] = service.template_from_row(
+                session.get(TemplateVersionRow, job.template_version_id))
+        inputs = {p.name for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES}
+        key = (job.template_version_id, json.dumps({k: v for k, v in job.params.items() if k not in inputs},
+                                                   sort_keys=True))
         if key not in self._requirements:
-            t = service.template_from_row(session.get(TemplateVersionRow, job.template_version_id))
+            if len(self._requirements) > 4096:
+                self._requirements.clear()
             self._requirements[key] = service.requirements(t, job.params)
         return self._requirements[key]
 
