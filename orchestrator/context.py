@@ -23,7 +23,7 @@ from orchestrator.pool import Pool
 from orchestrator.scheduler import Dispatcher
 from orchestrator.settings import Settings
 from orchestrator.templates import scan_library
-from storage import LocalDiskStore
+from storage import LocalDiskStore, MinioStore, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,27 @@ def configured_servers(settings: Settings) -> list[tuple[str | None, str]]:
     return found
 
 
+def make_store(settings: Settings) -> ObjectStore:
+    if settings.storage == "local":
+        return LocalDiskStore(settings.objects)
+    if settings.storage != "s3":
+        raise InvalidInput(f"MEDIALAB_STORAGE={settings.storage!r}: expected local or s3")
+    missing = [n for n in ("s3_endpoint", "s3_access_key", "s3_secret_key") if not getattr(settings, n)]
+    if missing:
+        raise InvalidInput("MEDIALAB_STORAGE=s3 needs " + ", ".join(f"MEDIALAB_{n.upper()}" for n in missing))
+    spool = settings.home / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    return MinioStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+                      secure=settings.s3_secure, region=settings.s3_region, spool_dir=spool)
+
+
 class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         self.owner = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.db = Database(settings.database)
-        self.store = LocalDiskStore(settings.objects)
+        self.store = make_store(settings)
         with self.db.session() as s:
             service.sync_templates(s, scan_library(settings.templates))
             for name, url in configured_servers(settings):

@@ -26,7 +26,7 @@ from orchestrator.jobs import JobState
 from orchestrator.models import Artifact, Attempt, Job, TemplateVersionRow
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
-from storage import ObjectStore
+from storage import ObjectStore, StorageUnavailable
 
 if TYPE_CHECKING:
     from orchestrator.pool import Pool, Server
@@ -65,7 +65,9 @@ class Executor:
             t = service.template_from_row(s.get(TemplateVersionRow, job.template_version_id))
         try:
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
-            artifacts = self._collect(job, t, attempt, server, history)
+            artifacts = self._ingest(job, t, attempt, server, history)
+        except StorageUnavailable as exc:  # inputs could not be read: nothing ran yet
+            return self.retry_or_fail(job, attempt, str(exc), server.url)
         except Interrupted as exc:
             return self._finish(attempt, JobState.CANCELLED, exc.message, None)
         except ComfyValidationError as exc:
@@ -208,6 +210,22 @@ class Executor:
         if not entry:
             raise ExecutionFailed(f"prompt {pid} finished but its history is missing")
         return entry
+
+    def _ingest(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
+                history: dict[str, Any]) -> list[Artifact]:
+        """Store the outputs; while the object store is unreachable, wait and try again (the outputs wait
+        on the ComfyUI server: the GPU work is never run again for this)."""
+        delay = 1.0
+        while True:
+            try:
+                return self._collect(job, t, attempt, server, history)
+            except StorageUnavailable as exc:
+                if self._cancel_requested(job.id):
+                    raise Interrupted(f"cancelled while the object store was unreachable ({exc})") from exc
+                self._event(job.id, "info", f"object store unreachable; retrying the ingest in {delay:.0f}s",
+                            {"error": str(exc)})
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _collect(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
                  history: dict[str, Any]) -> list[Artifact]:

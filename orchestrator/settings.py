@@ -17,6 +17,14 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(None, description="Local-disk object store; default: home/objects.")
     templates_dir: Path | None = Field(None, description="Template library; default: the packaged one.")
 
+    storage: str = Field("local", description="local (disk under storage_dir) | s3 (MinIO or any S3).")
+    s3_endpoint: str | None = Field(None, description="host:port of the MinIO/S3 server.")
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "medialab"
+    s3_secure: bool = Field(False, description="https to the S3 endpoint.")
+    s3_region: str | None = None
+
     comfy_servers: list[str] = Field(
         default_factory=list,
         description="ComfyUI base URLs added to the pool at start (JSON list).",

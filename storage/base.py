@@ -40,5 +40,13 @@ class ObjectStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def size(self, key: str) -> int | None:
+        """The object's size, or None when it is not stored."""
+
+    def delete(self, key: str) -> None: ...
+
     def local_path(self, key: str) -> Path | None:
         """A path on this machine when the backend has one (local disk), else None."""
+
+    def presigned_get(self, key: str, expires_s: int = 3600, filename: str | None = None) -> str | None:
+        """A time-limited URL anyone can GET the object from, when the backend has such URLs."""

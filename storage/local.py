@@ -65,5 +65,15 @@ class LocalDiskStore:
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.exists() else None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def presigned_get(self, key: str, expires_s: int = 3600, filename: str | None = None) -> str | None:
+        return None  # served by the API (GET /v1/artifacts/{id}/content)

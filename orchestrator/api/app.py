@@ -17,6 +17,7 @@ from orchestrator.api.routes import artifacts, jobs, servers, templates
 from orchestrator.context import Context
 from orchestrator.errors import MediaLabError
 from orchestrator.settings import Settings, get_settings
+from storage import StorageUnavailable
 
 PROBLEM = "application/problem+json"
 
@@ -46,6 +47,10 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
     @app.exception_handler(MediaLabError)
     async def _medialab_error(_: Request, exc: MediaLabError) -> JSONResponse:
         return JSONResponse(exc.to_problem(), status_code=exc.status, media_type=PROBLEM)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        return problem(503, "Object store unavailable", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -58,11 +58,14 @@ def _poll(ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobSta
         return events, service.get_job(s, job_id).state
 
 
-@router.get("/{job_id}/events")
-async def events(job_id: str, ctx: CtxDep, _: AnyKey,
-                 last_event_id: Annotated[int | None, Header()] = None) -> EventSourceResponse:
-    """Server-Sent Events: every event of the job (state, progress, info); ends after the final state."""
-    await run_in_threadpool(_poll, ctx, job_id, 0)  # 404 before the stream starts
+@router.get("/{job_id}/events", response_model=None)
+async def events(job_id: str, ctx: CtxDep, _: AnyKey, last_event_id: Annotated[int | None, Header()] = None,
+                 follow: bool = True) -> EventSourceResponse | list[EventOut]:
+    """Server-Sent Events: every event of the job (state, progress, info); ends after the final state.
+    With ``follow=false``: the events so far, as a JSON list."""
+    so_far, _state = await run_in_threadpool(_poll, ctx, job_id, last_event_id or 0)  # 404 before streaming
+    if not follow:
+        return so_far
 
     async def stream() -> AsyncIterator[dict]:
         after = last_event_id or 0
