@@ -147,3 +147,19 @@ class Artifact(SQLModel, table=True):
     width: int | None = None
     height: int | None = None
     created_at: datetime = Field(default_factory=now)
+
+
+class JobInput(SQLModel, table=True):
+    """Which artifacts a job reads; an artifact a job reads cannot be deleted."""
+
+    __tablename__ = "job_inputs"
+
+    job_id: str = Field(foreign_key="jobs.id", primary_key=True)
+    artifact_id: str = Field(foreign_key="artifacts.id", primary_key=True, index=True)
+
+
+class ArtifactTag(SQLModel, table=True):
+    __tablename__ = "artifact_tags"
+
+    artifact_id: str = Field(foreign_key="artifacts.id", primary_key=True)
+    tag: str = Field(primary_key=True, index=True)

@@ -16,7 +16,17 @@ from orchestrator import templates as tpl
 from orchestrator.capabilities import Capabilities, Requirements
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.jobs import JobState, check_transition
-from orchestrator.models import Artifact, Attempt, Job, JobEvent, ServerRow, TemplateVersionRow, now
+from orchestrator.models import (
+    Artifact,
+    ArtifactTag,
+    Attempt,
+    Job,
+    JobEvent,
+    JobInput,
+    ServerRow,
+    TemplateVersionRow,
+    now,
+)
 from storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -77,14 +87,15 @@ def sniff(f: BinaryIO, filename: str) -> tuple[str, int | None, int | None]:
 
 
 def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[bytes] | Path,
-                filename: str) -> Artifact:
-    """Store an uploaded input; the same bytes uploaded twice give the same artifact."""
+                filename: str, tags: Iterable[str] = ()) -> Artifact:
+    """Store an uploaded input; the same bytes uploaded twice give the same artifact (tags are added)."""
     if isinstance(data, Path):
         obj = store.put_file(data)
     else:
         obj = store.put_stream([data] if isinstance(data, bytes) else data)
     existing = session.exec(select(Artifact).where(Artifact.origin == f"input:{obj.sha256}")).first()
     if existing:
+        add_tags(session, existing.id, tags)
         return existing
     with store.open(obj.key) as f:
         content_type, w, h = sniff(f, filename)
@@ -92,7 +103,51 @@ def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[byt
                    content_type=content_type, filename=Path(filename).name or "upload", role="input",
                    width=w, height=h)
     session.add(art)
+    session.flush()
+    add_tags(session, art.id, tags)
+    return art
+
+
+def add_tags(session: Session, artifact_id: str, tags: Iterable[str]) -> None:
+    have = set(artifact_tags(session, artifact_id))
+    for tag in {t.strip() for t in tags if t.strip()} - have:
+        session.add(ArtifactTag(artifact_id=artifact_id, tag=tag))
     session.commit()
+
+
+def artifact_tags(session: Session, artifact_id: str) -> list[str]:
+    return sorted(session.exec(select(ArtifactTag.tag).where(ArtifactTag.artifact_id == artifact_id)))
+
+
+def list_artifacts(session: Session, job: str | None = None, template: str | None = None, tag: str | None = None,
+                   role: str | None = None, limit: int = 50, offset: int = 0) -> list[Artifact]:
+    q = select(Artifact).order_by(col(Artifact.created_at).desc()).limit(limit).offset(offset)
+    if job:
+        q = q.where(Artifact.job_id == job)
+    if template:
+        q = q.where(Artifact.template == template)
+    if role:
+        q = q.where(Artifact.role == role)
+    if tag:
+        q = q.where(col(Artifact.id).in_(select(ArtifactTag.artifact_id).where(ArtifactTag.tag == tag)))
+    return list(session.exec(q))
+
+
+def delete_artifact(session: Session, store: ObjectStore, artifact_id: str) -> Artifact:
+    """Delete an artifact (and its bytes when no other artifact has the same content). An artifact that a
+    job reads is kept: its lineage would break."""
+    art = get_artifact(session, artifact_id)
+    readers = list(session.exec(select(JobInput.job_id).where(JobInput.artifact_id == artifact_id).limit(6)))
+    if readers:
+        raise Conflict(f"artifact {artifact_id} is an input of job(s) {', '.join(readers[:5])}"
+                       f"{' and more' if len(readers) > 5 else ''}; it is kept for their lineage")
+    for row in session.exec(select(ArtifactTag).where(ArtifactTag.artifact_id == artifact_id)):
+        session.delete(row)
+    session.delete(art)
+    shared = session.exec(select(func.count()).where(Artifact.sha256 == art.sha256, Artifact.id != art.id)).one()
+    session.commit()
+    if not shared:
+        store.delete(art.key)
     return art
 
 
@@ -137,6 +192,8 @@ def create_job(session: Session, row: TemplateVersionRow, t: tpl.TemplateVersion
     job = Job(template_version_id=row.id, template=t.name, version=t.version, params=values,
               priority=priority, timeout_s=timeout_s or t.manifest.timeout_s, api_key_id=api_key_id)
     session.add(job)
+    session.add_all(JobInput(job_id=job.id, artifact_id=values[p.name]) for p in t.manifest.parameters
+                    if p.type in tpl.ARTIFACT_TYPES and values.get(p.name))
     session.add(JobEvent(job_id=job.id, kind="state", state=JobState.QUEUED, reason="submitted",
                          data={"template": t.ref, "hash": t.content_hash}))
     session.commit()

@@ -34,6 +34,7 @@ class ArtifactOut(Out):
     server: str | None
     comfy_version: str | None
     created_at: datetime
+    tags: list[str] = []
 
 
 class AttemptOut(Out):

@@ -92,3 +92,30 @@ def test_store_outage_during_ingest_waits_and_stores_once(s3_api: Api, s3: S3Ser
     assert [a["state"] for a in final["attempts"]] == ["SUCCEEDED"]  # the GPU work was not run again
     (out,) = final["outputs"]
     assert api.client.app.state.ctx.store.size(key_for(out["sha256"])) == out["size"]
+
+
+def test_artifacts_api_urls_listing_tags_and_deletion(s3_api: Api) -> None:
+    api = s3_api
+    r = api.client.post("/v1/artifacts", headers=api.run, data={"tags": "actor-a, frames"},
+                        files={"file": ("a.png", png_bytes(40, 30, (1, 1, 1)))})
+    frame = r.json()
+    assert sorted(frame["tags"]) == ["actor-a", "frames"]
+    spare = upload(api, png_bytes(20, 20, (2, 2, 2)))
+    job = wait(api, submit(api, {"image": frame["id"], "model": FIXTURE_MODEL}).json()["id"])
+    (out,) = job["outputs"]
+    url = api.client.get(f"/v1/artifacts/{out['id']}/url", headers=api.reader).json()
+    assert url["presigned"] and httpx.get(url["url"]).content[:8] == b"\x89PNG\r\n\x1a\n"
+    listed = api.client.get("/v1/artifacts", params={"tag": "actor-a"}, headers=api.reader).json()
+    assert [a["id"] for a in listed] == [frame["id"]]
+    by_job = api.client.get("/v1/artifacts", params={"job": job["id"]}, headers=api.reader).json()
+    assert [a["id"] for a in by_job] == [out["id"]]
+    by_template = api.client.get("/v1/artifacts", params={"template": "upscale-esrgan", "role": "output"},
+                                 headers=api.reader).json()
+    assert [a["id"] for a in by_template] == [out["id"]]
+    assert api.client.delete(f"/v1/artifacts/{spare['id']}", headers=api.run).status_code == 403
+    r = api.client.delete(f"/v1/artifacts/{frame['id']}", headers=api.admin)
+    assert r.status_code == 409 and job["id"] in r.json()["detail"]  # the job's input stays
+    assert api.client.delete(f"/v1/artifacts/{spare['id']}", headers=api.admin).status_code == 200
+    assert api.client.get(f"/v1/artifacts/{spare['id']}", headers=api.reader).status_code == 404
+    assert api.client.app.state.ctx.store.size(key_for(spare["sha256"])) is None
+    assert api.client.delete(f"/v1/artifacts/{out['id']}", headers=api.admin).status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,12 +16,14 @@ from orchestrator import templates as tpl
 from orchestrator.db import Database, alembic_config
 from orchestrator.jobs import JobState
 from orchestrator.settings import PROJECT_ROOT
+from storage import LocalDiskStore
+from tests.conftest import png_bytes
 
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:  # noqa: ANN001
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "sqlite":
         yield Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
         return
@@ -37,12 +40,13 @@ def db(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:  # noqa:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def queue_jobs(db: Database, n: int) -> list[str]:
+def queue_jobs(db: Database, n: int, tmp_path: Path) -> list[str]:
     versions = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
     with db.session() as s:
         service.sync_templates(s, versions)
         row, t = service.get_template(s, "upscale-esrgan")
-        return [service.create_job(s, row, t, {"image": f"a{i}", "model": "m"}, priority=i % 2).id
+        frame = service.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
+        return [service.create_job(s, row, t, {"image": frame.id, "model": "m"}, priority=i % 2).id
                 for i in range(n)]
 
 
@@ -58,8 +62,8 @@ def claim(db: Database, owner: str = "test") -> str | None:
     return None
 
 
-def test_each_job_is_claimed_exactly_once(db: Database) -> None:
-    ids = queue_jobs(db, 12)
+def test_each_job_is_claimed_exactly_once(db: Database, tmp_path: Path) -> None:
+    ids = queue_jobs(db, 12, tmp_path)
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -83,14 +87,14 @@ def test_each_job_is_claimed_exactly_once(db: Database) -> None:
     assert [(a.number, a.owner, a.state) for a in attempts] == [(1, "test", JobState.RUNNING)]
 
 
-def test_priority_then_age(db: Database) -> None:
-    ids = queue_jobs(db, 4)  # priorities 0, 1, 0, 1
+def test_priority_then_age(db: Database, tmp_path: Path) -> None:
+    ids = queue_jobs(db, 4, tmp_path)  # priorities 0, 1, 0, 1
     order = [claim(db) for _ in range(4)]
     assert order == [ids[1], ids[3], ids[0], ids[2]]
 
 
-def test_transition_loses_the_race_cleanly(db: Database) -> None:
-    (job_id,) = queue_jobs(db, 1)
+def test_transition_loses_the_race_cleanly(db: Database, tmp_path: Path) -> None:
+    (job_id,) = queue_jobs(db, 1, tmp_path)
     with db.session() as s:
         assert service.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "cancelled")
         assert not service.transition(s, job_id, JobState.QUEUED, JobState.RUNNING, "too late")
