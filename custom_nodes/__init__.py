@@ -1,8 +1,45 @@
-"""The project's own ComfyUI node pack, installed on every pool server.
+"""The project's own ComfyUI node pack, installed on every pool server (``scripts/install_node_pack.py``).
 
-The walking skeleton needs no node of its own (its templates use core nodes only), so the pack
-registers none yet; the parameter and MinIO nodes arrive with the MinIO issue.
+- MediaLabLoadImage / MediaLabLoadVideo: inputs straight from object storage (key or presigned URL).
+- MediaLabSaveImage / MediaLabSaveVideo: outputs straight to object storage; their ui output
+  (``medialab_objects``) lists key, sha256, size, type and dimensions of each object.
+- MediaLabParam*: parameter nodes that mark a graph input as a template parameter.
+- GET /medialab/info: the pack's version, the server's object storage (endpoint, bucket) and upload limit,
+  which the orchestrator reads to pick the byte path per server.
 """
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from .nodes import MediaLabLoadImage, MediaLabLoadVideo, MediaLabSaveImage, MediaLabSaveVideo
+from .params import PARAMETER_NODES
+
+PACK_VERSION = "0.1.0"
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "MediaLabLoadImage": MediaLabLoadImage, "MediaLabLoadVideo": MediaLabLoadVideo,
+    "MediaLabSaveImage": MediaLabSaveImage, "MediaLabSaveVideo": MediaLabSaveVideo, **PARAMETER_NODES,
+}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    name: "Media Lab " + name.removeprefix("MediaLab").replace("Param", "parameter: ") for name in NODE_CLASS_MAPPINGS
+}
+
+
+def _register_routes() -> None:
+    """Only inside a running ComfyUI: its server module is there then."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return
+    if getattr(PromptServer, "instance", None) is None:
+        return
+
+    from . import objects
+
+    @PromptServer.instance.routes.get("/medialab/info")
+    async def info(_request: web.Request) -> web.Response:
+        from comfy.cli_args import args
+
+        return web.json_response({"pack": "medialab", "version": PACK_VERSION, "storage": objects.config(),
+                                  "max_upload_mb": args.max_upload_size})
+
+
+_register_routes()

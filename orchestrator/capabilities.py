@@ -17,11 +17,16 @@ class Capabilities:
     device: str | None = None
     vram_total: int | None = None
     vram_free: int | None = None
+    pack: dict[str, Any] | None = None  # the node pack's /medialab/info: version, storage, max_upload_mb
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int((self.pack or {}).get("max_upload_mb") or 100) * 1024 * 1024
 
     @classmethod
     def from_probe(cls, object_info: dict[str, Any], models: dict[str, list[str]],
-                   system_stats: dict[str, Any]) -> Capabilities:
-        """Build from a server's /object_info, /models/{folder} lists and /system_stats."""
+                   system_stats: dict[str, Any], pack: dict[str, Any] | None = None) -> Capabilities:
+        """Build from a server's /object_info, /models/{folder} lists, /system_stats and /medialab/info."""
         packs = sorted({str(info.get("python_module", "")).removeprefix("custom_nodes.")
                         for info in object_info.values()
                         if str(info.get("python_module", "")).startswith("custom_nodes.")})
@@ -29,12 +34,12 @@ class Capabilities:
         return cls(node_classes=frozenset(object_info), models={f: frozenset(v) for f, v in models.items()},
                    packs=tuple(packs), comfy_version=(system_stats.get("system") or {}).get("comfyui_version"),
                    device=devices[0].get("name"), vram_total=devices[0].get("vram_total"),
-                   vram_free=devices[0].get("vram_free"))
+                   vram_free=devices[0].get("vram_free"), pack=pack)
 
     def to_json(self) -> dict[str, Any]:
         return {"node_classes": sorted(self.node_classes), "models": {f: sorted(v) for f, v in self.models.items()},
                 "packs": list(self.packs), "comfy_version": self.comfy_version, "device": self.device,
-                "vram_total": self.vram_total, "vram_free": self.vram_free}
+                "vram_total": self.vram_total, "vram_free": self.vram_free, "pack": self.pack}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Capabilities | None:
@@ -43,7 +48,8 @@ class Capabilities:
         return cls(node_classes=frozenset(data.get("node_classes", [])),
                    models={f: frozenset(v) for f, v in (data.get("models") or {}).items()},
                    packs=tuple(data.get("packs", [])), comfy_version=data.get("comfy_version"),
-                   device=data.get("device"), vram_total=data.get("vram_total"), vram_free=data.get("vram_free"))
+                   device=data.get("device"), vram_total=data.get("vram_total"), vram_free=data.get("vram_free"),
+                   pack=data.get("pack"))
 
 
 @dataclass(frozen=True)

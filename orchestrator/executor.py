@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import select
 
-from orchestrator import service
+from orchestrator import service, transport
 from orchestrator import templates as tpl
 from orchestrator.comfy.client import ComfyUnreachable, ComfyValidationError, output_files
 from orchestrator.comfy.monitor import Subscription
@@ -26,7 +27,7 @@ from orchestrator.jobs import JobState
 from orchestrator.models import Artifact, Attempt, Job, TemplateVersionRow
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
-from storage import ObjectStore, StorageUnavailable
+from storage import ObjectStore, StorageUnavailable, key_for
 
 if TYPE_CHECKING:
     from orchestrator.pool import Pool, Server
@@ -55,6 +56,7 @@ class Executor:
         self.owner = owner
         self.pool = pool
         self.policy = RetryPolicy(settings.max_attempts, settings.retry_base_delay_s)
+        self.bytes_through = 0  # media bytes this process moved between ComfyUI and the store
 
     def execute(self, attempt_id: str, server: Server, resume: bool = False) -> JobState:
         """Run (or, with ``resume``, re-attach to) an attempt this process owns; returns the job's state.
@@ -89,8 +91,14 @@ class Executor:
                    if server.caps and n not in server.caps.models.get(f, frozenset())]
         if missing:
             raise ExecutionFailed(f"{server.url} lacks {', '.join(missing)}")
-        values = self._upload_inputs(job, t, server)
-        graph = tpl.bind(t, values)
+        inputs = self._inputs(job, t)
+        path, why = transport.choose(self.settings.byte_path, server.caps, self.store.bucket, t,
+                                     max((a.size for a in inputs.values()), default=0))
+        self._event(job.id, "info", f"byte path: {path.value} ({why})", {"byte_path": path.value})
+        if path == transport.BytePath.direct:
+            graph = transport.direct_graph(t, {**job.params, **{name: a.key for name, a in inputs.items()}})
+        else:
+            graph = tpl.bind(t, self._upload_inputs(job, inputs, server))
         extra = {"extra_pnginfo": {"medialab": {"job": job.id, "attempt": attempt.id, "template": t.ref,
                                                 "template_hash": t.content_hash}}}
         with server.monitor.subscribe(attempt.id) as events:
@@ -113,15 +121,20 @@ class Executor:
         with server.monitor.subscribe(attempt.id) as events:
             return self._follow(events, job, tpl.bind(t, {}), attempt, server, poll_s=1.0)
 
-    def _upload_inputs(self, job: Job, t: tpl.TemplateVersion, server: Server) -> dict[str, Any]:
-        values = dict(job.params)
+    def _inputs(self, job: Job, t: tpl.TemplateVersion) -> dict[str, Artifact]:
+        """The input artifacts of the job, by parameter name."""
         with self.db.session() as s:
-            for p in t.manifest.parameters:
-                if p.type in tpl.ARTIFACT_TYPES and values.get(p.name):
-                    art = service.get_artifact(s, values[p.name])
-                    with self.store.open(art.key) as f:
-                        values[p.name] = server.client.upload(
-                            f, art.sha256 + Path(art.filename).suffix.lower(), subfolder="medialab")
+            return {p.name: service.get_artifact(s, job.params[p.name]) for p in t.manifest.parameters
+                    if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)}
+
+    def _upload_inputs(self, job: Job, inputs: dict[str, Artifact], server: Server) -> dict[str, Any]:
+        """Through path: upload each input to the server; returns the values to bind."""
+        values = dict(job.params)
+        for name, art in inputs.items():
+            with self.store.open(art.key) as f:
+                values[name] = server.client.upload(f, art.sha256 + Path(art.filename).suffix.lower(),
+                                                    subfolder="medialab")
+            self.bytes_through += art.size
         return values
 
     def _follow(self, events: Subscription, job: Job, graph: dict[str, Any], attempt: Attempt, server: Server,
@@ -236,20 +249,42 @@ class Executor:
                      if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)]
         outputs = history.get("outputs") or {}
         for node_id, name in tpl.output_node_ids(t).items():
-            for index, ref in enumerate(output_files(outputs.get(node_id) or {})):
-                obj = self.store.put_stream(server.client.stream_view(ref))
-                with self.store.open(obj.key) as f:
-                    content_type, w, h = service.sniff(f, ref.filename)
+            ui = outputs.get(node_id) or {}
+            for index, stored in enumerate(self._direct_objects(ui) if "medialab_objects" in ui
+                                           else self._stream_outputs(ui, server)):
                 artifacts.append(Artifact(
-                    origin=f"output:{job.id}:{node_id}:{index}", key=obj.key, sha256=obj.sha256, size=obj.size,
-                    content_type=content_type, filename=ref.filename, role="output", job_id=job.id,
+                    origin=f"output:{job.id}:{node_id}:{index}", role="output", job_id=job.id,
                     attempt_id=attempt.id, output_name=name, template=t.name, template_version=t.version,
                     template_hash=t.content_hash, params=job.params, input_artifacts=input_ids, server=server.url,
-                    comfy_version=attempt.comfy_version or server.comfy_version, width=w, height=h))
+                    comfy_version=attempt.comfy_version or server.comfy_version, **stored))
         if not artifacts:
             raise ExecutionFailed(f"{t.ref} finished without files on its output nodes "
                                   f"({', '.join(o.node for o in t.manifest.outputs)})")
         return artifacts
+
+    def _stream_outputs(self, ui: dict[str, Any], server: Server) -> Iterator[dict[str, Any]]:
+        """Through path: stream each file from /view into the store (never whole in memory)."""
+        for ref in output_files(ui):
+            obj = self.store.put_stream(server.client.stream_view(ref))
+            self.bytes_through += obj.size
+            with self.store.open(obj.key) as f:
+                content_type, w, h = service.sniff(f, ref.filename)
+            yield {"key": obj.key, "sha256": obj.sha256, "size": obj.size, "content_type": content_type,
+                   "filename": ref.filename, "width": w, "height": h}
+
+    def _direct_objects(self, ui: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Direct path: the pack stored the objects; check each is there, whole, under its own hash."""
+        for obj in ui["medialab_objects"]:
+            key, sha, size = obj.get("key"), obj.get("sha256", ""), obj.get("size")
+            if key != key_for(sha):
+                raise ExecutionFailed(f"the server reported object {key!r}, which is not the key of sha256 {sha}")
+            stored = self.store.size(key)
+            if stored != size:
+                raise ExecutionFailed(f"output object {key} is {'missing' if stored is None else f'{stored} bytes'}"
+                                      f" in the store; the server reported {size} bytes")
+            yield {"key": key, "sha256": sha, "size": size, "content_type": obj.get("content_type") or
+                   "application/octet-stream", "filename": obj.get("filename") or sha,
+                   "width": obj.get("width"), "height": obj.get("height")}
 
     # -- outcomes ----------------------------------------------------------------------------------
     def _transient(self, job: Job, attempt: Attempt, server: Server, exc: ComfyUnreachable) -> JobState:

@@ -35,7 +35,7 @@ def probe(client: ComfyClient) -> Capabilities:
     stats = client.system_stats()
     object_info = client.object_info()
     folders = client.models_folders()
-    return Capabilities.from_probe(object_info, {f: client.models(f) for f in folders}, stats)
+    return Capabilities.from_probe(object_info, {f: client.models(f) for f in folders}, stats, client.pack_info())
 
 
 @dataclass

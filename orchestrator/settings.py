@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "medialab"
     s3_secure: bool = Field(False, description="https to the S3 endpoint.")
     s3_region: str | None = None
+    byte_path: str = Field("auto", description="auto | direct | through: how media moves between ComfyUI and "
+                           "storage (auto: direct when the server has the node pack and our bucket).")
 
     comfy_servers: list[str] = Field(
         default_factory=list,

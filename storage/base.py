@@ -31,6 +31,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
 
 
 class ObjectStore(Protocol):
+    bucket: str | None  # the bucket ComfyUI servers can reach directly; None for local disk
+
     def put_stream(self, chunks: Iterable[bytes]) -> StoredObject:
         """Store bytes as they arrive (never all in memory); returns the content-addressed object."""
 

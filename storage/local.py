@@ -14,6 +14,8 @@ from storage.base import StoredObject, key_for, sha256_file
 
 
 class LocalDiskStore:
+    bucket: str | None = None  # not an object store ComfyUI servers can reach
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,22 @@ MODELS = PROJECT_ROOT / ".runtime" / "models"
 FIXTURE_MODEL = "tiny_x4.safetensors"
 
 
+def mp4_bytes(frames: int = 12, w: int = 64, h: int = 48, fps: int = 24) -> bytes:
+    """A small real H.264 clip (PyAV, which ComfyUI's video nodes use too)."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("h264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), i * 20 % 256, dtype=np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
 def png_bytes(w: int = 128, h: int = 96, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
     buf = io.BytesIO()
     img = Image.new("RGB", (w, h), color)
@@ -29,11 +45,13 @@ def png_bytes(w: int = 128, h: int = 96, color: tuple[int, int, int] = (200, 40,
     return buf.getvalue()
 
 
-def start_workers(tmp_path_factory: pytest.TempPathFactory, count: int, models: Path = MODELS) -> list[LocalWorker]:
-    """Real ComfyUI 0.3.75 servers on the CPU, started in parallel (about 10 s)."""
+def start_workers(tmp_path_factory: pytest.TempPathFactory, count: int, models: Path = MODELS,
+                  **worker_kw: object) -> list[LocalWorker]:
+    """Real ComfyUI 0.3.75 servers on the CPU (with the project's node pack), started in parallel (~10 s)."""
     if not (RUNTIME / "main.py").exists() or not (MODELS / "upscale_models" / FIXTURE_MODEL).exists():
         pytest.skip(f"no ComfyUI runtime or fixture model under {RUNTIME.parent}: run scripts/setup.sh first")
-    workers = [LocalWorker(RUNTIME, models, tmp_path_factory.mktemp("comfy"), device="cpu") for _ in range(count)]
+    workers = [LocalWorker(RUNTIME, models, tmp_path_factory.mktemp("comfy"), device="cpu", **worker_kw)
+               for _ in range(count)]
     errors: list[Exception] = []
 
     def start(w: LocalWorker) -> None:

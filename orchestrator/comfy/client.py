@@ -186,6 +186,11 @@ class ComfyClient:
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         return self._json("GET", f"/object_info/{node_class}" if node_class else "/object_info")
 
+    def pack_info(self) -> dict[str, Any] | None:
+        """The project's node pack on this server (/medialab/info), or None when it is not installed."""
+        r = self._request("GET", "/medialab/info")
+        return r.json() if r.status_code == 200 else None
+
     def models_folders(self) -> list[str]:
         return self._json("GET", "/models")
 

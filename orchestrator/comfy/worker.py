@@ -18,6 +18,7 @@ import httpx
 
 from orchestrator.errors import Unavailable
 
+NODE_PACK = Path(__file__).resolve().parents[2] / "custom_nodes"
 MODEL_FOLDERS = ["checkpoints", "loras", "vae", "clip", "clip_vision", "upscale_models", "embeddings",
                  "controlnet", "ipadapter", "insightface", "unet", "diffusion_models", "text_encoders"]
 
@@ -34,13 +35,17 @@ def has_gpu() -> bool:
 
 class LocalWorker:
     def __init__(self, runtime: Path, models_dir: Path, base_dir: Path, port: int | None = None,
-                 device: str = "auto", start_timeout_s: float = 180.0) -> None:
+                 device: str = "auto", start_timeout_s: float = 180.0, env: dict[str, str] | None = None,
+                 node_pack: bool = True, extra_args: list[str] | None = None) -> None:
         self.runtime = runtime.resolve()
         self.models_dir = models_dir.resolve()
         self.base_dir = base_dir.resolve()
         self.port = port or free_port()
         self.device = device
         self.start_timeout_s = start_timeout_s
+        self.env = env or {}
+        self.node_pack = node_pack
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -54,10 +59,11 @@ class LocalWorker:
     def command(self) -> list[str]:
         cmd = [sys.executable, str(self.runtime / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--extra-model-paths-config",
-               str(self._model_paths_config()), "--disable-auto-launch"]
+               str(self._model_paths_config()), "--disable-auto-launch",
+               "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}"]
         if self.device == "cpu" or (self.device == "auto" and not has_gpu()):
             cmd.append("--cpu")
-        return cmd
+        return cmd + self.extra_args
 
     def _model_paths_config(self) -> Path:
         path = self.base_dir / "extra_model_paths.yaml"
@@ -71,9 +77,13 @@ class LocalWorker:
             raise Unavailable(f"no ComfyUI runtime at {self.runtime}: run scripts/setup.sh first")
         for sub in ("custom_nodes", "input", "output", "temp", "user"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        pack = self.base_dir / "custom_nodes" / "medialab"
+        if self.node_pack and not pack.exists():
+            pack.symlink_to(NODE_PACK, target_is_directory=True)
         log = self.log_path.open("wb")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIALAB_")} | self.env
         self.proc = subprocess.Popen(self.command(), cwd=self.runtime, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         log.close()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

@@ -1,0 +1,106 @@
+"""Object storage as the node pack sees it: the server's own credentials from its environment.
+
+MEDIALAB_S3_ENDPOINT (host:port), MEDIALAB_S3_ACCESS_KEY, MEDIALAB_S3_SECRET_KEY, MEDIALAB_S3_BUCKET
+(default medialab), MEDIALAB_S3_SECURE (1/true for https). Keys are content-addressed exactly like the
+orchestrator's: ``sha256/<first two hex>/<sha256>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class ObjectError(Exception):
+    pass
+
+
+def config() -> dict[str, Any] | None:
+    endpoint = os.environ.get("MEDIALAB_S3_ENDPOINT")
+    if not endpoint:
+        return None
+    return {"endpoint": endpoint, "bucket": os.environ.get("MEDIALAB_S3_BUCKET", "medialab"),
+            "secure": os.environ.get("MEDIALAB_S3_SECURE", "").lower() in ("1", "true", "yes")}
+
+
+def _client():  # noqa: ANN202
+    from minio import Minio
+
+    cfg = config()
+    if cfg is None:
+        raise ObjectError("this ComfyUI server has no object storage configured (MEDIALAB_S3_ENDPOINT)")
+    return Minio(cfg["endpoint"], access_key=os.environ.get("MEDIALAB_S3_ACCESS_KEY"),
+                 secret_key=os.environ.get("MEDIALAB_S3_SECRET_KEY"), secure=cfg["secure"]), cfg["bucket"]
+
+
+def key_for(sha256: str) -> str:
+    return f"sha256/{sha256[:2]}/{sha256}"
+
+
+def fetch(source: str, dest: Path, max_bytes: int) -> Path:
+    """Download an object (by key, or by http(s) URL such as a presigned one) to ``dest``, refusing more
+    than ``max_bytes``."""
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=60) as r:  # noqa: S310 (only http(s), checked above)
+            declared = int(r.headers.get("Content-Length") or 0)
+            if declared > max_bytes:
+                raise ObjectError(f"{source[:80]}: {declared} bytes is over the limit of {max_bytes}")
+            _copy_capped(r, dest, max_bytes, source[:80])
+        return dest
+    client, bucket = _client()
+    size = client.stat_object(bucket, source).size
+    if size > max_bytes:
+        raise ObjectError(f"object {source}: {size} bytes is over the limit of {max_bytes}")
+    response = client.get_object(bucket, source)
+    try:
+        _copy_capped(response, dest, max_bytes, source)
+    finally:
+        response.close()
+        response.release_conn()
+    return dest
+
+
+def _copy_capped(src: Any, dest: Path, max_bytes: int, what: str) -> None:
+    total = 0
+    with dest.open("wb") as f:
+        while chunk := src.read(1 << 20):
+            total += len(chunk)
+            if total > max_bytes:
+                raise ObjectError(f"{what}: more than the limit of {max_bytes} bytes")
+            f.write(chunk)
+
+
+def store(path: Path) -> dict[str, Any]:
+    """Upload a file under its content-addressed key (skipped when already there); returns key, sha, size."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    sha, size = h.hexdigest(), path.stat().st_size
+    key = key_for(sha)
+    client, bucket = _client()
+    try:
+        if client.stat_object(bucket, key).size == size:
+            return {"key": key, "sha256": sha, "size": size}
+    except Exception:  # noqa: BLE001 (not there yet)
+        pass
+    client.fput_object(bucket, key, str(path), part_size=16 * 1024 * 1024, metadata={"sha256": sha})
+    return {"key": key, "sha256": sha, "size": size}
+
+
+def temp_path(suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix="medialab-", suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
+def move_into(src: Path, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / name
+    shutil.move(str(src), dest)
+    return dest
