@@ -62,7 +62,7 @@ class _Reader:
 class MinioStore:
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str = "medialab",
                  secure: bool = False, region: str | None = None, spool_dir: Path | None = None,
-                 part_size: int = 16 * 1024 * 1024, attempts: int = 4, backoff_s: float = 0.5) -> None:
+                 part_size: int = 8 * 1024 * 1024, attempts: int = 4, backoff_s: float = 0.5) -> None:
         self.endpoint = endpoint
         self.bucket = bucket
         self.part_size = part_size
@@ -125,7 +125,8 @@ class MinioStore:
             size = path.stat().st_size
         key = key_for(sha256)
         if self._size(key) != size:
-            self._call(lambda: self.client.fput_object(self.bucket, key, str(path), part_size=self.part_size,
+            part = max(self.part_size, -(-size // 9000))  # S3 allows 10,000 parts: bigger parts for huge files
+            self._call(lambda: self.client.fput_object(self.bucket, key, str(path), part_size=part,
                                                        metadata={"sha256": sha256}))
             stored = self._size(key)
             if stored != size:
