@@ -57,6 +57,15 @@ def make_store(settings: Settings) -> ObjectStore:
                       secure=settings.s3_secure, region=settings.s3_region, spool_dir=spool)
 
 
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The local worker shares the orchestrator's object store, so its node pack can take the direct path."""
+    if settings.storage != "s3":
+        return {}
+    return {"MEDIALAB_S3_ENDPOINT": settings.s3_endpoint or "", "MEDIALAB_S3_ACCESS_KEY": settings.s3_access_key or "",
+            "MEDIALAB_S3_SECRET_KEY": settings.s3_secret_key or "", "MEDIALAB_S3_BUCKET": settings.s3_bucket,
+            "MEDIALAB_S3_SECURE": "true" if settings.s3_secure else ""}
+
+
 class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -85,7 +94,7 @@ class Context:
                     st = self.settings
                     self.worker = LocalWorker(st.comfy_runtime, st.models_dir, st.home / "worker",
                                               port=st.worker_port, device=st.worker_device,
-                                              start_timeout_s=st.worker_start_timeout_s)
+                                              start_timeout_s=st.worker_start_timeout_s, env=worker_env(st))
                     log.info("no ComfyUI server registered: starting a local worker on %s", self.worker.url)
                     self.worker.start()
                     service.register_server(s, self.worker.url, "local", source="local")

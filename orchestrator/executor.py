@@ -116,7 +116,7 @@ class Executor:
                              "restarted)")
         if entry:
             self._event(job.id, "info", "re-attached: finished while the orchestrator was down")
-            return self._check_history(entry, attempt.id, False)
+            return self._check_history(entry, attempt.id, None)
         self._event(job.id, "info", "re-attached to the running prompt")
         with server.monitor.subscribe(attempt.id) as events:
             return self._follow(events, job, tpl.bind(t, {}), attempt, server, poll_s=1.0)
