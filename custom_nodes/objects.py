@@ -11,9 +11,13 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ObjectError(Exception):
@@ -29,13 +33,45 @@ def config() -> dict[str, Any] | None:
 
 
 def _client():  # noqa: ANN202
+    import urllib3
     from minio import Minio
 
     cfg = config()
     if cfg is None:
         raise ObjectError("this ComfyUI server has no object storage configured (MEDIALAB_S3_ENDPOINT)")
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=120), retries=urllib3.Retry(total=0))
     return Minio(cfg["endpoint"], access_key=os.environ.get("MEDIALAB_S3_ACCESS_KEY"),
-                 secret_key=os.environ.get("MEDIALAB_S3_SECRET_KEY"), secure=cfg["secure"]), cfg["bucket"]
+                 secret_key=os.environ.get("MEDIALAB_S3_SECRET_KEY"), secure=cfg["secure"],
+                 http_client=http), cfg["bucket"]
+
+
+def _patiently(what: str, fn: Callable[[], T]) -> T:
+    """Retry while the store is unreachable (backoff up to 30 s) for MEDIALAB_S3_WAIT_S (600 s): an
+    outage of the store delays the job instead of failing work that already ran on the GPU."""
+    import urllib3
+    from minio.error import S3Error
+
+    deadline = time.monotonic() + float(os.environ.get("MEDIALAB_S3_WAIT_S", "600"))
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                raise
+            client, bucket = _client()
+            try:
+                client.make_bucket(bucket)
+            except S3Error as again:
+                if again.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+            continue
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise ObjectError(f"object store unreachable for {what}: {exc}") from exc
+            print(f"[medialab] object store unreachable ({exc}); retrying {what} in {delay:.0f}s", flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def key_for(sha256: str) -> str:
@@ -53,15 +89,19 @@ def fetch(source: str, dest: Path, max_bytes: int) -> Path:
             _copy_capped(r, dest, max_bytes, source[:80])
         return dest
     client, bucket = _client()
-    size = client.stat_object(bucket, source).size
+    size = _patiently(f"reading {source}", lambda: client.stat_object(bucket, source).size)
     if size > max_bytes:
         raise ObjectError(f"object {source}: {size} bytes is over the limit of {max_bytes}")
-    response = client.get_object(bucket, source)
-    try:
-        _copy_capped(response, dest, max_bytes, source)
-    finally:
-        response.close()
-        response.release_conn()
+
+    def download() -> None:
+        response = client.get_object(bucket, source)
+        try:
+            _copy_capped(response, dest, max_bytes, source)
+        finally:
+            response.close()
+            response.release_conn()
+
+    _patiently(f"reading {source}", download)
     return dest
 
 
@@ -84,12 +124,20 @@ def store(path: Path) -> dict[str, Any]:
     sha, size = h.hexdigest(), path.stat().st_size
     key = key_for(sha)
     client, bucket = _client()
-    try:
-        if client.stat_object(bucket, key).size == size:
-            return {"key": key, "sha256": sha, "size": size}
-    except Exception:  # noqa: BLE001 (not there yet)
-        pass
-    client.fput_object(bucket, key, str(path), part_size=16 * 1024 * 1024, metadata={"sha256": sha})
+
+    def upload() -> None:
+        from minio.error import S3Error
+
+        try:
+            if client.stat_object(bucket, key).size == size:
+                return  # stored already: content-addressed
+        except S3Error as exc:
+            if exc.code not in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                raise
+        client.fput_object(bucket, key, str(path), part_size=max(8 << 20, -(-size // 9000)),
+                           metadata={"sha256": sha})
+
+    _patiently(f"storing {key}", upload)
     return {"key": key, "sha256": sha, "size": size}
 
 

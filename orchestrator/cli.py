@@ -136,7 +136,8 @@ def report(ctx: Context, job: Job, out: Path | None = None) -> None:
     for art in outputs:
         size = f"{art.width}x{art.height} " if art.width else ""
         console.print(f"[green]{art.output_name}[/green] {size}{art.content_type} artifact {art.id}")
-        console.print(f"  stored: {ctx.store.local_path(art.key) or art.key}", soft_wrap=True)
+        where = ctx.store.local_path(art.key) or f"s3://{ctx.store.bucket}/{art.key}"
+        console.print(f"  stored: {where}", soft_wrap=True)
         if out:
             dest = out / job.id[:8] / art.filename
             dest.parent.mkdir(parents=True, exist_ok=True)

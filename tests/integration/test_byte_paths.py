@@ -4,6 +4,7 @@ inside a real ComfyUI."""
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -19,7 +20,7 @@ from storage import MinioStore, key_for
 from tests.conftest import FIXTURE_MODEL, mp4_bytes, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_jobs_api import submit, upload, wait
-from tests.integration.test_pool import _events
+from tests.integration.test_pool import _events, attempts_of, running_on, wait_until
 from tests.s3 import S3Server
 
 BUCKET = "medialab-test"
@@ -140,3 +141,30 @@ def test_node_pack_inside_comfyui(direct_worker: LocalWorker, s3mod: S3Server) -
         while (e := events.recv(60)) and e["type"] not in ("execution_error", "execution_success"):
             pass
     assert e["type"] == "execution_error" and "over the limit" in e["data"]["exception_message"]
+
+
+def test_store_outage_on_the_direct_path_waits_and_stores_once(settings: Settings,
+                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The pack's save node waits out the outage on the server; the job ends SUCCEEDED on its first attempt."""
+    s3 = S3Server().start()
+    (worker,) = start_workers(tmp_path_factory, 1, env=s3_env(s3))
+    try:
+        with s3_api(settings, s3, [worker.url], "direct") as api:
+            frame = upload(api, png_bytes(512, 512, (200, 120, 20)))  # ~4 s on the CPU
+            job = submit(api, {"image": frame["id"], "model": FIXTURE_MODEL}).json()
+            attempt = wait_until(lambda: attempts_of(api, job["id"]), what="dispatched")[0]
+            wait_until(lambda: running_on(worker.url, attempt["id"]), what="prompt running")
+            time.sleep(1.0)  # the input is loaded; the upscale runs
+            s3.stop()
+            time.sleep(6.0)  # the upscale ends while the store is down: the save node waits
+            s3.start()
+            final = wait(api, job["id"], timeout=120)
+            assert final["state"] == "SUCCEEDED", final["error"]
+            assert [a["state"] for a in final["attempts"]] == ["SUCCEEDED"]
+            (out,) = final["outputs"]
+            assert api.client.app.state.ctx.store.size(key_for(out["sha256"])) == out["size"]
+            assert api.client.app.state.ctx.executor.bytes_through == 0
+        assert "object store unreachable" in worker.log_path.read_text()
+    finally:
+        worker.stop()
+        s3.stop()
