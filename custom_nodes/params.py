@@ -138,6 +138,22 @@ class MediaLabParamVideo:
         return (VideoFromFile(folder_paths.get_annotated_filepath(file)),)
 
 
+class MediaLabMultiply:
+    """a x b, e.g. a clip's frame rate times an interpolation multiplier (ComfyUI has no core math node)."""
+
+    CATEGORY = "medialab"
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802
+        return {"required": {"a": ("FLOAT", {"default": 1.0, "min": -1e12, "max": 1e12, "forceInput": True}),
+                             "b": ("INT", {"default": 1, "min": -(2**31), "max": 2**31, "forceInput": True})}}
+
+    def run(self, a: float, b: int) -> tuple:
+        return (float(a) * b,)
+
+
 PARAMETER_NODES = {cls.__name__: cls for cls in (
     MediaLabParamText, MediaLabParamInt, MediaLabParamFloat, MediaLabParamBool, MediaLabParamChoice,
-    MediaLabParamModel, MediaLabParamImage, MediaLabParamVideo)}
+    MediaLabParamModel, MediaLabParamImage, MediaLabParamVideo, MediaLabMultiply)}

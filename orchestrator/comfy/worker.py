@@ -36,7 +36,8 @@ def has_gpu() -> bool:
 class LocalWorker:
     def __init__(self, runtime: Path, models_dir: Path, base_dir: Path, port: int | None = None,
                  device: str = "auto", start_timeout_s: float = 180.0, env: dict[str, str] | None = None,
-                 node_pack: bool = True, extra_args: list[str] | None = None) -> None:
+                 node_pack: bool = True, extra_args: list[str] | None = None,
+                 extra_packs: list[Path] | None = None) -> None:
         self.runtime = runtime.resolve()
         self.models_dir = models_dir.resolve()
         self.base_dir = base_dir.resolve()
@@ -46,6 +47,7 @@ class LocalWorker:
         self.env = env or {}
         self.node_pack = node_pack
         self.extra_args = extra_args or []
+        self.extra_packs = extra_packs or []  # more node pack folders to link into custom_nodes
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -80,6 +82,10 @@ class LocalWorker:
         pack = self.base_dir / "custom_nodes" / "medialab"
         if self.node_pack and not pack.exists():
             pack.symlink_to(NODE_PACK, target_is_directory=True)
+        for extra in self.extra_packs:
+            link = self.base_dir / "custom_nodes" / extra.name
+            if not link.exists():
+                link.symlink_to(extra.resolve(), target_is_directory=True)
         log = self.log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIALAB_")} | self.env
         self.proc = subprocess.Popen(self.command(), cwd=self.runtime, stdout=log, stderr=subprocess.STDOUT,

@@ -1,0 +1,79 @@
+"""Every template of the library against real node definitions: the /object_info recorded from a server
+with ComfyUI-Frame-Interpolation and ComfyUI_IPAdapter_plus, merged with a live server's (core nodes and
+this project's pack). End-to-end runs of templates that need those packs happen when
+MEDIALAB_TEST_CUSTOM_NODES points at a custom_nodes folder that holds them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator import templates as tpl
+from orchestrator import transport
+from orchestrator.settings import PROJECT_ROOT, Settings
+from orchestrator.validation import validate_graph
+from tests.conftest import mp4_bytes
+from tests.integration.conftest import make_api
+from tests.integration.test_jobs_api import submit, upload
+
+RECORDED = PROJECT_ROOT.parent / "shared" / "comfy" / "object_info-0.3.75.json"
+LIBRARY = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
+
+
+@pytest.fixture(scope="module")
+def node_defs(comfy_url: str) -> dict[str, Any]:
+    if not RECORDED.exists():
+        pytest.skip(f"{RECORDED} not found (CI and sessions lay ../shared beside the repository)")
+    return {**json.loads(RECORDED.read_text()), **httpx.get(f"{comfy_url}/object_info", timeout=60).json()}
+
+
+def defaults(t: tpl.TemplateVersion) -> dict[str, Any]:
+    return {p.name: p.default if p.default is not None else f"sha256/00/{p.name}" for p in t.manifest.parameters}
+
+
+@pytest.mark.parametrize("t", LIBRARY, ids=lambda t: t.ref)
+def test_template_validates_on_both_byte_paths(t: tpl.TemplateVersion, node_defs: dict[str, Any]) -> None:
+    assert validate_graph(tpl.bind(t, defaults(t)), node_defs) == []
+    assert validate_graph(transport.direct_graph(t, defaults(t)), node_defs) == []
+    assert t.params_schema()["properties"]  # a form can be drawn
+
+
+def test_template_needing_an_absent_pack_is_refused_naming_the_node(comfy_url: str, settings: Settings) -> None:
+    settings.comfy_servers = [comfy_url]
+    with make_api(settings, dispatch=False) as api:
+        clip = upload(api, mp4_bytes(), "clip.mp4")
+        r = submit(api, {"video": clip["id"]}, template="interpolate-rife")
+        assert r.status_code == 422 and "lacks node RIFE VFI" in r.json()["detail"]
+
+
+@pytest.mark.skipif(not os.environ.get("MEDIALAB_TEST_CUSTOM_NODES"),
+                    reason="MEDIALAB_TEST_CUSTOM_NODES does not point at a custom_nodes folder with "
+                           "ComfyUI-Frame-Interpolation (not installable from the registries this machine reaches)")
+def test_rife_doubles_the_frame_rate_end_to_end(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import io
+
+    import av
+
+    from tests.conftest import start_workers
+    from tests.integration.test_jobs_api import wait
+
+    packs = Path(os.environ["MEDIALAB_TEST_CUSTOM_NODES"])
+    (worker,) = start_workers(tmp_path_factory, 1, extra_packs=[p for p in packs.iterdir() if p.is_dir()])
+    try:
+        settings.comfy_servers = [worker.url]
+        with make_api(settings, dispatch=True) as api:
+            clip = upload(api, mp4_bytes(frames=30, fps=60), "clip.mp4")
+            job = wait(api, submit(api, {"video": clip["id"]}, template="interpolate-rife").json()["id"], 600)
+            assert job["state"] == "SUCCEEDED", job["error"]
+            (out,) = job["outputs"]
+            data = api.client.get(f"/v1/artifacts/{out['id']}/content", headers=api.reader).content
+            with av.open(io.BytesIO(data)) as container:
+                stream = container.streams.video[0]
+                assert stream.average_rate == 120 and sum(1 for _ in container.decode(stream)) == 59
+    finally:
+        worker.stop()
