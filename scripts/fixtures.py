@@ -1,6 +1,7 @@
 """Build the fixture models the tests and the demo use: real architectures, random weights.
 
 Usage: python scripts/fixtures.py MODELS_DIR
+       python scripts/fixtures.py --rife FRAME_INTERPOLATION_PACK_DIR   (needs the pack: ckpts/rife/rife47.pth)
 
 Deterministic: a rebuild is byte-identical (one seeded generator per tensor, at most one metadata key),
 so a model's sha256 is stable across machines. Existing files are left alone.
@@ -58,8 +59,32 @@ def build(models_dir: Path) -> list[Path]:
     return made
 
 
+def rife47(pack: Path) -> Path:
+    """The pack's own IFNet 4.7 with random weights, where the pack looks for it (ckpts/rife/rife47.pth)."""
+    runtime = Path(__file__).resolve().parent.parent / ".runtime" / "comfyui"
+    sys.argv = [sys.argv[0], "--cpu"]  # the pack's model code picks its device from ComfyUI's arguments
+    sys.path[:0] = [str(runtime), str(pack)]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.cli_args  # noqa: F401
+    from vfi_models.rife.rife_arch import IFNet
+
+    state = IFNet(arch_ver="4.7").state_dict()
+    gen = torch.Generator().manual_seed(SEED)
+    state = {k: torch.randn(v.shape, generator=gen) * 0.02 if v.dtype.is_floating_point else v
+             for k, v in state.items()}
+    dest = pack / "ckpts" / "rife" / "rife47.pth"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dest)
+    return dest
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[1] == "--rife":
+        print(f"built {rife47(Path(sys.argv[2]).resolve())}")
+    elif len(sys.argv) == 2:
+        for p in build(Path(sys.argv[1])):
+            print(f"built {p}")
+    else:
         sys.exit(__doc__)
-    for p in build(Path(sys.argv[1])):
-        print(f"built {p}")
