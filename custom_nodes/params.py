@@ -113,6 +113,18 @@ class MediaLabParamImage:
         return {"required": {"name": ("STRING", {"default": "image"}), **spec["required"]},
                 "optional": {"help": ("STRING", {"default": "", "multiline": True})}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, image: str, **_: Any) -> bool | str:  # noqa: N802
+        from nodes import LoadImage
+
+        return LoadImage.VALIDATE_INPUTS(image)  # any file of the input folder, subfolders included
+
+    @classmethod
+    def IS_CHANGED(cls, image: str, **_: Any) -> str:  # noqa: N802
+        from nodes import LoadImage
+
+        return LoadImage.IS_CHANGED(image)
+
     def run(self, name: str, image: str, help: str = "") -> tuple:  # noqa: A002
         from nodes import LoadImage
 

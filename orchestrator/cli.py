@@ -284,10 +284,11 @@ def jobs_cancel(job_id: str) -> None:
 @templates_app.command("list")
 def templates_list() -> None:
     ctx = context()
-    table = Table("name", "version", "kind", "title", "hash")
+    table = Table("name", "version", "kind", "title", "hash", "source")
     with ctx.db.session() as s:
         for row in service.template_rows(s):
-            table.add_row(row.name, f"v{row.version}", row.kind, row.title, row.content_hash[:12])
+            table.add_row(row.name, f"v{row.version}" + (" (deprecated)" if row.deprecated else ""), row.kind,
+                          row.title, row.content_hash[:12], row.source)
     console.print(table)
 
 
@@ -304,6 +305,51 @@ def templates_show(name: str, version: int | None = None) -> None:
         table.add_row(p.name, p.type.value, "" if p.required else str(p.default), rng,
                       f"{p.bind.node}.{p.bind.input}", p.help)
     console.print(table)
+
+
+@templates_app.command("publish")
+def templates_publish(
+    name: str,
+    graph: Annotated[Path, typer.Argument(help="API-format graph (ComfyUI: Workflow > Export (API)).")],
+    manifest: Annotated[Path | None, typer.Option(help="Manifest; default: read from the parameter nodes.")] = None,
+    title: str | None = None, kind: str = "image", description: str = "",
+) -> None:
+    """Publish the next version of a template, checked against a live ComfyUI server of the pool."""
+    ctx = context()
+    try:
+        try:
+            graph_data = json.loads(graph.read_text())
+            manifest_data = json.loads(manifest.read_text()) if manifest else None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"cannot read {exc}") from exc
+        with console.status("checking against a ComfyUI server..."):
+            pool = ctx.start_pool()
+            with ctx.db.session() as s:
+                row = service.publish_template(s, pool, name, graph_data, manifest_data, title=title, kind=kind,
+                                               description=description)
+    except MediaLabError as exc:
+        fail(exc)
+    finally:
+        ctx.close()
+    console.print(f"published [bold]{row.name}@v{row.version}[/bold] hash {row.content_hash[:12]}")
+    templates_show(row.name, row.version)
+
+
+@templates_app.command("deprecate")
+def templates_deprecate(name: str, version: int, undo: bool = False) -> None:
+    """Jobs that name no version stop taking this one (--undo brings it back)."""
+    with session() as s:
+        row = service.set_deprecated(s, name, version, not undo)
+    console.print(f"{row.name}@v{row.version} {'deprecated' if row.deprecated else 'current again'}")
+
+
+@templates_app.command("diff")
+def templates_diff(name: str, a: int, b: int) -> None:
+    """Parameters and nodes added, removed and changed from version A to version B."""
+    with session() as s:
+        _ra, ta = service.get_template(s, name, a)
+        _rb, tb = service.get_template(s, name, b)
+    console.print_json(json.dumps(tpl.diff(ta, tb)))
 
 
 @keys_app.command("create")

@@ -32,6 +32,9 @@ class TemplateVersionRow(SQLModel, table=True):
     kind: str
     manifest: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     graph: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    source: str = "library"  # library (comfy_workflows/ in the repository) | published (API or CLI)
+    published_by: str | None = None  # API key id
+    deprecated: bool = False
     created_at: datetime = Field(default_factory=now)
 
 

@@ -167,6 +167,16 @@ class Pool:
         inflight = inflight or {}
         return [s.view(inflight.get(s.url, 0)) for s in self.servers]
 
+    def object_info(self) -> dict:
+        """The node definitions of a healthy server (for validating graphs before they are published)."""
+        for srv in self.servers:
+            if srv.healthy and srv.active:
+                try:
+                    return srv.client.object_info()
+                except ComfyError:
+                    continue
+        raise Unavailable("no healthy ComfyUI server to check the graph against")
+
     def check_runnable(self, req: Requirements) -> None:
         """Refuse (naming what is missing) a job that no active server of the pool could ever run."""
         reason = unrunnable_reason(req, self.views())

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from orchestrator import templates as tpl
@@ -27,6 +28,7 @@ from orchestrator.models import (
     TemplateVersionRow,
     now,
 )
+from orchestrator.validation import validate_graph
 from storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -42,7 +44,11 @@ def sync_templates(session: Session, versions: list[tpl.TemplateVersion]) -> Non
         if row is None:
             session.add(TemplateVersionRow(
                 name=t.name, version=t.version, content_hash=t.content_hash, title=t.manifest.title,
-                kind=t.manifest.kind, manifest=t.manifest.model_dump(mode="json"), graph=t.graph))
+                kind=t.manifest.kind, manifest=t.manifest.model_dump(mode="json"), graph=t.graph,
+                source="library"))
+        elif row.content_hash != t.content_hash and row.source == "published":
+            raise Conflict(f"comfy_workflows/{t.name}/v{t.version} collides with a version published through the "
+                           "API; give the folder the next free version number")
         elif row.content_hash != t.content_hash:
             raise Conflict(f"template {t.ref} changed after it was published (recorded {row.content_hash[:12]}, "
                            f"on disk {t.content_hash[:12]}); versions are immutable: add a new v<N> folder")
@@ -52,7 +58,53 @@ def sync_templates(session: Session, versions: list[tpl.TemplateVersion]) -> Non
 def template_from_row(row: TemplateVersionRow) -> tpl.TemplateVersion:
     return tpl.TemplateVersion(name=row.name, version=row.version, graph=row.graph,
                                manifest=tpl.Manifest.model_validate(row.manifest),
-                               content_hash=row.content_hash)
+                               content_hash=row.content_hash, deprecated=row.deprecated)
+
+
+def publish_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
+                     manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str = "image",
+                     description: str = "", api_key_id: str | None = None) -> TemplateVersionRow:
+    """Publish the next version of a template from an API-format graph.
+
+    Without a manifest, parameters come from the node pack's parameter nodes and outputs from the save
+    nodes. The graph is checked against the node definitions of a live pool server, and every node class
+    and model it needs must exist on some server. A published version is immutable.
+    """
+    if manifest is None:
+        manifest, graph = tpl.manifest_from_graph(graph, title or name, kind, description)
+    rows = template_rows(session, name)
+    version = max((r.version for r in rows), default=0) + 1
+    t = tpl.from_dicts(name, version, manifest, graph)
+    same = next((r for r in rows if r.content_hash == t.content_hash), None)
+    if same:
+        raise Conflict(f"{name}@v{same.version} has exactly this content already")
+    if pool is not None:
+        values = {p.name: p.default if p.default is not None else f"sha256/00/{p.name}"
+                  for p in t.manifest.parameters}
+        problems = validate_graph(tpl.bind(t, values), pool.object_info())
+        if problems:
+            raise InvalidInput(f"{t.ref} does not validate against the pool's node definitions: "
+                               + "; ".join(problems), problems=problems)
+        pool.check_runnable(requirements(t, values))
+    row = TemplateVersionRow(name=name, version=version, content_hash=t.content_hash, title=t.manifest.title,
+                             kind=t.manifest.kind, manifest=manifest, graph=graph, source="published",
+                             published_by=api_key_id)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(f"{name}@v{version} was published by someone else just now; publish again") from exc
+    return row
+
+
+def set_deprecated(session: Session, name: str, version: int, deprecated: bool = True) -> TemplateVersionRow:
+    """A deprecated version still runs when named, but is no longer the default."""
+    row, _t = get_template(session, name, version)
+    row.deprecated = deprecated
+    session.add(row)
+    session.commit()
+    return row
 
 
 def template_rows(session: Session, name: str | None = None) -> list[TemplateVersionRow]:

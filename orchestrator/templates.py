@@ -102,6 +102,7 @@ class TemplateVersion(BaseModel):
     manifest: Manifest
     graph: dict[str, Any]
     content_hash: str
+    deprecated: bool = False
 
     @property
     def ref(self) -> str:
@@ -141,6 +142,16 @@ def load_version(folder: Path, name: str, version: int) -> TemplateVersion:
         raise InvalidInput(f"{where}: missing {Path(exc.filename).name}") from exc
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{where}: bad JSON: {exc}") from exc
+    return from_dicts(name, version, manifest_raw, graph, where)
+
+
+def from_dicts(name: str, version: int, manifest_raw: dict[str, Any], graph: dict[str, Any],
+               where: str | None = None) -> TemplateVersion:
+    """A version from its manifest and API-format graph, checked for consistency."""
+    where = where or f"template {name}@v{version}"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name):
+        raise InvalidInput(f"{where}: a template name is lowercase letters, digits and '-'")
+    require_api_format(graph, where)
     try:
         manifest = Manifest.model_validate(manifest_raw)
     except ValidationError as exc:
@@ -150,10 +161,18 @@ def load_version(folder: Path, name: str, version: int) -> TemplateVersion:
                            content_hash=content_hash(manifest_raw, graph))
 
 
+def require_api_format(graph: Any, where: str) -> None:
+    if isinstance(graph, dict) and "nodes" in graph and "links" in graph:
+        raise InvalidInput(f"{where}: this is ComfyUI's editor format; export the workflow in API format "
+                           "(Workflow > Export (API)) and publish that")
+    if not isinstance(graph, dict) or not graph or \
+            not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+        raise InvalidInput(f"{where}: not an API-format graph (node id -> class_type, inputs)")
+
+
 def check_graph(where: str, manifest: Manifest, graph: dict[str, Any]) -> None:
     """Every binding and output names a node title that exists exactly once in the graph."""
-    if not graph or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
-        raise InvalidInput(f"{where}: graph.json is not an API-format graph (node id -> class_type, inputs)")
+    require_api_format(graph, where)
     titles = nodes_by_title(graph)
     for p in manifest.parameters:
         if p.bind.node not in titles:
@@ -183,7 +202,10 @@ def pick(versions: list[TemplateVersion], name: str, version: int | None = None)
         known = ", ".join(sorted({t.name for t in versions})) or "none"
         raise NotFound(f"unknown template '{name}' (known: {known})")
     if version is None:
-        return mine[-1]
+        current = [t for t in mine if not t.deprecated]
+        if not current:
+            raise NotFound(f"every version of template '{name}' is deprecated; name a version explicitly")
+        return current[-1]
     for t in mine:
         if t.version == version:
             return t
@@ -254,3 +276,94 @@ def output_node_ids(t: TemplateVersion) -> dict[str, str]:
     """Output node id -> output name."""
     titles = nodes_by_title(t.graph)
     return {titles[o.node]: o.name for o in t.manifest.outputs}
+
+
+# -- parameters from the node pack's parameter nodes -------------------------------------------------
+PARAM_NODES: dict[str, tuple[ParamType, str]] = {  # class -> (type, the input that carries the value)
+    "MediaLabParamText": (ParamType.string, "value"), "MediaLabParamInt": (ParamType.int, "value"),
+    "MediaLabParamFloat": (ParamType.float, "value"), "MediaLabParamBool": (ParamType.bool, "value"),
+    "MediaLabParamChoice": (ParamType.choice, "value"), "MediaLabParamModel": (ParamType.model, "value"),
+    "MediaLabParamImage": (ParamType.image, "image"), "MediaLabParamVideo": (ParamType.video, "file"),
+}
+OUTPUT_NODES = {"SaveImage", "SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveAudio",
+                "MediaLabSaveImage", "MediaLabSaveVideo"}
+
+
+def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, description: str = "",
+                        timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A manifest read from the graph: one parameter per parameter node (its ``name`` widget; default,
+    range, choices, folder and help from its widgets), one output per save node. Nodes are given titles
+    where they have none, so bindings survive renumbering; returns (manifest, titled graph)."""
+    require_api_format(graph, f"template {title!r}")
+    graph = copy.deepcopy(graph)
+    taken = {(n.get("_meta") or {}).get("title") for n in graph.values()}
+    params, outputs = [], []
+
+    def title_of(node: dict[str, Any], wanted: str) -> str:
+        current = (node.get("_meta") or {}).get("title")
+        if current and sum((n.get("_meta") or {}).get("title") == current for n in graph.values()) == 1:
+            return current
+        candidate, i = wanted, 2
+        while candidate in taken:
+            candidate, i = f"{wanted} {i}", i + 1
+        taken.add(candidate)
+        node.setdefault("_meta", {})["title"] = candidate
+        return candidate
+
+    for node_id in sorted(graph, key=lambda k: (len(k), k)):
+        node = graph[node_id]
+        cls, inputs = node.get("class_type"), node.get("inputs") or {}
+        if cls in PARAM_NODES:
+            ptype, carrier = PARAM_NODES[cls]
+            name = str(inputs.get("name") or "").strip()
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                raise InvalidInput(f"parameter node #{node_id} ({cls}) has name {name!r}: use lowercase "
+                                   "letters, digits and _")
+            param: dict[str, Any] = {"name": name, "type": ptype.value, "help": inputs.get("help") or "",
+                                     "bind": {"node": title_of(node, f"param {name}"), "input": carrier}}
+            if ptype not in ARTIFACT_TYPES:
+                param["default"] = inputs.get(carrier)
+            if ptype in (ParamType.int, ParamType.float):
+                param |= {k: inputs[k] for k in ("min", "max") if isinstance(inputs.get(k), int | float)}
+            if ptype == ParamType.choice:
+                param["choices"] = [c.strip() for c in str(inputs.get("choices") or "").split(",") if c.strip()]
+            if ptype == ParamType.model:
+                param["folder"] = inputs.get("folder") or "checkpoints"
+            params.append(param)
+        elif cls in OUTPUT_NODES:
+            outputs.append({"node": title_of(node, "Output"), "name": f"output{len(outputs) + 1}"
+                            if outputs else "output"})
+    names = [p["name"] for p in params]
+    if len(names) != len(set(names)):
+        raise InvalidInput(f"two parameter nodes share a name: {sorted({n for n in names if names.count(n) > 1})}")
+    if not outputs:
+        raise InvalidInput("the graph has no save node (SaveImage, SaveVideo, ...): nothing would be stored")
+    manifest = {"title": title, "description": description, "kind": kind, "parameters": params, "outputs": outputs}
+    if timeout_s:
+        manifest["timeout_s"] = timeout_s
+    return manifest, graph
+
+
+def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
+    """What changed from a to b: parameters (by name) and nodes (by title, else id)."""
+    pa = {p.name: p.model_dump(mode="json") for p in a.manifest.parameters}
+    pb = {p.name: p.model_dump(mode="json") for p in b.manifest.parameters}
+
+    def keyed(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {(n.get("_meta") or {}).get("title") or f"#{i}": n for i, n in graph.items()}
+
+    na, nb = keyed(a.graph), keyed(b.graph)
+
+    def changed(k: str) -> bool:
+        return (na[k]["class_type"], _literals(na[k])) != (nb[k]["class_type"], _literals(nb[k]))
+
+    return {
+        "parameters": {"added": sorted(pb.keys() - pa.keys()), "removed": sorted(pa.keys() - pb.keys()),
+                       "changed": sorted(k for k in pa.keys() & pb.keys() if pa[k] != pb[k])},
+        "nodes": {"added": sorted(nb.keys() - na.keys()), "removed": sorted(na.keys() - nb.keys()),
+                  "changed": sorted(k for k in na.keys() & nb.keys() if changed(k))},
+    }
+
+
+def _literals(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (node.get("inputs") or {}).items() if not isinstance(v, list)}

@@ -20,7 +20,8 @@ from orchestrator import templates as tpl
 from orchestrator.capabilities import Capabilities
 from orchestrator.errors import InvalidInput
 
-LOADERS = {"LoadImage": ("image", "MediaLabLoadImage"), "LoadVideo": ("file", "MediaLabLoadVideo")}
+LOADERS = {"LoadImage": ("image", "MediaLabLoadImage"), "LoadVideo": ("file", "MediaLabLoadVideo"),
+           "MediaLabParamImage": ("image", "MediaLabLoadImage"), "MediaLabParamVideo": ("file", "MediaLabLoadVideo")}
 SAVERS = {"SaveImage": "MediaLabSaveImage", "SaveVideo": "MediaLabSaveVideo"}
 
 

@@ -93,9 +93,21 @@ class TemplateVersionOut(BaseModel):
     kind: str
     content_hash: str
     created_at: datetime
+    source: str = "library"
+    deprecated: bool = False
     params_schema: dict[str, Any] | None = None
     manifest: dict[str, Any] | None = None
     graph: dict[str, Any] | None = None
+
+
+class TemplatePublish(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    graph: dict[str, Any] = Field(description="API-format graph (ComfyUI: Workflow > Export (API)).")
+    manifest: dict[str, Any] | None = Field(None, description="Default: read from the parameter and save nodes.")
+    title: str | None = None
+    kind: str = "image"
+    description: str = ""
 
 
 class TemplateOut(BaseModel):

@@ -71,8 +71,10 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="type choice needs choices"):
         choice = dict(MANIFEST, parameters=[{"name": "c", "type": "choice", "bind": {"node": "In", "input": "x"}}])
         tpl.load_version(write(tmp_path / "c", choice, GRAPH), "c", 1)
-    with pytest.raises(InvalidInput, match="not an API-format graph"):
+    with pytest.raises(InvalidInput, match="editor format; export the workflow in API format"):
         tpl.load_version(write(tmp_path / "d", MANIFEST, {"nodes": [], "links": []}), "d", 1)
+    with pytest.raises(InvalidInput, match="not an API-format graph"):
+        tpl.load_version(write(tmp_path / "f", MANIFEST, {"1": {"inputs": {}}}), "f", 1)
     dup = {**GRAPH, "3": {"class_type": "LoadImage", "inputs": {}, "_meta": {"title": "In"}}}
     with pytest.raises(InvalidInput, match="missing or not unique"):
         tpl.load_version(write(tmp_path / "e", MANIFEST, dup), "e", 1)

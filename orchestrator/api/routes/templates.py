@@ -1,8 +1,9 @@
 from fastapi import APIRouter
 
 from orchestrator import service
-from orchestrator.api.deps import AnyKey, SessionDep
-from orchestrator.api.schemas import TemplateOut, TemplateVersionOut
+from orchestrator import templates as tpl
+from orchestrator.api.deps import AnyKey, CtxDep, PublishKey, SessionDep
+from orchestrator.api.schemas import TemplateOut, TemplatePublish, TemplateVersionOut
 from orchestrator.errors import NotFound
 from orchestrator.models import TemplateVersionRow
 
@@ -12,7 +13,8 @@ router = APIRouter(prefix="/templates", tags=["templates"])
 def version_out(row: TemplateVersionRow, full: bool = False) -> TemplateVersionOut:
     out = TemplateVersionOut(name=row.name, version=row.version, title=row.title,
                              description=row.manifest.get("description", ""), kind=row.kind,
-                             content_hash=row.content_hash, created_at=row.created_at)
+                             content_hash=row.content_hash, created_at=row.created_at, source=row.source,
+                             deprecated=row.deprecated)
     if full:
         out.params_schema = service.template_from_row(row).params_schema()
         out.manifest, out.graph = row.manifest, row.graph
@@ -24,7 +26,8 @@ def list_templates(session: SessionDep, _: AnyKey) -> list[TemplateOut]:
     by_name: dict[str, list[TemplateVersionRow]] = {}
     for row in service.template_rows(session):
         by_name.setdefault(row.name, []).append(row)
-    return [TemplateOut(name=name, latest=version_out(rows[-1]), versions=[r.version for r in rows])
+    return [TemplateOut(name=name, latest=version_out(next((r for r in reversed(rows) if not r.deprecated), rows[-1])),
+                        versions=[r.version for r in rows])
             for name, rows in by_name.items()]
 
 
@@ -41,3 +44,25 @@ def get_version(name: str, version: int, session: SessionDep, _: AnyKey) -> Temp
         raise NotFound(f"template '{name}' has no version {version}")
     row, _t = service.get_template(session, name, version)
     return version_out(row, full=True)
+
+
+@router.post("/{name}/versions", status_code=201, response_model=TemplateVersionOut)
+def publish(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, key: PublishKey) -> TemplateVersionOut:
+    """Publish the next version from an API-format graph (checked against a live pool server)."""
+    row = service.publish_template(session, ctx.pool, name, body.graph, body.manifest, title=body.title,
+                                   kind=body.kind, description=body.description, api_key_id=key.id)
+    return version_out(row, full=True)
+
+
+@router.post("/{name}/versions/{version}/deprecate", response_model=TemplateVersionOut)
+def deprecate(name: str, version: int, session: SessionDep, _: PublishKey, undo: bool = False) -> TemplateVersionOut:
+    """Jobs that name no version stop taking this one (``undo=true`` brings it back)."""
+    return version_out(service.set_deprecated(session, name, version, not undo), full=True)
+
+
+@router.get("/{name}/diff")
+def diff(name: str, a: int, b: int, session: SessionDep, _: AnyKey) -> dict:
+    """Parameters and nodes added, removed and changed from version a to version b."""
+    _ra, ta = service.get_template(session, name, a)
+    _rb, tb = service.get_template(session, name, b)
+    return tpl.diff(ta, tb)

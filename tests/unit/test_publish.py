@@ -1,0 +1,61 @@
+import pytest
+
+from orchestrator import templates as tpl
+from orchestrator.errors import InvalidInput, NotFound
+
+GRAPH = {
+    "1": {"class_type": "MediaLabParamImage", "inputs": {"name": "image", "image": "a.png", "help": "The frame."}},
+    "2": {"class_type": "MediaLabParamFloat", "inputs": {"name": "scale", "value": 2.0, "min": 0.5, "max": 4.0}},
+    "3": {"class_type": "MediaLabParamChoice", "inputs": {"name": "method", "value": "bilinear",
+                                                           "choices": "nearest-exact, bilinear"}},
+    "4": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": ["3", 0],
+                                                    "scale_by": ["2", 0]}},
+    "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "x"}},
+}
+
+
+def test_manifest_from_parameter_and_save_nodes() -> None:
+    manifest, graph = tpl.manifest_from_graph(GRAPH, "Scale", "image")
+    params = {p["name"]: p for p in manifest["parameters"]}
+    assert params["image"] == {"name": "image", "type": "image", "help": "The frame.",
+                               "bind": {"node": "param image", "input": "image"}}
+    assert params["scale"] | {} == {"name": "scale", "type": "float", "help": "", "default": 2.0, "min": 0.5,
+                                    "max": 4.0, "bind": {"node": "param scale", "input": "value"}}
+    assert params["method"]["choices"] == ["nearest-exact", "bilinear"]
+    assert manifest["outputs"] == [{"node": "Output", "name": "output"}]
+    t = tpl.from_dicts("scale", 1, manifest, graph)
+    assert tpl.validate_params(t, {"image": "art1"}) == {"image": "art1", "scale": 2.0, "method": "bilinear"}
+    # renumbered nodes (re-saved in the editor) bind the same way: titles, not ids
+    renumbered = {str(int(k) + 40): {**n, "inputs": {i: [str(int(v[0]) + 40), v[1]] if isinstance(v, list) else v
+                                                     for i, v in n["inputs"].items()}} for k, n in graph.items()}
+    moved = tpl.from_dicts("scale", 2, manifest, renumbered)
+    assert tpl.bind(moved, {"scale": 3.0})["42"]["inputs"]["value"] == 3.0
+
+
+def test_bad_parameter_nodes_are_named() -> None:
+    with pytest.raises(InvalidInput, match="parameter node #2 .* has name 'Bad Name'"):
+        tpl.manifest_from_graph({**GRAPH, "2": {**GRAPH["2"], "inputs": {"name": "Bad Name", "value": 1.0}}},
+                                "t", "image")
+    with pytest.raises(InvalidInput, match="two parameter nodes share a name"):
+        tpl.manifest_from_graph({**GRAPH, "6": GRAPH["2"]}, "t", "image")
+    with pytest.raises(InvalidInput, match="no save node"):
+        tpl.manifest_from_graph({k: v for k, v in GRAPH.items() if k != "5"}, "t", "image")
+    with pytest.raises(InvalidInput, match="editor format"):
+        tpl.from_dicts("t", 1, {}, {"nodes": [], "links": []})
+
+
+def test_diff_and_deprecation() -> None:
+    m1, g1 = tpl.manifest_from_graph(GRAPH, "Scale", "image")
+    g2 = {**GRAPH, "5": {**GRAPH["5"], "inputs": {**GRAPH["5"]["inputs"], "filename_prefix": "y"}}}
+    g2 = {k: v for k, v in g2.items() if k != "3"} | {"4": {**GRAPH["4"], "inputs": {
+        **GRAPH["4"]["inputs"], "upscale_method": "area"}}}
+    m2, g2 = tpl.manifest_from_graph(g2, "Scale", "image")
+    a, b = tpl.from_dicts("scale", 1, m1, g1), tpl.from_dicts("scale", 2, m2, g2)
+    d = tpl.diff(a, b)
+    assert d["parameters"] == {"added": [], "removed": ["method"], "changed": []}
+    assert d["nodes"]["removed"] == ["param method"] and "Output" in d["nodes"]["changed"]
+    b.deprecated = True
+    assert tpl.pick([a, b], "scale").version == 1 and tpl.pick([a, b], "scale", 2).version == 2
+    a.deprecated = True
+    with pytest.raises(NotFound, match="every version of template 'scale' is deprecated"):
+        tpl.pick([a, b], "scale")
