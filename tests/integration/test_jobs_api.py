@@ -51,9 +51,10 @@ def test_upscale_end_to_end_with_lineage(api: Api) -> None:
     lineage = api.client.get(f"/v1/artifacts/{out['id']}", headers=api.reader).json()
     assert lineage["job_id"] == job["id"]
     assert lineage["attempt_id"] == job["attempts"][0]["id"]
-    assert (lineage["template"], lineage["template_version"]) == ("upscale-esrgan", 1)
+    assert (lineage["template"], lineage["template_version"]) == ("upscale-esrgan", 2)  # the newest
     assert lineage["template_hash"] == template["content_hash"]
-    assert lineage["params"] == {"image": frame["id"], "model": FIXTURE_MODEL}
+    assert lineage["params"] == {"image": frame["id"], "model": FIXTURE_MODEL, "resize": 1.0,
+                                 "resize_method": "lanczos"}
     assert lineage["input_artifacts"] == [frame["id"]]
     assert lineage["server"] == api.client.app.state.ctx.pool.servers[0].url
     assert lineage["comfy_version"] == "0.3.75"
@@ -95,6 +96,7 @@ def test_bad_input_gets_clear_4xx_and_writes_nothing(api: Api) -> None:
     cases = [
         ({"template": "nope", "params": {}}, 404, "unknown template 'nope'"),
         ({"template": "upscale-esrgan", "version": 7, "params": {"image": frame["id"]}}, 404, "no version 7"),
+        ({"template": "upscale-esrgan", "params": {"image": frame["id"], "resize": 4.0}}, 422, "resize: Input should"),
         ({"template": "upscale-esrgan", "params": {}}, 422, "image: Field required"),
         ({"template": "upscale-esrgan", "params": {"image": 5}}, 422, "image: Input should be a valid string"),
         ({"template": "upscale-esrgan", "params": {"image": frame["id"], "bogus": 1}}, 422, "bogus"),
@@ -154,10 +156,11 @@ def test_auth_401_without_key_403_without_role(api: Api) -> None:
 
 def test_template_schema_for_forms(api: Api) -> None:
     listed = api.client.get("/v1/templates", headers=api.reader).json()
-    assert {t["name"] for t in listed} == {"upscale-esrgan", "video-retime", "scale-by"}
+    assert {t["name"] for t in listed} == {"upscale-esrgan", "upscale-esrgan-video", "video-retime",
+                                           "interpolate-rife", "scale-by"}
     r = api.client.get("/v1/templates/upscale-esrgan/versions/1", headers=api.reader).json()
     schema = r["params_schema"]
     assert schema["required"] == ["image"]
     assert schema["properties"]["image"]["x-medialab-artifact"] == "image"
     assert schema["properties"]["model"]["x-medialab-folder"] == "upscale_models"
-    assert api.client.get("/v1/templates/upscale-esrgan/versions/2", headers=api.reader).status_code == 404
+    assert api.client.get("/v1/templates/upscale-esrgan/versions/9", headers=api.reader).status_code == 404

@@ -77,3 +77,25 @@ def test_rife_doubles_the_frame_rate_end_to_end(settings: Settings, tmp_path_fac
                 assert stream.average_rate == 120 and sum(1 for _ in container.decode(stream)) == 59
     finally:
         worker.stop()
+
+
+def test_upscale_resize_and_video_upscale_end_to_end(api) -> None:  # noqa: ANN001
+    import io
+
+    import av
+
+    from tests.conftest import FIXTURE_MODEL, png_bytes
+    from tests.integration.test_jobs_api import wait
+
+    frame = upload(api, png_bytes(64, 48))
+    half = wait(api, submit(api, {"image": frame["id"], "model": FIXTURE_MODEL, "resize": 0.5}).json()["id"])
+    assert half["state"] == "SUCCEEDED" and (half["outputs"][0]["width"], half["outputs"][0]["height"]) == (128, 96)
+    clip = upload(api, mp4_bytes(frames=10, fps=25), "clip.mp4")
+    job = wait(api, submit(api, {"video": clip["id"], "model": FIXTURE_MODEL},
+                           template="upscale-esrgan-video").json()["id"], timeout=300)
+    assert job["state"] == "SUCCEEDED", job["error"]
+    data = api.client.get(f"/v1/artifacts/{job['outputs'][0]['id']}/content", headers=api.reader).content
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        assert len(frames) == 10 and stream.average_rate == 25 and (frames[0].width, frames[0].height) == (256, 192)

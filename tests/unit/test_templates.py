@@ -12,7 +12,7 @@ LIBRARY = PROJECT_ROOT / "comfy_workflows"
 
 @pytest.fixture
 def esrgan() -> tpl.TemplateVersion:
-    return tpl.pick(tpl.scan_library(LIBRARY), "upscale-esrgan")
+    return tpl.pick(tpl.scan_library(LIBRARY), "upscale-esrgan", 1)
 
 
 def write(folder: Path, manifest: dict, graph: dict) -> Path:

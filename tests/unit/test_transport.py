@@ -7,7 +7,7 @@ from orchestrator.errors import InvalidInput
 from orchestrator.settings import PROJECT_ROOT
 
 LIBRARY = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
-ESRGAN = tpl.pick(LIBRARY, "upscale-esrgan")
+ESRGAN = tpl.pick(LIBRARY, "upscale-esrgan", 1)
 VIDEO = tpl.pick(LIBRARY, "video-retime")
 PACK = {"pack": "medialab", "storage": {"endpoint": "s3:9000", "bucket": "media"}, "max_upload_mb": 100}
 MB = 1024 * 1024
