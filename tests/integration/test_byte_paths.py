@@ -156,7 +156,8 @@ def test_store_outage_on_the_direct_path_waits_and_stores_once(settings: Setting
             wait_until(lambda: running_on(worker.url, attempt["id"]), what="prompt running")
             time.sleep(1.0)  # the input is loaded; the upscale runs
             s3.stop()
-            time.sleep(6.0)  # the upscale ends while the store is down: the save node waits
+            wait_until(lambda: "object store unreachable" in worker.log_path.read_text(), timeout=120,
+                       what="the save node waiting for the store")
             s3.start()
             final = wait(api, job["id"], timeout=120)
             assert final["state"] == "SUCCEEDED", final["error"]
@@ -164,7 +165,6 @@ def test_store_outage_on_the_direct_path_waits_and_stores_once(settings: Setting
             (out,) = final["outputs"]
             assert api.client.app.state.ctx.store.size(key_for(out["sha256"])) == out["size"]
             assert api.client.app.state.ctx.executor.bytes_through == 0
-        assert "object store unreachable" in worker.log_path.read_text()
     finally:
         worker.stop()
         s3.stop()

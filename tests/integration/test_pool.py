@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 
 from orchestrator import service
+from orchestrator import templates as tpl
 from orchestrator.db import Database
+from orchestrator.models import Job
 from orchestrator.settings import Settings
 from storage import LocalDiskStore
 from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
@@ -211,16 +213,19 @@ def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pa
 
     storage = tmp_path / "objects"
     settings = Settings(home=tmp_path / "seed", database_url=pg_url, storage_dir=storage, comfy_servers=comfy_pair)
-    ctx = Context(settings)
-    with ctx.db.session() as s:
-        art = service.store_input(s, LocalDiskStore(storage), png_bytes(16, 16), "tiny.png")
-        row, t = service.get_template(s, "upscale-esrgan")
-        ids = [service.create_job(s, row, t, {"image": art.id, "model": FIXTURE_MODEL}).id for _ in range(200)]
-    ctx.close()
+    Context(settings).close()  # schema, templates and servers in place before the replicas start
     procs = [serve(orchestrator_env(tmp_path / f"home{i}", comfy_pair, MEDIALAB_DATABASE_URL=pg_url,
                                     MEDIALAB_STORAGE_DIR=str(storage), MEDIALAB_REPLICA_ID=f"replica{i}"),
                    free_port(), tmp_path / f"serve{i}.log") for i in range(2)]
     db = Database(pg_url)
+    with db.session() as s:  # 200 jobs appear at once, with both replicas up and polling
+        art = service.store_input(s, LocalDiskStore(storage), png_bytes(16, 16), "tiny.png")
+        row, t = service.get_template(s, "upscale-esrgan")
+        jobs = [Job(template_version_id=row.id, template=t.name, version=t.version,
+                    params=tpl.validate_params(t, {"image": art.id, "model": FIXTURE_MODEL})) for _ in range(200)]
+        s.add_all(jobs)
+        s.commit()
+        ids = [j.id for j in jobs]
     try:
         def finished() -> bool:
             with db.session() as s:
