@@ -41,7 +41,7 @@ def test_run_starts_its_own_worker_and_prints_the_output(tmp_path: Path, comfy_u
     with Image.open(copy) as im:
         assert im.size == (256, 192)
     listed = medialab(home, "jobs", "list")
-    assert "SUCCEEDED" in listed.stdout and "upscale-esrgan@v1" in listed.stdout
+    assert "SUCCEEDED" in listed.stdout and "upscale-esrgan@v2" in listed.stdout
     log = (home / "worker" / "comfyui.log").read_text()
     url = re.search(r"To see the GUI go to: (http://\S+)", log).group(1)  # the worker really ran...
     with pytest.raises(httpx.ConnectError):  # ...and was stopped at the end
