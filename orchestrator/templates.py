@@ -58,8 +58,8 @@ class Parameter(BaseModel):
     name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
     type: ParamType
     default: Any = None
-    min: float | None = None
-    max: float | None = None
+    min: int | float | None = None
+    max: int | float | None = None
     choices: list[Any] | None = None
     folder: str | None = Field(None, description="Models folder, for type model.")
     help: str = ""

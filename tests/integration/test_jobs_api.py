@@ -157,7 +157,8 @@ def test_auth_401_without_key_403_without_role(api: Api) -> None:
 def test_template_schema_for_forms(api: Api) -> None:
     listed = api.client.get("/v1/templates", headers=api.reader).json()
     assert {t["name"] for t in listed} == {"upscale-esrgan", "upscale-esrgan-video", "video-retime",
-                                           "interpolate-rife", "scale-by"}
+                                           "interpolate-rife", "restyle-ipadapter", "restyle-ipadapter-sdxl",
+                                           "scale-by"}
     r = api.client.get("/v1/templates/upscale-esrgan/versions/1", headers=api.reader).json()
     schema = r["params_schema"]
     assert schema["required"] == ["image"]

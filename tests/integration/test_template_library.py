@@ -17,7 +17,7 @@ from orchestrator import templates as tpl
 from orchestrator import transport
 from orchestrator.settings import PROJECT_ROOT, Settings
 from orchestrator.validation import validate_graph
-from tests.conftest import mp4_bytes
+from tests.conftest import mp4_bytes, png_bytes
 from tests.integration.conftest import make_api
 from tests.integration.test_jobs_api import submit, upload
 
@@ -49,6 +49,11 @@ def test_template_needing_an_absent_pack_is_refused_naming_the_node(comfy_url: s
         clip = upload(api, mp4_bytes(), "clip.mp4")
         r = submit(api, {"video": clip["id"]}, template="interpolate-rife")
         assert r.status_code == 422 and "lacks node RIFE VFI" in r.json()["detail"]
+        frame = upload(api, png_bytes())
+        r = submit(api, {"image": frame["id"]}, template="restyle-ipadapter")
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and "node IPAdapterAdvanced" in detail and \
+            "checkpoints/v1-5-pruned-emaonly.safetensors" in detail
 
 
 @pytest.mark.skipif(not os.environ.get("MEDIALAB_TEST_CUSTOM_NODES"),
