@@ -6,6 +6,7 @@ waits until it answers, and stops it on exit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,6 +28,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def has_gpu() -> bool:
@@ -79,6 +88,7 @@ class LocalWorker:
             raise Unavailable(f"no ComfyUI runtime at {self.runtime}: run scripts/setup.sh first")
         for sub in ("custom_nodes", "input", "output", "temp", "user"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._reap_orphan()
         pack = self.base_dir / "custom_nodes" / "medialab"
         if self.node_pack and not pack.exists():
             pack.symlink_to(NODE_PACK, target_is_directory=True)
@@ -99,12 +109,32 @@ class LocalWorker:
                                   f"log {self.log_path}:\n{tail}")
             try:
                 if httpx.get(f"{self.url}/system_stats", timeout=2).status_code == 200:
+                    self.pid_path.write_text(str(self.proc.pid))
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
         self.stop()
         raise Unavailable(f"local ComfyUI did not answer within {self.start_timeout_s:.0f}s; log {self.log_path}")
+
+    @property
+    def pid_path(self) -> Path:
+        return self.base_dir / "comfyui.pid"
+
+    def _reap_orphan(self) -> None:
+        """Kill a worker of this folder left running by an orchestrator that was killed (kill -9)."""
+        try:
+            pid = int(self.pid_path.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            return
+        if "main.py" in cmdline and str(self.base_dir) in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.pid_path.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
@@ -113,6 +143,7 @@ class LocalWorker:
             self.proc.wait()
 
     def stop(self, timeout: float = 15.0) -> None:
+        self.pid_path.unlink(missing_ok=True)
         if not self.proc or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)

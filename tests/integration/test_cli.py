@@ -63,3 +63,21 @@ def test_run_errors_are_clear(tmp_path: Path, comfy_url: str) -> None:
     assert r.returncode == 1 and "no such file" in r.stderr
     r = medialab(home, "keys", "create", "--role", "wizard")
     assert r.returncode == 1 and "unknown role" in r.stderr
+
+
+def test_a_worker_orphaned_by_a_killed_orchestrator_is_reaped(tmp_path: Path, comfy_url: str) -> None:
+    """A local worker outlives an orchestrator killed with -9; the next start in that folder kills it."""
+    from orchestrator.comfy.worker import LocalWorker
+    from tests.conftest import MODELS, RUNTIME
+
+    first = LocalWorker(RUNTIME, MODELS, tmp_path / "worker", device="cpu").start()
+    orphan = first.proc.pid  # its orchestrator "dies" here: nobody calls stop()
+    second = LocalWorker(RUNTIME, MODELS, tmp_path / "worker", device="cpu").start()
+    try:
+        assert not Path(f"/proc/{orphan}").exists() or first.proc.poll() is not None
+        assert httpx.get(f"{second.url}/system_stats").status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{first.url}/system_stats", timeout=2)
+    finally:
+        second.stop()
+        first.kill()
