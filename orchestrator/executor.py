@@ -19,7 +19,8 @@ from sqlmodel import select
 
 from orchestrator import service, transport
 from orchestrator import templates as tpl
-from orchestrator.comfy.client import ComfyUnreachable, ComfyValidationError, output_files
+from orchestrator.capabilities import missing
+from orchestrator.comfy.client import ComfyClient, ComfyUnreachable, ComfyValidationError, output_files
 from orchestrator.comfy.monitor import Subscription
 from orchestrator.db import Database
 from orchestrator.errors import MediaLabError
@@ -87,10 +88,9 @@ class Executor:
 
     # -- steps -------------------------------------------------------------------------------------
     def _run(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
-        missing = [f"{f}/{n}" for f, n in sorted(service.requirements(t, job.params).models)
-                   if server.caps and n not in server.caps.models.get(f, frozenset())]
-        if missing:
-            raise ExecutionFailed(f"{server.url} lacks {', '.join(missing)}")
+        lacks = missing(server.caps, service.requirements(t, job.params)) if server.caps else []
+        if lacks:  # placement checked it; this catches capabilities that changed since
+            raise ExecutionFailed(f"{server.url} lacks {', '.join(lacks)}")
         inputs = self._inputs(job, t)
         path, why = transport.choose(self.settings.byte_path, server.caps, self.store.bucket, t,
                                      max((a.size for a in inputs.values()), default=0))
@@ -109,11 +109,7 @@ class Executor:
     def _reattach(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
         """After an orchestrator crash: finished -> its history; still queued or running -> follow it;
         unknown to the server -> lost (the job is queued again)."""
-        client = server.client
-        entry = client.history(attempt.id)
-        if not entry and client.queue_position(attempt.id) is None and not (entry := client.history(attempt.id)):
-            raise ServerLost(f"{server.url} does not know prompt {attempt.id} (it never arrived or the server "
-                             "restarted)")
+        entry = self._ask(server.client, attempt.id)
         if entry:
             self._event(job.id, "info", "re-attached: finished while the orchestrator was down")
             return self._check_history(entry, attempt.id, None)
@@ -171,11 +167,12 @@ class Executor:
                         self._event(job.id, "info", f"interrupting: {reason}")
                 if event is None:
                     if time.monotonic() - quiet_since >= quiet_limit:
-                        entry = client.history(pid)
-                        if not entry and client.queue_position(pid) is None and not (entry := client.history(pid)):
+                        try:
+                            entry = self._ask(client, pid)
+                        except ServerLost:
                             if interrupting:  # removed from the queue before it ran
-                                raise Interrupted("cancelled; removed from the server's queue")
-                            raise ServerLost(f"{server.url} no longer knows prompt {pid}")
+                                raise Interrupted("cancelled; removed from the server's queue") from None
+                            raise
                         if entry:
                             return self._check_history(entry, pid, interrupting)
                         quiet_since = time.monotonic()
@@ -209,6 +206,21 @@ class Executor:
             if interrupting and interrupting != "cancelled":
                 raise ExecutionFailed(f"job {interrupting}; interrupted on {server.url}") from None
             raise
+
+    @staticmethod
+    def _ask(client: ComfyClient, pid: str) -> dict[str, Any] | None:
+        """The prompt's /history entry once finished, None while queued or running; ServerLost when the
+        server does not know it (/history is {} for running and unknown alike, so /queue decides)."""
+        entry = client.history(pid)
+        if entry:
+            return entry
+        if client.queue_position(pid) is not None:
+            return None
+        entry = client.history(pid)  # it may have finished between the two calls
+        if entry:
+            return entry
+        raise ServerLost(f"{client.base_url} does not know prompt {pid} (it never arrived, or the server "
+                         "restarted)")
 
     @staticmethod
     def _check_history(entry: dict[str, Any], pid: str, interrupting: str | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from orchestrator import service
 from orchestrator.capabilities import Capabilities, ModelRef, Requirements
@@ -54,7 +54,6 @@ class Server:
     failures: int = 0
     next_check: float = 0.0
     refreshed: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def comfy_version(self) -> str | None:
@@ -135,13 +134,13 @@ class Pool:
                 return
             srv.caps, srv.refreshed = caps, time.time()
             with self.db.session() as s:
-                service.record_probe(s, srv.id, caps)
-            if was_down:
-                srv.warm = frozenset()  # a restarted server has nothing loaded
-        srv.healthy = True
-        if was_down:
+                service.record_probe(s, srv.id, caps)  # records it healthy too
+        elif was_down:
             with self.db.session() as s:
                 service.record_health(s, srv.id, True, None)
+        srv.healthy = True
+        if was_down:
+            srv.warm = frozenset()  # a restarted server has nothing loaded
             log.info("server %s is up (%s)", srv.url, srv.comfy_version)
 
     def mark_down(self, srv: Server, error: str) -> None:

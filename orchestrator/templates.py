@@ -108,14 +108,8 @@ class TemplateVersion(BaseModel):
     def ref(self) -> str:
         return f"{self.name}@v{self.version}"
 
-    def param(self, name: str) -> Parameter:
-        return next(p for p in self.manifest.parameters if p.name == name)
-
-    def params_model(self) -> type[BaseModel]:
-        return params_model(self)
-
     def params_schema(self) -> dict[str, Any]:
-        return self.params_model().model_json_schema()
+        return params_model(self).model_json_schema()
 
 
 def content_hash(manifest: dict[str, Any], graph: dict[str, Any]) -> str:
