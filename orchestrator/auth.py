@@ -19,6 +19,7 @@ class Role(StrEnum):
     run = "run"  # upload inputs, submit and cancel jobs
     publish = "publish"  # publish template versions
     export = "export"  # download artifact bytes
+    train = "train"  # a trainer process: claim training jobs, report progress, upload results
 
 
 def hash_key(key: str) -> str:

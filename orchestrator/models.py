@@ -53,7 +53,8 @@ class Job(SQLModel, table=True):
     __tablename__ = "jobs"
 
     id: str = Field(default_factory=new_id, primary_key=True)
-    template_version_id: int = Field(foreign_key="template_versions.id", index=True)
+    kind: str = Field(default="comfy", index=True, description="comfy (a template on ComfyUI) | training (a LoRA).")
+    template_version_id: int | None = Field(default=None, foreign_key="template_versions.id", index=True)
     template: str = Field(index=True)
     version: int
     params: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
@@ -166,3 +167,41 @@ class ArtifactTag(SQLModel, table=True):
 
     artifact_id: str = Field(foreign_key="artifacts.id", primary_key=True)
     tag: str = Field(primary_key=True, index=True)
+
+
+class LoraModel(SQLModel, table=True):
+    """The model registry: a trained LoRA, by sha256, with what made it and whether jobs may use it."""
+
+    __tablename__ = "lora_models"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    sha256: str = Field(unique=True, index=True)
+    name: str = Field(index=True)
+    version: int
+    filename: str = Field(unique=True, description="File name in the servers' loras folder.")
+    state: str = "approved"  # candidate | approved | withdrawn
+    base_model: str | None = None
+    trigger_words: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    training: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    ss_metadata: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    artifact_id: str = Field(foreign_key="artifacts.id")
+    dataset_artifact_id: str | None = Field(default=None, foreign_key="artifacts.id")
+    job_id: str | None = Field(default=None, foreign_key="jobs.id", index=True)
+    size: int = 0
+    distribution: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=now)
+    state_changed_at: datetime = Field(default_factory=now)
+
+
+class Trainer(SQLModel, table=True):
+    """A trainer process seen by the orchestrator; ``gpu_server`` is the pool server it shares a GPU with."""
+
+    __tablename__ = "trainers"
+
+    name: str = Field(primary_key=True)
+    gpu_server: str | None = Field(default=None, description="URL of the pool server on the same GPU.")
+    last_seen: datetime = Field(default_factory=now)
+    waiting_since: datetime | None = Field(default=None, description="Wants its GPU: work waits, inference "
+                                           "still runs there.")
+    info: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
