@@ -50,6 +50,19 @@ class Settings(BaseSettings):
     health_interval_s: float = 5.0
     refresh_interval_s: float = Field(300.0, description="Capabilities re-read this often (and on recovery).")
 
+    local_trainer: bool = Field(True, description="serve/run train here too (one local trainer thread) when "
+                                "sd_scripts_dir is set; false when remote `medialab trainer` processes train.")
+    sd_scripts_dir: Path | None = Field(None, description="kohya sd-scripts checkout (pinned commit).")
+    trainer_python: str | None = Field(None, description="Python of sd-scripts' environment; default: this one.")
+    trainer_accelerate: bool = Field(False, description="Launch sd-scripts through `accelerate launch`.")
+    tokenizer_cache_dir: Path | None = Field(None, description="Offline CLIP tokenizer folder for sd-scripts.")
+    trainer_lease_s: float = Field(60.0, description="A training claim whose trainer is silent this long is "
+                                   "taken back (queued again or failed).")
+    shared_models_dir: Path | None = Field(None, description="Models folder every remote pool server lists in "
+                                           "its extra_model_paths.yaml; trained LoRAs go to <it>/loras.")
+    lora_initial_state: str = Field("approved", description="State of a newly registered LoRA: approved (usable "
+                                    "at once) or candidate (needs `medialab models approve`).")
+
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'medialab.db').resolve()}"
