@@ -5,8 +5,12 @@
   (``medialab_objects``) lists key, sha256, size, type and dimensions of each object.
 - MediaLabParam*: parameter nodes that mark a graph input as a template parameter.
 - GET /medialab/info: the pack's version, the server's object storage (endpoint, bucket) and upload limit,
-  which the orchestrator reads to pick the byte path per server.
+  which the orchestrator reads to pick the byte path per server; the custom node packs installed beside
+  this one with their git commit, and the versions of a few Python packages (checked against the
+  worker lock, ``worker.lock.toml``).
 """
+
+from pathlib import Path
 
 from .nodes import MediaLabLoadImage, MediaLabLoadVideo, MediaLabSaveImage, MediaLabSaveVideo
 from .params import PARAMETER_NODES
@@ -32,14 +36,18 @@ def _register_routes() -> None:
     if getattr(PromptServer, "instance", None) is None:
         return
 
-    from . import objects
+    from . import objects, packs
 
     @PromptServer.instance.routes.get("/medialab/info")
     async def info(_request: web.Request) -> web.Response:
+        import folder_paths
         from comfy.cli_args import args
 
         return web.json_response({"pack": "medialab", "version": PACK_VERSION, "storage": objects.config(),
-                                  "max_upload_mb": args.max_upload_size})
+                                  "max_upload_mb": args.max_upload_size,
+                                  "custom_nodes": [p for d in folder_paths.get_folder_paths("custom_nodes")
+                                                   for p in packs.installed_packs(Path(d))],
+                                  "python_packages": packs.distributions()})
 
 
 _register_routes()

@@ -1,6 +1,8 @@
 """Which job goes next and to which server (plain functions, no I/O).
 
-- A job goes only to a healthy, active server that has every node class and model file it needs.
+- A job goes only to a healthy, active server that has every node class and model file it needs; with
+  a worker lock (``MEDIALAB_REQUIRE_LOCK``) also only to one whose ComfyUI version and the commits of the
+  packs the job uses match the lock (``lock.lock_mismatch``).
 - Among those: an idle server before a busy one (never an idle GPU while work waits); then the one whose
   loaded models already cover the job (warm-model affinity); then the shortest queue. A server takes at
   most ``max_inflight`` prompts (one running + one queued behind it, so uploads overlap execution).
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from orchestrator.capabilities import Capabilities, ModelRef, Requirements, missing
+from orchestrator.lock import WorkerLock, lock_mismatch
 
 
 @dataclass
@@ -28,27 +31,34 @@ class ServerView:
     inflight: int = 0
     warm: frozenset[ModelRef] = field(default_factory=frozenset)
 
-    def can_run(self, req: Requirements) -> bool:
-        return not missing(self.caps, req)
+    def lacks(self, req: Requirements, lock: WorkerLock | None = None) -> list[str]:
+        """What keeps the job off this server: missing nodes/models, and differences from the lock if given."""
+        lacks = missing(self.caps, req)
+        if lock is not None and not lacks:
+            lacks = [f"worker lock: {item}" for item in lock_mismatch(self.caps, req.node_classes, lock)]
+        return lacks
+
+    def can_run(self, req: Requirements, lock: WorkerLock | None = None) -> bool:
+        return not self.lacks(req, lock)
 
 
-def place(req: Requirements, servers: Sequence[ServerView], max_inflight: int = 2) -> ServerView | None:
+def place(req: Requirements, servers: Sequence[ServerView], max_inflight: int = 2,
+          lock: WorkerLock | None = None) -> ServerView | None:
     """The best server with a free slot for the job, or None (wait)."""
-    ready = [s for s in servers if s.healthy and s.active and s.inflight < max_inflight and s.can_run(req)]
+    ready = [s for s in servers if s.healthy and s.active and s.inflight < max_inflight and s.can_run(req, lock)]
     if not ready:
         return None
     return min(ready, key=lambda s: (s.inflight > 0, not (req.models and req.models <= s.warm), s.inflight, s.url))
 
 
-def unrunnable_reason(req: Requirements, servers: Sequence[ServerView]) -> str | None:
+def unrunnable_reason(req: Requirements, servers: Sequence[ServerView], lock: WorkerLock | None = None) -> str | None:
     """None when some active server could run the job (now or once healthy); else why none can."""
     active = [s for s in servers if s.active]
     if not active:
         return "no active ComfyUI server is registered"
-    if any(s.can_run(req) for s in active):
+    if any(s.can_run(req, lock) for s in active):
         return None
-    return "no server can run this job: " + "; ".join(
-        f"{s.url} lacks {', '.join(missing(s.caps, req))}" for s in active)
+    return "no server can run this job: " + "; ".join(f"{s.url} lacks {', '.join(s.lacks(req, lock))}" for s in active)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from orchestrator.capabilities import Requirements
 from orchestrator.db import Database
 from orchestrator.executor import Executor
 from orchestrator.jobs import JobState
+from orchestrator.lock import load_lock
 from orchestrator.metrics import Metrics
 from orchestrator.models import Job, TemplateVersionRow
 from orchestrator.placement import Candidate, fair_order, place, unrunnable_reason
@@ -42,6 +43,7 @@ class Dispatcher:
         self.settings = settings
         self.metrics = metrics
         self.poll_s = poll_s
+        self.lock = load_lock() if settings.require_lock else None  # MEDIALAB_REQUIRE_LOCK: worker.lock.toml
         self.owner = executor.owner
         self._runners = ThreadPoolExecutor(max_workers=64, thread_name_prefix="attempt")
         self._stop = threading.Event()
@@ -113,9 +115,9 @@ class Dispatcher:
             for c in order:
                 job = jobs[c.id]
                 req = self.requirements(s, job)
-                view = place(req, views, max_inflight)
+                view = place(req, views, max_inflight, self.lock)
                 if view is None:
-                    reason = unrunnable_reason(req, views)
+                    reason = unrunnable_reason(req, views, self.lock)
                     if reason and all(v.caps for v in views if v.active):
                         service.transition(s, job.id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
                                            error={"message": reason})

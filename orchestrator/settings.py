@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     lease_s: float = Field(30.0, description="An attempt whose orchestrator is silent this long is adopted.")
     health_interval_s: float = 5.0
     refresh_interval_s: float = Field(300.0, description="Capabilities re-read this often (and on recovery).")
+    require_lock: bool = Field(False, description="Give a job only to servers whose ComfyUI version and the "
+                               "commits of the node packs it needs match worker.lock.toml.")
 
     local_trainer: bool = Field(True, description="serve/run train here too (one local trainer thread) when "
                                 "sd_scripts_dir is set; false when remote `medialab trainer` processes train.")
