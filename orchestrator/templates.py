@@ -64,6 +64,12 @@ class Parameter(BaseModel):
     folder: str | None = Field(None, description="Models folder, for type model.")
     help: str = ""
     bind: Binding
+    optional: bool = Field(False, description="May be left out (null) although it has no default.")
+    bypass: dict[str, str | None] = Field(default_factory=dict, description=(
+        "For an optional parameter left out: node title -> the input that stands in for the node. Each "
+        "consumer of the node takes that input's link instead (in the order given), or, for null, loses the "
+        "input (it must be optional there); nodes that then feed no output are dropped, so an optional branch "
+        "(e.g. an IP-Adapter reference) disappears whole."))
 
     @model_validator(mode="after")
     def _consistent(self) -> Parameter:
@@ -71,11 +77,13 @@ class Parameter(BaseModel):
             raise ValueError(f"parameter {self.name}: type choice needs choices")
         if self.type == ParamType.model and not self.folder:
             raise ValueError(f"parameter {self.name}: type model needs folder")
+        if self.bypass and not self.optional:
+            raise ValueError(f"parameter {self.name}: bypass is only for optional parameters")
         return self
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and not self.optional
 
 
 class Output(BaseModel):
@@ -172,6 +180,14 @@ def check_graph(where: str, manifest: Manifest, graph: dict[str, Any]) -> None:
         if p.bind.node not in titles:
             raise InvalidInput(f"{where}: parameter {p.name} binds to node title '{p.bind.node}', "
                                "which is missing or not unique in the graph")
+    for p in manifest.parameters:
+        for node, input_name in p.bypass.items():
+            if node not in titles:
+                raise InvalidInput(f"{where}: parameter {p.name} bypasses node title '{node}', "
+                                   "which is missing or not unique in the graph")
+            if input_name is not None and not is_link(graph[titles[node]]["inputs"].get(input_name)):
+                raise InvalidInput(f"{where}: parameter {p.name} bypasses '{node}' through its input "
+                                   f"'{input_name}', which is not a link")
     for o in manifest.outputs:
         if o.node not in titles:
             raise InvalidInput(f"{where}: output {o.name} names node title '{o.node}', "
@@ -218,6 +234,8 @@ def params_model(t: TemplateVersion) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for p in t.manifest.parameters:
         py: Any = Literal[tuple(p.choices)] if p.type == ParamType.choice else _PY_TYPES[p.type]  # type: ignore[misc]
+        if p.optional:
+            py = py | None
         extra: dict[str, Any] = {"x-medialab-type": p.type.value}
         if p.folder:
             extra["x-medialab-folder"] = p.folder
@@ -246,13 +264,51 @@ def validate_params(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any
 
 
 def bind(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the graph with each parameter's value written into its bound node input."""
+    """A copy of the graph with each parameter's value written into its bound node input.
+
+    An optional parameter given as None removes its branch (see ``Parameter.bypass``)."""
     graph = copy.deepcopy(t.graph)
     titles = nodes_by_title(graph)
+    left_out = [p for p in t.manifest.parameters if p.optional and p.name in values and values[p.name] is None]
+    for p in left_out:
+        for node, input_name in p.bypass.items():
+            _bypass(graph, titles[node], input_name)
     for p in t.manifest.parameters:
-        if p.name in values:
+        if p.name in values and p not in left_out and titles[p.bind.node] in graph:
             graph[titles[p.bind.node]]["inputs"][p.bind.input] = values[p.name]
+    if left_out:
+        keep = _feeding({titles[o.node] for o in t.manifest.outputs}, graph)
+        graph = {k: v for k, v in graph.items() if k in keep}
     return graph
+
+
+def is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _bypass(graph: dict[str, Any], node_id: str, input_name: str | None) -> None:
+    """Every link from the node's outputs now comes from what feeds its ``input_name`` (None: is dropped)."""
+    source = graph[node_id]["inputs"][input_name] if input_name else None
+    for node in graph.values():
+        for name, value in list(node["inputs"].items()):
+            if is_link(value) and value[0] == node_id:
+                if source is None:
+                    del node["inputs"][name]
+                else:
+                    node["inputs"][name] = list(source)
+    del graph[node_id]
+
+
+def _feeding(outputs: set[str], graph: dict[str, Any]) -> set[str]:
+    """The output nodes and every node they depend on."""
+    seen, todo = set(), list(outputs)
+    while todo:
+        node_id = todo.pop()
+        if node_id in seen or node_id not in graph:
+            continue
+        seen.add(node_id)
+        todo.extend(v[0] for v in graph[node_id]["inputs"].values() if is_link(v))
+    return seen
 
 
 def model_refs(graph: dict[str, Any]) -> set[tuple[str, str]]:

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.templates import MODEL_INPUTS
+from orchestrator.templates import MODEL_INPUTS, is_link
 
 FILE_CHOICES = {("LoadImage", "image"), ("LoadVideo", "file"), ("LoadImageMask", "image")}
-
-
-def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
 def types_match(given: Any, wanted: Any) -> bool:

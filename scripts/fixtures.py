@@ -1,6 +1,6 @@
 """Build the fixture models the tests and the demo use: real architectures, random weights.
 
-Usage: python scripts/fixtures.py MODELS_DIR
+Usage: python scripts/fixtures.py MODELS_DIR                 (ESRGAN x4, shallow SD1.5, a character LoRA)
        python scripts/fixtures.py --rife FRAME_INTERPOLATION_PACK_DIR   (needs the pack: ckpts/rife/rife47.pth)
 
 Deterministic: a rebuild is byte-identical (one seeded generator per tensor, at most one metadata key),
@@ -26,7 +26,7 @@ def fill(state: dict[str, torch.Tensor], seed: int = SEED) -> dict[str, torch.Te
         gen = torch.Generator().manual_seed(seed + zlib.crc32(key.encode()))
         if key.endswith("bias"):
             v = torch.zeros(t.shape)
-        elif "norm" in key and t.dim() == 1:
+        elif t.dim() == 1 and key.endswith("weight"):  # LayerNorm / GroupNorm scales
             v = torch.ones(t.shape)
         else:
             v = torch.randn(t.shape, generator=gen) * 0.02
@@ -42,7 +42,85 @@ def esrgan_x4(path: Path) -> None:
     save_file(fill(net.state_dict()), str(path), metadata={"medialab": "fixture esrgan x4 random weights"})
 
 
-FIXTURES = {"upscale_models/tiny_x4.safetensors": esrgan_x4}
+def _comfy() -> None:
+    """Make ComfyUI's model code importable (CPU), from the tree setup.sh installed."""
+    runtime = Path(__file__).resolve().parent.parent / ".runtime" / "comfyui"
+    if str(runtime) not in sys.path:
+        sys.argv = [sys.argv[0], "--cpu"]
+        sys.path.insert(0, str(runtime))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.cli_args  # noqa: F401
+
+
+# A shallow SD1.5 U-Net: the real widths (model_channels 320, context_dim 768, 8 heads), so ComfyUI's
+# detector takes it for SD1.5, but two levels with one block each instead of four with two.
+SD15_TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1, 1],
+                      channel_mult=[1, 2], transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1],
+                      transformer_depth_middle=1, context_dim=768, num_heads=8, use_spatial_transformer=True,
+                      use_linear_in_transformer=False, legacy=False)
+
+
+def sd15_state(unet: dict) -> dict[str, torch.Tensor]:
+    """The single-file (original layout) state of an SD1.5 checkpoint with the given U-Net config: the
+    full CLIP-L text encoder and VAE (ComfyUI builds those with fixed sizes), shapes only (meta tensors)."""
+    _comfy()
+    import json
+
+    import comfy.clip_model
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    ops = comfy.ops.disable_weight_init
+    with torch.device("meta"):
+        parts = {
+            "model.diffusion_model.": UNetModel(**unet, operations=ops, device="meta"),
+            "first_stage_model.": AutoencoderKL(ddconfig={
+                "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0},
+                embed_dim=4),
+            "cond_stage_model.transformer.": comfy.clip_model.CLIPTextModel(
+                json.loads((Path(comfy.clip_model.__file__).parent / "sd1_clip_config.json").read_text()),
+                torch.float32, "meta", ops),
+        }
+    return {prefix + k: v for prefix, module in parts.items() for k, v in module.state_dict().items()
+            if not k.endswith("text_projection.weight")}
+
+
+def sd15_tiny(path: Path) -> None:
+    """An SD1.5-shaped checkpoint (shallow U-Net, 0.3 GB) that CheckpointLoaderSimple loads as SD1.5."""
+    save_file(fill(sd15_state(SD15_TINY_UNET)), str(path), metadata={"medialab": "fixture sd15 random weights"})
+
+
+def character_lora(path: Path, rank: int = 4) -> None:
+    """A LoRA for ``sd15_tiny`` in kohya's key layout (lora_unet_* / lora_te_*, lora_down/lora_up/alpha) on
+    every attention projection, so ComfyUI's LoraLoader patches real layers."""
+    targets = {k for k, v in sd15_state(SD15_TINY_UNET).items() if v.dim() == 2 and (
+        (".attn1.to_" in k or ".attn2.to_" in k) and k.startswith("model.diffusion_model.")
+        or ".self_attn." in k and k.startswith("cond_stage_model."))}
+    state: dict[str, torch.Tensor] = {}
+    shapes = sd15_state(SD15_TINY_UNET)
+    for key in sorted(targets):
+        if key.startswith("model.diffusion_model."):
+            name = "lora_unet_" + key.removeprefix("model.diffusion_model.").removesuffix(".weight").replace(".", "_")
+        else:
+            name = "lora_te_" + key.removeprefix("cond_stage_model.transformer.").removesuffix(".weight") \
+                .replace(".", "_")
+        out_f, in_f = shapes[key].shape
+        state[f"{name}.lora_down.weight"] = torch.empty(rank, in_f)
+        state[f"{name}.lora_up.weight"] = torch.empty(out_f, rank)
+    state = fill(state, SEED + 1)
+    for key in list(state):
+        if key.endswith(".lora_down.weight"):
+            state[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(rank), dtype=torch.float16)
+    save_file(state, str(path), metadata={"ss_network_dim": str(rank)})
+
+
+FIXTURES = {"upscale_models/tiny_x4.safetensors": esrgan_x4,
+            "checkpoints/tiny_sd15.safetensors": sd15_tiny,
+            "loras/tiny_character.safetensors": character_lora}
 
 
 def build(models_dir: Path) -> list[Path]:
@@ -61,13 +139,8 @@ def build(models_dir: Path) -> list[Path]:
 
 def rife47(pack: Path) -> Path:
     """The pack's own IFNet 4.7 with random weights, where the pack looks for it (ckpts/rife/rife47.pth)."""
-    runtime = Path(__file__).resolve().parent.parent / ".runtime" / "comfyui"
-    sys.argv = [sys.argv[0], "--cpu"]  # the pack's model code picks its device from ComfyUI's arguments
-    sys.path[:0] = [str(runtime), str(pack)]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401
+    _comfy()  # the pack's model code picks its device from ComfyUI's arguments
+    sys.path.insert(0, str(pack))
     from vfi_models.rife.rife_arch import IFNet
 
     state = IFNet(arch_ver="4.7").state_dict()

@@ -104,3 +104,29 @@ def test_upscale_resize_and_video_upscale_end_to_end(api) -> None:  # noqa: ANN0
         stream = container.streams.video[0]
         frames = list(container.decode(stream))
         assert len(frames) == 10 and stream.average_rate == 25 and (frames[0].width, frames[0].height) == (256, 192)
+
+
+def test_generate_with_a_character_lora_end_to_end(api) -> None:  # noqa: ANN001
+    """Core nodes only (no reference): the fixture SD1.5 checkpoint and LoRA through the real loaders;
+    the LoRA really patches the model (same seed, other strength, other pixels)."""
+    import io
+
+    from PIL import Image, ImageChops
+
+    from tests.integration.test_jobs_api import wait
+
+    params = {"lora": "tiny_character.safetensors", "checkpoint": "tiny_sd15.safetensors", "steps": 2,
+              "width": 64, "height": 64, "prompt": "photo of mlchar person", "seed": 7}
+    pixels = []
+    for strength in (0.0, 2.0):
+        job = wait(api, submit(api, {**params, "lora_strength": strength}, template="generate-lora").json()["id"],
+                   timeout=300)
+        assert job["state"] == "SUCCEEDED", job["error"]
+        (out,) = job["outputs"]
+        assert (out["width"], out["height"]) == (64, 64) and out["content_type"] == "image/png"
+        data = api.client.get(f"/v1/artifacts/{out['id']}/content", headers=api.reader).content
+        pixels.append(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert ImageChops.difference(*pixels).getbbox() is not None
+    r = submit(api, {**params, "lora": "no-such-lora.safetensors"}, template="generate-lora")
+    assert r.status_code == 422 and "loras/no-such-lora.safetensors (it has: tiny_character.safetensors)" \
+        in r.json()["detail"]

@@ -103,3 +103,40 @@ def test_pick_versions(tmp_path: Path) -> None:
 def test_model_refs(esrgan: tpl.TemplateVersion) -> None:
     graph = tpl.bind(esrgan, {"model": "tiny.safetensors"})
     assert tpl.model_refs(graph) == {("upscale_models", "tiny.safetensors")}
+
+
+def test_optional_branch_is_bypassed_and_pruned_when_left_out() -> None:
+    t = tpl.pick(tpl.scan_library(LIBRARY), "generate-lora", 1)
+    values = tpl.validate_params(t, {"lora": "c.safetensors"})
+    assert values["reference"] is None and "reference" not in t.params_schema().get("required", [])
+    core = tpl.bind(t, values)
+    classes = {n["class_type"] for n in core.values()}
+    assert not classes & {"LoadImage", "IPAdapterUnifiedLoader", "IPAdapterAdvanced"}
+    sampler = next(n for n in core.values() if n["class_type"] == "KSampler")
+    lora_id = next(k for k, n in core.items() if n["class_type"] == "LoraLoader")
+    assert sampler["inputs"]["model"] == [lora_id, 0]
+    assert not {("ipadapter", "x")} & tpl.model_refs(core)
+    full = tpl.bind(t, {**values, "reference": "ref.png"})
+    assert {"LoadImage", "IPAdapterAdvanced"} <= {n["class_type"] for n in full.values()}
+    assert tpl.bind(t, {}) == t.graph  # nothing given, nothing bypassed (a re-attach binds nothing)
+
+
+def test_optional_input_dropped_from_its_consumer() -> None:
+    t = tpl.pick(tpl.scan_library(LIBRARY), "blend-faceid", 1)
+    values = tpl.validate_params(t, {"face": "f", "inspiration_1": "a", "inspiration_3": "c"})
+    graph = tpl.bind(t, values)
+    blend = next(n for n in graph.values() if n["class_type"] == "IPAdapterCombineEmbeds")
+    assert set(blend["inputs"]) == {"embed1", "embed3", "method"}
+    assert sum(n["class_type"] == "LoadImage" for n in graph.values()) == 3  # face + inspirations 1 and 3
+
+
+def test_bypass_errors_name_the_problem(tmp_path: Path) -> None:
+    bad = dict(MANIFEST, parameters=[dict(MANIFEST["parameters"][0], optional=True, bypass={"Nope": "x"})])
+    with pytest.raises(InvalidInput, match="bypasses node title 'Nope'"):
+        tpl.load_version(write(tmp_path / "v1", bad, GRAPH), "t", 1)
+    literal = dict(MANIFEST, parameters=[dict(MANIFEST["parameters"][0], optional=True, bypass={"In": "image"})])
+    with pytest.raises(InvalidInput, match="not a link"):
+        tpl.load_version(write(tmp_path / "v2", literal, GRAPH), "t", 1)
+    required = dict(MANIFEST, parameters=[dict(MANIFEST["parameters"][0], bypass={"Out": None})])
+    with pytest.raises(InvalidInput, match="only for optional"):
+        tpl.load_version(write(tmp_path / "v3", required, GRAPH), "t", 1)
