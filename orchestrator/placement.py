@@ -6,6 +6,8 @@
 - Among those: an idle server before a busy one (never an idle GPU while work waits); then the one whose
   loaded models already cover the job (warm-model affinity); then the shortest queue. A server takes at
   most ``max_inflight`` prompts (one running + one queued behind it, so uploads overlap execution).
+- A server that shares its GPU with a trainer gets no inference while the trainer holds the GPU (see
+  ``gpu_leases``); its jobs wait for another server or for the training to end.
 - Job order: priority first; within a priority, the API key with the fewest running jobs goes first
   (fair share), then the oldest job.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from orchestrator.capabilities import Capabilities, ModelRef, Requirements, missing
@@ -30,6 +33,7 @@ class ServerView:
     caps: Capabilities | None
     inflight: int = 0
     warm: frozenset[ModelRef] = field(default_factory=frozenset)
+    gpu_leased: bool = False  # a trainer on the same GPU holds it: no inference goes there meanwhile
 
     def lacks(self, req: Requirements, lock: WorkerLock | None = None) -> list[str]:
         """What keeps the job off this server: missing nodes/models, and differences from the lock if given."""
@@ -45,7 +49,8 @@ class ServerView:
 def place(req: Requirements, servers: Sequence[ServerView], max_inflight: int = 2,
           lock: WorkerLock | None = None) -> ServerView | None:
     """The best server with a free slot for the job, or None (wait)."""
-    ready = [s for s in servers if s.healthy and s.active and s.inflight < max_inflight and s.can_run(req, lock)]
+    ready = [s for s in servers
+             if s.healthy and s.active and not s.gpu_leased and s.inflight < max_inflight and s.can_run(req, lock)]
     if not ready:
         return None
     return min(ready, key=lambda s: (s.inflight > 0, not (req.models and req.models <= s.warm), s.inflight, s.url))
@@ -59,6 +64,31 @@ def unrunnable_reason(req: Requirements, servers: Sequence[ServerView], lock: Wo
     if any(s.can_run(req, lock) for s in active):
         return None
     return "no server can run this job: " + "; ".join(f"{s.url} lacks {', '.join(s.lacks(req, lock))}" for s in active)
+
+
+@dataclass(frozen=True)
+class TrainerView:
+    """A trainer as the GPU lease rule sees it."""
+
+    name: str
+    gpu_server: str | None  # URL of the pool server on the same GPU
+    last_seen: datetime
+    waiting_since: datetime | None  # asked for work while inference still ran on its GPU
+    training: bool  # holds a live training claim
+
+
+def gpu_leases(trainers: Sequence[TrainerView], now: datetime, lease_s: float) -> set[str]:
+    """URLs of the pool servers whose GPU a trainer holds: while it trains, and while it waits for the
+    GPU to empty (from the first request for work until it stops asking for ``lease_s``). A trainer that
+    went silent gives its GPU back: its claim expires and is taken back by the lease loop."""
+    held = set()
+    for t in trainers:
+        if not t.gpu_server:
+            continue
+        alive = (now - t.last_seen).total_seconds() <= lease_s
+        if alive and (t.training or t.waiting_since is not None):
+            held.add(t.gpu_server)
+    return held
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from orchestrator.models import Job, TemplateVersionRow
 from orchestrator.placement import Candidate, fair_order, place, unrunnable_reason
 from orchestrator.pool import Pool, Server
 from orchestrator.settings import Settings
+from orchestrator.training import jobs as training_jobs
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ class Dispatcher:
         """One round; returns how many attempts it started."""
         with self.db.session() as s:
             views = self.pool.views(service.inflight_by_server(s))
+            leased = training_jobs.leased_gpus(s, self.settings.trainer_lease_s)
+        for v in views:
+            v.gpu_leased = v.url in leased  # a trainer holds its GPU
         max_inflight = self.settings.max_inflight
         if not any(v.healthy and v.active and v.inflight < max_inflight for v in views):
             return 0
@@ -156,6 +160,8 @@ class Dispatcher:
                     service.heartbeat(s, self.owner, self.settings.lease_s)
                 if self.recovering:
                     self.recover()
+                    with self.db.session() as s:  # training claims whose trainer went silent
+                        training_jobs.expire_claims(s, self.executor.policy)
             except Exception:
                 log.exception("lease loop")
 

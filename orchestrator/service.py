@@ -257,13 +257,18 @@ def validate_job(session: Session, pool: Pool | None, template: str, params: dic
     """Everything that can be known before dispatch; returns the template and the validated parameters.
 
     Refused here: unknown template or version, bad parameters, unknown or wrong-type input artifacts,
-    and node classes or models that no server of the pool has (ComfyUI would only notice at run time).
+    and node classes or models that no server of the pool has (ComfyUI would only notice at run time),
+    and LoRAs of the model registry that are not approved.
     """
+    from orchestrator.training.registry import check_usable
+
     row, t = get_template(session, template, version)
     values = tpl.validate_params(t, params)
     check_artifact_params(session, t, values)
+    req = requirements(t, values)
+    check_usable(session, req.models)  # a registered LoRA must be approved
     if pool is not None:
-        pool.check_runnable(requirements(t, values))
+        pool.check_runnable(req)
     return row, t, values
 
 
@@ -347,7 +352,8 @@ def events_after(session: Session, job_id: str, after_id: int = 0) -> list[JobEv
 def queued_candidates(session: Session, limit: int = 100) -> list[Job]:
     """QUEUED jobs that may be dispatched now, locked for this transaction (PostgreSQL: FOR UPDATE SKIP
     LOCKED, so replicas never consider the same job; SQLite has one writer and ignores the clause)."""
-    q = (select(Job).where(Job.state == JobState.QUEUED, or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
+    q = (select(Job).where(Job.kind == "comfy", Job.state == JobState.QUEUED,
+                           or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
          .order_by(col(Job.priority).desc(), col(Job.queued_at)).limit(limit).with_for_update(skip_locked=True))
     return list(session.exec(q))
 
@@ -394,9 +400,11 @@ def heartbeat(session: Session, owner: str, lease_s: float) -> int:
 
 
 def adopt_orphans(session: Session, owner: str, lease_s: float) -> list[Attempt]:
-    """RUNNING attempts whose owner stopped renewing its lease (crashed), taken over by ``owner``."""
+    """RUNNING attempts whose owner stopped renewing its lease (crashed), taken over by ``owner``.
+    Training claims (server ``trainer:<name>``) are not adopted: the training lease loop takes them back."""
     adopted = []
     stale = session.exec(select(Attempt).where(Attempt.state == JobState.RUNNING,
+                                               ~col(Attempt.server).startswith("trainer:"),
                                                or_(col(Attempt.lease_until).is_(None),
                                                    col(Attempt.lease_until) < now()))).all()
     for a in stale:

@@ -1,0 +1,272 @@
+"""Training jobs in the job system: submit, claim by a trainer, heartbeat with progress, outputs, finish.
+
+A training job is a ``Job`` of kind ``training`` (template ``train-lora``): the same states, events, SSE
+stream, cancel and listing as any job, but dispatched to trainers instead of ComfyUI servers. Its
+parameters hold the dataset artifact, the base checkpoint, the preset and the full validated
+``TrainingSpec``. The rules of claims and leases are in ``claims.py``; this module does the database side.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from sqlalchemy import update
+from sqlmodel import Session, col, or_, select
+
+from orchestrator import service
+from orchestrator.errors import Conflict, InvalidInput, NotFound
+from orchestrator.jobs import JobState
+from orchestrator.models import Artifact, Attempt, Job, JobEvent, JobInput, Trainer, now
+from orchestrator.placement import TrainerView, gpu_leases
+from orchestrator.retry import RetryPolicy
+from orchestrator.settings import Settings
+from orchestrator.training import claims, dataset_store
+from orchestrator.training import registry as reg
+from orchestrator.training.presets import TrainingSpec, spec_from
+from storage import ObjectStore
+
+if TYPE_CHECKING:
+    from orchestrator.pool import Pool
+
+KIND = "training"
+TEMPLATE = "train-lora"
+DATASET_ROLE = "dataset"
+OUTPUT_KINDS = ("sample", "checkpoint", "lora")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+
+
+# -- submit ----------------------------------------------------------------------------------------
+def local_checkpoint(settings: Settings, name: str) -> Path | None:
+    """The base checkpoint file this orchestrator can hand to trainers, if it has it."""
+    for root in (settings.models_dir, settings.shared_models_dir):
+        if root and (root / "checkpoints" / name).is_file():
+            return root / "checkpoints" / name
+    return None
+
+
+def check_base(settings: Settings, pool: Pool | None, name: str) -> None:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not name.endswith(CHECKPOINT_SUFFIXES):
+        raise InvalidInput(f"base checkpoint {name!r}: a file name in the checkpoints folder ending in "
+                           f"{' or '.join(CHECKPOINT_SUFFIXES)}")
+    if local_checkpoint(settings, name):
+        return
+    known = set()
+    for srv in pool.servers if pool else []:
+        known |= set(srv.caps.models.get("checkpoints", frozenset()) if srv.caps else frozenset())
+    if name in known:
+        return
+    raise InvalidInput(f"base checkpoint {name!r} is neither in {settings.models_dir / 'checkpoints'} nor on any "
+                       f"pool server (they have: {', '.join(sorted(known)[:10]) or 'none'})")
+
+
+def get_dataset(session: Session, artifact_id: str) -> Artifact:
+    art = session.get(Artifact, artifact_id)
+    if art is None or art.role != DATASET_ROLE:
+        raise InvalidInput(f"unknown dataset {artifact_id!r}: build one with POST /v1/datasets "
+                           "(medialab datasets build)")
+    return art
+
+
+def submit_training(session: Session, store: ObjectStore, settings: Settings, pool: Pool | None, *, dataset: str,
+                    base: str,
+                    preset: str | None = None, trigger: str | None = None, name: str | None = None,
+                    overrides: dict[str, Any] | None = None, api_key_id: str | None = None, priority: int = 0,
+                    timeout_s: float | None = None) -> Job:
+    """Validate every option (dataset, base checkpoint, preset and overrides, model name), then queue."""
+    ds = get_dataset(session, dataset)
+    values = dict(overrides or {})
+    if trigger is not None:
+        values["trigger"] = trigger
+    spec = spec_from(preset, values)
+    dataset_store.check_for(store, ds, spec)
+    check_base(settings, pool, base)
+    lora_name = reg.check_name(name or (ds.params or {}).get("name") or spec.trigger.lower().replace(" ", "-"))
+    params = {"dataset": ds.id, "dataset_sha256": ds.sha256, "base_model": base, "preset": preset,
+              "name": lora_name, "spec": spec.model_dump(mode="json")}
+    job = Job(kind=KIND, template=TEMPLATE, version=1, params=params, priority=priority, timeout_s=timeout_s,
+              api_key_id=api_key_id)
+    session.add(job)
+    session.add(JobInput(job_id=job.id, artifact_id=ds.id))
+    session.add(JobEvent(job_id=job.id, kind="state", state=JobState.QUEUED, reason="submitted",
+                         data={"kind": KIND, "preset": preset, "base_model": base, "name": lora_name}))
+    session.commit()
+    return job
+
+
+def training_spec(job: Job) -> TrainingSpec:
+    return TrainingSpec.model_validate(job.params["spec"])
+
+
+# -- trainers and claims ---------------------------------------------------------------------------
+def touch_trainer(session: Session, name: str, gpu_server: str | None, info: dict[str, Any] | None) -> Trainer:
+    """Record the trainer (resolving its GPU server by name, id or URL)."""
+    url = service.get_server(session, gpu_server).url if gpu_server else None
+    row = session.get(Trainer, name) or Trainer(name=name)
+    row.gpu_server, row.last_seen = url, now()
+    if info is not None:
+        row.info = info
+    session.add(row)
+    return row
+
+
+def claim(session: Session, name: str, lease_s: float, gpu_server: str | None = None,
+          info: dict[str, Any] | None = None, policy: RetryPolicy | None = None) -> tuple[Job, Attempt] | str | None:
+    """The next training job for this trainer, claimed with a lease; None when there is none; a reason
+    (str) when there is one but the trainer must wait for its GPU to empty."""
+    expire_claims(session, policy or RetryPolicy())
+    trainer = touch_trainer(session, name, gpu_server, info)
+    owner = claims.trainer_owner(name)
+    job = session.exec(select(Job).where(Job.kind == KIND, Job.state == JobState.QUEUED,
+                                         or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
+                       .order_by(col(Job.priority).desc(), col(Job.queued_at)).limit(1)
+                       .with_for_update(skip_locked=True)).first()
+    if job is None:
+        trainer.waiting_since = None
+        session.commit()
+        return None
+    if not claims.may_start(trainer.gpu_server, service.inflight_by_server(session)):
+        trainer.waiting_since = trainer.waiting_since or now()
+        session.commit()
+        return f"waiting for {trainer.gpu_server} to finish its inference work"
+    attempt = service.start_attempt(session, job, owner, owner, lease_s, reason=f"claimed by trainer {name}")
+    if attempt is None:
+        session.rollback()
+        return None
+    trainer.waiting_since = None
+    session.add(trainer)
+    session.commit()
+    return service.get_job(session, job.id), attempt
+
+
+def held_attempt(session: Session, attempt_id: str, name: str) -> tuple[Attempt, Job]:
+    """The trainer's live claim; Conflict when it is no longer its own (expired and taken back)."""
+    attempt = session.get(Attempt, attempt_id)
+    if attempt is None:
+        raise NotFound(f"unknown attempt {attempt_id}")
+    if attempt.owner != claims.trainer_owner(name) or attempt.state != JobState.RUNNING:
+        raise Conflict(f"attempt {attempt_id} is no longer held by trainer {name} ({attempt.state.value}); "
+                       "stop working on it")
+    return attempt, service.get_job(session, attempt.job_id)
+
+
+def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
+              events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Renew the claim and record progress; the reply says whether the job is to be cancelled."""
+    attempt, job = held_attempt(session, attempt_id, name)
+    until = now() + timedelta(seconds=lease_s)
+    session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(lease_until=until))
+    trainer = session.get(Trainer, name)
+    if trainer:
+        trainer.last_seen = now()
+        session.add(trainer)
+    fields: dict[str, Any] = {}
+    for e in events or []:
+        kind = e.get("kind", "progress")
+        step, total = e.get("step"), e.get("total")
+        if kind == "progress":
+            data = {k: e.get(k) for k in ("step", "total", "loss", "eta_s", "rate")}
+            if step is not None and total:
+                data["fraction"] = fields["progress"] = min(step / total, 1.0)
+            session.add(JobEvent(job_id=job.id, kind="progress", data=data,
+                                 reason=claims.progress_reason(step, total, e.get("loss"), e.get("eta_s"))))
+        else:
+            session.add(JobEvent(job_id=job.id, kind="info", reason=str(e.get("message") or kind)[:500],
+                                 data={k: v for k, v in e.items() if v is not None}))
+    if fields:
+        session.execute(update(Job).where(col(Job.id) == job.id).values(**fields))
+    session.commit()
+    return {"cancel": bool(job.cancel_requested), "lease_until": until.isoformat()}
+
+
+def store_output(session: Session, store: ObjectStore, attempt_id: str, name: str, kind: str,
+                 data: BinaryIO, filename: str, step: int | None = None) -> Artifact:
+    """A sample image, an intermediate checkpoint or the final LoRA of the claim, stored with lineage."""
+    if kind not in OUTPUT_KINDS:
+        raise InvalidInput(f"output kind {kind!r}: one of {', '.join(OUTPUT_KINDS)}")
+    attempt, job = held_attempt(session, attempt_id, name)
+    filename = Path(filename).name or kind
+    origin = f"output:{job.id}:{kind}:{filename}"
+    existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
+    if existing:
+        return existing
+    obj = store.put_stream(iter(lambda: data.read(1 << 20), b""))
+    with store.open(obj.key) as f:
+        content_type, w, h = service.sniff(f, filename)
+    art = Artifact(origin=origin, key=obj.key, sha256=obj.sha256, size=obj.size, content_type=content_type,
+                   filename=filename, role="output", job_id=job.id, attempt_id=attempt.id, output_name=kind,
+                   template=TEMPLATE, template_version=1, params=job.params,
+                   input_artifacts=[job.params["dataset"]], server=attempt.server, width=w, height=h)
+    session.add(art)
+    session.add(JobEvent(job_id=job.id, kind="info", reason=f"{kind} stored: {filename}" +
+                         (f" (step {step})" if step is not None else ""),
+                         data={"artifact": art.id, "kind": kind, "step": step, "sha256": obj.sha256}))
+    session.commit()
+    return art
+
+
+def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id: str, name: str, state: JobState,
+           error: dict[str, Any] | None = None, lora_artifact: str | None = None) -> Job:
+    """End the claim. SUCCEEDED needs the final LoRA (uploaded as kind ``lora``): it is registered in the
+    model registry before the job is SUCCEEDED. Distribution to the pool is the caller's next step."""
+    attempt, job = held_attempt(session, attempt_id, name)
+    if state == JobState.SUCCEEDED:
+        art = session.get(Artifact, lora_artifact) if lora_artifact else None
+        if art is None or art.job_id != job.id or art.output_name != "lora":
+            raise InvalidInput("a successful training reports its final LoRA (an output of kind lora of this job)")
+        try:
+            spec = training_spec(job)
+            model = reg.register(session, store, art, job.params["name"], base_model=job.params["base_model"],
+                                 trigger_words=[spec.trigger], training=job.params,
+                                 dataset_artifact_id=job.params["dataset"], job_id=job.id,
+                                 initial_state=settings.lora_initial_state)
+        except InvalidInput as exc:
+            state, error = JobState.FAILED, {"message": f"the trained file cannot be registered: {exc.message}"}
+        else:
+            session.add(JobEvent(job_id=job.id, kind="info", reason=f"registered {model.filename} ({model.state})",
+                                 data={"model": model.id, "sha256": model.sha256, "filename": model.filename}))
+    if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        raise InvalidInput(f"a claim ends SUCCEEDED, FAILED or CANCELLED, not {state.value}")
+    message = (error or {}).get("message", "")
+    service.finish_attempt(session, attempt.id, attempt.owner, state, error)
+    service.transition(session, job.id, JobState.RUNNING, state, message or "training finished", commit=False,
+                       error=error, progress=1.0 if state == JobState.SUCCEEDED else job.progress)
+    session.commit()
+    return service.get_job(session, job.id)
+
+
+def expire_claims(session: Session, policy: RetryPolicy) -> int:
+    """Take back the claims whose trainer stopped renewing them (crashed, cut off)."""
+    stale = session.exec(select(Attempt).where(Attempt.state == JobState.RUNNING,
+                                               col(Attempt.server).startswith(claims.TRAINER_PREFIX),
+                                               or_(col(Attempt.lease_until).is_(None),
+                                                   col(Attempt.lease_until) < now()))).all()
+    taken = 0
+    for a in stale:
+        job = session.get(Job, a.job_id)
+        out = claims.lost_claim_outcome(a.number, bool(job and job.cancel_requested),
+                                        a.server.removeprefix(claims.TRAINER_PREFIX), policy)
+        if not service.finish_attempt(session, a.id, a.owner, JobState.FAILED, {"message": out.reason}):
+            continue
+        if out.state == JobState.QUEUED:
+            service.requeue(session, a.job_id, out.reason, out.delay_s or 0.0)
+        else:
+            service.transition(session, a.job_id, JobState.RUNNING, out.state, out.reason, commit=False,
+                               error={"message": out.reason} if out.state == JobState.FAILED else None)
+        taken += 1
+    session.commit()
+    return taken
+
+
+def leased_gpus(session: Session, lease_s: float) -> set[str]:
+    """URLs of the pool servers a trainer holds the GPU of (no inference goes there meanwhile)."""
+    trainers = list(session.exec(select(Trainer).where(col(Trainer.gpu_server).is_not(None))))
+    if not trainers:
+        return set()
+    training = {a.server for a in session.exec(select(Attempt).where(
+        Attempt.state == JobState.RUNNING, col(Attempt.server).startswith(claims.TRAINER_PREFIX)))}
+    views = [TrainerView(t.name, t.gpu_server, t.last_seen, t.waiting_since,
+                         claims.trainer_owner(t.name) in training) for t in trainers]
+    return gpu_leases(views, now(), lease_s)

@@ -1,0 +1,199 @@
+"""Training claims: the GPU lease placement rule, claim/lease decisions, and the claim cycle on a database."""
+
+from __future__ import annotations
+
+import io
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from orchestrator import service
+from orchestrator.capabilities import Capabilities, Requirements
+from orchestrator.db import Database
+from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.jobs import JobState
+from orchestrator.models import Attempt, Job
+from orchestrator.placement import ServerView, TrainerView, gpu_leases, place
+from orchestrator.retry import RetryPolicy
+from orchestrator.settings import Settings
+from orchestrator.training import claims, dataset_store
+from orchestrator.training import jobs as tj
+from storage import LocalDiskStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def noise_png(seed: int, w: int = 96, h: int = 80) -> bytes:
+    rnd = random.Random(seed)
+    img = Image.frombytes("RGB", (w, h), bytes(rnd.randrange(256) for _ in range(w * h * 3)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- pure rules ------------------------------------------------------------------------------------
+def test_gpu_lease_while_training_or_waiting_and_alive() -> None:
+    trainers = [TrainerView("a", "http://gpu1", T0, None, training=True),
+                TrainerView("b", "http://gpu2", T0, T0, training=False),  # waits for its GPU
+                TrainerView("c", "http://gpu3", T0, None, training=False),  # idle
+                TrainerView("d", None, T0, None, training=True),  # a GPU of its own
+                TrainerView("e", "http://gpu4", T0 - timedelta(seconds=61), None, training=True)]  # silent
+    assert gpu_leases(trainers, T0 + timedelta(seconds=1), lease_s=60) == {"http://gpu1", "http://gpu2"}
+
+
+def test_placement_skips_a_leased_gpu() -> None:
+    req = Requirements(frozenset({"LoadImage"}), frozenset())
+    caps = Capabilities(node_classes=frozenset({"LoadImage"}))
+    a = ServerView("a", "http://a", True, True, caps, gpu_leased=True)
+    b = ServerView("b", "http://b", True, True, caps, inflight=1)
+    assert place(req, [a, b]).id == "b"  # busy, but its GPU is free
+    assert place(req, [a]) is None  # waits: the job is not refused, the lease ends
+
+
+def test_may_start_only_on_an_empty_gpu() -> None:
+    assert claims.may_start(None, {"http://gpu1": 2})
+    assert claims.may_start("http://gpu1", {"http://gpu2": 1})
+    assert not claims.may_start("http://gpu1", {"http://gpu1": 1})
+
+
+@pytest.mark.parametrize(("number", "cancel", "state", "delay"), [
+    (1, False, JobState.QUEUED, 1.0), (2, False, JobState.QUEUED, 2.0), (3, False, JobState.FAILED, None),
+    (1, True, JobState.CANCELLED, None)])
+def test_lost_claim_outcome(number: int, cancel: bool, state: JobState, delay: float | None) -> None:
+    out = claims.lost_claim_outcome(number, cancel, "t1", RetryPolicy(3, 1.0))
+    assert (out.state, out.delay_s) == (state, delay)
+    assert "trainer t1 stopped reporting" in out.reason
+
+
+def test_lease_expiry_and_progress_line() -> None:
+    assert claims.lease_expired(None, T0) and claims.lease_expired(T0, T0 + timedelta(seconds=1))
+    assert not claims.lease_expired(T0, T0)
+    assert claims.progress_reason(3, 10, 0.1234, 12.4) == "step 3/10 loss 0.1234 eta 12s"
+    assert claims.progress_reason(None, None, None, None) == "training"
+
+
+# -- the cycle on a database -----------------------------------------------------------------------
+@pytest.fixture
+def env(tmp_path: Path):  # noqa: ANN201
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / "base.safetensors").write_bytes(b"x")
+    settings = Settings(home=tmp_path / "home", models_dir=models)
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = LocalDiskStore(tmp_path / "objects")
+    with db.session() as s:
+        ids = [service.store_input(s, store, noise_png(i), f"f{i}.png").id for i in range(5)]
+        ds = dataset_store.build(s, store, name="hero", trigger="mlchar", images=ids,
+                                 caption_template="photo of {trigger}", resolution=64)
+    yield db, store, settings, ds
+    db.engine.dispose()
+
+
+def submit(s, store, settings, ds, **kw):  # noqa: ANN001, ANN201
+    return tj.submit_training(s, store, settings, None, dataset=ds.id, base="base.safetensors",
+                              preset="sd15-character", trigger="mlchar",
+                              overrides={"resolution": 64, "max_train_steps": 4, "save_every_n_steps": 2,
+                                         "sample_every_n_steps": 2, **kw})
+
+
+def test_dataset_is_content_addressed_with_lineage(env) -> None:  # noqa: ANN001
+    db, store, _settings, ds = env
+    assert ds.role == "dataset" and ds.origin == f"dataset:{ds.sha256}"
+    assert ds.params["name"] == "hero" and ds.params["version"] == 1 and ds.params["images"] == 5
+    assert len(ds.input_artifacts) == 5
+    assert set(ds.params["captions"].values()) == {"photo of mlchar"}
+    with db.session() as s:
+        again = dataset_store.build(s, store, name="hero", trigger="mlchar", images=list(ds.input_artifacts),
+                                    caption_template="photo of {trigger}", resolution=64)
+        assert again.id == ds.id
+        with pytest.raises(InvalidInput, match="at least 5"):
+            dataset_store.build(s, store, name="hero", trigger="mlchar", images=ds.input_artifacts[:2],
+                                caption_template="photo of {trigger}", resolution=64)
+
+
+def test_submit_validates_before_queueing(env) -> None:  # noqa: ANN001
+    db, store, settings, ds = env
+    with db.session() as s:
+        with pytest.raises(InvalidInput, match="neither in"):
+            tj.submit_training(s, store, settings, None, dataset=ds.id, base="nope.safetensors",
+                               preset="sd15-character", trigger="mlchar", overrides={"resolution": 64})
+        with pytest.raises(InvalidInput, match="unknown training option"):
+            submit(s, store, settings, ds, warp_speed=9)
+        with pytest.raises(InvalidInput, match="prepared at 64 px but the spec trains at 512"):
+            tj.submit_training(s, store, settings, None, dataset=ds.id, base="base.safetensors",
+                               preset="sd15-character", trigger="mlchar")
+        with pytest.raises(InvalidInput, match="unknown dataset"):
+            tj.submit_training(s, store, settings, None, dataset=ds.input_artifacts[0], base="base.safetensors",
+                               preset="sd15-character", trigger="mlchar")
+        assert not service.list_jobs(s)
+
+
+def test_claim_heartbeat_cancel_and_lost_claims(env) -> None:  # noqa: ANN001
+    db, store, settings, ds = env
+    policy = RetryPolicy(2, 0.0)
+    with db.session() as s:
+        job = submit(s, store, settings, ds)
+        assert (job.kind, job.state, job.params["name"]) == ("training", JobState.QUEUED, "hero")
+        assert service.queued_candidates(s) == []  # never dispatched to ComfyUI
+        got = tj.claim(s, "t1", 30, policy=policy)
+        assert isinstance(got, tuple)
+        claimed, attempt = got
+        assert claimed.state == JobState.RUNNING and attempt.server == "trainer:t1"
+        assert tj.claim(s, "t2", 30, policy=policy) is None  # nothing left
+        reply = tj.heartbeat(s, attempt.id, "t1", 30, [{"kind": "progress", "step": 1, "total": 4, "loss": 0.5,
+                                                         "eta_s": 3.0}])
+        assert reply["cancel"] is False
+        assert service.get_job(s, job.id).progress == 0.25
+        with pytest.raises(Conflict, match="no longer held by trainer t2"):
+            tj.heartbeat(s, attempt.id, "t2", 30)
+        service.cancel_job(s, job.id)
+        assert tj.heartbeat(s, attempt.id, "t1", 30)["cancel"] is True
+        done = tj.finish(s, store, settings, attempt.id, "t1", JobState.CANCELLED)
+        assert done.state == JobState.CANCELLED
+
+        job2 = submit(s, store, settings, ds)
+        _j, a1 = tj.claim(s, "t1", 30, policy=policy)
+        s.execute(update(Attempt).where(col(Attempt.id) == a1.id).values(lease_until=T0))  # trainer died
+        s.commit()
+        assert tj.expire_claims(s, policy) == 1
+        s.expire_all()
+        assert service.get_job(s, job2.id).state == JobState.QUEUED  # queued again
+        _j, a2 = tj.claim(s, "t2", 30, policy=policy)
+        assert a2.number == 2
+        with pytest.raises(Conflict):
+            tj.heartbeat(s, a1.id, "t1", 30)  # the old claim is gone
+        s.execute(update(Attempt).where(col(Attempt.id) == a2.id).values(lease_until=T0))
+        s.commit()
+        tj.expire_claims(s, policy)
+        s.expire_all()
+        final = service.get_job(s, job2.id)
+        assert final.state == JobState.FAILED and "attempt(s) used up" in final.error["message"]
+        reasons = [e.reason for e in service.events_after(s, job2.id) if e.kind == "state"]
+        assert reasons[0] == "submitted" and "queued again" in reasons[2]
+
+
+def test_a_trainer_sharing_a_gpu_waits_and_holds_it(env) -> None:  # noqa: ANN001
+    db, store, settings, ds = env
+    with db.session() as s:
+        gpu = service.register_server(s, "http://gpu1:8188", "gpu1")
+        submit(s, store, settings, ds)
+        busy = s.exec(select(Job)).first()
+        s.add(Attempt(job_id=busy.id, number=9, server=gpu.url, owner="x"))  # inference in flight there
+        s.commit()
+        assert tj.leased_gpus(s, 30) == set()
+        got = tj.claim(s, "t1", 30, gpu_server="gpu1")
+        assert isinstance(got, str) and "waiting for http://gpu1:8188" in got
+        assert tj.leased_gpus(s, 30) == {gpu.url}  # no new inference goes there
+        s.execute(update(Attempt).where(col(Attempt.server) == gpu.url).values(state=JobState.SUCCEEDED))
+        s.commit()
+        got = tj.claim(s, "t1", 30, gpu_server="gpu1")
+        assert isinstance(got, tuple)
+        assert tj.leased_gpus(s, 30) == {gpu.url}  # held while it trains
+        tj.finish(s, store, settings, got[1].id, "t1", JobState.FAILED, {"message": "boom"})
+        assert tj.claim(s, "t1", 30, gpu_server="gpu1") is None
+        assert tj.leased_gpus(s, 30) == set()
