@@ -35,6 +35,7 @@ CONTROL_VALUES = {"fixed", "randomize", "increment", "decrement"}
 CONTROL, UPLOAD = "control_after_generate", "upload"
 UPLOADS = {"image_upload": "image", "video_upload": "video"}  # input option -> the upload widget's value
 SEED_NAMES = {"seed", "noise_seed"}
+UNSET = "medialab_unset"  # node property: widget inputs the API graph left out (see to_editor)
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,10 @@ def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
             if source is not None:
                 inputs[inp["name"]] = [source[0], source[1]]
         info = object_info[node["type"]]
+        defaults = {w.input: w.default for w in widgets_of(info) if w.input}
+        for name in (node.get("properties") or {}).get(UNSET) or []:
+            if name in inputs and inputs[name] == defaults.get(name):
+                del inputs[name]  # absent from the API graph it was opened from, and left at its default
         output[nid] = {"inputs": inputs, "class_type": node["type"],
                        "_meta": {"title": node.get("title") or display_name(info, node["type"])}}
     for node in output.values():  # inputs fed by muted nodes go with them
@@ -284,7 +289,9 @@ def to_editor(graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
     """An editor-format workflow of an API graph: nodes in topological columns, titles kept, seeds "fixed".
 
     Inputs the server's node definitions do not know cannot be shown in the editor; they are listed in
-    ``extra.medialab.dropped_inputs`` (``node id.input``).
+    ``extra.medialab.dropped_inputs`` (``node id.input``). Widget inputs the graph leaves out show their
+    default and are named in the node property ``medialab_unset``: left at that default, :func:`to_api`
+    leaves them out again, so the round trip gives back the same graph.
     """
     unknown = [f"#{nid} ({n.get('class_type')})" for nid, n in graph.items() if n.get("class_type") not in object_info]
     if unknown:
@@ -310,6 +317,7 @@ def to_editor(graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
         inputs = [{"name": n, "type": k, "link": None} for n, k in sockets]
         inputs += [{"name": n, "type": "COMBO" if isinstance(k, list) else k, "widget": {"name": n}, "link": None}
                    for n, k in widget_inputs]
+        unset = [w.input for w in widgets if w.input and w.input not in given]
         values = []
         for w in widgets:
             value = given.get(w.input, w.default) if w.input else w.default
@@ -328,7 +336,7 @@ def to_editor(graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
         title = (api_node.get("_meta") or {}).get("title")
         if title and title != display_name(info, cls):
             node["title"] = title
-        node["properties"] = {"Node name for S&R": cls}
+        node["properties"] = {"Node name for S&R": cls} | ({UNSET: unset} if unset else {})
         node["widgets_values"] = values
         nodes[key] = node
     for key in order:

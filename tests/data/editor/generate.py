@@ -5,8 +5,8 @@ serves), saves it the way the editor's Save does (``app.graph.serialize()``), lo
 ``app.loadGraphData`` and records ``app.graphToPrompt()``: ``<name>.json`` is the editor-format workflow,
 ``<name>.api.json`` the API graph the frontend makes of it (what Workflow > Export (API) writes).
 ``object_info.json`` is the server's node definitions for the classes used. With ``--check-open`` it also
-loads what ``orchestrator.editor.to_editor`` makes of each API graph into the frontend and checks that the
-frontend turns it back into the same API graph.
+loads what ``orchestrator.editor.to_editor`` makes of each API graph (the fixtures' and the library's) into the
+frontend and checks that the frontend turns it back into the same API graph.
 
 Needs a running ComfyUI with the project's node pack (``--url``), Chromium and Playwright for Python:
 ``python tests/data/editor/generate.py --url http://127.0.0.1:8300 --chromium /usr/bin/chromium``.
@@ -174,15 +174,20 @@ async def main() -> int:
         if args.check_open:
             sys.path.insert(0, str(HERE.parents[2]))
             from orchestrator.editor import to_editor
-            info = json.loads((HERE / "object_info.json").read_text())
-            for api_path in sorted(HERE.glob("*.api.json")):
+            info = await run("const r = await fetch('/object_info'); return await r.json();")
+            library = sorted((HERE.parents[2] / "comfy_workflows").glob("*/v*/graph.json"))
+            for api_path in sorted(HERE.glob("*.api.json")) + library:
                 api = json.loads(api_path.read_text())
                 if any(":" in k for k in api):
                     continue  # flattened from a subgraph, which to_api refuses
+                missing = {n["class_type"] for n in api.values()} - info.keys()
+                if missing:
+                    print(f"{api_path}: skipped, the server lacks {sorted(missing)}")
+                    continue
                 back = await run(OPEN_AND_EXPORT, to_editor(api, info))
                 ok = back == api
                 failures += not ok
-                print(f"{api_path.name}: {'same API graph' if ok else 'DIFFERS'}")
+                print(f"{api_path}: {'same API graph' if ok else 'DIFFERS'}")
                 if not ok:
                     print(json.dumps(back, indent=1), json.dumps(api, indent=1))
         else:
