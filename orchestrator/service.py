@@ -13,6 +13,7 @@ from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from orchestrator import editor
 from orchestrator import templates as tpl
 from orchestrator.capabilities import Capabilities, Requirements
 from orchestrator.errors import Conflict, InvalidInput, NotFound
@@ -64,12 +65,20 @@ def template_from_row(row: TemplateVersionRow) -> tpl.TemplateVersion:
 def publish_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
                      manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str = "image",
                      description: str = "", api_key_id: str | None = None) -> TemplateVersionRow:
-    """Publish the next version of a template from an API-format graph.
+    """Publish the next version of a template from an API-format graph or an editor-format workflow.
 
-    Without a manifest, parameters come from the node pack's parameter nodes and outputs from the save
-    nodes. The graph is checked against the node definitions of a live pool server, and every node class
-    and model it needs must exist on some server. A published version is immutable.
+    An editor-format workflow (what ComfyUI's Save writes) is converted to the API format with the node
+    definitions of a live pool server. Without a manifest, parameters come from the node pack's parameter
+    nodes and outputs from the save nodes. The graph is checked against the node definitions of a live pool
+    server, and every node class and model it needs must exist on some server. A published version is immutable.
     """
+    object_info = None
+    if editor.is_editor_format(graph):
+        if pool is None:
+            raise InvalidInput("an editor-format workflow needs a live ComfyUI server's node definitions to be "
+                               "converted; publish with a pool, or export the API format (Workflow > Export (API))")
+        object_info = pool.object_info()
+        graph = editor.to_api(graph, object_info)
     if manifest is None:
         manifest, graph = tpl.manifest_from_graph(graph, title or name, kind, description)
     rows = template_rows(session, name)
@@ -81,7 +90,7 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
     if pool is not None:
         values = {p.name: p.default if p.default is not None else f"sha256/00/{p.name}"
                   for p in t.manifest.parameters}
-        problems = validate_graph(tpl.bind(t, values), pool.object_info())
+        problems = validate_graph(tpl.bind(t, values), object_info or pool.object_info())
         if problems:
             raise InvalidInput(f"{t.ref} does not validate against the pool's node definitions: "
                                + "; ".join(problems), problems=problems)
@@ -96,6 +105,15 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
         session.rollback()
         raise Conflict(f"{name}@v{version} was published by someone else just now; publish again") from exc
     return row
+
+
+def template_workflow(session: Session, name: str, version: int | None, object_info: dict[str, Any]) -> dict[str, Any]:
+    """A version's graph as an editor-format workflow, to open (Workflow > Open) and edit in ComfyUI."""
+    _row, t = get_template(session, name, version)
+    workflow = editor.to_editor(t.graph, object_info)
+    workflow["extra"].setdefault("medialab", {}).update({"template": t.name, "version": t.version,
+                                                          "content_hash": t.content_hash})
+    return workflow
 
 
 def set_deprecated(session: Session, name: str, version: int, deprecated: bool = True) -> TemplateVersionRow:
