@@ -13,10 +13,11 @@ from starlette.exceptions import HTTPException
 
 from orchestrator import __version__
 from orchestrator.api.deps import AnyKey, CtxDep
-from orchestrator.api.routes import artifacts, jobs, servers, templates
+from orchestrator.api.routes import artifacts, jobs, models, servers, templates, trainings
 from orchestrator.context import Context
 from orchestrator.errors import MediaLabError
 from orchestrator.settings import Settings, get_settings
+from orchestrator.training.trainer import start_local
 from storage import StorageUnavailable
 
 PROBLEM = "application/problem+json"
@@ -38,8 +39,12 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
             ctx.start_pool()
             if dispatch:
                 ctx.start_dispatcher()
+                ctx.local_trainer = start_local(ctx)  # type: ignore[attr-defined]
             yield
         finally:
+            local = getattr(ctx, "local_trainer", None)
+            if local is not None:
+                local.stop()
             ctx.close()
 
     app = FastAPI(title="Media Lab orchestrator", version=__version__, lifespan=lifespan)
@@ -71,6 +76,6 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
         """Prometheus text format (scrape with an API key as bearer token)."""
         return Response(ctx.metrics.render() if ctx.metrics else b"", media_type=CONTENT_TYPE_LATEST)
 
-    for router in (artifacts.router, jobs.router, servers.router, templates.router):
+    for router in (artifacts.router, jobs.router, servers.router, templates.router, trainings.router, models.router):
         app.include_router(router, prefix="/v1")
     return app

@@ -114,3 +114,86 @@ class TemplateOut(BaseModel):
     name: str
     latest: TemplateVersionOut
     versions: list[int]
+
+
+# -- training -------------------------------------------------------------------------------------------
+class DatasetBuild(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Dataset name (lower-case letters, digits, '_' or '-').")
+    trigger: str = Field(description="The trigger word put into the captions.")
+    images: list[str] = Field([], description="Image artifact ids.")
+    captions: dict[str, str] = Field({}, description="Caption per image artifact id (overrides the template).")
+    caption_template: str | None = Field(None, description="e.g. 'photo of {trigger}, {caption}'.")
+    video: str | None = Field(None, description="A video artifact to sample frames from.")
+    frames: int | None = Field(None, ge=1, le=5000, description="Frames sampled evenly (default 20).")
+    every_n: int | None = Field(None, ge=1, description="Or every n-th frame.")
+    preset: str | None = Field("sd15-character", description="Training preset the dataset is checked against.")
+    resolution: int | None = Field(None, description="Default: the preset's.")
+    face_centred: bool = False
+    crop: str = "centre"
+
+
+class TrainingSubmit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="Dataset artifact id.")
+    base: str = Field(description="Base checkpoint (file name in the checkpoints folder).")
+    preset: str | None = Field("sd15-character", description="Training preset; null: every option in `set`.")
+    trigger: str | None = Field(None, description="Trigger word (default: the preset's).")
+    name: str | None = Field(None, description="Registry name of the LoRA (default: the dataset's name).")
+    set: dict[str, Any] = Field({}, description="Training options over the preset (see TrainingSpec).")
+    priority: int = Field(0, ge=-100, le=100)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class LoraModelOut(Out):
+    id: str
+    sha256: str
+    name: str
+    version: int
+    filename: str
+    state: str
+    base_model: str | None
+    trigger_words: list[str]
+    training: dict[str, Any] | None
+    ss_metadata: dict[str, Any] | None
+    artifact_id: str
+    dataset_artifact_id: str | None
+    job_id: str | None
+    size: int
+    distribution: dict[str, Any] | None
+    created_at: datetime
+    state_changed_at: datetime
+
+
+class TrainerHello(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trainer: str = Field(description="The trainer's name (unique per trainer process).")
+    gpu_server: str | None = Field(None, description="The pool server it shares its GPU with.")
+    info: dict[str, Any] | None = None
+
+
+class TrainerClaim(BaseModel):
+    job: JobOut | None = None
+    attempt_id: str | None = None
+    wait: str | None = Field(None, description="Work is there, but the trainer must wait (its GPU is busy).")
+    lease_s: float
+    heartbeat_s: float
+
+
+class TrainerHeartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trainer: str
+    events: list[dict[str, Any]] = []
+
+
+class TrainerFinish(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trainer: str
+    state: JobState
+    error: dict[str, Any] | None = None
+    lora_artifact: str | None = None

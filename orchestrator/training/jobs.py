@@ -16,9 +16,10 @@ from sqlalchemy import update
 from sqlmodel import Session, col, or_, select
 
 from orchestrator import service
+from orchestrator.capabilities import Capabilities
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.jobs import JobState
-from orchestrator.models import Artifact, Attempt, Job, JobEvent, JobInput, Trainer, now
+from orchestrator.models import Artifact, Attempt, Job, JobEvent, JobInput, LoraModel, Trainer, now
 from orchestrator.placement import TrainerView, gpu_leases
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
@@ -46,16 +47,19 @@ def local_checkpoint(settings: Settings, name: str) -> Path | None:
     return None
 
 
-def check_base(settings: Settings, pool: Pool | None, name: str) -> None:
+def check_base(session: Session, settings: Settings, name: str) -> None:
+    """The base checkpoint must be where trainers can get it: this orchestrator's models folder (it serves
+    it) or a pool server's checkpoints (a trainer on that host has it in its models folder)."""
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or not name.endswith(CHECKPOINT_SUFFIXES):
         raise InvalidInput(f"base checkpoint {name!r}: a file name in the checkpoints folder ending in "
                            f"{' or '.join(CHECKPOINT_SUFFIXES)}")
     if local_checkpoint(settings, name):
         return
-    known = set()
-    for srv in pool.servers if pool else []:
-        known |= set(srv.caps.models.get("checkpoints", frozenset()) if srv.caps else frozenset())
+    known: set[str] = set()
+    for row in service.server_rows(session):
+        caps = Capabilities.from_json(row.capabilities)
+        known |= set(caps.models.get("checkpoints", frozenset()) if caps else frozenset())
     if name in known:
         return
     raise InvalidInput(f"base checkpoint {name!r} is neither in {settings.models_dir / 'checkpoints'} nor on any "
@@ -70,8 +74,7 @@ def get_dataset(session: Session, artifact_id: str) -> Artifact:
     return art
 
 
-def submit_training(session: Session, store: ObjectStore, settings: Settings, pool: Pool | None, *, dataset: str,
-                    base: str,
+def submit_training(session: Session, store: ObjectStore, settings: Settings, *, dataset: str, base: str,
                     preset: str | None = None, trigger: str | None = None, name: str | None = None,
                     overrides: dict[str, Any] | None = None, api_key_id: str | None = None, priority: int = 0,
                     timeout_s: float | None = None) -> Job:
@@ -82,7 +85,7 @@ def submit_training(session: Session, store: ObjectStore, settings: Settings, po
         values["trigger"] = trigger
     spec = spec_from(preset, values)
     dataset_store.check_for(store, ds, spec)
-    check_base(settings, pool, base)
+    check_base(session, settings, base)
     lora_name = reg.check_name(name or (ds.params or {}).get("name") or spec.trigger.lower().replace(" ", "-"))
     params = {"dataset": ds.id, "dataset_sha256": ds.sha256, "base_model": base, "preset": preset,
               "name": lora_name, "spec": spec.model_dump(mode="json")}
@@ -270,3 +273,18 @@ def leased_gpus(session: Session, lease_s: float) -> set[str]:
     views = [TrainerView(t.name, t.gpu_server, t.last_seen, t.waiting_since,
                          claims.trainer_owner(t.name) in training) for t in trainers]
     return gpu_leases(views, now(), lease_s)
+
+
+def distribute_result(session: Session, store: ObjectStore, settings: Settings, pool: Pool | None,
+                      job_id: str) -> dict[str, Any] | None:
+    """After a successful training: put its registered LoRA on the pool servers (recorded as an event)."""
+    model = session.exec(select(LoraModel).where(LoraModel.job_id == job_id)).first()
+    if model is None:
+        return None
+    result = reg.distribute(session, store, settings, model, pool)
+    ok = sorted(n for n, r in result.items() if r.get("ok"))
+    bad = {n: r.get("error") for n, r in result.items() if not r.get("ok")}
+    reason = f"{model.filename} on {', '.join(ok) or 'no server'}" + (f"; not on {bad}" if bad else "")
+    session.add(JobEvent(job_id=job_id, kind="info", reason=reason, data={"distribution": result}))
+    session.commit()
+    return result

@@ -95,7 +95,7 @@ def env(tmp_path: Path):  # noqa: ANN201
 
 
 def submit(s, store, settings, ds, **kw):  # noqa: ANN001, ANN201
-    return tj.submit_training(s, store, settings, None, dataset=ds.id, base="base.safetensors",
+    return tj.submit_training(s, store, settings, dataset=ds.id, base="base.safetensors",
                               preset="sd15-character", trigger="mlchar",
                               overrides={"resolution": 64, "max_train_steps": 4, "save_every_n_steps": 2,
                                          "sample_every_n_steps": 2, **kw})
@@ -120,15 +120,15 @@ def test_submit_validates_before_queueing(env) -> None:  # noqa: ANN001
     db, store, settings, ds = env
     with db.session() as s:
         with pytest.raises(InvalidInput, match="neither in"):
-            tj.submit_training(s, store, settings, None, dataset=ds.id, base="nope.safetensors",
+            tj.submit_training(s, store, settings, dataset=ds.id, base="nope.safetensors",
                                preset="sd15-character", trigger="mlchar", overrides={"resolution": 64})
         with pytest.raises(InvalidInput, match="unknown training option"):
             submit(s, store, settings, ds, warp_speed=9)
         with pytest.raises(InvalidInput, match="prepared at 64 px but the spec trains at 512"):
-            tj.submit_training(s, store, settings, None, dataset=ds.id, base="base.safetensors",
+            tj.submit_training(s, store, settings, dataset=ds.id, base="base.safetensors",
                                preset="sd15-character", trigger="mlchar")
         with pytest.raises(InvalidInput, match="unknown dataset"):
-            tj.submit_training(s, store, settings, None, dataset=ds.input_artifacts[0], base="base.safetensors",
+            tj.submit_training(s, store, settings, dataset=ds.input_artifacts[0], base="base.safetensors",
                                preset="sd15-character", trigger="mlchar")
         assert not service.list_jobs(s)
 

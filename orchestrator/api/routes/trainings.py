@@ -1,0 +1,138 @@
+"""Training jobs (``/v1/trainings``), datasets (``/v1/datasets``) and the trainer protocol (``/v1/trainer``).
+
+A trainer (``medialab trainer``, role ``train``) asks for work with ``POST /v1/trainer/claim``, downloads the
+dataset and, if it lacks it, the base checkpoint, renews its claim with heartbeats that carry progress
+events (the reply says when the job is to be cancelled), uploads samples, checkpoints and the final LoRA,
+and ends the claim with ``finish``. A claim not renewed for ``MEDIALAB_TRAINER_LEASE_S`` is taken back.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Query, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
+
+from orchestrator import service
+from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, require
+from orchestrator.api.routes.artifacts import artifact_out
+from orchestrator.api.routes.jobs import job_out
+from orchestrator.api.schemas import (
+    ArtifactOut,
+    DatasetBuild,
+    JobOut,
+    TrainerClaim,
+    TrainerFinish,
+    TrainerHeartbeat,
+    TrainerHello,
+    TrainingSubmit,
+)
+from orchestrator.auth import Role
+from orchestrator.errors import NotFound
+from orchestrator.jobs import JobState
+from orchestrator.models import ApiKey
+from orchestrator.training import dataset_store
+from orchestrator.training import jobs as tj
+
+TrainKey = Annotated[ApiKey, Depends(require(Role.train))]
+
+router = APIRouter(tags=["training"])
+
+
+# -- datasets --------------------------------------------------------------------------------------
+@router.post("/datasets", status_code=201, response_model=ArtifactOut)
+def build_dataset(body: DatasetBuild, ctx: CtxDep, session: SessionDep, _: RunKey) -> ArtifactOut:
+    """Build a dataset from image artifacts and/or frames of a video artifact, check it, store it."""
+    art = dataset_store.build(session, ctx.store, **body.model_dump())
+    return artifact_out(session, art)
+
+
+@router.get("/datasets", response_model=list[ArtifactOut])
+def list_datasets(session: SessionDep, _: AnyKey, name: str | None = None) -> list[ArtifactOut]:
+    return [artifact_out(session, a) for a in dataset_store.list_datasets(session, name)]
+
+
+# -- training jobs ---------------------------------------------------------------------------------
+@router.post("/trainings", status_code=201, response_model=JobOut)
+def submit(body: TrainingSubmit, ctx: CtxDep, session: SessionDep, key: RunKey) -> JobOut:
+    """Queue a LoRA training (every option validated first); follow it like any job (/v1/jobs/{id})."""
+    job = tj.submit_training(session, ctx.store, ctx.settings, dataset=body.dataset, base=body.base,
+                             preset=body.preset, trigger=body.trigger, name=body.name, overrides=body.set,
+                             api_key_id=key.id, priority=body.priority, timeout_s=body.timeout_s)
+    local = getattr(ctx, "local_trainer", None)
+    if local is not None:
+        local.wake()
+    return job_out(session, job)
+
+
+@router.get("/trainings", response_model=list[JobOut])
+def list_trainings(session: SessionDep, _: AnyKey, state: JobState | None = None,
+                   limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobOut]:
+    return [JobOut.model_validate(j) for j in service.list_jobs(session, state, tj.TEMPLATE, limit)]
+
+
+# -- the trainer protocol --------------------------------------------------------------------------
+@router.post("/trainer/claim", response_model=TrainerClaim)
+def claim(body: TrainerHello, ctx: CtxDep, session: SessionDep, _: TrainKey) -> TrainerClaim:
+    lease_s = ctx.settings.trainer_lease_s
+    got = tj.claim(session, body.trainer, lease_s, body.gpu_server, body.info, ctx.executor.policy)
+    out = TrainerClaim(lease_s=lease_s, heartbeat_s=max(min(lease_s / 6, 5.0), 0.2))
+    if isinstance(got, str):
+        out.wait = got
+    elif got is not None:
+        job, attempt = got
+        out.job, out.attempt_id = job_out(session, job), attempt.id
+    return out
+
+
+@router.get("/trainer/attempts/{attempt_id}/dataset", response_class=StreamingResponse)
+def dataset(attempt_id: str, trainer: str, ctx: CtxDep, session: SessionDep, _: TrainKey):  # noqa: ANN201
+    """The dataset tar of the claimed job."""
+    _attempt, job = tj.held_attempt(session, attempt_id, trainer)
+    art = service.get_artifact(session, job.params["dataset"])
+    path = ctx.store.local_path(art.key)
+    if path is not None:
+        return FileResponse(path, media_type=art.content_type, filename=art.filename)
+    f = ctx.store.open(art.key)
+
+    def chunks():  # noqa: ANN202
+        try:
+            yield from iter(lambda: f.read(1 << 20), b"")
+        finally:
+            f.close()
+
+    return StreamingResponse(chunks(), media_type=art.content_type, headers={"Content-Length": str(art.size)})
+
+
+@router.get("/trainer/checkpoints/{name:path}", response_class=FileResponse)
+def checkpoint(name: str, ctx: CtxDep, _: TrainKey) -> FileResponse:
+    """A base checkpoint this orchestrator has (its models folder or the shared models path)."""
+    path = tj.local_checkpoint(ctx.settings, name) if ".." not in name else None
+    if path is None:
+        raise NotFound(f"base checkpoint {name!r} is not on the orchestrator; put it in the trainer's models folder")
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+
+@router.post("/trainer/attempts/{attempt_id}/heartbeat")
+def heartbeat(attempt_id: str, body: TrainerHeartbeat, ctx: CtxDep, session: SessionDep,
+              _: TrainKey) -> dict[str, object]:
+    """Renew the claim and record progress events; ``cancel: true`` tells the trainer to stop."""
+    return tj.heartbeat(session, attempt_id, body.trainer, ctx.settings.trainer_lease_s, body.events)
+
+
+@router.post("/trainer/attempts/{attempt_id}/outputs", status_code=201, response_model=ArtifactOut)
+def upload_output(attempt_id: str, file: UploadFile, trainer: Annotated[str, Form()],
+                  kind: Annotated[str, Form(description="sample | checkpoint | lora")], ctx: CtxDep,
+                  session: SessionDep, _: TrainKey, step: Annotated[int | None, Form()] = None) -> ArtifactOut:
+    art = tj.store_output(session, ctx.store, attempt_id, trainer, kind, file.file, file.filename or kind, step)
+    return artifact_out(session, art)
+
+
+@router.post("/trainer/attempts/{attempt_id}/finish", response_model=JobOut)
+def finish(attempt_id: str, body: TrainerFinish, ctx: CtxDep, session: SessionDep, _: TrainKey) -> JobOut:
+    """End the claim; a success registers the LoRA and puts it on the pool servers before it returns."""
+    job = tj.finish(session, ctx.store, ctx.settings, attempt_id, body.trainer, body.state, body.error,
+                    body.lora_artifact)
+    if job.state == JobState.SUCCEEDED:
+        tj.distribute_result(session, ctx.store, ctx.settings, ctx.pool, job.id)
+    return job_out(session, job)
