@@ -310,11 +310,12 @@ def templates_show(name: str, version: int | None = None) -> None:
 @templates_app.command("publish")
 def templates_publish(
     name: str,
-    graph: Annotated[Path, typer.Argument(help="API-format graph (ComfyUI: Workflow > Export (API)).")],
+    graph: Annotated[Path, typer.Argument(help="The workflow as ComfyUI saves it (Workflow > Save), or its API "
+                                          "format (Workflow > Export (API)).")],
     manifest: Annotated[Path | None, typer.Option(help="Manifest; default: read from the parameter nodes.")] = None,
     title: str | None = None, kind: str = "image", description: str = "",
 ) -> None:
-    """Publish the next version of a template, checked against a live ComfyUI server of the pool."""
+    """Publish the next version of a template, converted and checked with a live ComfyUI server of the pool."""
     ctx = context()
     try:
         try:
@@ -333,6 +334,51 @@ def templates_publish(
         ctx.close()
     console.print(f"published [bold]{row.name}@v{row.version}[/bold] hash {row.content_hash[:12]}")
     templates_show(row.name, row.version)
+
+
+@templates_app.command("open")
+def templates_open(
+    name: str,
+    version: Annotated[int | None, typer.Option(help="Default: the newest version.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Default: <name>-v<N>.workflow.json here.")] = None,
+    server: Annotated[str | None, typer.Option(help="The pool server (name or id) to open it on; default: "
+                                                    "any healthy one.")] = None,
+) -> None:
+    """Write a version as an editor-format workflow to open in ComfyUI (Workflow > Open), edit and publish again."""
+    ctx = context()
+    try:
+        if server:
+            with ctx.db.session() as s:
+                row = service.get_server(s, server)
+            client = ComfyClient(row.url, timeout=30)
+            try:
+                object_info, urls = client.object_info(), [row.url]
+            finally:
+                client.close()
+        else:
+            with console.status("reading node definitions from a ComfyUI server..."):
+                pool = ctx.start_pool()
+                object_info = pool.object_info()
+            urls = [srv.url for srv in pool.servers if srv.healthy and srv.active and srv.name != "local"]
+        with ctx.db.session() as s:
+            workflow = service.template_workflow(s, name, version, object_info)
+        meta = workflow["extra"]["medialab"]
+        path = out or Path(f"{meta['template']}-v{meta['version']}.workflow.json")
+        path.write_text(json.dumps(workflow, indent=1) + "\n")
+    except OSError as exc:
+        fail(f"cannot write {exc}")
+    except MediaLabError as exc:
+        fail(exc)
+    finally:
+        ctx.close()
+    console.print(f"wrote {meta['template']}@v{meta['version']} to [bold]{path}[/bold] "
+                  f"({len(workflow['nodes'])} nodes)")
+    for item in meta.get("dropped_inputs", []):
+        err.print(f"[yellow]warning:[/yellow] input {item} is unknown to the server's node definitions; left out")
+    where = " or ".join(urls) if urls else "ComfyUI (no pool server is registered: start one)"
+    console.print(f"open {where} in a browser, then Workflow > Open and pick {path.resolve()} (or drop the file "
+                  f"onto the canvas); after editing, Workflow > Save and publish the saved file with "
+                  f"`medialab templates publish {meta['template']} FILE`")
 
 
 @templates_app.command("deprecate")
