@@ -45,3 +45,10 @@ class Forbidden(MediaLabError):
 class Unavailable(MediaLabError):
     status = 503
     title = "Service unavailable"
+
+
+class TrainingFailed(MediaLabError):
+    """A training run ended without its LoRA; ``extra`` holds the exit code and the log tail."""
+
+    status = 500
+    title = "Training failed"

@@ -1,0 +1,1 @@
+"""LoRA training through kohya sd-scripts: specs and presets, datasets, generated config, progress, the runner."""
