@@ -103,7 +103,8 @@ class TemplateVersionOut(BaseModel):
 class TemplatePublish(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    graph: dict[str, Any] = Field(description="API-format graph (ComfyUI: Workflow > Export (API)).")
+    graph: dict[str, Any] = Field(description="The workflow as ComfyUI saves it (editor format: nodes, links), or "
+                                              "its API format (Workflow > Export (API)).")
     manifest: dict[str, Any] | None = Field(None, description="Default: read from the parameter and save nodes.")
     title: str | None = None
     kind: str = "image"

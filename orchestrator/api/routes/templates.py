@@ -1,3 +1,5 @@
+from typing import Any
+
 from fastapi import APIRouter
 
 from orchestrator import service
@@ -46,9 +48,19 @@ def get_version(name: str, version: int, session: SessionDep, _: AnyKey) -> Temp
     return version_out(row, full=True)
 
 
+@router.get("/{name}/versions/{version}/workflow")
+def get_workflow(name: str, version: int, ctx: CtxDep, session: SessionDep, _: AnyKey) -> dict[str, Any]:
+    """The version as an editor-format workflow (open it in ComfyUI: Workflow > Open), laid out with the node
+    definitions of a live pool server."""
+    if version < 1:
+        raise NotFound(f"template '{name}' has no version {version}")
+    return service.template_workflow(session, name, version, ctx.start_pool().object_info())
+
+
 @router.post("/{name}/versions", status_code=201, response_model=TemplateVersionOut)
 def publish(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, key: PublishKey) -> TemplateVersionOut:
-    """Publish the next version from an API-format graph (checked against a live pool server)."""
+    """Publish the next version from an API-format graph or an editor-format workflow (converted and checked
+    with a live pool server)."""
     row = service.publish_template(session, ctx.pool, name, body.graph, body.manifest, title=body.title,
                                    kind=body.kind, description=body.description, api_key_id=key.id)
     return version_out(row, full=True)
