@@ -514,3 +514,8 @@ def servers_refresh(
     for row in rows:
         error = probe_and_record(ctx, row)
         console.print(f"{row.name}: " + (f"[red]down[/] {error}" if error else "[green]healthy[/], capabilities read"))
+
+
+from orchestrator.training import commands as _training  # noqa: E402  (its commands use the helpers above)
+
+_training.register(app)
