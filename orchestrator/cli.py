@@ -26,6 +26,7 @@ from orchestrator.comfy.client import ComfyClient
 from orchestrator.context import Context, configured_servers
 from orchestrator.errors import InvalidInput, MediaLabError, Unavailable
 from orchestrator.jobs import JobState
+from orchestrator.lock import DEFAULT_LOCK, LockReport, check_server, load_lock
 from orchestrator.models import Job, ServerRow
 from orchestrator.placement import place
 from orchestrator.pool import probe
@@ -341,8 +342,8 @@ def templates_open(
     name: str,
     version: Annotated[int | None, typer.Option(help="Default: the newest version.")] = None,
     out: Annotated[Path | None, typer.Option(help="Default: <name>-v<N>.workflow.json here.")] = None,
-    server: Annotated[str | None, typer.Option(help="The pool server (name or id) to open it on; default: "
-                                                    "any healthy one.")] = None,
+    server: Annotated[str | None, typer.Option(help="The pool server (name, id or URL) to open it on; "
+                                                    "default: any healthy one.")] = None,
 ) -> None:
     """Write a version as an editor-format workflow to open in ComfyUI (Workflow > Open), edit and publish again."""
     ctx = context()
@@ -461,6 +462,58 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
         table.add_row(row.name, row.url, row.state, health, caps.comfy_version if caps else "", device, packs,
                       models or "none", "\n".join(jobs.get(row.url, [])) or "idle")
     console.print(table)
+
+
+def _report_cells(report: LockReport) -> tuple[str, str, str, str]:
+    missing = [f"pack {p}" for p in report.missing_packs]
+    missing += [f"{pack}: {', '.join(nodes[:6])}{' ...' if len(nodes) > 6 else ''}"
+                for pack, nodes in report.missing_nodes.items()]
+    missing += [f"model {m}" for m in report.missing_models] + [f"pip {p}" for p in report.missing_python]
+    return ("\n".join(missing) or "[green]nothing[/]", "\n".join(report.mismatches) or "[green]none[/]",
+            "\n".join(report.unverified), "\n".join(report.extra))
+
+
+@servers_app.command("check")
+def servers_check(
+    server: Annotated[str | None, typer.Argument(help="Name, id or URL; default: all.")] = None,
+    lock_file: Annotated[Path, typer.Option("--lock", help="The worker lock.")] = DEFAULT_LOCK,
+    refresh: Annotated[bool, typer.Option(help="Probe the servers now (else: their recorded capabilities).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """What each server lacks or does differently from the worker lock; exit status 1 when anything does."""
+    ctx = context()
+    try:
+        lock = load_lock(lock_file)
+        with ctx.db.session() as s:
+            rows = [service.get_server(s, server)] if server else service.server_rows(s)
+    except MediaLabError as exc:
+        fail(exc)
+    if not rows:
+        console.print("no servers registered: `medialab servers add URL` registers one")
+        return
+    errors = {row.id: probe_and_record(ctx, row) for row in rows} if refresh else {}
+    with ctx.db.session() as s:
+        rows = [service.get_server(s, row.id) for row in rows]
+    reports = {row.id: check_server(Capabilities.from_json(row.capabilities), lock) for row in rows}
+    if as_json:
+        console.print_json(json.dumps([{"name": r.name, "url": r.url, "healthy": r.healthy,
+                                        "probe_error": errors.get(r.id), **reports[r.id].to_json()} for r in rows]))
+    else:
+        table = Table("server", "ComfyUI", "missing", f"differs from {lock_file.name}", "cannot verify",
+                      "not in the lock", title=f"worker lock {lock_file} (ComfyUI {lock.comfyui.version})",
+                      show_lines=True)
+        for row in rows:
+            report = reports[row.id]
+            name = f"{row.name}\n{row.url}\n" + ("[green]matches[/]" if report.ok else "[red]does not match[/]")
+            if errors.get(row.id):
+                name += f"\n[red]down[/] {errors[row.id]}"[:120] + "\n(recorded capabilities)"
+            table.add_row(name, report.comfy_version or "?", *_report_cells(report))
+        console.print(table)
+        bad = [row.name for row in rows if not reports[row.id].ok]
+        console.print(f"{len(rows) - len(bad)} of {len(rows)} server(s) match the lock"
+                      + (f"; not: {', '.join(bad)}" if bad else ""))
+    if any(not r.ok for r in reports.values()):
+        raise typer.Exit(1)
 
 
 @servers_app.command("add")

@@ -7,6 +7,7 @@ from orchestrator import service
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, SessionDep
 from orchestrator.capabilities import Capabilities
 from orchestrator.errors import NotFound
+from orchestrator.lock import WorkerLock, check_server, load_lock
 from orchestrator.models import ServerRow
 
 router = APIRouter(prefix="/servers", tags=["servers"])
@@ -36,6 +37,26 @@ def server_out(row: ServerRow, jobs: dict[str, list[str]]) -> dict[str, Any]:
 def list_servers(session: SessionDep, _: AnyKey) -> list[dict[str, Any]]:
     jobs = service.current_jobs(session)
     return [server_out(r, jobs) for r in service.server_rows(session)]
+
+
+def check_out(row: ServerRow, lock: WorkerLock) -> dict[str, Any]:
+    """One server against the worker lock, from its last recorded capabilities."""
+    report = check_server(Capabilities.from_json(row.capabilities), lock)
+    return {"name": row.name, "url": row.url, "state": row.state, "healthy": row.healthy,
+            "refreshed_at": row.refreshed_at, **report.to_json()}
+
+
+@router.get("/check")
+def check_all(session: SessionDep, _: AnyKey) -> list[dict[str, Any]]:
+    """Every server against worker.lock.toml: missing packs, node classes, models and Python packages, a
+    ComfyUI version or pack commit that differs, what the server cannot report, packs the lock lacks."""
+    lock = load_lock()
+    return [check_out(r, lock) for r in service.server_rows(session)]
+
+
+@router.get("/{ref}/check")
+def check_one(ref: str, session: SessionDep, _: AnyKey) -> dict[str, Any]:
+    return check_out(service.get_server(session, ref), load_lock())
 
 
 @router.post("", status_code=201)
