@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
+import httpx
+
+from orchestrator import editor
 from orchestrator.settings import Settings
 from tests.conftest import png_bytes
 from tests.integration.conftest import make_api
+from tests.integration.test_cli import medialab
 from tests.integration.test_jobs_api import submit, upload, wait
 from tests.unit.test_publish import GRAPH
 
@@ -35,9 +41,9 @@ def test_publish_run_version_deprecate_diff(comfy_url: str, settings: Settings) 
         del bad["2"]
         r = api.client.post("/v1/templates/scaler/versions", headers=api.admin, json={"graph": bad})
         assert r.status_code == 422 and "input 'scale_by': 99.0 is above the maximum 8.0" in r.json()["detail"]
-        editor = api.client.post("/v1/templates/scaler/versions", headers=api.admin,
-                                 json={"graph": {"nodes": [], "links": []}})
-        assert editor.status_code == 422 and "Export (API)" in editor.json()["detail"]
+        empty = api.client.post("/v1/templates/scaler/versions", headers=api.admin,
+                                json={"graph": {"nodes": [], "links": []}})
+        assert empty.status_code == 422 and "editor-format workflow has no nodes" in empty.json()["detail"]
 
         v2_graph = copy.deepcopy(GRAPH)
         v2_graph["2"]["inputs"]["value"] = 3.0
@@ -53,3 +59,71 @@ def test_publish_run_version_deprecate_diff(comfy_url: str, settings: Settings) 
         assert pinned["version"] == 2  # a deprecated version still runs when named
         listed = {t["name"]: t for t in api.client.get("/v1/templates", headers=api.reader).json()}
         assert listed["scaler"]["latest"]["version"] == 1 and listed["scaler"]["versions"] == [1, 2]
+
+
+EDITOR = Path(__file__).resolve().parents[1] / "data" / "editor"
+
+
+def test_publish_an_editor_format_workflow_and_open_it_again(comfy_url: str, settings: Settings) -> None:
+    """The artist loop with the file ComfyUI's Save writes: publish it, run it, open the version, edit, publish."""
+    settings.comfy_servers = [comfy_url]
+    workflow = json.loads((EDITOR / "scaler.json").read_text())
+    live = httpx.get(f"{comfy_url}/object_info", timeout=60).json()
+    with make_api(settings, dispatch=True) as api:
+        r = api.client.post("/v1/templates/scaled/versions", headers=api.admin, json={"graph": workflow})
+        assert r.status_code == 201, r.text
+        v1 = r.json()
+        assert v1["graph"] == json.loads((EDITOR / "scaler.api.json").read_text())  # what Export (API) gives
+        assert set(v1["params_schema"]["properties"]) == {"image", "scale", "method"}
+        assert v1["manifest"]["parameters"][1]["bind"] == {"node": "param scale", "input": "value"}
+        frame = upload(api, png_bytes(40, 30))
+        job = wait(api, submit(api, {"image": frame["id"], "scale": 1.5}, template="scaled").json()["id"])
+        assert job["state"] == "SUCCEEDED", job["error"]
+        assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (60, 45)
+
+        opened = api.client.get("/v1/templates/scaled/versions/1/workflow", headers=api.reader)
+        assert opened.status_code == 200, opened.text
+        reopened = opened.json()
+        assert editor.is_editor_format(reopened) and reopened["extra"]["medialab"]["version"] == 1
+        assert editor.to_api(reopened, live) == v1["graph"]
+        again = api.client.post("/v1/templates/scaled/versions", headers=api.admin, json={"graph": reopened})
+        assert again.status_code == 409 and "exactly this content" in again.json()["detail"]
+        scale = next(n for n in reopened["nodes"] if n.get("title") == "param scale")
+        scale["widgets_values"][1] = 3.0  # the artist changes the default in the editor and saves
+        for node in reopened["nodes"]:
+            node["id"] += 10  # ... in a graph whose nodes were renumbered
+        reopened["links"] = [[lk[0], lk[1] + 10, lk[2], lk[3] + 10, *lk[4:]] for lk in reopened["links"]]
+        v2 = api.client.post("/v1/templates/scaled/versions", headers=api.admin, json={"graph": reopened}).json()
+        assert v2["version"] == 2 and "12" in v2["graph"]
+        assert v2["params_schema"]["properties"]["scale"]["default"] == 3.0
+        diff = api.client.get("/v1/templates/scaled/diff", params={"a": 1, "b": 2}, headers=api.reader).json()
+        assert diff["parameters"]["changed"] == ["scale"] and diff["nodes"]["changed"] == ["param scale"]
+        assert api.client.get("/v1/templates/scaled/versions/9/workflow", headers=api.reader).status_code == 404
+
+        unknown = copy.deepcopy(workflow)
+        unknown["nodes"][3]["type"] = "NoSuchNode"
+        r = api.client.post("/v1/templates/scaled/versions", headers=api.admin, json={"graph": unknown})
+        assert r.status_code == 422 and "node #4 (NoSuchNode)" in r.json()["detail"]
+        subgraph = json.loads((EDITOR / "subgraph.json").read_text())
+        r = api.client.post("/v1/templates/scaled/versions", headers=api.admin, json={"graph": subgraph})
+        assert r.status_code == 422 and "Unpack Subgraph" in r.json()["detail"]
+
+
+def test_cli_publishes_the_saved_file_and_opens_it(tmp_path: Path, comfy_url: str) -> None:
+    home = tmp_path / ".medialab"
+    servers = f'["{comfy_url}"]'
+    r = medialab(home, "templates", "publish", "scaled", str(EDITOR / "scaler.json"), "--title", "Scale",
+                 servers=servers)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "published scaled@v1" in r.stdout
+    out = tmp_path / "scaled.json"
+    r = medialab(home, "templates", "open", "scaled", "--out", str(out), "--server", comfy_url, servers=servers)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"open {comfy_url}" in r.stdout and "Workflow > Open" in r.stdout
+    live = httpx.get(f"{comfy_url}/object_info", timeout=60).json()
+    assert editor.to_api(json.loads(out.read_text()), live) == json.loads((EDITOR / "scaler.api.json").read_text())
+    r = medialab(home, "templates", "open", "scaled", "--version", "1", servers=servers)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "scaled-v1.workflow.json").read_text())["nodes"]
+    r = medialab(home, "templates", "open", "scaled", "--version", "7", servers=servers)
+    assert r.returncode == 1 and "has no version 7" in r.stderr
