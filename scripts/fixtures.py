@@ -2,6 +2,7 @@
 
 Usage: python scripts/fixtures.py MODELS_DIR                 (ESRGAN x4, shallow SD1.5, a character LoRA)
        python scripts/fixtures.py --rife FRAME_INTERPOLATION_PACK_DIR   (needs the pack: ckpts/rife/rife47.pth)
+       python scripts/fixtures.py --ipadapter MODELS_DIR   (full SD1.5, CLIP ViT-H, IP-Adapter PLUS: 3.5 GB)
 
 Deterministic: a rebuild is byte-identical (one seeded generator per tensor, at most one metadata key),
 so a model's sha256 is stable across machines. Existing files are left alone.
@@ -9,6 +10,7 @@ so a model's sha256 is stable across machines. Existing files are left alone.
 
 from __future__ import annotations
 
+import copy
 import sys
 import zlib
 from pathlib import Path
@@ -76,7 +78,7 @@ def sd15_state(unet: dict) -> dict[str, torch.Tensor]:
     ops = comfy.ops.disable_weight_init
     with torch.device("meta"):
         parts = {
-            "model.diffusion_model.": UNetModel(**unet, operations=ops, device="meta"),
+            "model.diffusion_model.": UNetModel(**copy.deepcopy(unet), operations=ops, device="meta"),
             "first_stage_model.": AutoencoderKL(ddconfig={
                 "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0},
@@ -118,14 +120,72 @@ def character_lora(path: Path, rank: int = 4) -> None:
     save_file(state, str(path), metadata={"ss_network_dim": str(rank)})
 
 
+# The real SD1.5 U-Net layout (842M parameters). IP-Adapter patches attention blocks by their position,
+# and sd-scripts builds its own fixed U-Net, so both need the full layout.
+SD15_FULL_UNET = dict(SD15_TINY_UNET, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
+                      transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                      transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+
+
+def sd15_full(path: Path) -> None:
+    """A full-size SD1.5 checkpoint with random weights (2.1 GB), for IP-Adapter end-to-end runs."""
+    save_file(fill(sd15_state(SD15_FULL_UNET)), str(path), metadata={"medialab": "fixture sd15 random weights"})
+
+
+def clip_vision_h(path: Path) -> None:
+    """CLIP ViT-H/14 vision tower (632M parameters): ComfyUI picks its ViT-H config from layer 30 existing
+    and layer 47 not; IPAdapter_plus finds the file by its name."""
+    d, state = 1280, {"vision_model.embeddings.class_embedding": torch.empty(1280),
+                      "vision_model.embeddings.patch_embedding.weight": torch.empty(1280, 3, 14, 14),
+                      "vision_model.embeddings.position_embedding.weight": torch.empty(257, 1280),
+                      "visual_projection.weight": torch.empty(1024, 1280)}
+    for part in ("vision_model.pre_layrnorm", "vision_model.post_layernorm"):
+        state |= {f"{part}.weight": torch.empty(d), f"{part}.bias": torch.empty(d)}
+    for i in range(32):
+        layer = f"vision_model.encoder.layers.{i}."
+        for norm in ("layer_norm1", "layer_norm2"):
+            state |= {f"{layer}{norm}.weight": torch.empty(d), f"{layer}{norm}.bias": torch.empty(d)}
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            state |= {f"{layer}self_attn.{proj}.weight": torch.empty(d, d),
+                      f"{layer}self_attn.{proj}.bias": torch.empty(d)}
+        state |= {f"{layer}mlp.fc1.weight": torch.empty(4 * d, d), f"{layer}mlp.fc1.bias": torch.empty(4 * d),
+                  f"{layer}mlp.fc2.weight": torch.empty(d, 4 * d), f"{layer}mlp.fc2.bias": torch.empty(d)}
+    save_file(fill(state), str(path), metadata={"medialab": "fixture clip vision h random weights"})
+
+
+def ipadapter_plus_sd15(path: Path) -> None:
+    """IP-Adapter PLUS for SD1.5 (``image_proj.latents`` marks PLUS; 16 cross-attention adapters)."""
+    w, state = 768, {"image_proj.latents": torch.empty(1, 16, 768), "image_proj.proj_in.weight": torch.empty(768, 1280),
+                     "image_proj.proj_in.bias": torch.empty(768), "image_proj.proj_out.weight": torch.empty(768, 768),
+                     "image_proj.proj_out.bias": torch.empty(768), "image_proj.norm_out.weight": torch.empty(768),
+                     "image_proj.norm_out.bias": torch.empty(768)}
+    for i in range(4):
+        layer = f"image_proj.layers.{i}."
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            state |= {f"{layer}{norm}.weight": torch.empty(w), f"{layer}{norm}.bias": torch.empty(w)}
+        state |= {f"{layer}0.to_q.weight": torch.empty(w, w), f"{layer}0.to_kv.weight": torch.empty(2 * w, w),
+                  f"{layer}0.to_out.weight": torch.empty(w, w), f"{layer}1.1.weight": torch.empty(4 * w, w),
+                  f"{layer}1.3.weight": torch.empty(w, 4 * w)}
+    widths = [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280]
+    for n, c in enumerate(widths):
+        state |= {f"ip_adapter.{2 * n + 1}.to_k_ip.weight": torch.empty(c, w),
+                  f"ip_adapter.{2 * n + 1}.to_v_ip.weight": torch.empty(c, w)}
+    save_file(fill(state), str(path), metadata={"medialab": "fixture ip-adapter plus sd15 random weights"})
+
+
+# Built on demand (--ipadapter) for the IP-Adapter end-to-end runs: 3.5 GB together.
+IPADAPTER_FIXTURES = {"checkpoints/sd15_full.safetensors": sd15_full,
+                      "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": clip_vision_h,
+                      "ipadapter/ip-adapter-plus_sd15.safetensors": ipadapter_plus_sd15}
+
 FIXTURES = {"upscale_models/tiny_x4.safetensors": esrgan_x4,
             "checkpoints/tiny_sd15.safetensors": sd15_tiny,
             "loras/tiny_character.safetensors": character_lora}
 
 
-def build(models_dir: Path) -> list[Path]:
+def build(models_dir: Path, fixtures: dict = FIXTURES) -> list[Path]:
     made = []
-    for rel, builder in FIXTURES.items():
+    for rel, builder in fixtures.items():
         path = models_dir / rel
         if path.exists():
             continue
@@ -156,6 +216,9 @@ def rife47(pack: Path) -> Path:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--rife":
         print(f"built {rife47(Path(sys.argv[2]).resolve())}")
+    elif len(sys.argv) == 3 and sys.argv[1] == "--ipadapter":
+        for p in build(Path(sys.argv[2]), IPADAPTER_FIXTURES):
+            print(f"built {p}")
     elif len(sys.argv) == 2:
         for p in build(Path(sys.argv[1])):
             print(f"built {p}")

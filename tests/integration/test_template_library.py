@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,10 @@ import pytest
 
 from orchestrator import templates as tpl
 from orchestrator import transport
+from orchestrator.comfy.worker import LocalWorker
 from orchestrator.settings import PROJECT_ROOT, Settings
 from orchestrator.validation import validate_graph
-from tests.conftest import mp4_bytes, png_bytes
+from tests.conftest import MODELS, mp4_bytes, png_bytes
 from tests.integration.conftest import make_api
 from tests.integration.test_jobs_api import submit, upload
 
@@ -56,9 +60,29 @@ def test_template_needing_an_absent_pack_is_refused_naming_the_node(comfy_url: s
             "checkpoints/v1-5-pruned-emaonly.safetensors" in detail
 
 
-@pytest.mark.skipif(not os.environ.get("MEDIALAB_TEST_CUSTOM_NODES"),
-                    reason="MEDIALAB_TEST_CUSTOM_NODES does not point at a custom_nodes folder with "
-                           "ComfyUI-Frame-Interpolation (not installable from the registries this machine reaches)")
+def pack_dir(name: str) -> Path:
+    """The pack's folder under MEDIALAB_TEST_CUSTOM_NODES, or a skip saying why it is not there."""
+    root = os.environ.get("MEDIALAB_TEST_CUSTOM_NODES")
+    if not root:
+        pytest.skip(f"MEDIALAB_TEST_CUSTOM_NODES does not point at a custom_nodes folder with {name} "
+                    "(not installable from the registries this machine reaches)")
+    if not (Path(root) / name).is_dir():
+        pytest.skip(f"MEDIALAB_TEST_CUSTOM_NODES ({root}) has no {name} folder")
+    return Path(root) / name
+
+
+@pytest.fixture(scope="module")
+def pack_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWorker]:
+    """One real ComfyUI with every pack under MEDIALAB_TEST_CUSTOM_NODES installed."""
+    from tests.conftest import start_workers
+
+    pack_dir("ComfyUI_IPAdapter_plus")
+    packs = Path(os.environ["MEDIALAB_TEST_CUSTOM_NODES"])
+    (worker,) = start_workers(tmp_path_factory, 1, extra_packs=[p for p in packs.iterdir() if p.is_dir()])
+    yield worker
+    worker.stop()
+
+
 def test_rife_doubles_the_frame_rate_end_to_end(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> None:
     import io
 
@@ -67,7 +91,7 @@ def test_rife_doubles_the_frame_rate_end_to_end(settings: Settings, tmp_path_fac
     from tests.conftest import start_workers
     from tests.integration.test_jobs_api import wait
 
-    packs = Path(os.environ["MEDIALAB_TEST_CUSTOM_NODES"])
+    packs = pack_dir("ComfyUI-Frame-Interpolation").parent
     (worker,) = start_workers(tmp_path_factory, 1, extra_packs=[p for p in packs.iterdir() if p.is_dir()])
     try:
         settings.comfy_servers = [worker.url]
@@ -130,3 +154,29 @@ def test_generate_with_a_character_lora_end_to_end(api) -> None:  # noqa: ANN001
     r = submit(api, {**params, "lora": "no-such-lora.safetensors"}, template="generate-lora")
     assert r.status_code == 422 and "loras/no-such-lora.safetensors (it has: tiny_character.safetensors)" \
         in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def ipadapter_models() -> None:
+    """Full SD1.5, CLIP ViT-H and IP-Adapter PLUS fixtures (3.5 GB, about 30 s to build once)."""
+    pack_dir("ComfyUI_IPAdapter_plus")
+    subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "fixtures.py"), "--ipadapter", str(MODELS)],
+                   check=True)
+
+
+def test_restyle_and_lora_with_reference_through_ip_adapter(ipadapter_models: None, pack_worker: LocalWorker,
+                                                            settings: Settings) -> None:
+    from tests.integration.test_jobs_api import wait
+
+    settings.comfy_servers = [pack_worker.url]
+    with make_api(settings, dispatch=True) as api:
+        frame = upload(api, png_bytes(96, 96))
+        common = {"checkpoint": "sd15_full.safetensors", "steps": 2, "width": 64, "height": 64}
+        job = wait(api, submit(api, {**common, "image": frame["id"], "outfit": "a red coat"},
+                               template="restyle-ipadapter").json()["id"], timeout=600)
+        assert job["state"] == "SUCCEEDED", job["error"]
+        assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (64, 64)
+        job = wait(api, submit(api, {**common, "lora": "tiny_character.safetensors", "reference": frame["id"]},
+                               template="generate-lora").json()["id"], timeout=600)
+        assert job["state"] == "SUCCEEDED", job["error"]
+        assert job["outputs"][0]["input_artifacts"] == [frame["id"]]  # lineage: the reference is an input
