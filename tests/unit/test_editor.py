@@ -146,3 +146,16 @@ def test_every_library_template_round_trips() -> None:
     for path in graphs:
         graph = json.loads(path.read_text())
         assert editor.to_api(editor.to_editor(graph, info), info) == graph, path
+
+
+def test_inputs_left_out_stay_out_unless_changed() -> None:
+    graph = {"1": {"class_type": "MediaLabParamInt", "inputs": {"name": "n", "value": 3},
+                   "_meta": {"title": "param n"}},
+             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}, "_meta": {"title": "Output"}}}
+    workflow = editor.to_editor(graph, INFO)
+    param = workflow["nodes"][0]
+    assert param["properties"]["medialab_unset"] == ["help", "min", "max"]
+    assert param["widgets_values"] == ["n", 3, "", -(2**31), 2**31]  # shown at their defaults
+    assert editor.to_api(workflow, INFO) == graph
+    param["widgets_values"][3] = 0  # the artist sets a minimum in the editor
+    assert editor.to_api(workflow, INFO)["1"]["inputs"] == {"name": "n", "value": 3, "min": 0}
