@@ -21,7 +21,7 @@ from orchestrator.settings import PROJECT_ROOT
 DATA = Path(__file__).resolve().parents[1] / "data" / "editor"
 INFO: dict[str, Any] = json.loads((DATA / "object_info.json").read_text())
 RECORDED = PROJECT_ROOT.parent / "shared" / "comfy" / "object_info-0.3.75.json"
-FIXTURES = ["esrgan", "txt2img", "primitive_seed", "muted_bypassed", "scaler"]
+FIXTURES = ["esrgan", "txt2img", "primitive_seed", "muted_bypassed", "lora_bypassed", "scaler"]
 
 
 def load(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -73,6 +73,9 @@ def test_muted_nodes_are_dropped_and_bypassed_ones_routed_around() -> None:
     assert sorted(api) == ["1", "3", "4", "6"]  # 2 bypassed, 5 and 7 muted, 8 a MarkdownNote
     assert api["3"]["inputs"]["image"] == ["1", 0]  # the bypassed ImageInvert passes its input through
     assert api["6"]["inputs"] == {}  # the preview fed by the muted blur loses that input, as in the frontend
+    lora = editor.to_api(load("lora_bypassed")[0], INFO)
+    assert lora["6"]["inputs"]["model"] == ["1", 0] and lora["3"]["inputs"]["clip"] == ["1", 1]  # by type
+    assert lora["8"]["inputs"] == {"filename_prefix": "ComfyUI"}  # a bypassed VAEDecode has no IMAGE input
 
 
 def test_control_values_missing_and_widgets_values_by_name() -> None:

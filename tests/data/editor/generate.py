@@ -113,6 +113,23 @@ md.widgets[0].value = '# Notes\\nThe invert is **bypassed**, the blur is muted.'
 link(img, 0, inv, 'image'); link(inv, 0, sc, 'image'); link(sc, 0, save, 'images');
 link(img, 0, blur, 'image'); link(blur, 0, prev, 'images'); link(sc, 0, prev2, 'images');
 """,
+    # a bypassed LoRA (two outputs: each consumer gets the input of its own type) and a bypassed VAEDecode
+    # (no input of the wanted type: the consumer loses the input)
+    "lora_bypassed": """
+const ck = add('CheckpointLoaderSimple', {pos: [20, 200], w: {ckpt_name: 'v1-5-pruned-emaonly.safetensors'}});
+const lora = add('LoraLoader', {title: 'style lora', pos: [360, 200], mode: 4,
+  w: {lora_name: 'style.safetensors', strength_model: 0.8, strength_clip: 0.6}});
+const pos = add('CLIPTextEncode', {pos: [720, 40], w: {text: 'an actor in a red coat'}});
+const neg = add('CLIPTextEncode', {pos: [720, 280], w: {text: ''}});
+const lat = add('EmptyLatentImage', {pos: [720, 520]});
+const ks = add('KSampler', {pos: [1080, 160], w: {seed: 99}});
+const dec = add('VAEDecode', {pos: [1420, 160], mode: 4});
+const save = add('SaveImage', {title: 'Output', pos: [1700, 160]});
+link(ck, 0, lora, 'model'); link(ck, 1, lora, 'clip');
+link(lora, 0, ks, 'model'); link(lora, 1, pos, 'clip'); link(lora, 1, neg, 'clip');
+link(pos, 0, ks, 'positive'); link(neg, 0, ks, 'negative'); link(lat, 0, ks, 'latent_image');
+link(ks, 0, dec, 'samples'); link(ck, 2, dec, 'vae'); link(dec, 0, save, 'images');
+""",
     # two nodes turned into a subgraph (refused: not supported yet)
     "subgraph": """
 const img = add('LoadImage', {pos: [20, 100], w: {image: 'frame.png'}});
