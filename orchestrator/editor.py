@@ -45,7 +45,6 @@ class Widget:
     name: str
     input: str | None  # the API input it fills; None for the control and upload widgets
     default: Any
-    kind: Any = None
 
 
 # -- node definitions --------------------------------------------------------------------------------
@@ -89,7 +88,7 @@ def widgets_of(info: dict[str, Any]) -> list[Widget]:
     for name, kind, opts in ordered_inputs(info):
         if not is_widget(kind, opts):
             continue
-        widgets.append(Widget(name, name, _default(kind, opts), "COMBO" if isinstance(kind, list) else kind))
+        widgets.append(Widget(name, name, _default(kind, opts)))
         if _has_control(name, kind, opts):
             widgets.append(Widget(CONTROL, None, "fixed"))
         uploads += [Widget(UPLOAD, None, value) for key, value in UPLOADS.items() if opts.get(key)]
@@ -169,7 +168,7 @@ def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
         raise InvalidInput("the editor-format workflow has no nodes")
     _refuse_unsupported(workflow, nodes)
     links = _links(workflow)
-    real = {nid: n for nid, n in nodes.items() if n["type"] not in VIRTUAL and n.get("mode", 0) not in (MUTED,)}
+    real = {nid: n for nid, n in nodes.items() if n["type"] not in VIRTUAL and n.get("mode", 0) != MUTED}
     unknown = [n for n in real.values() if n.get("mode", 0) != BYPASSED and n["type"] not in object_info]
     if unknown:
         raise InvalidInput("unknown node classes (is a node pack missing on the server?): "
