@@ -466,9 +466,9 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
 
 def _report_cells(report: LockReport) -> tuple[str, str, str, str]:
     missing = [f"pack {p}" for p in report.missing_packs]
-    missing += [f"{pack}: {', '.join(nodes[:6])}{' ...' if len(nodes) > 6 else ''}"
+    missing += [f"{pack} nodes: {', '.join(nodes[:6])}{' ...' if len(nodes) > 6 else ''}"
                 for pack, nodes in report.missing_nodes.items()]
-    missing += [f"model {m}" for m in report.missing_models] + [f"pip {p}" for p in report.missing_python]
+    missing += report.missing_models + [f"pip {p}" for p in report.missing_python]
     return ("\n".join(missing) or "[green]nothing[/]", "\n".join(report.mismatches) or "[green]none[/]",
             "\n".join(report.unverified), "\n".join(report.extra))
 
@@ -499,9 +499,10 @@ def servers_check(
         console.print_json(json.dumps([{"name": r.name, "url": r.url, "healthy": r.healthy,
                                         "probe_error": errors.get(r.id), **reports[r.id].to_json()} for r in rows]))
     else:
-        table = Table("server", "ComfyUI", "missing", f"differs from {lock_file.name}", "cannot verify",
-                      "not in the lock", title=f"worker lock {lock_file} (ComfyUI {lock.comfyui.version})",
-                      show_lines=True)
+        table = Table(title=f"worker lock {lock_file} (ComfyUI {lock.comfyui.version})", show_lines=True)
+        for column in ("server", "ComfyUI", "missing (packs, nodes, models, pip)", f"differs from {lock_file.name}",
+                       "cannot verify", "not in the lock"):
+            table.add_column(column, overflow="fold")
         for row in rows:
             report = reports[row.id]
             name = f"{row.name}\n{row.url}\n" + ("[green]matches[/]" if report.ok else "[red]does not match[/]")

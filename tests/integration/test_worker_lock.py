@@ -242,10 +242,13 @@ def test_servers_check_against_a_bootstrapped_server(tmp_path: Path, bootstrappe
 
     # the pack's checkout moves on: /medialab/info reads .git again, check names the commits
     git(comfy / "custom_nodes" / "FakePack", "checkout", "-q", mirror.second)
-    moved = medialab(home, "servers", "check", "boot", "--lock", str(mirror.lock))
+    moved = medialab(home, "servers", "check", "boot", "--lock", str(mirror.lock), "--json")
     assert moved.returncode == 1
-    assert f"FakePack at {mirror.second[:12]} (lock: {mirror.first[:10]})" in moved.stdout
-    assert "does not match" in moved.stdout and "0 of 1 server(s) match the lock" in moved.stdout
+    expected = f"FakePack at {mirror.second[:12]} (lock: {mirror.first[:10]})"
+    assert json.loads(moved.stdout)[0]["mismatches"] == [expected]
+    table = medialab(home, "servers", "check", "boot", "--lock", str(mirror.lock), "--no-refresh")
+    assert table.returncode == 1 and "FakePack at" in table.stdout
+    assert "does not match" in table.stdout and "0 of 1 server(s) match the lock; not: boot" in table.stdout
 
 
 def test_servers_check_with_the_repository_lock(tmp_path: Path, comfy_url: str) -> None:
@@ -260,7 +263,7 @@ def test_servers_check_with_the_repository_lock(tmp_path: Path, comfy_url: str) 
     assert "upscale_models/RealESRGAN_x4plus.pth" in report["missing_models"]
     assert not any(m.startswith("ComfyUI 0.3") for m in report["mismatches"])
     table = medialab(home, "servers", "check", servers=f'["{comfy_url}"]')
-    assert table.returncode == 1 and "pack ComfyUI-Frame-Interpolation" in table.stdout
+    assert table.returncode == 1 and "ComfyUI-Frame-Interpolation" in table.stdout
     assert "0 of 1 server(s) match the lock" in table.stdout
 
 
