@@ -202,7 +202,7 @@ def opencv_face_finder(img: Image.Image) -> Box | None:
 
 def difference_hash(img: Image.Image) -> int:
     """64-bit dHash: brightness gradients of a 9x8 greyscale thumbnail."""
-    px = list(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR).getdata())
+    px = img.convert("L").resize((9, 8), Image.Resampling.BILINEAR).tobytes()
     bits = 0
     for row in range(8):
         for col in range(8):
