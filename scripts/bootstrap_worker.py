@@ -185,6 +185,8 @@ def fetch_to(m: ModelLock, part: Path, mirror: Path | None) -> None:
 def verify(m: ModelLock, part: Path) -> tuple[str, bool]:
     """Check size and sha256 of the finished download; a bad file is deleted. Returns (sha256, verified)."""
     size = part.stat().st_size
+    if m.size is not None and size < m.size:  # kept: the next run resumes it
+        raise BootstrapError(f"model {m.ref}: only {size} of {m.size} bytes arrived; run again to resume")
     if m.size is not None and size > m.size:
         part.unlink()
         raise BootstrapError(f"model {m.ref}: {size} bytes, more than the lock's {m.size}; deleted, run again")
@@ -192,9 +194,6 @@ def verify(m: ModelLock, part: Path) -> tuple[str, bool]:
     if m.sha256 and digest != m.sha256:
         part.unlink()
         raise BootstrapError(f"model {m.ref}: sha256 {digest} is not the lock's {m.sha256}; deleted")
-    if m.size is not None and size != m.size:
-        part.unlink()
-        raise BootstrapError(f"model {m.ref}: {size} bytes, the lock says {m.size}; deleted")
     return digest, bool(m.sha256)
 
 
@@ -205,8 +204,7 @@ def unpack(archive: Path, dest: Path, name: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     with zipfile.ZipFile(archive) as z:
         for info in z.infolist():
-            target = (tmp / info.filename).resolve()
-            if not str(target).startswith(str(tmp.resolve())):
+            if not (tmp / info.filename).resolve().is_relative_to(tmp.resolve()):
                 raise BootstrapError(f"{archive.name}: unsafe path {info.filename!r} in the archive")
         z.extractall(tmp)
     inner = [p for p in tmp.iterdir() if not p.name.startswith("__MACOSX")]

@@ -150,6 +150,8 @@ def test_bootstrap_from_a_local_mirror(tmp_path: Path, mirror: Mirror) -> None:
     assert plan.returncode == 0, plan.stderr
     assert "pack FakePack: would clone" in plan.stdout and "would fetch" in plan.stdout
     assert not comfy.exists() and not models.exists()
+    pip = bootstrap(*common, "--only", "python", "--dry-run")
+    assert pip.returncode == 0 and "would run: " in pip.stdout and "-m pip install" in pip.stdout
 
     r = bootstrap(*common)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -200,6 +202,10 @@ def test_bootstrap_resumes_and_never_leaves_a_bad_file(tmp_path: Path, mirror: M
 
     # the mirror now serves different bytes: the sha256 check fails, nothing lands under the real name
     (models / "upscale_models" / FIXTURE_MODEL).unlink()
+    source.write_bytes(data[:100])  # a download that ended early is kept for the next run to resume
+    short = bootstrap(*common)
+    assert short.returncode == 1 and "run again to resume" in short.stderr and part.stat().st_size == 100
+    part.unlink()
     source.write_bytes(b"corrupted" + data[9:])
     bad = bootstrap(*common)
     assert bad.returncode == 1
