@@ -50,6 +50,7 @@ class AttemptOut(Out):
 
 class JobOut(Out):
     id: str
+    kind: str = "comfy"  # comfy | training
     template: str
     version: int
     params: dict[str, Any]

@@ -40,9 +40,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 # -- submit ----------------------------------------------------------------------------------------
 def local_checkpoint(settings: Settings, name: str) -> Path | None:
-    """The base checkpoint file this orchestrator can hand to trainers, if it has it."""
+    """The base checkpoint this orchestrator has (a file, or a diffusers folder a local trainer reads)."""
     for root in (settings.models_dir, settings.shared_models_dir):
-        if root and (root / "checkpoints" / name).is_file():
+        if root and (root / "checkpoints" / name).exists():
             return root / "checkpoints" / name
     return None
 
@@ -51,11 +51,13 @@ def check_base(session: Session, settings: Settings, name: str) -> None:
     """The base checkpoint must be where trainers can get it: this orchestrator's models folder (it serves
     it) or a pool server's checkpoints (a trainer on that host has it in its models folder)."""
     p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or not name.endswith(CHECKPOINT_SUFFIXES):
-        raise InvalidInput(f"base checkpoint {name!r}: a file name in the checkpoints folder ending in "
-                           f"{' or '.join(CHECKPOINT_SUFFIXES)}")
+    if not name or p.is_absolute() or ".." in p.parts:
+        raise InvalidInput(f"base checkpoint {name!r}: a name in the checkpoints folder")
     if local_checkpoint(settings, name):
         return
+    if not name.endswith(CHECKPOINT_SUFFIXES):
+        raise InvalidInput(f"base checkpoint {name!r}: a file ending in {' or '.join(CHECKPOINT_SUFFIXES)} (or a "
+                           f"diffusers folder in {settings.models_dir / 'checkpoints'})")
     known: set[str] = set()
     for row in service.server_rows(session):
         caps = Capabilities.from_json(row.capabilities)

@@ -340,7 +340,7 @@ class Trainer:
     # -- one job -----------------------------------------------------------------------------------
     def base_checkpoint(self, claim: Claim) -> Path:
         name = claim.params["base_model"]
-        if self.models_dir and (self.models_dir / "checkpoints" / name).is_file():
+        if self.models_dir and (self.models_dir / "checkpoints" / name).exists():
             return self.models_dir / "checkpoints" / name
         cached = self.workdir / "checkpoints" / name
         if not cached.is_file():

@@ -108,7 +108,7 @@ def dataset(attempt_id: str, trainer: str, ctx: CtxDep, session: SessionDep, _: 
 def checkpoint(name: str, ctx: CtxDep, _: TrainKey) -> FileResponse:
     """A base checkpoint this orchestrator has (its models folder or the shared models path)."""
     path = tj.local_checkpoint(ctx.settings, name) if ".." not in name else None
-    if path is None:
+    if path is None or not path.is_file():
         raise NotFound(f"base checkpoint {name!r} is not on the orchestrator; put it in the trainer's models folder")
     return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
