@@ -32,6 +32,11 @@ def lease_expired(lease_until: datetime | None, now: datetime) -> bool:
     return lease_until is None or lease_until < now
 
 
+def timed_out(started_at: datetime | None, timeout_s: float | None, now: datetime) -> bool:
+    """A training with a timeout is stopped (then FAILED) once it has run that long."""
+    return bool(timeout_s and started_at and (now - started_at).total_seconds() > timeout_s)
+
+
 @dataclass(frozen=True)
 class LostClaim:
     state: JobState  # QUEUED (again), FAILED or CANCELLED

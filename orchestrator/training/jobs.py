@@ -183,7 +183,9 @@ def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
     if fields:
         session.execute(update(Job).where(col(Job.id) == job.id).values(**fields))
     session.commit()
-    return {"cancel": bool(job.cancel_requested), "lease_until": until.isoformat()}
+    timed_out = claims.timed_out(job.started_at, job.timeout_s, now())
+    return {"cancel": bool(job.cancel_requested) or timed_out, "timed_out": timed_out,
+            "lease_until": until.isoformat()}
 
 
 def store_output(session: Session, store: ObjectStore, attempt_id: str, name: str, kind: str,
@@ -234,6 +236,9 @@ def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id:
                                  data={"model": model.id, "sha256": model.sha256, "filename": model.filename}))
     if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
         raise InvalidInput(f"a claim ends SUCCEEDED, FAILED or CANCELLED, not {state.value}")
+    if state == JobState.CANCELLED and not job.cancel_requested and claims.timed_out(job.started_at, job.timeout_s,
+                                                                                     now()):
+        state, error = JobState.FAILED, {"message": f"timed out after {job.timeout_s:g} s"}
     message = (error or {}).get("message", "")
     service.finish_attempt(session, attempt.id, attempt.owner, state, error)
     service.transition(session, job.id, JobState.RUNNING, state, message or "training finished", commit=False,

@@ -122,3 +122,15 @@ def test_register_by_sha256_with_versions_and_states(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="holds no tensors"):
             registry.register(s, store, not_lora, "hero", base_model=None, trigger_words=[])
     db.engine.dispose()
+
+
+def test_distribution_targets(tmp_path: Path) -> None:
+    from orchestrator.models import ServerRow
+    from orchestrator.settings import Settings
+
+    st = Settings(home=tmp_path, models_dir=tmp_path / "local-models")
+    local, remote = ServerRow(name="local", url="http://a", source="local"), ServerRow(name="g", url="http://b")
+    assert registry.target_folder(local, st) == tmp_path / "local-models" / "loras"  # the worker's own folder
+    assert registry.target_folder(remote, st) is None  # nowhere to put it: reported, not guessed
+    st.shared_models_dir = tmp_path / "shared"
+    assert registry.target_folder(remote, st) == tmp_path / "shared" / "loras"

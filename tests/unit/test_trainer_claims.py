@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def test_lost_claim_outcome(number: int, cancel: bool, state: JobState, delay: f
     out = claims.lost_claim_outcome(number, cancel, "t1", RetryPolicy(3, 1.0))
     assert (out.state, out.delay_s) == (state, delay)
     assert "trainer t1 stopped reporting" in out.reason
+
+
+def test_timeout() -> None:
+    assert claims.timed_out(T0, 10, T0 + timedelta(seconds=11))
+    assert not claims.timed_out(T0, 10, T0 + timedelta(seconds=9))
+    assert not claims.timed_out(T0, None, T0 + timedelta(days=9))
+    assert not claims.timed_out(None, 10, T0)
 
 
 def test_lease_expiry_and_progress_line() -> None:
@@ -197,3 +205,17 @@ def test_a_trainer_sharing_a_gpu_waits_and_holds_it(env) -> None:  # noqa: ANN00
         tj.finish(s, store, settings, got[1].id, "t1", JobState.FAILED, {"message": "boom"})
         assert tj.claim(s, "t1", 30, gpu_server="gpu1") is None
         assert tj.leased_gpus(s, 30) == set()
+
+
+def test_a_training_past_its_timeout_is_stopped_and_failed(env) -> None:  # noqa: ANN001
+    db, store, settings, ds = env
+    with db.session() as s:
+        job = tj.submit_training(s, store, settings, dataset=ds.id, base="base.safetensors", preset="sd15-character",
+                                 trigger="mlchar", overrides={"resolution": 64}, timeout_s=0.001)
+        _job, attempt = tj.claim(s, "t1", 30)
+        time.sleep(0.01)
+        assert tj.heartbeat(s, attempt.id, "t1", 30) | {"lease_until": None} == {
+            "cancel": True, "timed_out": True, "lease_until": None}
+        done = tj.finish(s, store, settings, attempt.id, "t1", JobState.CANCELLED)
+        assert done.state == JobState.FAILED and done.error == {"message": "timed out after 0.001 s"}
+        assert service.get_job(s, job.id).state == JobState.FAILED
