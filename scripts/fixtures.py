@@ -3,6 +3,7 @@
 Usage: python scripts/fixtures.py MODELS_DIR                 (ESRGAN x4, shallow SD1.5, a character LoRA)
        python scripts/fixtures.py --rife FRAME_INTERPOLATION_PACK_DIR   (needs the pack: ckpts/rife/rife47.pth)
        python scripts/fixtures.py --ipadapter MODELS_DIR   (full SD1.5, CLIP ViT-H, IP-Adapter PLUS: 3.5 GB)
+       python scripts/fixtures.py --faceid MODELS_DIR IPADAPTER_PACK_DIR   (FACEID PLUS V2 + buffalo_l stand-ins)
 
 Deterministic: a rebuild is byte-identical (one seeded generator per tensor, at most one metadata key),
 so a model's sha256 is stable across machines. Existing files are left alone.
@@ -173,6 +174,78 @@ def ipadapter_plus_sd15(path: Path) -> None:
     save_file(fill(state), str(path), metadata={"medialab": "fixture ip-adapter plus sd15 random weights"})
 
 
+def _onnx_detector(path: Path) -> None:
+    """A stand-in for buffalo_l's SCRFD detector (test device for the code path only, never a product model):
+    any input size, 9 outputs (score, box, 5 landmarks for strides 8/16/32, 2 anchors a cell); every anchor
+    says "face, 4 strides wide, landmarks where a face has them", so insightface always finds one."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, outs = [], [], []
+    consts = {"score": [0.9], "box": [2.0, 2.0, 2.0, 2.0],
+              "kps": [-0.8, -0.6, 0.8, -0.6, 0.0, 0.2, -0.6, 0.9, 0.6, 0.9]}
+    for kind in ("score", "box", "kps"):
+        for stride in (8, 16, 32):
+            k, name = len(consts[kind]), f"{kind}_{stride}"
+            inits += [numpy_helper.from_array(np.zeros((2 * k, 3, stride, stride), np.float32), f"{name}_w"),
+                      numpy_helper.from_array(np.array(consts[kind] * 2, np.float32), f"{name}_b"),
+                      numpy_helper.from_array(np.array([-1, k], np.int64), f"{name}_shape")]
+            nodes += [helper.make_node("Conv", ["input.1", f"{name}_w", f"{name}_b"], [f"{name}_c"],
+                                       strides=[stride, stride]),
+                      helper.make_node("Transpose", [f"{name}_c"], [f"{name}_t"], perm=[0, 2, 3, 1]),
+                      helper.make_node("Reshape", [f"{name}_t", f"{name}_shape"], [name])]
+            outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, k]))
+    graph = helper.make_graph(nodes, "scrfd_standin", [helper.make_tensor_value_info(
+        "input.1", TensorProto.FLOAT, [1, 3, "h", "w"])], outs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def _onnx_recognizer(path: Path) -> None:
+    """A stand-in for buffalo_l's ArcFace recognizer: 112x112 face -> 512-d embedding."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    gen = np.random.default_rng(SEED)
+    inits = [numpy_helper.from_array(gen.standard_normal((3, 512)).astype(np.float32), "w"),
+             numpy_helper.from_array(gen.standard_normal(512).astype(np.float32), "b")]
+    nodes = [helper.make_node("GlobalAveragePool", ["input.1"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["683"])]
+    graph = helper.make_graph(nodes, "arcface_standin", [helper.make_tensor_value_info(
+        "input.1", TensorProto.FLOAT, [None, 3, 112, 112])], [helper.make_tensor_value_info(
+            "683", TensorProto.FLOAT, [None, 512])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def faceid_plusv2_sd15(models_dir: Path, pack: Path) -> list[Path]:
+    """FACEID PLUS V2 for SD1.5: the adapter (image projection from the pack's own ProjModelFaceIdPlus;
+    ``0.to_q_lora.down.weight`` marks FaceID), its LoRA, and buffalo_l stand-ins (needs insightface,
+    onnxruntime and onnx)."""
+    sys.path.insert(0, str(pack))
+    from image_proj_models import ProjModelFaceIdPlus
+
+    made = []
+    adapter = models_dir / "ipadapter" / "ip-adapter-faceid-plusv2_sd15.safetensors"
+    if not adapter.exists():
+        proj = ProjModelFaceIdPlus(cross_attention_dim=768, id_embeddings_dim=512, clip_embeddings_dim=1280,
+                                   num_tokens=4).state_dict()
+        state = {f"image_proj.{k}": torch.empty(v.shape) for k, v in proj.items()}
+        state["ip_adapter.0.to_q_lora.down.weight"] = torch.empty(128, 320)
+        widths = [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280]
+        for n, c in enumerate(widths):
+            state |= {f"ip_adapter.{2 * n + 1}.to_k_ip.weight": torch.empty(c, 768),
+                      f"ip_adapter.{2 * n + 1}.to_v_ip.weight": torch.empty(c, 768)}
+        adapter.parent.mkdir(parents=True, exist_ok=True)
+        save_file(fill(state), str(adapter), metadata={"medialab": "fixture faceid plusv2 random weights"})
+        made.append(adapter)
+    for rel, builder in {"loras/ip-adapter-faceid-plusv2_sd15_lora.safetensors": character_lora,
+                         "insightface/models/buffalo_l/det_10g.onnx": _onnx_detector,
+                         "insightface/models/buffalo_l/w600k_r50.onnx": _onnx_recognizer}.items():
+        made += build(models_dir, {rel: builder})
+    return made
+
+
 # Built on demand (--ipadapter) for the IP-Adapter end-to-end runs: 3.5 GB together.
 IPADAPTER_FIXTURES = {"checkpoints/sd15_full.safetensors": sd15_full,
                       "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": clip_vision_h,
@@ -216,6 +289,9 @@ def rife47(pack: Path) -> Path:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--rife":
         print(f"built {rife47(Path(sys.argv[2]).resolve())}")
+    elif len(sys.argv) == 4 and sys.argv[1] == "--faceid":
+        for p in faceid_plusv2_sd15(Path(sys.argv[2]), Path(sys.argv[3]).resolve()):
+            print(f"built {p}")
     elif len(sys.argv) == 3 and sys.argv[1] == "--ipadapter":
         for p in build(Path(sys.argv[2]), IPADAPTER_FIXTURES):
             print(f"built {p}")

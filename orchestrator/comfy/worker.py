@@ -92,6 +92,10 @@ class LocalWorker:
         pack = self.base_dir / "custom_nodes" / "medialab"
         if self.node_pack and not pack.exists():
             pack.symlink_to(NODE_PACK, target_is_directory=True)
+        faces = self.base_dir / "models" / "insightface"  # IPAdapter_plus reads <models_dir>/insightface only,
+        if (self.models_dir / "insightface").is_dir() and not faces.exists():  # never extra_model_paths
+            faces.parent.mkdir(parents=True, exist_ok=True)
+            faces.symlink_to(self.models_dir / "insightface", target_is_directory=True)
         for extra in self.extra_packs:
             link = self.base_dir / "custom_nodes" / extra.name
             if not link.exists():
