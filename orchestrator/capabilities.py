@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,10 +57,13 @@ class Capabilities:
 class Requirements:
     node_classes: frozenset[str]
     models: frozenset[ModelRef]
+    # Files a node finds by name pattern rather than by exact name (IP-Adapter presets): (folder, regex, what)
+    patterns: frozenset[tuple[str, str, str]] = frozenset()
 
     @classmethod
-    def of_graph(cls, graph: dict[str, Any], models: set[ModelRef]) -> Requirements:
-        return cls(frozenset(n["class_type"] for n in graph.values()), frozenset(models))
+    def of_graph(cls, graph: dict[str, Any], models: set[ModelRef],
+                 patterns: set[tuple[str, str, str]] | None = None) -> Requirements:
+        return cls(frozenset(n["class_type"] for n in graph.values()), frozenset(models), frozenset(patterns or ()))
 
 
 def missing(caps: Capabilities | None, req: Requirements) -> list[str]:
@@ -71,4 +75,9 @@ def missing(caps: Capabilities | None, req: Requirements) -> list[str]:
         has = caps.models.get(folder, frozenset())
         if name not in has:
             lacks.append(f"{folder}/{name} (it has: {', '.join(sorted(has)[:10]) or 'none'})")
+    for folder, pattern, what in sorted(req.patterns):
+        has = caps.models.get(folder, frozenset())
+        if not any(re.search(pattern, name, re.IGNORECASE) for name in has):
+            lacks.append(f"{what} in {folder} (a file matching {pattern}; "
+                         f"it has: {', '.join(sorted(has)[:10]) or 'none'})")
     return lacks

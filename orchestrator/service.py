@@ -253,7 +253,7 @@ def requirements(t: tpl.TemplateVersion, values: dict[str, Any]) -> Requirements
     refs = tpl.model_refs(graph)
     refs |= {(p.folder, values[p.name]) for p in t.manifest.parameters
              if p.type == tpl.ParamType.model and p.folder and values.get(p.name)}
-    return Requirements.of_graph(graph, refs)
+    return Requirements.of_graph(graph, refs, tpl.model_patterns(graph))
 
 
 def create_job(session: Session, row: TemplateVersionRow, t: tpl.TemplateVersion, values: dict[str, Any],

@@ -33,6 +33,42 @@ MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# Files that IPAdapter_plus's unified loaders find by name pattern, by preset (SD1.5 or SDXL names; which
+# one a job needs depends on its checkpoint, so either satisfies the check): [(folder, regex, what)].
+_CLIP_H = ("clip_vision", r"(ViT.H.14.*s32B.b79K|ipadapter.*sd15|sd1.?5.*model)\.(bin|safetensors)",
+           "the ViT-H CLIP vision model")
+_FACE_LORA = ("loras", r"faceid.*lora\.safetensors$", "a FaceID LoRA")
+PRESET_FILES: dict[str, list[tuple[str, str, str]]] = {
+    "LIGHT - SD1.5 only (low strength)": [("ipadapter", r"sd15.light(.v11)?\.(safetensors|bin)$", "IP-Adapter LIGHT"),
+                                          _CLIP_H],
+    "STANDARD (medium strength)": [("ipadapter", r"ip.adapter.(sd15|sdxl.vit.h)\.(safetensors|bin)$",
+                                    "IP-Adapter STANDARD"), _CLIP_H],
+    "PLUS (high strength)": [("ipadapter", r"(ip.adapter.plus.sd15|plus.sdxl.vit.h)\.(safetensors|bin)$",
+                              "IP-Adapter PLUS"), _CLIP_H],
+    "PLUS FACE (portraits)": [("ipadapter", r"plus.face.(sd15|sdxl.vit.h)\.(safetensors|bin)$",
+                               "IP-Adapter PLUS FACE"), _CLIP_H],
+    "FULL FACE - SD1.5 only (portraits stronger)": [("ipadapter", r"full.face.sd15\.(safetensors|bin)$",
+                                                     "IP-Adapter FULL FACE"), _CLIP_H],
+    "FACEID": [("ipadapter", r"faceid.(sd15|sdxl)\.(safetensors|bin)$", "IP-Adapter FACEID"), _FACE_LORA],
+    "FACEID PLUS - SD1.5 only": [("ipadapter", r"faceid.plus.sd15\.(safetensors|bin)$", "IP-Adapter FACEID PLUS"),
+                                 _FACE_LORA, _CLIP_H],
+    "FACEID PLUS V2": [("ipadapter", r"faceid.plusv2.(sd15|sdxl)\.(safetensors|bin)$", "IP-Adapter FACEID PLUS V2"),
+                       _FACE_LORA, _CLIP_H],
+    "FACEID PORTRAIT (style transfer)": [("ipadapter", r"portrait(.v11)?.(sd15|sdxl)\.(safetensors|bin)$",
+                                          "IP-Adapter FACEID PORTRAIT")],
+}
+PRESET_NODES = {"IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderFaceID"}
+
+
+def model_patterns(graph: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(folder, regex, what) of the files a bound graph's loaders will look for by pattern."""
+    found = set()
+    for node in graph.values():
+        if node.get("class_type") in PRESET_NODES:
+            found.update(PRESET_FILES.get(str(node.get("inputs", {}).get("preset")), []))
+    return found
+
+
 class ParamType(StrEnum):
     string = "string"
     int = "int"

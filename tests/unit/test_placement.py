@@ -76,3 +76,23 @@ def test_capabilities_from_a_real_object_info_and_back() -> None:
     assert {"comfyui-frame-interpolation", "ComfyUI_IPAdapter_plus"} <= set(caps.packs)
     assert (caps.comfy_version, caps.device, caps.vram_total) == ("0.3.75", "cpu", 100)
     assert Capabilities.from_json(json.loads(json.dumps(caps.to_json()))) == caps
+
+
+def test_ip_adapter_preset_files_are_required_by_pattern() -> None:
+    from orchestrator import templates as tpl
+
+    t = tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "restyle-ipadapter", 1)
+    graph = tpl.bind(t, {"image": "a.png"})
+    req = Requirements.of_graph(graph, tpl.model_refs(graph), tpl.model_patterns(graph))
+    caps = Capabilities(node_classes=frozenset(n["class_type"] for n in graph.values()),
+                        models={"checkpoints": frozenset({"v1-5-pruned-emaonly.safetensors"}),
+                                "ipadapter": frozenset({"ip-adapter_sd15.safetensors"})})
+    clip, adapter = missing(caps, req)
+    assert adapter.startswith("IP-Adapter PLUS in ipadapter") and "it has: ip-adapter_sd15.safetensors" in adapter
+    assert clip.startswith("the ViT-H CLIP vision model in clip_vision") and clip.endswith("it has: none)")
+    caps.models["ipadapter"] = frozenset({"ip-adapter-plus_sd15.safetensors"})
+    caps.models["clip_vision"] = frozenset({"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"})
+    assert missing(caps, req) == []
+    faceid = tpl.bind(tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "blend-faceid", 1), {})
+    assert {w for _f, _p, w in tpl.model_patterns(faceid)} == {
+        "IP-Adapter FACEID PLUS V2", "a FaceID LoRA", "the ViT-H CLIP vision model", "IP-Adapter PLUS"}
