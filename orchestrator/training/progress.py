@@ -75,6 +75,7 @@ class ProgressParser:
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self._tracebacks: list[list[str]] = []
         self._in_traceback = False
+        self._message_lines = 0  # tab-indented lines still taken as the exception's message
         self.last_progress: TrainingEvent | None = None
         self.checkpoints: list[str] = []
 
@@ -172,5 +173,12 @@ class ProgressParser:
         elif self._in_traceback:
             self._tracebacks[-1].append(line)
             self._in_traceback = line.startswith((" ", "\t"))
+            self._message_lines = 0 if self._in_traceback else 10
+        elif self._message_lines and line.startswith("\t"):  # the exception's message goes on (tab-indented)
+            self._tracebacks[-1].append(line)
+            self._message_lines -= 1
         elif self._tracebacks and line.startswith(CHAIN) and not chained:
             self._tracebacks[-1].append(line)
+        if not line.startswith("\t") and not self._in_traceback and self._tracebacks \
+                and self._tracebacks[-1][-1] != line:
+            self._message_lines = 0

@@ -339,9 +339,12 @@ def _failed(message: str, result: TrainingResult) -> TrainingFailed:
 def last_error(tail: str) -> str:
     """The most telling line of a log tail: the exception line of a traceback, else the last line."""
     lines = [ln for ln in tail.splitlines() if ln.strip()]
-    for ln in reversed(lines):
+    for i in range(len(lines) - 1, -1, -1):
+        ln = lines[i]
         if not ln.startswith((" ", "\t")) and re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln):
-            return ln
+            if ln.endswith(":") and i + 1 < len(lines):  # the message goes on below ("Missing key(s) ...")
+                ln = f"{ln} {lines[i + 1].strip()}"
+            return ln if len(ln) <= 300 else ln[:297] + "..."
     return lines[-1] if lines else "no output"
 
 

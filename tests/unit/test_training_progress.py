@@ -121,3 +121,14 @@ def test_empty_dataset_message_is_a_log_event():
 
 def test_clock():
     assert clock_s("00:30") == 30 and clock_s("1:02:03") == 3723 and clock_s("?") is None
+
+
+def test_a_multi_line_exception_message_is_kept():
+    text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+            "RuntimeError: Error(s) in loading state_dict for UNet2DConditionModel:\n"
+            "\tMissing key(s) in state_dict: \"down_blocks.2.attentions.0\".\n"
+            "\tUnexpected key(s) in state_dict: \"up_blocks.1.x\".\n"
+            "steps done\n\tnot part of it\n")
+    _, parser = parse(text)
+    assert parser.traceback[-2:] == ['\tMissing key(s) in state_dict: "down_blocks.2.attentions.0".',
+                                     '\tUnexpected key(s) in state_dict: "up_blocks.1.x".']
