@@ -247,3 +247,68 @@ def test_the_embedded_trainer_of_serve(training_settings: Settings) -> None:
         assert model["filename"] == "sidekick-v1.safetensors" and model["state"] == "approved"
         server = api.client.app.state.ctx.pool.servers[0]
         assert "sidekick-v1.safetensors" in httpx.get(f"{server.url}/models/loras").json()
+
+
+# -- the real sd-scripts ------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+REAL_NEEDED_GB = 8
+
+
+def real_sd_scripts(tmp: Path) -> tuple[Path, Path, Path, Path]:
+    """(sd-scripts dir, its Python, tokenizer folder, SD1.5-shaped diffusers model), or a skip with the reason."""
+    import psutil
+
+    st = Settings()
+    if not st.sd_scripts_dir:
+        pytest.skip("MEDIALAB_SD_SCRIPTS_DIR is not set: the real sd-scripts run through the trainer is skipped "
+                    "(install it with scripts/install_sd_scripts.sh); the protocol tests above use the test device")
+    free_gb = psutil.virtual_memory().available / 2**30
+    if free_gb < REAL_NEEDED_GB:
+        pytest.skip(f"only {free_gb:.1f} GB of memory available; a CPU training run needs about {REAL_NEEDED_GB} GB")
+    venv = st.sd_scripts_dir / ".venv" / "bin" / "python"
+    python = Path(st.trainer_python) if st.trainer_python else venv if venv.exists() else Path(sys.executable)
+
+    def run(script: str, *args: Path) -> None:
+        import subprocess
+
+        done = subprocess.run([str(python), str(ROOT / "scripts" / script), *map(str, args)], capture_output=True,
+                              text=True)
+        assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+
+    tokenizers = st.tokenizer_cache_dir or st.sd_scripts_dir / "tokenizers"
+    if not (tokenizers / "openai_clip-vit-large-patch14").is_dir():
+        tokenizers = tmp / "tokenizers"
+        run("build_tokenizer.py", tokenizers)
+    model = ROOT / ".runtime" / "fixtures" / "sd15_sdscripts"
+    if not (model / "model_index.json").exists():
+        run("fixtures_sd15.py", model)
+    return st.sd_scripts_dir, python, tokenizers, model
+
+
+def test_real_sd_scripts_lora_is_registered_and_used(training_settings: Settings, tmp_path: Path) -> None:
+    """Two real training steps on the CPU through the HTTP trainer; the LoRA lands on ComfyUI and is used."""
+    scripts, python, tokenizers, model = real_sd_scripts(tmp_path)
+    (training_settings.models_dir / "checkpoints" / "sd15-test").symlink_to(model, target_is_directory=True)
+    with make_api(training_settings, dispatch=True) as api:
+        ds = build_dataset(api, "real")
+        r = api.client.post("/v1/trainings", headers=api.run, json={
+            "dataset": ds["id"], "base": "sd15-test", "preset": "sd15-character", "trigger": "mlchar",
+            "set": {"resolution": 64, "max_train_steps": 2, "network_dim": 4, "network_alpha": 4,
+                    "save_every_n_steps": None, "sample_every_n_steps": None, "max_data_loader_n_workers": 0}})
+        assert r.status_code == 201, r.text
+        backend = HttpBackend(None, train_key(api)["X-API-Key"], "real-host", client=api.client)
+        trainer = Trainer(backend, workdir=tmp_path / "trainer", sd_scripts_dir=scripts, python=str(python),
+                          tokenizer_cache_dir=tokenizers, models_dir=training_settings.models_dir, cpu=True)
+        assert trainer.run_once() == r.json()["id"]
+        done = wait(api, r.json()["id"])
+        assert done["state"] == "SUCCEEDED", done["error"]
+        assert any(e["kind"] == "progress" and (e["data"] or {}).get("step") == 2 for e in events(api, done["id"]))
+        model_row = api.client.get("/v1/models/real", headers=api.reader).json()
+        assert model_row["ss_metadata"]["ss_network_dim"] == "4" and model_row["state"] == "approved"
+        server = api.client.app.state.ctx.pool.servers[0]
+        assert "real-v1.safetensors" in httpx.get(f"{server.url}/models/loras").json()
+        params = {"lora": "real-v1.safetensors", "checkpoint": "tiny_sd15.safetensors", "steps": 1, "width": 64,
+                  "height": 64, "prompt": "photo of mlchar person", "seed": 3}
+        gen = api.client.post("/v1/jobs", headers=api.run, json={"template": "generate-lora", "params": params})
+        assert gen.status_code == 201, gen.text
+        assert wait(api, gen.json()["id"], timeout=300)["state"] == "SUCCEEDED"
