@@ -285,9 +285,15 @@ def real_sd_scripts(tmp: Path) -> tuple[Path, Path, Path, Path]:
     return st.sd_scripts_dir, python, tokenizers, model
 
 
-def test_real_sd_scripts_lora_is_registered_and_used(training_settings: Settings, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def real_sd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    return real_sd_scripts(tmp_path_factory.mktemp("sd"))  # before the ComfyUI server: a skip costs nothing
+
+
+def test_real_sd_scripts_lora_is_registered_and_used(real_sd: tuple[Path, Path, Path, Path],
+                                                     training_settings: Settings, tmp_path: Path) -> None:
     """Two real training steps on the CPU through the HTTP trainer; the LoRA lands on ComfyUI and is used."""
-    scripts, python, tokenizers, model = real_sd_scripts(tmp_path)
+    scripts, python, tokenizers, model = real_sd
     (training_settings.models_dir / "checkpoints" / "sd15-test").symlink_to(model, target_is_directory=True)
     with make_api(training_settings, dispatch=True) as api:
         ds = build_dataset(api, "real")
