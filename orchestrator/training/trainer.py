@@ -150,16 +150,17 @@ class HttpBackend:
 class LocalBackend:
     """The same operations straight on the orchestrator's database and store."""
 
-    def __init__(self, ctx: Context, name: str) -> None:
+    def __init__(self, ctx: Context, name: str, gpu_server: str | None = None) -> None:
         self.ctx = ctx
         self.name = name
+        self.gpu_server = gpu_server
 
     def claim(self) -> Claim | str | None:
         from orchestrator.training import jobs as tj
 
         lease_s = self.ctx.settings.trainer_lease_s
         with self.ctx.db.session() as s:
-            got = tj.claim(s, self.name, lease_s, None, host_info(), self.ctx.executor.policy)
+            got = tj.claim(s, self.name, lease_s, self.gpu_server, host_info(), self.ctx.executor.policy)
         if got is None or isinstance(got, str):
             return got
         job, attempt = got
@@ -430,7 +431,8 @@ def start_local(ctx: Context) -> Trainer | None:
                  "trainer`)")
         return None
     cpu = st.worker_device == "cpu" or (st.worker_device == "auto" and not has_gpu())
-    trainer = Trainer(LocalBackend(ctx, f"local-{ctx.owner}"), workdir=st.home / "trainer",
+    gpu_server = "local" if ctx.worker is not None else None  # the local worker is on the same GPU
+    trainer = Trainer(LocalBackend(ctx, f"local-{ctx.owner}", gpu_server), workdir=st.home / "trainer",
                       sd_scripts_dir=st.sd_scripts_dir, python=st.trainer_python,
                       tokenizer_cache_dir=st.tokenizer_cache_dir, models_dir=st.models_dir, cpu=cpu,
                       accelerate=st.trainer_accelerate, poll_s=1.0)
