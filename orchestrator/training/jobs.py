@@ -41,6 +41,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 # -- submit ----------------------------------------------------------------------------------------
 def local_checkpoint(settings: Settings, name: str) -> Path | None:
     """The base checkpoint this orchestrator has (a file, or a diffusers folder a local trainer reads)."""
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or ".." in p.parts:
+        return None
     for root in (settings.models_dir, settings.shared_models_dir):
         if root and (root / "checkpoints" / name).exists():
             return root / "checkpoints" / name

@@ -109,6 +109,13 @@ def submit(s, store, settings, ds, **kw):  # noqa: ANN001, ANN201
                                          "sample_every_n_steps": 2, **kw})
 
 
+def test_base_checkpoints_stay_inside_the_models_folder(env) -> None:  # noqa: ANN001
+    _db, _store, settings, _ds = env
+    assert tj.local_checkpoint(settings, "base.safetensors") == settings.models_dir / "checkpoints" / "base.safetensors"
+    for bad in ("/etc/passwd", "../checkpoints/base.safetensors", "", "x/../../base.safetensors"):
+        assert tj.local_checkpoint(settings, bad) is None
+
+
 def test_dataset_is_content_addressed_with_lineage(env) -> None:  # noqa: ANN001
     db, store, _settings, ds = env
     assert ds.role == "dataset" and ds.origin == f"dataset:{ds.sha256}"
