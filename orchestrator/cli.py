@@ -303,7 +303,7 @@ def templates_show(name: str, version: int | None = None) -> None:
     for p in t.manifest.parameters:
         rng = (", ".join(map(str, p.choices)) if p.choices else
                f"{p.min}..{p.max}" if p.min is not None or p.max is not None else p.folder or "")
-        table.add_row(p.name, p.type.value, "" if p.required else str(p.default), rng,
+        table.add_row(p.name, p.type.value, "" if p.required else "(optional)" if p.optional else str(p.default), rng,
                       f"{p.bind.node}.{p.bind.input}", p.help)
     console.print(table)
 

@@ -69,18 +69,27 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
 
     An editor-format workflow (what ComfyUI's Save writes) is converted to the API format with the node
     definitions of a live pool server. Without a manifest, parameters come from the node pack's parameter
-    nodes and outputs from the save nodes. The graph is checked against the node definitions of a live pool
-    server, and every node class and model it needs must exist on some server. A published version is immutable.
+    nodes and outputs from the save nodes; a workflow without parameter nodes that ``templates open`` wrote
+    keeps the manifest of the version it was opened from (bindings are by title). The graph is checked
+    against the node definitions of a live pool server, and every node class and model it needs must exist
+    on some server. A published version is immutable.
     """
-    object_info = None
+    object_info, origin = None, None
     if editor.is_editor_format(graph):
+        origin = ((graph.get("extra") or {}).get("medialab") or {}).get("template")
+        origin_version = ((graph.get("extra") or {}).get("medialab") or {}).get("version")
         if pool is None:
             raise InvalidInput("an editor-format workflow needs a live ComfyUI server's node definitions to be "
                                "converted; publish with a pool, or export the API format (Workflow > Export (API))")
         object_info = pool.object_info()
         graph = editor.to_api(graph, object_info)
     if manifest is None:
-        manifest, graph = tpl.manifest_from_graph(graph, title or name, kind, description)
+        derived, titled = tpl.manifest_from_graph(graph, title or name, kind, description)
+        if not derived["parameters"] and origin:
+            source, _t = get_template(session, origin, origin_version)
+            manifest = tpl.defaults_from_graph({**source.manifest, **({"title": title} if title else {})}, graph)
+        else:
+            manifest, graph = derived, titled
     rows = template_rows(session, name)
     version = max((r.version for r in rows), default=0) + 1
     t = tpl.from_dicts(name, version, manifest, graph)
@@ -110,7 +119,8 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
 def template_workflow(session: Session, name: str, version: int | None, object_info: dict[str, Any]) -> dict[str, Any]:
     """A version's graph as an editor-format workflow, to open (Workflow > Open) and edit in ComfyUI."""
     _row, t = get_template(session, name, version)
-    workflow = editor.to_editor(t.graph, object_info)
+    defaults = {p.name: p.default for p in t.manifest.parameters if p.default is not None}
+    workflow = editor.to_editor(tpl.bind(t, defaults), object_info)  # the artist sees the defaults
     workflow["extra"].setdefault("medialab", {}).update({"template": t.name, "version": t.version,
                                                           "content_hash": t.content_hash})
     return workflow

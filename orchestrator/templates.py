@@ -347,6 +347,20 @@ def _feeding(outputs: set[str], graph: dict[str, Any]) -> set[str]:
     return seen
 
 
+def defaults_from_graph(manifest: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with each parameter's default taken from the value its bound input has in the graph
+    (what the artist left in the editor); required parameters and linked inputs are left alone."""
+    titles = nodes_by_title(graph)
+    params = []
+    for p in manifest.get("parameters", []):
+        node = graph.get(titles.get(p["bind"]["node"], ""), {})
+        value = node.get("inputs", {}).get(p["bind"]["input"])
+        if p.get("default") is not None and value is not None and not is_link(value):
+            p = {**p, "default": value}
+        params.append(p)
+    return {**manifest, "parameters": params}
+
+
 def model_refs(graph: dict[str, Any]) -> set[tuple[str, str]]:
     """(folder, file) of every model a bound graph loads by name."""
     refs = set()

@@ -127,3 +127,34 @@ def test_cli_publishes_the_saved_file_and_opens_it(tmp_path: Path, comfy_url: st
     assert json.loads((tmp_path / "scaled-v1.workflow.json").read_text())["nodes"]
     r = medialab(home, "templates", "open", "scaled", "--version", "7", servers=servers)
     assert r.returncode == 1 and "has no version 7" in r.stderr
+
+
+def test_a_version_opened_and_saved_keeps_its_manifest(comfy_url: str, settings: Settings) -> None:
+    """A template written by hand (manifest, no parameter nodes) goes through the editor and back: the saved
+    file keeps the parameters of the version it was opened from, with the defaults the artist left."""
+    from orchestrator import templates as tpl
+    from orchestrator.settings import PROJECT_ROOT
+    from tests.conftest import FIXTURE_MODEL
+
+    t = tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "upscale-esrgan", 2)
+    manifest = t.manifest.model_dump(mode="json", exclude_defaults=True)
+    for p in manifest["parameters"]:
+        if p["name"] == "model":
+            p["default"] = FIXTURE_MODEL
+    settings.comfy_servers = [comfy_url]
+    with make_api(settings, dispatch=True) as api:
+        r = api.client.post("/v1/templates/upres/versions", headers=api.admin,
+                            json={"graph": t.graph, "manifest": manifest})
+        assert r.status_code == 201, r.text
+        workflow = api.client.get("/v1/templates/upres/versions/1/workflow", headers=api.reader).json()
+        resize = next(n for n in workflow["nodes"] if n.get("title") == "Resize")
+        resize["widgets_values"][1] = 0.5  # the artist halves the default resize and saves
+        r = api.client.post("/v1/templates/upres/versions", headers=api.admin, json={"graph": workflow})
+        assert r.status_code == 201, r.text
+        v2 = r.json()
+        assert set(v2["params_schema"]["properties"]) == set(r0 := t.params_schema()["properties"]) and r0
+        assert v2["params_schema"]["properties"]["resize"]["default"] == 0.5
+        frame = upload(api, png_bytes(40, 30))
+        job = wait(api, submit(api, {"image": frame["id"]}, template="upres").json()["id"])
+        assert job["state"] == "SUCCEEDED" and job["version"] == 2, job["error"]
+        assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (80, 60)
