@@ -158,7 +158,7 @@ def test_template_schema_for_forms(api: Api) -> None:
     listed = api.client.get("/v1/templates", headers=api.reader).json()
     assert {t["name"] for t in listed} == {"upscale-esrgan", "upscale-esrgan-video", "video-retime",
                                            "interpolate-rife", "restyle-ipadapter", "restyle-ipadapter-sdxl",
-                                           "scale-by"}
+                                           "scale-by", "blend-faceid", "generate-lora"}
     r = api.client.get("/v1/templates/upscale-esrgan/versions/1", headers=api.reader).json()
     schema = r["params_schema"]
     assert schema["required"] == ["image"]
