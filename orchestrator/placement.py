@@ -4,8 +4,11 @@
   a worker lock (``MEDIALAB_REQUIRE_LOCK``) also only to one whose ComfyUI version and the commits of the
   packs the job uses match the lock (``lock.lock_mismatch``).
 - Among those: an idle server before a busy one (never an idle GPU while work waits); then the one whose
-  loaded models already cover the job (warm-model affinity); then the shortest queue. A server takes at
-  most ``max_inflight`` prompts (one running + one queued behind it, so uploads overlap execution).
+  loaded models already cover the job (warm-model affinity); then the shortest queue (``place``, one job).
+  A dispatch round places its jobs together (``Placer``): a server holding a job's models takes it ahead
+  of older jobs of the same priority, within a bound (``max_bypass``), so far fewer models are loaded.
+  A server takes at most ``max_inflight`` prompts (one running + one queued behind it, so uploads
+  overlap execution).
 - A server that shares its GPU with a trainer gets no inference while the trainer holds the GPU (see
   ``gpu_leases``); its jobs wait for another server or for the training to end.
 - Job order: priority first; within a priority, the API key with the fewest running jobs goes first
@@ -54,6 +57,95 @@ def place(req: Requirements, servers: Sequence[ServerView], max_inflight: int = 
     if not ready:
         return None
     return min(ready, key=lambda s: (s.inflight > 0, not (req.models and req.models <= s.warm), s.inflight, s.url))
+
+
+def _warm(s: ServerView, req: Requirements) -> bool:
+    return bool(req.models) and req.models <= s.warm
+
+
+PLACEMENT_MODES = ("affinity", "round_robin")
+
+
+class Placer:
+    """Places a dispatch round's jobs (in fair order) on servers; the state it keeps between rounds is
+    the number of times each waiting job was passed over, and the round-robin cursor (no I/O).
+
+    ``affinity`` (the default): a job goes to a server that already holds its models whenever one has a
+    free slot, even ahead of older jobs of the same priority; an idle server takes the oldest job it can
+    run, loading its model (never an idle GPU while work waits); a job that ``max_bypass`` later jobs of
+    its priority have started ahead of takes the next free slot anywhere (so nothing waits for ever).
+    A job never overtakes an older job of a higher priority that could use the same server.
+    ``round_robin``: oldest job first, to the next server in turn with a free slot (idle ones first),
+    blind to loaded models (the baseline the scheduling benchmark compares with).
+    """
+
+    def __init__(self, mode: str = "affinity", max_inflight: int = 2, max_bypass: int = 100,
+                 lock: WorkerLock | None = None) -> None:
+        if mode not in PLACEMENT_MODES:
+            raise ValueError(f"placement mode {mode!r}: expected one of {', '.join(PLACEMENT_MODES)}")
+        self.mode, self.max_inflight, self.max_bypass, self.lock = mode, max_inflight, max_bypass, lock
+        self.passed: dict[Hashable, int] = {}  # job -> later jobs of its priority placed before it
+        self.cursor = 0
+
+    def _ready(self, s: ServerView, req: Requirements) -> bool:
+        return (s.inflight < self.max_inflight and s.healthy and s.active and not s.gpu_leased
+                and s.can_run(req, self.lock))
+
+    def plan(self, jobs: Sequence[tuple[Hashable, int, Requirements]],
+             servers: Sequence[ServerView]) -> list[tuple[Hashable, ServerView]]:
+        """(job, server) for the jobs placed now, in the given order. ``jobs`` are (id, priority,
+        requirements) in dispatch order; the views' ``inflight`` and ``warm`` are updated as jobs are placed."""
+        placed: dict[int, ServerView] = {}
+
+        def take(i: int, s: ServerView) -> None:
+            req = jobs[i][2]
+            s.inflight += 1
+            s.warm = req.models or s.warm
+            placed[i] = s
+
+        if self.mode == "round_robin":
+            ring = sorted(servers, key=lambda s: s.url)
+            for i, (_jid, _prio, req) in enumerate(jobs):
+                turn = [ring[(self.cursor + k) % len(ring)] for k in range(len(ring))]
+                ready = [s for s in turn if self._ready(s, req)]
+                if ready:
+                    chosen = next((s for s in ready if s.inflight == 0), ready[0])
+                    take(i, chosen)
+                    self.cursor = (ring.index(chosen) + 1) % len(ring)
+            return [(jobs[i][0], placed[i]) for i in sorted(placed)]
+
+        top = jobs[0][1] if jobs else 0
+
+        def overtakes(i: int, s: ServerView) -> bool:  # an older, higher-priority job could use s
+            prio = jobs[i][1]
+            return prio < top and any(jobs[k][1] > prio and k not in placed and self._ready(s, jobs[k][2])
+                                      for k in range(i))
+
+        for i, (jid, _prio, req) in enumerate(jobs):  # 1. due: no model to be warm for, or passed over enough
+            if not req.models or self.passed.get(jid, 0) >= self.max_bypass:
+                ready = [s for s in servers if self._ready(s, req)]
+                if ready:
+                    take(i, min(ready, key=lambda s: (s.inflight > 0, not _warm(s, req), s.inflight, s.url)))
+        for i, (_jid, _prio, req) in enumerate(jobs):  # 2. a server that holds the job's models
+            if i not in placed:
+                warm = [s for s in servers if _warm(s, req) and self._ready(s, req) and not overtakes(i, s)]
+                if warm:
+                    take(i, min(warm, key=lambda s: (s.inflight, s.url)))
+        for i, (_jid, _prio, req) in enumerate(jobs):  # 3. idle servers take the oldest jobs they can run
+            if i not in placed:
+                idle = [s for s in servers if s.inflight == 0 and self._ready(s, req)]
+                if idle:
+                    take(i, min(idle, key=lambda s: s.url))
+        passed: dict[Hashable, int] = {}
+        later: Counter[int] = Counter()  # placed jobs after this position, by priority
+        for i in range(len(jobs) - 1, -1, -1):
+            jid, prio, _req = jobs[i]
+            if i in placed:
+                later[prio] += 1
+            else:
+                passed[jid] = self.passed.get(jid, 0) + later[prio]
+        self.passed = passed
+        return [(jobs[i][0], placed[i]) for i in sorted(placed)]
 
 
 def unrunnable_reason(req: Requirements, servers: Sequence[ServerView], lock: WorkerLock | None = None) -> str | None:

@@ -27,7 +27,7 @@ from orchestrator.jobs import JobState
 from orchestrator.lock import load_lock
 from orchestrator.metrics import Metrics
 from orchestrator.models import Job, TemplateVersionRow
-from orchestrator.placement import Candidate, fair_order, place, unrunnable_reason
+from orchestrator.placement import Candidate, Placer, fair_order, unrunnable_reason
 from orchestrator.pool import Pool, Server
 from orchestrator.settings import Settings
 from orchestrator.training import jobs as training_jobs
@@ -46,7 +46,8 @@ class Dispatcher:
         self.poll_s = poll_s
         self.lock = load_lock() if settings.require_lock else None  # MEDIALAB_REQUIRE_LOCK: worker.lock.toml
         self.owner = executor.owner
-        self._runners = ThreadPoolExecutor(max_workers=64, thread_name_prefix="attempt")
+        self._runners = ThreadPoolExecutor(max_workers=settings.runner_threads, thread_name_prefix="attempt")
+        self.placer = Placer(settings.placement, settings.max_inflight, settings.placement_max_bypass, self.lock)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -116,24 +117,21 @@ class Dispatcher:
             jobs = {j.id: j for j in service.queued_candidates(s)}
             order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
                                service.running_by_key(s))
+            reqs = {c.id: self.requirements(s, jobs[c.id]) for c in order}
+            plan = self.placer.plan([(c.id, c.priority, reqs[c.id]) for c in order], views)
+            placed = {job_id for job_id, _view in plan}
             for c in order:
-                job = jobs[c.id]
-                req = self.requirements(s, job)
-                view = place(req, views, max_inflight, self.lock)
-                if view is None:
-                    reason = unrunnable_reason(req, views, self.lock)
-                    if reason and all(v.caps for v in views if v.active):
-                        service.transition(s, job.id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
-                                           error={"message": reason})
-                    continue
-                server = self.pool.get(view.url)
+                reason = None if c.id in placed else unrunnable_reason(reqs[c.id], views, self.lock)
+                if reason and all(v.caps for v in views if v.active):
+                    service.transition(s, c.id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
+                                       error={"message": reason})
+            for job_id, view in plan:
+                job, server = jobs[job_id], self.pool.get(view.url)
                 attempt = service.start_attempt(s, job, view.url, self.owner, self.settings.lease_s,
                                                 server.comfy_version if server else None)
                 if attempt is None or server is None:
                     continue
-                view.inflight += 1
-                view.warm = req.models or view.warm
-                launched.append((job, attempt.id, server, req))
+                launched.append((job, attempt.id, server, reqs[job_id]))
             s.commit()
         for job, attempt_id, server, req in launched:
             self.pool.note_dispatch(server, req.models)

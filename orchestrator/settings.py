@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,13 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Attempts per job when servers are lost.")
     retry_base_delay_s: float = Field(1.0, description="Backoff before the 2nd attempt; doubles after.")
     max_inflight: int = Field(2, ge=1, description="Prompts per server: one running, the rest queued behind.")
+    placement: Literal["affinity", "round_robin"] = Field(
+        "affinity", description="affinity: a server holding a job's models takes it ahead of older jobs (within "
+        "placement_max_bypass); round_robin: oldest job to the next server in turn (a baseline).")
+    placement_max_bypass: int = Field(100, ge=0, description="A job that this many later jobs of its priority "
+                                      "started ahead of (warm-model affinity) takes the next free slot anywhere.")
+    runner_threads: int = Field(256, ge=1, description="Threads following attempts: one per prompt in flight, so "
+                                "at least servers x max_inflight.")
     lease_s: float = Field(30.0, description="An attempt whose orchestrator is silent this long is adopted.")
     health_interval_s: float = 5.0
     refresh_interval_s: float = Field(300.0, description="Capabilities re-read this often (and on recovery).")
