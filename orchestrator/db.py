@@ -13,6 +13,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
 from orchestrator import models  # noqa: F401  (registers the tables)
+from orchestrator.jobs import JobState
+from orchestrator.models import JobEvent
+from orchestrator.notify import QUEUED, Bell
 
 
 def make_engine(url: str) -> Engine:
@@ -54,13 +57,39 @@ def init_db(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+@event.listens_for(Session, "after_flush")
+def _note_job_events(session: Session, _flush_context: object) -> None:
+    """Remember the jobs that got an event in this transaction; their bells ring once it commits."""
+    if "bell" not in session.info:
+        return
+    keys = session.info.setdefault("ring", set())
+    for obj in session.new:
+        if isinstance(obj, JobEvent):
+            keys.add(obj.job_id)
+            if obj.state == JobState.QUEUED:
+                keys.add(QUEUED)
+
+
+@event.listens_for(Session, "after_commit")
+def _ring(session: Session) -> None:
+    keys = session.info.pop("ring", None)
+    if keys:
+        session.info["bell"].ring(keys)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop("ring", None)
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.bell = Bell()  # rung after each commit that added job events (see orchestrator.notify)
         init_db(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as s:
+        with Session(self.engine, expire_on_commit=False, info={"bell": self.bell}) as s:
             yield s

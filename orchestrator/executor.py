@@ -25,7 +25,7 @@ from orchestrator.comfy.monitor import Subscription
 from orchestrator.db import Database
 from orchestrator.errors import MediaLabError
 from orchestrator.jobs import JobState
-from orchestrator.models import Artifact, Attempt, Job, TemplateVersionRow
+from orchestrator.models import Artifact, Attempt, Job, JobEvent, TemplateVersionRow
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
 from storage import ObjectStore, StorageUnavailable, key_for
@@ -58,6 +58,7 @@ class Executor:
         self.pool = pool
         self.policy = RetryPolicy(settings.max_attempts, settings.retry_base_delay_s)
         self.bytes_through = 0  # media bytes this process moved between ComfyUI and the store
+        self._templates: dict[int, tpl.TemplateVersion] = {}
 
     def execute(self, attempt_id: str, server: Server, resume: bool = False) -> JobState:
         """Run (or, with ``resume``, re-attach to) an attempt this process owns; returns the job's state.
@@ -65,7 +66,10 @@ class Executor:
         with self.db.session() as s:
             attempt = s.get(Attempt, attempt_id)
             job = service.get_job(s, attempt.job_id)
-            t = service.template_from_row(s.get(TemplateVersionRow, job.template_version_id))
+            t = self._templates.get(job.template_version_id)
+            if t is None:  # versions are immutable: parse each once
+                t = self._templates[job.template_version_id] = service.template_from_row(
+                    s.get(TemplateVersionRow, job.template_version_id))
         try:
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
             artifacts = self._ingest(job, t, attempt, server, history)
@@ -94,17 +98,25 @@ class Executor:
         inputs = self._inputs(job, t)
         path, why = transport.choose(self.settings.byte_path, server.caps, self.store.bucket, t,
                                      max((a.size for a in inputs.values()), default=0))
-        self._event(job.id, "info", f"byte path: {path.value} ({why})", {"byte_path": path.value})
-        if path == transport.BytePath.direct:
-            graph = transport.direct_graph(t, {**job.params, **{name: a.key for name, a in inputs.items()}})
-        else:
-            graph = tpl.bind(t, self._upload_inputs(job, inputs, server))
-        extra = {"extra_pnginfo": {"medialab": {"job": job.id, "attempt": attempt.id, "template": t.ref,
-                                                "template_hash": t.content_hash}}}
-        with server.monitor.subscribe(attempt.id) as events:
-            server.client.submit(graph, attempt.id, server.monitor.client_id, extra_data=extra)
-            self._event(job.id, "info", "submitted", {"prompt_id": attempt.id, "server": server.url})
-            return self._follow(events, job, graph, attempt, server)
+        # both notes are written in one commit once the prompt is submitted: none on the way to the GPU
+        notes: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("info", f"byte path: {path.value} ({why})", {"byte_path": path.value})]
+        try:
+            if path == transport.BytePath.direct:
+                graph = transport.direct_graph(t, {**job.params, **{name: a.key for name, a in inputs.items()}})
+            else:
+                graph = tpl.bind(t, self._upload_inputs(job, inputs, server))
+            extra = {"extra_pnginfo": {"medialab": {"job": job.id, "attempt": attempt.id, "template": t.ref,
+                                                    "template_hash": t.content_hash}}}
+            with server.monitor.subscribe(attempt.id) as events:
+                server.client.submit(graph, attempt.id, server.monitor.client_id, extra_data=extra)
+                notes.append(("info", "submitted", {"prompt_id": attempt.id, "server": server.url}))
+                self._events(job.id, notes)
+                notes = []
+                return self._follow(events, job, graph, attempt, server, outputs_of=set(tpl.output_node_ids(t)))
+        finally:
+            if notes:  # the upload or the submit failed: the byte path is still worth knowing
+                self._events(job.id, notes)
 
     def _reattach(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
         """After an orchestrator crash: finished -> its history; still queued or running -> follow it;
@@ -134,12 +146,14 @@ class Executor:
         return values
 
     def _follow(self, events: Subscription, job: Job, graph: dict[str, Any], attempt: Attempt, server: Server,
-                poll_s: float | None = None) -> dict[str, Any]:
+                poll_s: float | None = None, outputs_of: set[str] | None = None) -> dict[str, Any]:
         """Follow the prompt to its end; returns its /history entry.
 
         Events come from the server's websocket. When they stop for ``poll_s`` seconds, or the socket
         drops, the server is asked directly (/history is {} for running and unknown alike, so /queue
-        decides), and from a drop on it is polled every second.
+        decides), and from a drop on it is polled every second. When the socket saw the prompt succeed and
+        an ``executed`` event of every node in ``outputs_of``, those outputs stand in for /history (one
+        round trip less between the GPU finishing and the outputs moving).
         """
         pid, client = attempt.id, server.client
         titles = {k: (v.get("_meta") or {}).get("title") or v["class_type"] for k, v in graph.items()}
@@ -147,8 +161,11 @@ class Executor:
         deadline = time.monotonic() + timeout if timeout else None
         quiet_limit = poll_s or self.settings.event_timeout_s
         quiet_since = time.monotonic()
-        last_progress = checked_at = 0.0
+        last_progress = 0.0
+        checked_at = time.monotonic()  # cancel and timeout are checked every 0.5 s, not on the way to the GPU
         done: set[str] = set()
+        seen: dict[str, Any] = {}  # node id -> ui output, from executed events
+        succeeded = False
         interrupting: str | None = None  # why, once the prompt is being interrupted
         try:
             while True:
@@ -182,7 +199,13 @@ class Executor:
                 kind = event.get("type")
                 if kind == "execution_cached":
                     done.update(data.get("nodes") or [])
+                elif kind == "executed" and data.get("output") is not None:
+                    seen[str(data.get("node"))] = data["output"]
+                elif kind == "execution_success":
+                    succeeded = True
                 elif kind == "executing" and data.get("node") is None:
+                    if succeeded and not interrupting and outputs_of and outputs_of <= seen.keys():
+                        return {"outputs": seen, "status": {"status_str": "success", "completed": True}}
                     return self._check_history(client.history(pid) or {}, pid, interrupting)
                 elif kind == "executing":
                     done.add(data["node"])
@@ -351,6 +374,12 @@ class Executor:
     def _cancel_requested(self, job_id: str) -> bool:
         with self.db.session() as s:
             return bool(service.get_job(s, job_id).cancel_requested)
+
+    def _events(self, job_id: str, events: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """Several (kind, reason, data) events of a job in one commit."""
+        with self.db.session() as s:
+            s.add_all(JobEvent(job_id=job_id, kind=kind, reason=reason, data=data) for kind, reason, data in events)
+            s.commit()
 
     def _event(self, job_id: str, kind: str, reason: str, data: dict[str, Any] | None = None, **fields: Any) -> None:
         with self.db.session() as s:

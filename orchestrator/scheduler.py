@@ -14,9 +14,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlmodel import Session
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
 
 from orchestrator import service
 from orchestrator import templates as tpl
@@ -26,13 +28,15 @@ from orchestrator.executor import Executor
 from orchestrator.jobs import JobState
 from orchestrator.lock import load_lock
 from orchestrator.metrics import Metrics
-from orchestrator.models import Job, TemplateVersionRow
+from orchestrator.models import Job, TemplateVersionRow, now
+from orchestrator.notify import QUEUED
 from orchestrator.placement import Candidate, Placer, fair_order, unrunnable_reason
 from orchestrator.pool import Pool, Server
 from orchestrator.settings import Settings
 from orchestrator.training import jobs as training_jobs
 
 log = logging.getLogger(__name__)
+BATCH = 100  # queued jobs a dispatch round considers (the window warm-model affinity chooses from)
 
 
 class Dispatcher:
@@ -51,12 +55,17 @@ class Dispatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
         self._requirements: dict[tuple[int, str], Requirements] = {}
+        self._job_requirements: dict[str, Requirements] = {}  # a job's parameters never change
+        self._more = False  # the last round filled its whole batch: more jobs may be waiting behind it
         self._templates: dict[int, tpl.TemplateVersion] = {}
 
     def start(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
         """``dispatch=False, recover=False`` only renews this process's leases (``medialab run``)."""
         self.recovering = recover
+        if dispatch:  # a job queued by this process (API, retry) wakes the loop; others' jobs: the poll
+            self._unsubscribe = self.db.bell.subscribe(QUEUED, self.wake)
         loops = [(self._lease_loop, "leases")] + ([(self._dispatch_loop, "dispatch")] if dispatch else [])
         for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -69,6 +78,7 @@ class Dispatcher:
         self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._unsubscribe()
         self._stop.set()
         self._wake.set()
         for t in self._threads:
@@ -83,12 +93,16 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch round")
                 launched = 0
-            if not launched:
+            if not launched or not self._more:  # look again at once only when the batch was full and all placed
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
 
     def requirements(self, session: Session, job: Job) -> Requirements:
-        """What the job needs from a server (cached per template version and non-input parameters)."""
+        """What the job needs from a server (cached per job, and per template version and non-input parameters)."""
+        if job.id in self._job_requirements:
+            return self._job_requirements[job.id]
+        if len(self._job_requirements) > 65536:
+            self._job_requirements.clear()
         t = self._templates.get(job.template_version_id)
         if t is None:
             t = self._templates[job.template_version_id] = service.template_from_row(
@@ -100,11 +114,14 @@ class Dispatcher:
             if len(self._requirements) > 4096:
                 self._requirements.clear()
             self._requirements[key] = service.requirements(t, job.params)
+        self._job_requirements[job.id] = self._requirements[key]
         return self._requirements[key]
 
     def dispatch_once(self) -> int:
         """One round; returns how many attempts it started."""
         with self.db.session() as s:
+            if not self._anything_ready(s):  # the common wake-up (a slot freed, a poll): one cheap query
+                return 0
             views = self.pool.views(service.inflight_by_server(s))
             leased = training_jobs.leased_gpus(s, self.settings.trainer_lease_s)
         for v in views:
@@ -114,14 +131,20 @@ class Dispatcher:
             return 0
         launched = []
         with self.db.session() as s:
-            jobs = {j.id: j for j in service.queued_candidates(s)}
+            jobs = {j.id: j for j in service.queued_candidates(s, limit=BATCH)}
             order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
                                service.running_by_key(s))
             reqs = {c.id: self.requirements(s, jobs[c.id]) for c in order}
             plan = self.placer.plan([(c.id, c.priority, reqs[c.id]) for c in order], views)
             placed = {job_id for job_id, _view in plan}
+            self._more = len(jobs) >= BATCH and len(placed) == len(jobs)
+            reasons: dict[Requirements, str | None] = {}
             for c in order:
-                reason = None if c.id in placed else unrunnable_reason(reqs[c.id], views, self.lock)
+                if c.id in placed:
+                    continue
+                if reqs[c.id] not in reasons:
+                    reasons[reqs[c.id]] = unrunnable_reason(reqs[c.id], views, self.lock)
+                reason = reasons[reqs[c.id]]
                 if reason and all(v.caps for v in views if v.active):
                     service.transition(s, c.id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
                                        error={"message": reason})
@@ -139,6 +162,12 @@ class Dispatcher:
                 self.metrics.dispatch_latency.observe(max(time.time() - job.queued_at.timestamp(), 0.0))
             self._runners.submit(self._run, attempt_id, server, False)
         return len(launched)
+
+    @staticmethod
+    def _anything_ready(session: Session) -> bool:
+        q = select(Job.id).where(Job.kind == "comfy", Job.state == JobState.QUEUED,
+                                 or_(col(Job.run_after).is_(None), col(Job.run_after) <= now())).limit(1)
+        return session.exec(q).first() is not None
 
     def _run(self, attempt_id: str, server: Server, resume: bool) -> None:
         try:

@@ -265,8 +265,22 @@ _PY_TYPES: dict[ParamType, type] = {
 }
 
 
+_PARAMS_MODELS: dict[tuple[str, int, str, str], type[BaseModel]] = {}
+
+
 def params_model(t: TemplateVersion) -> type[BaseModel]:
-    """A pydantic model of the template's parameters; its JSON Schema draws the frontend's form."""
+    """A pydantic model of the template's parameters; its JSON Schema draws the frontend's form.
+    Built once per version and parameter list (building one costs milliseconds, every submit needs it)."""
+    key = (t.name, t.version, t.manifest.title, repr(t.manifest.parameters))
+    model = _PARAMS_MODELS.get(key)
+    if model is None:
+        if len(_PARAMS_MODELS) >= 1024:
+            _PARAMS_MODELS.clear()
+        model = _PARAMS_MODELS[key] = _build_params_model(t)
+    return model
+
+
+def _build_params_model(t: TemplateVersion) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for p in t.manifest.parameters:
         py: Any = Literal[tuple(p.choices)] if p.type == ParamType.choice else _PY_TYPES[p.type]  # type: ignore[misc]

@@ -1,4 +1,3 @@
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -14,6 +13,7 @@ from orchestrator.api.schemas import EventOut, JobOut, JobSubmit
 from orchestrator.context import Context
 from orchestrator.jobs import JobState
 from orchestrator.models import Job
+from orchestrator.notify import AsyncWaiter
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -68,14 +68,18 @@ async def events(job_id: str, ctx: CtxDep, _: AnyKey, last_event_id: Annotated[i
         return so_far
 
     async def stream() -> AsyncIterator[dict]:
+        """Woken by the job's bell when this process commits an event of it; polls every 0.2 s anyway
+        (another replica may run the job)."""
         after = last_event_id or 0
-        while True:
-            batch, state = await run_in_threadpool(_poll, ctx, job_id, after)
-            for e in batch:
-                after = e.id
-                yield {"id": str(e.id), "event": e.kind, "data": json.dumps(e.model_dump(mode="json"))}
-            if state.terminal and not batch:
-                return
-            await asyncio.sleep(0.2)
+        with AsyncWaiter(ctx.db.bell, job_id) as bell:
+            while True:
+                bell.clear()
+                batch, state = await run_in_threadpool(_poll, ctx, job_id, after)
+                for e in batch:
+                    after = e.id
+                    yield {"id": str(e.id), "event": e.kind, "data": json.dumps(e.model_dump(mode="json"))}
+                if state.terminal and (not batch or batch[-1].kind == "state" and batch[-1].state == state):
+                    return
+                await bell.wait(0.2)
 
     return EventSourceResponse(stream(), ping=15)
