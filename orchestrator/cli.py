@@ -278,7 +278,9 @@ def jobs_watch(job_id: str) -> None:
 def jobs_cancel(job_id: str) -> None:
     with session() as s:
         job = service.cancel_job(s, job_id)
-    note = " (cancel requested; the running prompt is interrupted by its id)" if job.state == JobState.RUNNING else ""
+    how = "its trainer stops sd-scripts' process group" if job.kind == "training" else \
+        "the running prompt is interrupted by its id"
+    note = f" (cancel requested; {how})" if job.state == JobState.RUNNING else ""
     console.print(f"job {job.id} {job.state.value}{note}")
 
 

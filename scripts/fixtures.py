@@ -125,7 +125,7 @@ def character_lora(path: Path, rank: int = 4) -> None:
 # and sd-scripts builds its own fixed U-Net, so both need the full layout.
 SD15_FULL_UNET = dict(SD15_TINY_UNET, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
                       transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-                      transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+                      transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])  # popped from the end
 
 
 def sd15_full(path: Path) -> None:

@@ -206,7 +206,8 @@ def describe_errors(exc: ValidationError) -> list[str]:
 def spec_from(preset: str | None, overrides: dict[str, Any]) -> TrainingSpec:
     """A validated spec: the preset's values (if any) with ``overrides`` on top; InvalidInput names each problem.
 
-    Overriding one of max_train_steps/max_train_epochs drops the preset's other one.
+    Overriding one of max_train_steps/max_train_epochs drops the preset's other one; a shorter run than the
+    preset's keeps its save/sample intervals within the run (at most max_train_steps) unless they are given.
     """
     values: dict[str, Any] = {}
     if preset is not None:
@@ -218,6 +219,11 @@ def spec_from(preset: str | None, overrides: dict[str, Any]) -> TrainingSpec:
             values.pop(b, None)
     if overrides.get("network_train_unet_only") and "text_encoder_lr" not in overrides:
         values.pop("text_encoder_lr", None)
+    steps = overrides.get("max_train_steps")
+    if isinstance(steps, int) and steps > 0:
+        for name in ("save_every_n_steps", "sample_every_n_steps"):
+            if name not in overrides and isinstance(values.get(name), int) and values[name] > steps:
+                values[name] = steps
     values.update(overrides)
     try:
         return TrainingSpec.model_validate(values)

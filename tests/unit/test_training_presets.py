@@ -98,3 +98,16 @@ def test_spec_is_immutable_and_serialisable():
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
         spec.trigger = "x"  # type: ignore[misc]
     assert TrainingSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_a_short_run_keeps_the_presets_intervals_within_it():
+    from orchestrator.training.presets import PRESETS, spec_from
+
+    spec = spec_from("sd15-character", {"max_train_steps": 60, "trigger": "mlchar"})
+    preset = PRESETS["sd15-character"]
+    assert spec.max_train_steps == 60
+    for name in ("save_every_n_steps", "sample_every_n_steps"):
+        wanted = getattr(preset, name)
+        assert getattr(spec, name) == (min(wanted, 60) if wanted else wanted)
+    with pytest.raises(InvalidInput, match="save_every_n_steps 400 is larger than max_train_steps 60"):
+        spec_from("sd15-character", {"max_train_steps": 60, "save_every_n_steps": 400, "trigger": "mlchar"})
