@@ -72,6 +72,7 @@ class ModeResult:
     makespan_s: float  # simulated seconds
     lower_bound_s: float
     utilization: float
+    steady_utilization: float  # until the queue emptied (the last job was dispatched): no tail of stragglers
     work_share: float  # job work / busy time (the rest is model loading)
     loads: int
     placements: int
@@ -94,6 +95,11 @@ def submit_all(ctx: Context, work: list[wl.SimJob]) -> None:
                 checked[j.model] = service.validate_job(s, ctx.pool, wl.TEMPLATE, j.params)
             row, t, _ = checked[j.model]
             service.create_job(s, row, t, {**checked[j.model][2], **j.params})
+
+
+def count_queued(ctx: Context) -> int:
+    with ctx.db.session() as s:
+        return s.exec(select(func.count()).where(Job.state == JobState.QUEUED)).one()
 
 
 def count_done(ctx: Context) -> tuple[int, int]:
@@ -123,8 +129,11 @@ def run_mode(mode: str, args: argparse.Namespace, work: list[wl.SimJob], models:
             _instrument(place_cpu, round_cpu)
             try:
                 start = time.time()
+                drained = None
                 ctx.start_dispatcher()
                 while (done := count_done(ctx))[0] < len(work):
+                    if drained is None and count_queued(ctx) == 0:
+                        drained = time.time()
                     time.sleep(0.25)
                 run_s = time.time() - start
             finally:
@@ -135,11 +144,14 @@ def run_mode(mode: str, args: argparse.Namespace, work: list[wl.SimJob], models:
     end = max(s["last_end"] or start for s in stats)
     makespan = (end - start) / scale
     busy = sum(s["busy_s"] for s in stats) / scale
+    drained = drained or end
+    steady = sum(max(0.0, min(e, drained) - max(b, start)) for s in stats for b, e in s["intervals"])
     placements = sum(s["jobs"] for s in stats)
     return ModeResult(
         mode=mode, servers=args.servers, jobs=len(work), succeeded=done[1], makespan_s=round(makespan, 1),
         lower_bound_s=round(wl.lower_bound_s(work, args.servers), 1),
         utilization=round(busy / (args.servers * makespan), 4),
+        steady_utilization=round(steady / (args.servers * (drained - start)), 4),
         work_share=round(sum(j.duration_s for j in work) / busy, 4) if busy else 0.0,
         loads=sum(s["loads"] for s in stats), placements=placements,
         placement_cpu_us=round(place_cpu.seconds / max(placements, 1) * 1e6, 1),
@@ -177,18 +189,19 @@ def report(results: list[ModeResult], args: argparse.Namespace, models: dict[str
              f"1 simulated s = {args.time_scale:g} ms real",
              f"job durations (simulated s): mean {statistics.mean(durations):.1f}, min {min(durations):.1f}, "
              f"max {max(durations):.1f}; model loads {min(models.values()):.1f}-{max(models.values()):.1f} s",
-             "", f"{'mode':<12} {'done':>7} {'util':>7} {'makespan':>10} {'bound':>9} {'ratio':>6} "
+             "", f"{'mode':<12} {'done':>7} {'util':>7} {'steady':>7} {'makespan':>10} {'bound':>9} {'ratio':>6} "
              f"{'loads':>7} {'place/job':>10} {'round/job':>10} {'wall':>7}"]
     for r in results:
-        lines.append(f"{r.mode:<12} {r.succeeded:>7} {r.utilization * 100:6.1f}% {r.makespan_s:>9.0f}s "
-                     f"{r.lower_bound_s:>8.0f}s {r.makespan_ratio:>6.2f} {r.loads:>7} {r.placement_cpu_us:>8.0f}us "
-                     f"{r.dispatch_cpu_us:>8.0f}us {r.run_s:>6.0f}s")
+        lines.append(f"{r.mode:<12} {r.succeeded:>7} {r.utilization * 100:6.1f}% {r.steady_utilization * 100:6.1f}% "
+                     f"{r.makespan_s:>9.0f}s {r.lower_bound_s:>8.0f}s {r.makespan_ratio:>6.2f} {r.loads:>7} "
+                     f"{r.placement_cpu_us:>8.0f}us {r.dispatch_cpu_us:>8.0f}us {r.run_s:>6.0f}s")
     by = {r.mode: r for r in results}
     if "affinity" in by and "round_robin" in by:
         a, rr = by["affinity"], by["round_robin"]
         lines.append(f"\nmodel loads: round-robin {rr.loads} / affinity {a.loads} = "
                      f"{rr.loads / max(a.loads, 1):.1f}x fewer with affinity (target >= 3x)")
-    lines.append("utilization target >= 95%; util = busy time incl. loads / (servers x makespan)")
+    lines.append("utilization target >= 95%; util = busy time incl. loads / (servers x makespan); steady = the "
+                 "same until the queue emptied (before the tail of the last jobs)")
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import heapq
+from collections import Counter, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,6 +97,7 @@ class Placer:
         """(job, server) for the jobs placed now, in the given order. ``jobs`` are (id, priority,
         requirements) in dispatch order; the views' ``inflight`` and ``warm`` are updated as jobs are placed."""
         placed: dict[int, ServerView] = {}
+        free = [s for s in servers if s.inflight < self.max_inflight]  # only these can take a job this round
 
         def take(i: int, s: ServerView) -> None:
             req = jobs[i][2]
@@ -123,17 +125,17 @@ class Placer:
 
         for i, (jid, _prio, req) in enumerate(jobs):  # 1. due: no model to be warm for, or passed over enough
             if not req.models or self.passed.get(jid, 0) >= self.max_bypass:
-                ready = [s for s in servers if self._ready(s, req)]
+                ready = [s for s in free if self._ready(s, req)]
                 if ready:
                     take(i, min(ready, key=lambda s: (s.inflight > 0, not _warm(s, req), s.inflight, s.url)))
         for i, (_jid, _prio, req) in enumerate(jobs):  # 2. a server that holds the job's models
             if i not in placed:
-                warm = [s for s in servers if _warm(s, req) and self._ready(s, req) and not overtakes(i, s)]
+                warm = [s for s in free if _warm(s, req) and self._ready(s, req) and not overtakes(i, s)]
                 if warm:
                     take(i, min(warm, key=lambda s: (s.inflight, s.url)))
         for i, (_jid, _prio, req) in enumerate(jobs):  # 3. idle servers take the oldest jobs they can run
             if i not in placed:
-                idle = [s for s in servers if s.inflight == 0 and self._ready(s, req)]
+                idle = [s for s in free if s.inflight == 0 and self._ready(s, req)]
                 if idle:
                     take(i, min(idle, key=lambda s: s.url))
         passed: dict[Hashable, int] = {}
@@ -197,12 +199,20 @@ C = TypeVar("C", bound=Candidate)
 def fair_order(candidates: Sequence[C], running_by_key: dict[Hashable, int]) -> list[C]:
     """Candidates in dispatch order: priority, then fair share across keys, then age."""
     running = Counter(running_by_key)
-    left = sorted(candidates, key=lambda c: (-c.priority, c.order))
+    levels: dict[int, dict[Hashable, deque[C]]] = {}  # priority -> key -> its candidates, oldest first
+    for c in sorted(candidates, key=lambda c: (-c.priority, c.order)):
+        levels.setdefault(c.priority, {}).setdefault(c.key, deque()).append(c)
     out: list[C] = []
-    while left:
-        top = left[0].priority
-        best = min((c for c in left if c.priority == top), key=lambda c: (running[c.key], c.order))
-        out.append(best)
-        running[best.key] += 1
-        left.remove(best)
+    for priority in sorted(levels, reverse=True):  # each step: the key with the fewest running, then the oldest
+        queues = list(levels[priority].values())
+        heap = [(running[q[0].key], q[0].order, i) for i, q in enumerate(queues)]
+        heapq.heapify(heap)
+        while heap:
+            _, _, i = heapq.heappop(heap)
+            q = queues[i]
+            best = q.popleft()
+            out.append(best)
+            running[best.key] += 1
+            if q:
+                heapq.heappush(heap, (running[best.key], q[0].order, i))
     return out

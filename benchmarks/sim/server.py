@@ -83,6 +83,7 @@ class SimServer:
     loads: int = 0
     jobs: int = 0
     first_start: float | None = None
+    intervals: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each prompt, wall clock
     last_end: float | None = None
     counter: int = 0
     image: bytes = field(default_factory=png)
@@ -175,6 +176,7 @@ class SimServer:
         self.busy_s += end - start
         self.jobs += 1
         self.last_end = end
+        self.intervals.append((start, end))
         if status == "success":
             messages.append(["execution_success", {"prompt_id": pid, "timestamp": int(end * 1000)}])
         self.history[pid] = {"prompt": p.item, "outputs": outputs,
@@ -269,7 +271,8 @@ class SimServer:
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response({"busy_s": self.busy_s, "loads": self.loads, "jobs": self.jobs,
-                                  "first_start": self.first_start, "last_end": self.last_end, "warm": self.warm})
+                                  "first_start": self.first_start, "last_end": self.last_end, "warm": self.warm,
+                                  "intervals": self.intervals})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30)

@@ -73,3 +73,29 @@ def test_round_robin_takes_servers_in_turn_idle_first() -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="round_robin"):
         Placer("random")
+
+
+def test_fair_order_matches_the_plain_definition_on_random_queues() -> None:
+    """The heap-based fair_order gives the order of its definition: priority, then the key with the fewest
+    running jobs, then the oldest job (checked against a direct O(n^2) transcription)."""
+    import random
+    from collections import Counter
+
+    from orchestrator.placement import Candidate, fair_order
+
+    def reference(cands: list[Candidate], running_by_key: dict) -> list[Candidate]:
+        running, left, out = Counter(running_by_key), sorted(cands, key=lambda c: (-c.priority, c.order)), []
+        while left:
+            top = left[0].priority
+            best = min((c for c in left if c.priority == top), key=lambda c: (running[c.key], c.order))
+            out.append(best)
+            running[best.key] += 1
+            left.remove(best)
+        return out
+
+    rnd = random.Random(7)
+    for _ in range(200):
+        cands = [Candidate(f"j{i}", rnd.choice([0, 0, 5]), rnd.choice(["a", "b", "c", None]), rnd.random())
+                 for i in range(rnd.randint(0, 40))]
+        running = {k: rnd.randint(0, 4) for k in ("a", "b", None) if rnd.random() < 0.7}
+        assert [c.id for c in fair_order(cands, running)] == [c.id for c in reference(cands, running)]
