@@ -14,9 +14,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlmodel import Session
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
 
 from orchestrator import service
 from orchestrator import templates as tpl
@@ -26,7 +28,8 @@ from orchestrator.executor import Executor
 from orchestrator.jobs import JobState
 from orchestrator.lock import load_lock
 from orchestrator.metrics import Metrics
-from orchestrator.models import Job, TemplateVersionRow
+from orchestrator.models import Job, TemplateVersionRow, now
+from orchestrator.notify import QUEUED
 from orchestrator.placement import Candidate, Placer, fair_order, unrunnable_reason
 from orchestrator.pool import Pool, Server
 from orchestrator.settings import Settings
@@ -52,6 +55,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
         self._requirements: dict[tuple[int, str], Requirements] = {}
         self._job_requirements: dict[str, Requirements] = {}  # a job's parameters never change
         self._more = False  # the last round filled its whole batch: more jobs may be waiting behind it
@@ -60,6 +64,8 @@ class Dispatcher:
     def start(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
         """``dispatch=False, recover=False`` only renews this process's leases (``medialab run``)."""
         self.recovering = recover
+        if dispatch:  # a job queued by this process (API, retry) wakes the loop; others' jobs: the poll
+            self._unsubscribe = self.db.bell.subscribe(QUEUED, self.wake)
         loops = [(self._lease_loop, "leases")] + ([(self._dispatch_loop, "dispatch")] if dispatch else [])
         for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -72,6 +78,7 @@ class Dispatcher:
         self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._unsubscribe()
         self._stop.set()
         self._wake.set()
         for t in self._threads:
@@ -113,6 +120,8 @@ class Dispatcher:
     def dispatch_once(self) -> int:
         """One round; returns how many attempts it started."""
         with self.db.session() as s:
+            if not self._anything_ready(s):  # the common wake-up (a slot freed, a poll): one cheap query
+                return 0
             views = self.pool.views(service.inflight_by_server(s))
             leased = training_jobs.leased_gpus(s, self.settings.trainer_lease_s)
         for v in views:
@@ -153,6 +162,12 @@ class Dispatcher:
                 self.metrics.dispatch_latency.observe(max(time.time() - job.queued_at.timestamp(), 0.0))
             self._runners.submit(self._run, attempt_id, server, False)
         return len(launched)
+
+    @staticmethod
+    def _anything_ready(session: Session) -> bool:
+        q = select(Job.id).where(Job.kind == "comfy", Job.state == JobState.QUEUED,
+                                 or_(col(Job.run_after).is_(None), col(Job.run_after) <= now())).limit(1)
+        return session.exec(q).first() is not None
 
     def _run(self, attempt_id: str, server: Server, resume: bool) -> None:
         try:
