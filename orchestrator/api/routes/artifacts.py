@@ -2,13 +2,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sqlmodel import Session
 
 from orchestrator import service
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, ExportKey, RunKey, SessionDep
 from orchestrator.api.schemas import ArtifactOut
+from orchestrator.context import Context
 from orchestrator.models import Artifact
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
@@ -60,9 +61,8 @@ def download_url(artifact_id: str, request: Request, ctx: CtxDep, session: Sessi
     return DownloadUrl(url=str(request.url_for("content", artifact_id=art.id)), expires_at=None, presigned=False)
 
 
-@router.get("/{artifact_id}/content", response_class=StreamingResponse)
-def content(artifact_id: str, ctx: CtxDep, session: SessionDep, _: ExportKey):  # noqa: ANN201
-    art = service.get_artifact(session, artifact_id)
+def bytes_response(ctx: Context, art: Artifact, attachment: bool = True) -> Response:
+    """The artifact's bytes: the file itself on local disk, else streamed from the store in 1 MiB reads."""
     path = ctx.store.local_path(art.key)
     if path is not None:
         return FileResponse(path, media_type=art.content_type, filename=art.filename)
@@ -74,9 +74,15 @@ def content(artifact_id: str, ctx: CtxDep, session: SessionDep, _: ExportKey):  
         finally:
             f.close()
 
-    return StreamingResponse(chunks(), media_type=art.content_type,
-                             headers={"Content-Disposition": f'attachment; filename="{art.filename}"',
-                                      "Content-Length": str(art.size)})
+    headers = {"Content-Length": str(art.size)}
+    if attachment:
+        headers["Content-Disposition"] = f'attachment; filename="{art.filename}"'
+    return StreamingResponse(chunks(), media_type=art.content_type, headers=headers)
+
+
+@router.get("/{artifact_id}/content", response_class=StreamingResponse)
+def content(artifact_id: str, ctx: CtxDep, session: SessionDep, _: ExportKey):  # noqa: ANN201
+    return bytes_response(ctx, service.get_artifact(session, artifact_id))
 
 
 @router.delete("/{artifact_id}", response_model=ArtifactOut)

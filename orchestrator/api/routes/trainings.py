@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from orchestrator import service
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, require
-from orchestrator.api.routes.artifacts import artifact_out
+from orchestrator.api.routes.artifacts import artifact_out, bytes_response
 from orchestrator.api.routes.jobs import job_out
 from orchestrator.api.schemas import (
     ArtifactOut,
@@ -89,19 +89,7 @@ def claim(body: TrainerHello, ctx: CtxDep, session: SessionDep, _: TrainKey) -> 
 def dataset(attempt_id: str, trainer: str, ctx: CtxDep, session: SessionDep, _: TrainKey):  # noqa: ANN201
     """The dataset tar of the claimed job."""
     _attempt, job = tj.held_attempt(session, attempt_id, trainer)
-    art = service.get_artifact(session, job.params["dataset"])
-    path = ctx.store.local_path(art.key)
-    if path is not None:
-        return FileResponse(path, media_type=art.content_type, filename=art.filename)
-    f = ctx.store.open(art.key)
-
-    def chunks():  # noqa: ANN202
-        try:
-            yield from iter(lambda: f.read(1 << 20), b"")
-        finally:
-            f.close()
-
-    return StreamingResponse(chunks(), media_type=art.content_type, headers={"Content-Length": str(art.size)})
+    return bytes_response(ctx, service.get_artifact(session, job.params["dataset"]), attachment=False)
 
 
 @router.get("/trainer/checkpoints/{name:path}", response_class=FileResponse)
