@@ -8,9 +8,11 @@ CLI) ring nothing here, so every follower keeps polling as the fallback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterable
 
+log = logging.getLogger(__name__)
 QUEUED = "queued"  # rung when any job (re-)enters QUEUED
 
 
@@ -40,7 +42,10 @@ class Bell:
         with self._lock:
             callbacks = [cb for k in keys for cb in self._subs.get(k, ())]
         for cb in callbacks:
-            cb()
+            try:
+                cb()
+            except Exception:  # a listener that went away (e.g. its event loop closed) never fails a commit
+                log.debug("bell listener failed", exc_info=True)
 
 
 class AsyncWaiter:

@@ -31,6 +31,18 @@ def test_bell_calls_subscribers_of_the_key_until_unsubscribed() -> None:
     assert heard == ["a", "b"]
 
 
+def test_a_failing_listener_does_not_stop_the_others() -> None:
+    bell, heard = Bell(), []
+
+    def gone() -> None:
+        raise RuntimeError("Event loop is closed")
+
+    bell.subscribe("a", gone)
+    bell.subscribe("a", lambda: heard.append("a"))
+    bell.ring(["a"])
+    assert heard == ["a"]
+
+
 def test_commit_rings_the_job_and_queued(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     heard = listen(db.bell, QUEUED)
