@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import mimetypes
 from collections.abc import Iterable
 from datetime import timedelta
@@ -151,12 +152,23 @@ def get_template(session: Session, name: str, version: int | None = None) -> tup
 
 
 # -- artifacts -------------------------------------------------------------------------------------
+SNIFF_HEAD = 1 << 20  # bytes read to recognise an image by its header
+VERIFY_MAX = 64 << 20  # an image up to this size is verified whole; a bigger one on its header alone
+
+
 def sniff(f: BinaryIO, filename: str) -> tuple[str, int | None, int | None]:
-    """(content type, width, height): images by decoding them, anything else by its name."""
+    """(content type, width, height): images by decoding them, anything else by its name.
+
+    Reads a bounded head first: an object store's stream cannot seek, and PIL would read all of a
+    non-seekable file into memory (a 2 GB video) just to find it is not an image."""
     try:
-        with Image.open(f) as im:
+        head = f.read(SNIFF_HEAD)
+        with Image.open(io.BytesIO(head)) as im:
             fmt, (w, h) = im.format or "octet-stream", im.size
-            im.verify()
+        data = head + (f.read(VERIFY_MAX - len(head)) if len(head) == SNIFF_HEAD else b"")
+        if len(data) < VERIFY_MAX:
+            with Image.open(io.BytesIO(data)) as im:
+                im.verify()
         return f"image/{fmt.lower()}", w, h
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         pass
