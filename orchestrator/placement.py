@@ -71,10 +71,12 @@ class Placer:
     """Places a dispatch round's jobs (in fair order) on servers; the state it keeps between rounds is
     the number of times each waiting job was passed over, and the round-robin cursor (no I/O).
 
-    ``affinity`` (the default): a job goes to a server that already holds its models whenever one has a
-    free slot, even ahead of older jobs of the same priority; an idle server takes the oldest job it can
-    run, loading its model (never an idle GPU while work waits); a job that ``max_bypass`` later jobs of
-    its priority have started ahead of takes the next free slot anywhere (so nothing waits for ever).
+    ``affinity`` (the default): an idle server takes a job whose models it holds, else the oldest job it
+    can run, loading its model (never an idle GPU while work waits; it leaves alone, while others are
+    waiting, jobs that a busy server holding their models could queue); a busy server's free slot takes
+    only jobs whose models it holds, even ahead of older jobs of the same priority; a job that
+    ``max_bypass`` later jobs of its priority have started ahead of takes the next free slot anywhere
+    (so nothing waits for ever).
     A job never overtakes an older job of a higher priority that could use the same server.
     ``round_robin``: oldest job first, to the next server in turn with a free slot (idle ones first),
     blind to loaded models (the baseline the scheduling benchmark compares with).
@@ -128,16 +130,24 @@ class Placer:
                 ready = [s for s in free if self._ready(s, req)]
                 if ready:
                     take(i, min(ready, key=lambda s: (s.inflight > 0, not _warm(s, req), s.inflight, s.url)))
-        for i, (_jid, _prio, req) in enumerate(jobs):  # 2. a server that holds the job's models
+        for i, (_jid, _prio, req) in enumerate(jobs):  # 2. an idle server that holds the job's models
+            if i not in placed:
+                warm = [s for s in free if s.inflight == 0 and _warm(s, req) and self._ready(s, req)
+                        and not overtakes(i, s)]
+                if warm:
+                    take(i, min(warm, key=lambda s: s.url))
+        for first in (True, False):  # 3. idle servers: the oldest jobs no busy server holding their models
+            for i, (_jid, _prio, req) in enumerate(jobs):  # could queue, then the oldest of the rest
+                if i in placed or first and any(_warm(s, req) and self._ready(s, req) for s in free):
+                    continue
+                idle = [s for s in free if s.inflight == 0 and self._ready(s, req) and not overtakes(i, s)]
+                if idle:
+                    take(i, min(idle, key=lambda s: s.url))
+        for i, (_jid, _prio, req) in enumerate(jobs):  # 4. a busy server's free slot, if it holds the models
             if i not in placed:
                 warm = [s for s in free if _warm(s, req) and self._ready(s, req) and not overtakes(i, s)]
                 if warm:
                     take(i, min(warm, key=lambda s: (s.inflight, s.url)))
-        for i, (_jid, _prio, req) in enumerate(jobs):  # 3. idle servers take the oldest jobs they can run
-            if i not in placed:
-                idle = [s for s in free if s.inflight == 0 and self._ready(s, req)]
-                if idle:
-                    take(i, min(idle, key=lambda s: s.url))
         passed: dict[Hashable, int] = {}
         later: Counter[int] = Counter()  # placed jobs after this position, by priority
         for i in range(len(jobs) - 1, -1, -1):

@@ -99,3 +99,12 @@ def test_fair_order_matches_the_plain_definition_on_random_queues() -> None:
                  for i in range(rnd.randint(0, 40))]
         running = {k: rnd.randint(0, 4) for k in ("a", "b", None) if rnd.random() < 0.7}
         assert [c.id for c in fair_order(cands, running)] == [c.id for c in reference(cands, running)]
+
+
+def test_a_lone_job_goes_to_an_idle_server_rather_than_queue_behind_a_warm_busy_one() -> None:
+    servers = [server("s1", warm="a.safetensors", inflight=1), server("s2")]
+    assert names(Placer().plan([("j1", 0, req("a.safetensors"))], servers)) == [("j1", "s2")]
+    # with more work waiting, the idle server takes the job no warm server could queue
+    servers = [server("s1", warm="a.safetensors", inflight=1), server("s2")]
+    plan = Placer().plan([("j1", 0, req("a.safetensors")), ("j2", 0, req("b.safetensors"))], servers)
+    assert names(plan) == [("j1", "s1"), ("j2", "s2")]
