@@ -127,7 +127,7 @@ class Placer:
 
         for i, (jid, _prio, req) in enumerate(jobs):  # 1. due: no model to be warm for, or passed over enough
             if not req.models or self.passed.get(jid, 0) >= self.max_bypass:
-                ready = [s for s in free if self._ready(s, req)]
+                ready = [s for s in free if self._ready(s, req) and not overtakes(i, s)]
                 if ready:
                     take(i, min(ready, key=lambda s: (s.inflight > 0, not _warm(s, req), s.inflight, s.url)))
         for i, (_jid, _prio, req) in enumerate(jobs):  # 2. an idle server that holds the job's models

@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -164,6 +165,8 @@ def fetch_to(m: ModelLock, part: Path, mirror: Path | None) -> None:
     """Append the rest of the file to ``part`` (resuming what is there), from the mirror or the URL."""
     part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
+    if m.size is not None and have >= m.size:  # a run stopped between download and verify: nothing to fetch
+        return
     if mirror is not None:
         src = mirror_file(m, mirror)
         with src.open("rb") as fin, part.open("ab") as fout:
@@ -178,6 +181,10 @@ def fetch_to(m: ModelLock, part: Path, mirror: Path | None) -> None:
             mode = "ab" if have and r.status == 206 else "wb"  # a server that ignores Range sends it all again
             with part.open(mode) as fout:
                 shutil.copyfileobj(r, fout, CHUNK)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing after what we have: the download was complete
+            return
+        raise BootstrapError(f"model {m.ref}: download from {m.url} failed ({exc}); run again to resume") from exc
     except OSError as exc:
         raise BootstrapError(f"model {m.ref}: download from {m.url} failed ({exc}); run again to resume") from exc
 

@@ -108,3 +108,14 @@ def test_a_lone_job_goes_to_an_idle_server_rather_than_queue_behind_a_warm_busy_
     servers = [server("s1", warm="a.safetensors", inflight=1), server("s2")]
     plan = Placer().plan([("j1", 0, req("a.safetensors")), ("j2", 0, req("b.safetensors"))], servers)
     assert names(plan) == [("j1", "s1"), ("j2", "s2")]
+
+
+def test_a_job_without_models_does_not_overtake_a_higher_priority_job_for_ever() -> None:
+    """A stream of model-less low-priority jobs must not starve an older high-priority job that needs a model
+    (found in review: step 1 placed the model-less job first on every round)."""
+    placer = Placer()
+    upscale = Requirements(NODES, frozenset())
+    for n in range(3):
+        servers = [server("s1", warm="c.safetensors")]  # idle, can run both
+        plan = placer.plan([("high", 10, req("a.safetensors")), (f"low{n}", 0, upscale)], servers)
+        assert names(plan) == [("high", "s1")]

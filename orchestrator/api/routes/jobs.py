@@ -69,7 +69,8 @@ async def events(job_id: str, ctx: CtxDep, _: AnyKey, last_event_id: Annotated[i
 
     async def stream() -> AsyncIterator[dict]:
         """Woken by the job's bell when this process commits an event of it; polls every 0.2 s anyway
-        (another replica may run the job)."""
+        (another replica may run the job). After the final state it looks once more (an event may follow it,
+        e.g. a trained LoRA's distribution) and ends when nothing new came."""
         after = last_event_id or 0
         with AsyncWaiter(ctx.db.bell, job_id) as bell:
             while True:
@@ -78,7 +79,7 @@ async def events(job_id: str, ctx: CtxDep, _: AnyKey, last_event_id: Annotated[i
                 for e in batch:
                     after = e.id
                     yield {"id": str(e.id), "event": e.kind, "data": json.dumps(e.model_dump(mode="json"))}
-                if state.terminal and (not batch or batch[-1].kind == "state" and batch[-1].state == state):
+                if state.terminal and not batch:
                     return
                 await bell.wait(0.2)
 
