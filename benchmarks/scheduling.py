@@ -166,20 +166,13 @@ def _instrument(place_cpu: CpuMeter, round_cpu: CpuMeter) -> None:
     """Time the placement decision and whole dispatch rounds (thread CPU) without changing them."""
     _saved["round"] = sched.Dispatcher.dispatch_once
     sched.Dispatcher.dispatch_once = round_cpu.wrap(sched.Dispatcher.dispatch_once)  # type: ignore[method-assign]
-    if hasattr(placement, "Placer"):
-        _saved["plan"] = placement.Placer.plan
-        placement.Placer.plan = place_cpu.wrap(placement.Placer.plan)  # type: ignore[method-assign]
-    else:  # the per-job place() of the original scheduler
-        _saved["place"] = sched.place
-        sched.place = place_cpu.wrap(sched.place)
+    _saved["plan"] = placement.Placer.plan
+    placement.Placer.plan = place_cpu.wrap(placement.Placer.plan)  # type: ignore[method-assign]
 
 
 def _uninstrument() -> None:
     sched.Dispatcher.dispatch_once = _saved.pop("round")  # type: ignore[method-assign]
-    if "plan" in _saved:
-        placement.Placer.plan = _saved.pop("plan")  # type: ignore[method-assign]
-    if "place" in _saved:
-        sched.place = _saved.pop("place")
+    placement.Placer.plan = _saved.pop("plan")  # type: ignore[method-assign]
 
 
 def report(results: list[ModeResult], args: argparse.Namespace, models: dict[str, float],

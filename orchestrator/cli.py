@@ -402,7 +402,7 @@ def templates_diff(name: str, a: int, b: int) -> None:
 
 
 @keys_app.command("create")
-def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="admin, run, publish, export")],
+def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="admin, run, publish, export, train")],
                 name: str = "cli") -> None:
     """Create an API key with the given roles; the key is printed once."""
     with session() as s:
