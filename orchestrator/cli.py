@@ -31,6 +31,7 @@ from orchestrator.models import Job, ServerRow
 from orchestrator.placement import place
 from orchestrator.pool import probe
 from orchestrator.settings import get_settings
+from orchestrator.training import jobs as training_jobs
 
 app = typer.Typer(help="Media Lab: versioned ComfyUI templates run on ComfyUI servers.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List, show, watch and cancel jobs.", no_args_is_help=True)
@@ -193,8 +194,12 @@ def run(template: str,
         with ctx.db.session() as s:
             job = service.submit_job(s, pool, template, values, version)
             _row, t = service.get_template(s, template, version)
-            view = place(service.requirements(t, job.params), pool.views(service.inflight_by_server(s)),
-                         max_inflight=1_000_000)  # run now: ComfyUI queues it behind other work
+            views = pool.views(service.inflight_by_server(s))
+            leased = training_jobs.leased_gpus(s, ctx.settings.trainer_lease_s)
+            for v in views:
+                v.gpu_leased = v.url in leased  # a trainer holds that GPU: no inference there meanwhile
+            view = place(service.requirements(t, job.params), views, max_inflight=1_000_000,  # run now: ComfyUI
+                         lock=load_lock() if ctx.settings.require_lock else None)  # queues it behind other work
             if view is None:
                 raise Unavailable(f"no healthy server can run job {job.id} now; it stays QUEUED for a running "
                                   "'medialab serve'")
