@@ -12,12 +12,10 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from sqlmodel import select
 
 from orchestrator import cli, service
 from orchestrator.errors import InvalidInput, MediaLabError
 from orchestrator.jobs import JobState
-from orchestrator.models import LoraModel
 from orchestrator.settings import get_settings
 from orchestrator.training import dataset_store, registry
 from orchestrator.training import jobs as tj
@@ -107,7 +105,7 @@ def train(
                 cli.err.print(f"[red]job {final.id} {final.state.value}[/red] {(final.error or {}).get('message', '')}")
                 raise typer.Exit(1)
             with ctx.db.session() as s:
-                model = s.exec(select(LoraModel).where(LoraModel.job_id == job.id)).first()
+                model = tj.latest_model(s, job.id)
             if model:
                 cli.console.print(f"[green]registered[/green] {model.filename} ({model.state}), sha256 "
                                   f"{model.sha256[:12]}: use it with --set lora={model.filename}")

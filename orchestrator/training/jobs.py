@@ -165,7 +165,12 @@ def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
     """Renew the claim and record progress; the reply says whether the job is to be cancelled."""
     attempt, job = held_attempt(session, attempt_id, name)
     until = now() + timedelta(seconds=lease_s)
-    session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(lease_until=until))
+    res = session.execute(update(Attempt).where(col(Attempt.id) == attempt_id, col(Attempt.state) == JobState.RUNNING,
+                                                col(Attempt.owner) == claims.trainer_owner(name))
+                          .values(lease_until=until))
+    if res.rowcount != 1:  # taken back between the read and the write
+        session.rollback()
+        raise Conflict(f"attempt {attempt_id} is no longer held by trainer {name}; stop working on it")
     trainer = session.get(Trainer, name)
     if trainer:
         trainer.last_seen = now()
@@ -198,7 +203,7 @@ def store_output(session: Session, store: ObjectStore, attempt_id: str, name: st
         raise InvalidInput(f"output kind {kind!r}: one of {', '.join(OUTPUT_KINDS)}")
     attempt, job = held_attempt(session, attempt_id, name)
     filename = Path(filename).name or kind
-    origin = f"output:{job.id}:{kind}:{filename}"
+    origin = f"output:{job.id}:{attempt.id}:{kind}:{filename}"  # a retry's files are its own
     existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
     if existing:
         return existing
@@ -222,30 +227,39 @@ def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id:
     """End the claim. SUCCEEDED needs the final LoRA (uploaded as kind ``lora``): it is registered in the
     model registry before the job is SUCCEEDED. Distribution to the pool is the caller's next step."""
     attempt, job = held_attempt(session, attempt_id, name)
+    if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        raise InvalidInput(f"a claim ends SUCCEEDED, FAILED or CANCELLED, not {state.value}")
+    art = None
     if state == JobState.SUCCEEDED:
         art = session.get(Artifact, lora_artifact) if lora_artifact else None
         if art is None or art.job_id != job.id or art.output_name != "lora":
             raise InvalidInput("a successful training reports its final LoRA (an output of kind lora of this job)")
+    if state == JobState.CANCELLED and not job.cancel_requested and claims.timed_out(job.started_at, job.timeout_s,
+                                                                                     now()):
+        state, error = JobState.FAILED, {"message": f"timed out after {job.timeout_s:g} s"}
+    # The attempt ends first (its conditional UPDATE opens the transaction): a claim taken back meanwhile
+    # registers nothing. The registration, the attempt and the job commit together or not at all.
+    if not service.finish_attempt(session, attempt.id, attempt.owner, state, error):
+        session.rollback()
+        raise Conflict(f"attempt {attempt_id} is no longer held by trainer {name}; its result is not taken")
+    if art is not None:
         try:
             spec = training_spec(job)
             model = reg.register(session, store, art, job.params["name"], base_model=job.params["base_model"],
                                  trigger_words=[spec.trigger], training=job.params,
                                  dataset_artifact_id=job.params["dataset"], job_id=job.id,
-                                 initial_state=settings.lora_initial_state)
+                                 initial_state=settings.lora_initial_state, commit=False)
         except InvalidInput as exc:
             state, error = JobState.FAILED, {"message": f"the trained file cannot be registered: {exc.message}"}
+            session.execute(update(Attempt).where(col(Attempt.id) == attempt.id).values(state=state, error=error))
         else:
             session.add(JobEvent(job_id=job.id, kind="info", reason=f"registered {model.filename} ({model.state})",
                                  data={"model": model.id, "sha256": model.sha256, "filename": model.filename}))
-    if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
-        raise InvalidInput(f"a claim ends SUCCEEDED, FAILED or CANCELLED, not {state.value}")
-    if state == JobState.CANCELLED and not job.cancel_requested and claims.timed_out(job.started_at, job.timeout_s,
-                                                                                     now()):
-        state, error = JobState.FAILED, {"message": f"timed out after {job.timeout_s:g} s"}
     message = (error or {}).get("message", "")
-    service.finish_attempt(session, attempt.id, attempt.owner, state, error)
-    service.transition(session, job.id, JobState.RUNNING, state, message or "training finished", commit=False,
-                       error=error, progress=1.0 if state == JobState.SUCCEEDED else job.progress)
+    if not service.transition(session, job.id, JobState.RUNNING, state, message or "training finished", commit=False,
+                              error=error, progress=1.0 if state == JobState.SUCCEEDED else job.progress):
+        session.rollback()
+        raise Conflict(f"job {job.id} is no longer RUNNING; the result of attempt {attempt_id} is not taken")
     session.commit()
     return service.get_job(session, job.id)
 
@@ -285,10 +299,16 @@ def leased_gpus(session: Session, lease_s: float) -> set[str]:
     return gpu_leases(views, now(), lease_s)
 
 
+def latest_model(session: Session, job_id: str) -> LoraModel | None:
+    """The LoRA a training job registered (the newest, should there ever be more than one)."""
+    return session.exec(select(LoraModel).where(LoraModel.job_id == job_id)
+                        .order_by(col(LoraModel.created_at).desc(), col(LoraModel.version).desc())).first()
+
+
 def distribute_result(session: Session, store: ObjectStore, settings: Settings, pool: Pool | None,
                       job_id: str) -> dict[str, Any] | None:
     """After a successful training: put its registered LoRA on the pool servers (recorded as an event)."""
-    model = session.exec(select(LoraModel).where(LoraModel.job_id == job_id)).first()
+    model = latest_model(session, job_id)
     if model is None:
         return None
     result = reg.distribute(session, store, settings, model, pool)

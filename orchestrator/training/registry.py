@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
 from orchestrator import service
@@ -152,8 +153,12 @@ def check_usable(session: Session, refs: Iterable[tuple[str, str]]) -> None:
 def register(session: Session, store: ObjectStore, artifact: Artifact, name: str, *, base_model: str | None,
              trigger_words: list[str], training: dict[str, Any] | None = None,
              dataset_artifact_id: str | None = None, job_id: str | None = None,
-             initial_state: str = LoraState.approved) -> LoraModel:
-    """Register a LoRA artifact (the same bytes twice: the existing entry). Reads its safetensors header."""
+             initial_state: str = LoraState.approved, commit: bool = True) -> LoraModel:
+    """Register a LoRA artifact (the same bytes twice: the existing entry). Reads its safetensors header.
+
+    With ``commit=False`` the row goes in through a savepoint of the caller's transaction (which the caller
+    commits; on SQLite it must already have written something, so that the savepoint is nested). A version
+    number taken meanwhile by another registration of the same name is retried with the next one."""
     check_name(name)
     existing = session.exec(select(LoraModel).where(LoraModel.sha256 == artifact.sha256)).first()
     if existing:
@@ -163,14 +168,35 @@ def register(session: Session, store: ObjectStore, artifact: Artifact, name: str
     if not lora_keys(header):
         raise InvalidInput(f"artifact {artifact.id} holds no tensors: not a LoRA")
     state = LoraState(initial_state)
-    version = (session.exec(select(func.max(LoraModel.version)).where(LoraModel.name == name)).one() or 0) + 1
-    row = LoraModel(sha256=artifact.sha256, name=name, version=version, filename=lora_filename(name, version),
-                    state=state, base_model=base_model, trigger_words=trigger_words, training=training,
-                    ss_metadata=training_metadata(header), artifact_id=artifact.id,
-                    dataset_artifact_id=dataset_artifact_id, job_id=job_id, size=artifact.size)
-    session.add(row)
-    session.commit()
-    return row
+    for _ in range(REGISTER_TRIES):
+        version = next_version(session, name)
+        row = LoraModel(sha256=artifact.sha256, name=name, version=version, filename=lora_filename(name, version),
+                        state=state, base_model=base_model, trigger_words=trigger_words, training=training,
+                        ss_metadata=training_metadata(header), artifact_id=artifact.id,
+                        dataset_artifact_id=dataset_artifact_id, job_id=job_id, size=artifact.size)
+        try:
+            if commit:
+                session.add(row)
+                session.commit()
+            else:
+                with session.begin_nested():
+                    session.add(row)
+        except IntegrityError:  # (name, version) or the same bytes, registered by someone else meanwhile
+            if commit:  # (a savepoint rolled back has already dropped the row)
+                session.rollback()
+            existing = session.exec(select(LoraModel).where(LoraModel.sha256 == artifact.sha256)).first()
+            if existing:
+                return existing
+            continue
+        return row
+    raise Conflict(f"could not register {name}: its next version number was taken {REGISTER_TRIES} times")
+
+
+REGISTER_TRIES = 5
+
+
+def next_version(session: Session, name: str) -> int:
+    return (session.exec(select(func.max(LoraModel.version)).where(LoraModel.name == name)).one() or 0) + 1
 
 
 def list_models(session: Session, name: str | None = None, state: str | None = None) -> list[LoraModel]:

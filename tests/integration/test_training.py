@@ -232,6 +232,56 @@ def test_a_silent_trainer_loses_its_claim(training_settings: Settings) -> None:
         assert again["job"]["id"] == job["id"] and again["attempt_id"] != claim["attempt_id"]
 
 
+def test_a_claim_taken_back_while_finishing_registers_nothing(training_settings: Settings, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease loop takes the claim back between the trainer's finish request reading it and ending it:
+    409, no LoRA registered for the job that is QUEUED again; the retry's outputs are its own."""
+    from sqlalchemy import update
+
+    from orchestrator.models import Attempt, Job, LoraModel
+    from orchestrator.training import jobs as tj
+    from tests.unit.test_registry import lora_file
+
+    with make_api(training_settings, dispatch=True) as api:
+        ds = build_dataset(api)
+        job = submit_training(api, ds["id"]).json()
+        key = train_key(api)
+        claim = api.client.post("/v1/trainer/claim", headers=key, json={"trainer": "slow"}).json()
+        path = lora_file(tmp_path / "final.safetensors", 7)
+        with path.open("rb") as f:
+            out = api.client.post(f"/v1/trainer/attempts/{claim['attempt_id']}/outputs", headers=key,
+                                  data={"trainer": "slow", "kind": "lora"}, files={"file": (path.name, f)})
+        assert out.status_code == 201, out.text
+        db = api.client.app.state.ctx.db
+        held = tj.held_attempt
+
+        def taken_back_meanwhile(session: Any, attempt_id: str, name: str) -> Any:
+            got = held(session, attempt_id, name)
+            with db.session() as other:  # what expire_claims does, committed in between
+                other.execute(update(Attempt).where(Attempt.id == attempt_id).values(state=JobState.FAILED))
+                other.execute(update(Job).where(Job.id == job["id"]).values(state=JobState.QUEUED))
+                other.commit()
+            return got
+
+        monkeypatch.setattr(tj, "held_attempt", taken_back_meanwhile)
+        r = api.client.post(f"/v1/trainer/attempts/{claim['attempt_id']}/finish", headers=key,
+                            json={"trainer": "slow", "state": "SUCCEEDED", "lora_artifact": out.json()["id"]})
+        assert r.status_code == 409, r.text
+        monkeypatch.setattr(tj, "held_attempt", held)
+        with db.session() as s:
+            assert s.get(Job, job["id"]).state == JobState.QUEUED
+            assert tj.latest_model(s, job["id"]) is None and not s.exec(tj.select(LoraModel)).all()
+        deadline = time.monotonic() + 10
+        while not (again := api.client.post("/v1/trainer/claim", headers=key, json={"trainer": "next"}).json())["job"]:
+            assert time.monotonic() < deadline, "the job was not claimable again"
+            time.sleep(0.1)
+        with path.open("rb") as f:
+            retry_out = api.client.post(f"/v1/trainer/attempts/{again['attempt_id']}/outputs", headers=key,
+                                        data={"trainer": "next", "kind": "lora"}, files={"file": (path.name, f)})
+        assert retry_out.status_code == 201 and retry_out.json()["id"] != out.json()["id"]
+        assert retry_out.json()["attempt_id"] == again["attempt_id"]
+
+
 def test_the_embedded_trainer_of_serve(training_settings: Settings) -> None:
     training_settings.local_trainer = True
     training_settings.sd_scripts_dir = FAKE_SD_SCRIPTS

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from sqlalchemy import update as sa_update
 
 from orchestrator import service
 from orchestrator.db import Database
 from orchestrator.errors import Conflict, InvalidInput, NotFound
+from orchestrator.models import Artifact
 from orchestrator.training import registry
 from orchestrator.training.registry import LoraState
 from storage import LocalDiskStore
@@ -134,3 +136,24 @@ def test_distribution_targets(tmp_path: Path) -> None:
     assert registry.target_folder(remote, st) is None  # nowhere to put it: reported, not guessed
     st.shared_models_dir = tmp_path / "shared"
     assert registry.target_folder(remote, st) == tmp_path / "shared" / "loras"
+
+
+def test_register_in_the_callers_transaction_retries_a_taken_version(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another registration took the version number meanwhile: the next one, and the caller's own writes stay."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store = LocalDiskStore(tmp_path / "objects")
+    with db.session() as s:
+        a1 = service.store_input(s, store, lora_file(tmp_path / "1.safetensors", 1), "1.safetensors")
+        a2 = service.store_input(s, store, lora_file(tmp_path / "2.safetensors", 2), "2.safetensors")
+        registry.register(s, store, a1, "hero", base_model=None, trigger_words=[])
+        stale = iter([1])  # the first read of the next version misses v1 (a concurrent registration)
+        real = registry.next_version
+        monkeypatch.setattr(registry, "next_version", lambda session, name: next(stale, None) or real(session, name))
+        s.execute(sa_update(Artifact).where(Artifact.id == a2.id).values(filename="renamed.safetensors"))
+        m2 = registry.register(s, store, a2, "hero", base_model=None, trigger_words=[], commit=False)
+        s.commit()
+        assert (m2.version, m2.filename) == (2, "hero-v2.safetensors")
+        assert s.get(Artifact, a2.id).filename == "renamed.safetensors"
+        assert [m.version for m in registry.list_models(s, "hero")] == [1, 2]
+    db.engine.dispose()
