@@ -63,9 +63,11 @@ class Settings(BaseSettings):
     local_trainer: bool = Field(True, description="serve/run train here too (one local trainer thread) when "
                                 "sd_scripts_dir is set; false when remote `medialab trainer` processes train.")
     sd_scripts_dir: Path | None = Field(None, description="kohya sd-scripts checkout (pinned commit).")
-    trainer_python: str | None = Field(None, description="Python of sd-scripts' environment; default: this one.")
+    trainer_python: str | None = Field(None, description="Python of sd-scripts' environment; default: "
+                                       "<sd_scripts_dir>/.venv/bin/python if it exists, else this one.")
     trainer_accelerate: bool = Field(False, description="Launch sd-scripts through `accelerate launch`.")
-    tokenizer_cache_dir: Path | None = Field(None, description="Offline CLIP tokenizer folder for sd-scripts.")
+    tokenizer_cache_dir: Path | None = Field(None, description="Offline CLIP tokenizer folder for "
+                                             "sd-scripts; default: <sd_scripts_dir>/tokenizers if it exists.")
     trainer_lease_s: float = Field(60.0, description="A training claim whose trainer is silent this long is "
                                    "taken back (queued again or failed).")
     shared_models_dir: Path | None = Field(None, description="Models folder every remote pool server lists in "

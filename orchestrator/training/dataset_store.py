@@ -8,6 +8,7 @@ its input artifacts as lineage. Its version is its sha256; datasets of one name 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def build(session: Session, store: ObjectStore, *, name: str, trigger: str, imag
         inputs.append(art.id)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / (Path(art.filename).name or "video.mp4")
-            path.write_bytes(_read(store, art))
+            with store.open(art.key) as src, path.open("wb") as dst:  # streamed: a video may be large
+                shutil.copyfileobj(src, dst, 1 << 20)
             pictures += sample_frames(path, every_n=every_n, count=frames if every_n is None else None)
     dataset = build_dataset(pictures, resolution=spec.resolution, caption_template=caption_template,
                             trigger=spec.trigger, face_centred=face_centred, crop=crop)  # type: ignore[arg-type]

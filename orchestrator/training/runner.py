@@ -306,8 +306,10 @@ def run_training(spec: TrainingSpec, *, dataset_dir: Path, pretrained_model: Pat
         finally:
             if proc.poll() is None or group_alive(proc.pid):  # an error here, or a child left behind
                 stop_group(proc, grace_s if not cancelled else 0)
-            for r in readers:
+            for r, pipe in zip(readers, (proc.stdout, proc.stderr), strict=True):
                 r.join(timeout=10)
+                if not r.is_alive():  # (closing a pipe a thread still reads would wait on that read)
+                    pipe.close()  # one pair of pipes per training otherwise left to the garbage collector
         _drain(events, emit)
     for e in watch.scan(final=True):
         emit(e)

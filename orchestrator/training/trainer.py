@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -132,7 +133,7 @@ class HttpBackend:
         self._download(f"/attempts/{claim.attempt_id}/dataset", dest, {"trainer": self.name})
 
     def download_checkpoint(self, name: str, dest: Path) -> None:
-        self._download(f"/checkpoints/{name}", dest)
+        self._download(f"/checkpoints/{quote(name, safe='/')}", dest)
 
     def upload(self, claim: Claim, kind: str, path: Path, step: int | None = None) -> str:
         with path.open("rb") as f:
@@ -230,6 +231,7 @@ class _Reporter:
     cancel: threading.Event
     pending: queue.Queue[TrainingEvent] = field(default_factory=queue.Queue)
     uploaded: set[str] = field(default_factory=set)
+    unsent: list[dict[str, Any]] = field(default_factory=list)
     lost: str | None = None
 
     def on_event(self, event: TrainingEvent) -> None:
@@ -238,12 +240,13 @@ class _Reporter:
     def upload(self, kind: str, path: Path, step: int | None = None) -> str | None:
         if str(path) in self.uploaded or not path.is_file():
             return None
-        self.uploaded.add(str(path))
-        return self.backend.upload(self.claim, kind, path, step)
+        art = self.backend.upload(self.claim, kind, path, step)
+        self.uploaded.add(str(path))  # (after: a failed upload may be tried again)
+        return art
 
     def flush(self) -> None:
         """Upload what appeared, send the events, renew the claim; cancel when told to or when lost."""
-        events: list[dict[str, Any]] = []
+        events = self.unsent  # (kept until a heartbeat took them: a failed one is tried again with them)
         while True:
             try:
                 e = self.pending.get_nowait()
@@ -261,7 +264,9 @@ class _Reporter:
                 events[-1] = _event_json(e)  # only the newest bar per heartbeat
             else:
                 events.append(_event_json(e))
-        if self.backend.heartbeat(self.claim, events):
+        cancel = self.backend.heartbeat(self.claim, events)
+        self.unsent = []
+        if cancel:
             self.cancel.set()
 
     def loop(self, done: threading.Event) -> None:
@@ -287,8 +292,7 @@ class Trainer:
         self.backend = backend
         self.workdir = workdir
         self.sd_scripts_dir = sd_scripts_dir
-        self.python = python or sys.executable
-        self.tokenizer_cache_dir = tokenizer_cache_dir
+        self.python, self.tokenizer_cache_dir = sd_scripts_env(sd_scripts_dir, python, tokenizer_cache_dir)
         self.models_dir = models_dir
         self.cpu = cpu
         self.accelerate = accelerate
@@ -376,7 +380,7 @@ class Trainer:
             if reporter.lost:
                 log.warning("trainer %s: claim of job %s lost: %s", self.backend.name, claim.job_id, reporter.lost)
                 return JobState.FAILED
-            reporter.flush()  # the last events and files
+            _retrying(reporter.flush, claim)  # the last events and files
             for path in getattr(result, "samples", []) or []:
                 reporter.upload("sample", Path(path))
             for path in getattr(result, "checkpoints", []) or []:
@@ -384,7 +388,7 @@ class Trainer:
             if getattr(result, "cancelled", False):
                 state = JobState.CANCELLED
             else:
-                lora = reporter.upload("lora", Path(result.lora))
+                lora = _retrying(lambda: reporter.upload("lora", Path(result.lora)), claim)
                 state = JobState.SUCCEEDED
         except ClaimLost as exc:
             log.warning("trainer %s: claim of job %s lost: %s", self.backend.name, claim.job_id, exc.message)
@@ -412,6 +416,32 @@ class Trainer:
         if state == JobState.SUCCEEDED:
             shutil.rmtree(run_dir, ignore_errors=True)
         return state
+
+
+def _retrying(call: Callable[[], Any], claim: Claim, tries: int = 5) -> Any:
+    """A report after a finished run: a moment of unreachability (Unavailable) is waited out with backoff."""
+    for attempt in range(tries):
+        try:
+            return call()
+        except Unavailable as exc:
+            if attempt == tries - 1:
+                raise
+            log.warning("report of job %s failed, retrying: %s", claim.job_id, exc.message)
+            time.sleep(2 ** attempt)
+    return None
+
+
+def sd_scripts_env(sd_scripts_dir: Path | None, python: str | None = None,
+                   tokenizer_cache_dir: Path | None = None) -> tuple[str, Path | None]:
+    """sd-scripts' Python and offline tokenizer folder: as set, else ``<sd_scripts_dir>/.venv/bin/python``
+    and ``<sd_scripts_dir>/tokenizers`` when they exist (where scripts/install_sd_scripts.sh puts them),
+    else this Python and none."""
+    if python is None:
+        venv = sd_scripts_dir / ".venv" / "bin" / "python" if sd_scripts_dir else None
+        python = str(venv) if venv is not None and venv.exists() else sys.executable
+    if tokenizer_cache_dir is None and sd_scripts_dir and (sd_scripts_dir / "tokenizers").is_dir():
+        tokenizer_cache_dir = sd_scripts_dir / "tokenizers"
+    return python, tokenizer_cache_dir
 
 
 def _jsonable(v: Any) -> bool:

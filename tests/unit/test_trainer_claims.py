@@ -226,3 +226,32 @@ def test_a_training_past_its_timeout_is_stopped_and_failed(env) -> None:  # noqa
         done = tj.finish(s, store, settings, attempt.id, "t1", JobState.CANCELLED)
         assert done.state == JobState.FAILED and done.error == {"message": "timed out after 0.001 s"}
         assert service.get_job(s, job.id).state == JobState.FAILED
+
+
+def test_sd_scripts_env_defaults_to_the_install_layout(tmp_path: Path) -> None:
+    import sys
+
+    from orchestrator.training.trainer import sd_scripts_env
+
+    assert sd_scripts_env(tmp_path) == (sys.executable, None)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    (tmp_path / "tokenizers").mkdir()
+    assert sd_scripts_env(tmp_path) == (str(tmp_path / ".venv" / "bin" / "python"), tmp_path / "tokenizers")
+    assert sd_scripts_env(tmp_path, "/opt/py", Path("/tok")) == ("/opt/py", Path("/tok"))
+
+
+def test_a_final_report_waits_out_a_moment_of_unavailability(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import Unavailable
+    from orchestrator.training import trainer
+
+    monkeypatch.setattr(trainer.time, "sleep", lambda s: None)
+    calls = iter([Unavailable("down"), Unavailable("down"), "art-1"])
+
+    def call() -> str:
+        got = next(calls)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    assert trainer._retrying(call, type("C", (), {"job_id": "j"})()) == "art-1"
