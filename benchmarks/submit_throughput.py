@@ -29,17 +29,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-import uvicorn
 from sqlalchemy import func
 from sqlmodel import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.overhead import serve_api  # noqa: E402
 from benchmarks.sim import workload as wl  # noqa: E402
 from benchmarks.sim.pool import SimPool  # noqa: E402
-from orchestrator import auth, service  # noqa: E402
-from orchestrator.api.app import create_app  # noqa: E402
-from orchestrator.comfy.worker import free_port  # noqa: E402
+from orchestrator import service  # noqa: E402
 from orchestrator.jobs import JobState  # noqa: E402
 from orchestrator.models import Job  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -61,30 +59,6 @@ class SubmitRun:
     started_meanwhile: int  # jobs the dispatcher had claimed when the last submit was answered
 
 
-@contextmanager
-def serve(settings: Settings) -> Iterator[tuple[str, str, object]]:
-    """The API over HTTP (uvicorn in a thread); yields (base URL, a run key, the app's context)."""
-    app = create_app(settings, dispatch=True)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.05)
-    ctx = app.state.ctx
-    with ctx.db.session() as s:
-        _row, key = auth.create_key(s, "bench-submit", ["run"])
-    try:
-        yield f"http://127.0.0.1:{port}", key, ctx
-    finally:
-        server.should_exit = True
-        thread.join(60)
-
-
 def started_jobs(ctx: object) -> int:
     with ctx.db.session() as s:  # type: ignore[attr-defined]
         return s.exec(select(func.count()).where(Job.state != JobState.QUEUED)).one()
@@ -102,7 +76,8 @@ def drain(ctx: object, timeout_s: float = 120.0) -> None:
 
 
 def measure(database: str, settings: Settings, work: list[wl.SimJob], clients: int) -> SubmitRun:
-    with serve(settings) as (base, key, ctx):
+    with serve_api(settings) as (base, key, app):
+        ctx = app.state.ctx
         headers = {"X-API-Key": key}
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:  # warm-up: first request costs
             c.post("/v1/jobs", json={"template": wl.TEMPLATE, "params": work[0].params}).raise_for_status()
