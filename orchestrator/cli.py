@@ -15,11 +15,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import Session
 
-from orchestrator import auth, service
+from orchestrator import audit, auth, service
 from orchestrator import templates as tpl
 from orchestrator.capabilities import Capabilities
 from orchestrator.comfy.client import ComfyClient
@@ -27,7 +28,7 @@ from orchestrator.context import Context, configured_servers
 from orchestrator.errors import InvalidInput, MediaLabError, Unavailable
 from orchestrator.jobs import JobState
 from orchestrator.lock import DEFAULT_LOCK, LockReport, check_server, load_lock
-from orchestrator.models import Job, ServerRow
+from orchestrator.models import ApiKey, Job, ServerRow, now
 from orchestrator.placement import place
 from orchestrator.pool import probe
 from orchestrator.settings import get_settings
@@ -406,13 +407,91 @@ def templates_diff(name: str, a: int, b: int) -> None:
     console.print_json(json.dumps(tpl.diff(ta, tb)))
 
 
+EXPIRES_HELP = "Expiry: 30d, 12h, 90m, 2w, an ISO date or date-time (UTC), or never."
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if at else ""
+
+
+def _key_json(row: ApiKey) -> dict[str, Any]:
+    """A key for printing: never its hash."""
+    return {"id": row.id, "name": row.name, "roles": row.roles, "state": auth.key_state(row, now()),
+            "created_at": row.created_at.isoformat(), "created_by": row.created_by,
+            "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}
+
+
 @keys_app.command("create")
 def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="admin, run, publish, export, train")],
-                name: str = "cli") -> None:
+                name: str = "cli",
+                expires: Annotated[str | None, typer.Option(help=EXPIRES_HELP)] = None) -> None:
     """Create an API key with the given roles; the key is printed once."""
     with session() as s:
-        row, plain = auth.create_key(s, name, role)
-    console.print(f"key '{row.name}' roles {','.join(row.roles)}: [bold]{plain}[/bold]", soft_wrap=True)
+        row, plain = auth.create_key(s, name, role, expires, max_name_length=get_settings().max_name_length)
+    until = f" expires {_when(row.expires_at)} UTC" if row.expires_at else ""
+    console.print(f"key '{row.name}' ({row.id}) roles {','.join(row.roles)}{until}: [bold]{plain}[/bold]",
+                  soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(all_: Annotated[bool, typer.Option("--all", help="Also revoked keys.")] = False,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every key with its roles, state, expiry and last use (never a secret nor a hash)."""
+    with session() as s:
+        rows = auth.list_keys(s, include_revoked=all_)
+    if as_json:
+        console.print_json(json.dumps([_key_json(r) for r in rows]))
+        return
+    table = Table("id", "name", "roles", "state", "created", "expires", "last used", "revoked")
+    for r in rows:
+        table.add_row(r.id, r.name, ",".join(r.roles), auth.key_state(r, now()), _when(r.created_at),
+                      _when(r.expires_at) or "never", _when(r.last_used_at) or "never", _when(r.revoked_at))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")]) -> None:
+    """Revoke a key now (the last admin key cannot be revoked)."""
+    with session() as s:
+        row = auth.revoke_key(s, key)
+    console.print(f"key '{row.name}' ({row.id}) revoked")
+
+
+@keys_app.command("rotate")
+def keys_rotate(key: Annotated[str, typer.Argument(help="The key's id or name.")],
+                grace: Annotated[str | None, typer.Option(help="Keep the old key usable this long (e.g. 1h, at "
+                                                               "most 7d); default: revoked at once.")] = None,
+                expires: Annotated[str | None, typer.Option(help=EXPIRES_HELP + " Default: the old key's.")] = None,
+                ) -> None:
+    """A new secret for a key: same name, roles and expiry; the old one is revoked (after --grace)."""
+    with session() as s:
+        new, plain, old = auth.rotate_key(s, key, grace, auth.KEEP if expires is None else expires)
+    when = "now" if old.revoked_at and old.revoked_at <= now() else f"at {_when(old.revoked_at)} UTC"
+    console.print(f"key '{old.name}' ({old.id}) revoked {when}; new key ({new.id}) roles {','.join(new.roles)}: "
+                  f"[bold]{plain}[/bold]", soft_wrap=True)
+
+
+@app.command("audit")
+def audit_list(action: Annotated[str | None, typer.Option(help="e.g. job.cancel, or job for every job.*")] = None,
+               key: Annotated[str | None, typer.Option(help="A key id or name; cli: this CLI.")] = None,
+               target: Annotated[str | None, typer.Option(help="The id or name acted on.")] = None,
+               since: Annotated[str | None, typer.Option(help="ISO date-time, or back from now: 1h, 7d.")] = None,
+               limit: int = 50, offset: int = 0,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The audit trail, newest first: which key did what."""
+    with session() as s:
+        rows = audit.query(s, action=action, key=key, target=target, since=auth.parse_since(since, now()),
+                           limit=limit, offset=offset)
+    if as_json:
+        console.print_json(json.dumps([r.model_dump(mode="json") for r in rows]))
+        return
+    table = Table("at", "key", "action", "target", "data")
+    for r in rows:
+        who = f"{r.key_name} ({r.api_key_id[:8]})" if r.api_key_id else audit.CLI
+        table.add_row(_when(r.at), who, r.action, escape(r.target), escape(json.dumps(r.data)) if r.data else "")
+    console.print(table)
 
 
 # -- servers ----------------------------------------------------------------------------------------
@@ -574,6 +653,9 @@ def servers_refresh(
         fail(exc)
     for row in rows:
         error = probe_and_record(ctx, row)
+        with ctx.db.session() as s:
+            audit.record(s, "server.refresh", row.name, {"id": row.id, "healthy": error is None})
+            s.commit()
         console.print(f"{row.name}: " + (f"[red]down[/] {error}" if error else "[green]healthy[/], capabilities read"))
 
 

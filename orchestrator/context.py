@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import tomllib
 
@@ -57,6 +58,14 @@ def make_store(settings: Settings) -> ObjectStore:
                       secure=settings.s3_secure, region=settings.s3_region, spool_dir=spool)
 
 
+def process_owner(replica_id: str | None) -> str:
+    """This process lifetime's identity (Attempt.owner, the websocket client ids): the replica id or host
+    name, the pid and a random suffix. Host and pid repeat in containers (pid 1, same host name) and a
+    replica id repeats by design, so without the suffix a process restarted within the lease would renew,
+    and never adopt, the leases of the attempts its dead predecessor was following."""
+    return f"{replica_id or socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     """The local worker shares the orchestrator's object store, so its node pack can take the direct path."""
     if settings.storage != "s3":
@@ -70,7 +79,7 @@ class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.owner = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.owner = process_owner(settings.replica_id)
         self.db = Database(settings.database)
         self.store = make_store(settings)
         with self.db.session() as s:

@@ -10,12 +10,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, col, create_engine, func, select
 
 from orchestrator import models  # noqa: F401  (registers the tables)
 from orchestrator.jobs import JobState
 from orchestrator.models import JobEvent
-from orchestrator.notify import QUEUED, Bell
+from orchestrator.notify import QUEUED, Bell, EventWatcher
 
 
 def make_engine(url: str) -> Engine:
@@ -87,7 +87,18 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.bell = Bell()  # rung after each commit that added job events (see orchestrator.notify)
+        self.watcher = EventWatcher(self.bell, self.latest_events)  # ...and for events committed elsewhere
         init_db(self.engine)
+
+    def latest_events(self, high: int | None, lag: int) -> dict[str, int]:
+        """{job id: newest event id} over the events with id > (high, or the newest id when None) - lag, in a
+        session of its own (the primary key bounds the scan; see ``EventWatcher``)."""
+        with Session(self.engine) as s:
+            if high is None:
+                high = s.exec(select(func.max(JobEvent.id))).one() or 0
+            rows = s.exec(select(JobEvent.job_id, func.max(JobEvent.id)).where(col(JobEvent.id) > high - lag)
+                          .group_by(JobEvent.job_id))
+            return {job_id: newest for job_id, newest in rows}
 
     @contextmanager
     def session(self) -> Iterator[Session]:

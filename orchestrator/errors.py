@@ -52,3 +52,10 @@ class TrainingFailed(MediaLabError):
 
     status = 500
     title = "Training failed"
+
+
+class TooLarge(MediaLabError):
+    """Over a limit (a setting): ``extra`` names it, e.g. ``limit="max_image_pixels", value=100000000``."""
+
+    status = 413
+    title = "Payload too large"

@@ -5,16 +5,22 @@ Upload inputs, submit with the attempt id as prompt_id, follow the server's shar
 mark the job SUCCEEDED in the same transaction that records the artifacts. A server that disappears is
 a transient failure: the job goes back to the queue with backoff (bounded attempts); anything
 deterministic (validation, missing model, bad input, an error inside a node, a timeout) ends it FAILED.
+A dependency of ours that is down (the object store before the prompt was sent) makes the job wait with
+growing backoff and spends no attempt; a database error leaves the attempt to crash recovery (its lease
+lapses, it is adopted and reconciled with its server), so it never loses or fails a job. A server that
+stopped answering mid-prompt leaves its attempt ``abandoned``: the pool removes the prompt once it answers.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 
 from orchestrator import service, transport
@@ -57,24 +63,64 @@ class Executor:
         self.owner = owner
         self.pool = pool
         self.policy = RetryPolicy(settings.max_attempts, settings.retry_base_delay_s)
+        self.status_timeout_s = max(settings.event_timeout_s, 5.0)  # a server silent this long on /history is hung
         self.bytes_through = 0  # media bytes this process moved between ComfyUI and the store
         self._templates: dict[int, tpl.TemplateVersion] = {}
+        self._live: set[str] = set()
+        self._live_lock = threading.Lock()
+
+    # -- the attempts this process follows (only their leases are renewed) ---------------------------
+    def hold(self, attempt_id: str) -> None:
+        """This process follows the attempt from now on (the dispatcher calls it before a runner starts)."""
+        with self._live_lock:
+            self._live.add(attempt_id)
+
+    def release(self, attempt_id: str) -> None:
+        with self._live_lock:
+            self._live.discard(attempt_id)
+
+    def held(self) -> list[str]:
+        with self._live_lock:
+            return list(self._live)
 
     def execute(self, attempt_id: str, server: Server, resume: bool = False) -> JobState:
         """Run (or, with ``resume``, re-attach to) an attempt this process owns; returns the job's state.
-        Never raises for a job's own failures."""
+        Never raises for a job's own failures. When the database fails, the attempt is let go as it is
+        (RUNNING): its lease lapses and crash recovery adopts it and reconciles it with its server."""
+        self.hold(attempt_id)
+        try:
+            return self._execute(attempt_id, server, resume)
+        except DBAPIError as exc:
+            log.warning("attempt %s: database error (%s); leaving it to crash recovery once its lease lapses",
+                        attempt_id, str(exc).splitlines()[0])
+            return JobState.RUNNING
+        finally:
+            self.release(attempt_id)
+
+    def template(self, job: Job) -> tpl.TemplateVersion:
+        """The job's template version (versions are immutable: each is parsed once)."""
+        t = self._templates.get(job.template_version_id)
+        if t is None:
+            with self.db.session() as s:
+                row = s.get(TemplateVersionRow, job.template_version_id) if job.template_version_id else None
+            if row is None:
+                raise ExecutionFailed(f"the template version of job {job.id} ({job.template}@v{job.version}, "
+                                      f"id {job.template_version_id}) no longer exists")
+            t = self._templates[job.template_version_id] = service.template_from_row(row)
+        return t
+
+    def _execute(self, attempt_id: str, server: Server, resume: bool) -> JobState:
         with self.db.session() as s:
             attempt = s.get(Attempt, attempt_id)
             job = service.get_job(s, attempt.job_id)
-            t = self._templates.get(job.template_version_id)
-            if t is None:  # versions are immutable: parse each once
-                t = self._templates[job.template_version_id] = service.template_from_row(
-                    s.get(TemplateVersionRow, job.template_version_id))
         try:
+            t = self.template(job)
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
             artifacts = self._ingest(job, t, attempt, server, history)
+        except DBAPIError:
+            raise  # not the job's failure: see execute
         except StorageUnavailable as exc:  # inputs could not be read: nothing ran yet
-            return self.retry_or_fail(job, attempt, str(exc), server.url)
+            return self.wait_for_dependency(job, attempt, str(exc))
         except Interrupted as exc:
             return self._finish(attempt, JobState.CANCELLED, exc.message, None)
         except ComfyValidationError as exc:
@@ -103,6 +149,7 @@ class Executor:
             ("info", f"byte path: {path.value} ({why})", {"byte_path": path.value})]
         try:
             if path == transport.BytePath.direct:
+                self._check_stored(inputs)  # the server reads them: a store that is down is a wait, not a failure
                 graph = transport.direct_graph(t, {**job.params, **{name: a.key for name, a in inputs.items()}})
             else:
                 graph = tpl.bind(t, self._upload_inputs(job, inputs, server))
@@ -121,7 +168,7 @@ class Executor:
     def _reattach(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
         """After an orchestrator crash: finished -> its history; still queued or running -> follow it;
         unknown to the server -> lost (the job is queued again)."""
-        entry = self._ask(server.client, attempt.id)
+        entry = self._ask(server.client, attempt.id, self.status_timeout_s)
         if entry:
             self._event(job.id, "info", "re-attached: finished while the orchestrator was down")
             return self._check_history(entry, attempt.id, None)
@@ -134,6 +181,12 @@ class Executor:
         with self.db.session() as s:
             return {p.name: service.get_artifact(s, job.params[p.name]) for p in t.manifest.parameters
                     if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)}
+
+    def _check_stored(self, inputs: dict[str, Artifact]) -> None:
+        """Every input is in the store (StorageUnavailable when the store does not answer)."""
+        for name, art in inputs.items():
+            if self.store.size(art.key) is None:
+                raise ExecutionFailed(f"input {name}: artifact {art.id} ({art.key}) is missing from the object store")
 
     def _upload_inputs(self, job: Job, inputs: dict[str, Artifact], server: Server) -> dict[str, Any]:
         """Through path: upload each input to the server; returns the values to bind."""
@@ -175,7 +228,7 @@ class Executor:
                     event, quiet_limit, quiet_since = None, 1.0, 0.0  # poll from now on, starting now
                 if not interrupting and time.monotonic() - checked_at > 0.5:
                     checked_at = time.monotonic()
-                    reason = ("cancelled" if self._cancel_requested(job.id) else
+                    reason = ("cancelled" if self._cancel_requested(job.id, tolerant=True) else
                               f"timed out after {timeout:.0f}s" if deadline and time.monotonic() > deadline else None)
                     if reason:
                         interrupting, quiet_limit = reason, 1.0
@@ -185,7 +238,7 @@ class Executor:
                 if event is None:
                     if time.monotonic() - quiet_since >= quiet_limit:
                         try:
-                            entry = self._ask(client, pid)
+                            entry = self._ask(client, pid, self.status_timeout_s)
                         except ServerLost:
                             if interrupting:  # removed from the queue before it ran
                                 raise Interrupted("cancelled; removed from the server's queue") from None
@@ -206,16 +259,19 @@ class Executor:
                 elif kind == "executing" and data.get("node") is None:
                     if succeeded and not interrupting and outputs_of and outputs_of <= seen.keys():
                         return {"outputs": seen, "status": {"status_str": "success", "completed": True}}
-                    return self._check_history(client.history(pid) or {}, pid, interrupting)
+                    return self._check_history(client.history(pid, self.status_timeout_s) or {}, pid, interrupting)
                 elif kind == "executing":
                     done.add(data["node"])
                 elif kind == "progress" and (data["value"] >= data["max"] or time.monotonic() - last_progress > 0.2):
                     last_progress = time.monotonic()
                     fraction = round(max((len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph), 0.0), 4)
                     node = str(data.get("node"))
-                    self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
-                                {"node": node, "title": titles.get(node), "value": data["value"],
-                                 "max": data["max"], "fraction": fraction}, progress=fraction)
+                    try:  # progress is worth a database blip's loss, the prompt is not
+                        self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
+                                    {"node": node, "title": titles.get(node), "value": data["value"],
+                                     "max": data["max"], "fraction": fraction}, progress=fraction)
+                    except DBAPIError as exc:
+                        log.warning("job %s: progress event not recorded: %s", job.id, str(exc).splitlines()[0])
                 elif kind == "execution_error":
                     node = str(data.get("node_id"))
                     raise ExecutionFailed(
@@ -231,15 +287,16 @@ class Executor:
             raise
 
     @staticmethod
-    def _ask(client: ComfyClient, pid: str) -> dict[str, Any] | None:
+    def _ask(client: ComfyClient, pid: str, timeout: float | None = None) -> dict[str, Any] | None:
         """The prompt's /history entry once finished, None while queued or running; ServerLost when the
-        server does not know it (/history is {} for running and unknown alike, so /queue decides)."""
-        entry = client.history(pid)
+        server does not know it (/history is {} for running and unknown alike, so /queue decides);
+        ComfyUnreachable when it does not answer within ``timeout`` (hung)."""
+        entry = client.history(pid, timeout)
         if entry:
             return entry
-        if client.queue_position(pid) is not None:
+        if client.queue_position(pid, timeout) is not None:
             return None
-        entry = client.history(pid)  # it may have finished between the two calls
+        entry = client.history(pid, timeout)  # it may have finished between the two calls
         if entry:
             return entry
         raise ServerLost(f"{client.base_url} does not know prompt {pid} (it never arrived, or the server "
@@ -323,9 +380,16 @@ class Executor:
 
     # -- outcomes ----------------------------------------------------------------------------------
     def _transient(self, job: Job, attempt: Attempt, server: Server, exc: ComfyUnreachable) -> JobState:
+        """The server went away. Unless it answered that it does not know the prompt (ServerLost), the prompt
+        may still be there and run when the server wakes up: the attempt is left ``abandoned``, and the pool
+        removes or interrupts that prompt once the server answers again (never the work done twice)."""
+        abandoned = not isinstance(exc, ServerLost)
         if self.pool is not None:
             self.pool.mark_down(server, exc.message)
-        return self.retry_or_fail(job, attempt, exc.message, server.url)
+        state = self.retry_or_fail(job, attempt, exc.message, server.url, abandoned=abandoned)
+        if abandoned and self.pool is not None:
+            self.pool.note_abandoned(server)
+        return state
 
     def lost(self, attempt_id: str, message: str) -> JobState:
         """An adopted attempt whose server left the pool: retry the job elsewhere."""
@@ -334,23 +398,42 @@ class Executor:
             job = service.get_job(s, attempt.job_id)
         return self.retry_or_fail(job, attempt, message, attempt.server)
 
-    def retry_or_fail(self, job: Job, attempt: Attempt, message: str, server_url: str) -> JobState:
-        """The server went away: queue the job again with backoff while attempts are left."""
+    def retry_or_fail(self, job: Job, attempt: Attempt, message: str, server_url: str,
+                      abandoned: bool = False) -> JobState:
+        """The server went away: queue the job again with backoff while attempts are left (only attempts that
+        count are counted: not those that waited for a dependency of ours)."""
         error = {"message": message, "server": server_url, "transient": True}
         if self._cancel_requested(job.id):
-            return self._finish(attempt, JobState.CANCELLED, f"cancelled; {message}", error)
-        delay = self.policy.delay(attempt.number)
+            return self._finish(attempt, JobState.CANCELLED, f"cancelled; {message}", error, abandoned=abandoned)
+        with self.db.session() as s:
+            spent = service.counted_attempts(s, job.id)  # this one included: it is still RUNNING and counts
+        delay = self.policy.delay(spent)
         if delay is None:
-            return self._finish(attempt, JobState.FAILED, f"gave up after {attempt.number} attempts; last: {message}",
-                                error)
+            return self._finish(attempt, JobState.FAILED, f"gave up after {spent} attempts; last: {message}",
+                                error, abandoned=abandoned)
         return self._finish(attempt, JobState.QUEUED, f"attempt {attempt.number} lost ({message}); "
-                            f"retrying in {delay:.0f}s", error, requeue_in=delay)
+                            f"retrying in {delay:.0f}s", error, requeue_in=delay, abandoned=abandoned)
+
+    def wait_for_dependency(self, job: Job, attempt: Attempt, message: str) -> JobState:
+        """A dependency of ours (the object store) is down before anything ran: the job waits, queued again
+        with growing backoff (capped) and the reason in its events; the attempt does not count."""
+        error = {"message": message, "dependency": True}
+        if self._cancel_requested(job.id):
+            return self._finish(attempt, JobState.CANCELLED, f"cancelled while waiting; {message}", error,
+                                counts=False)
+        with self.db.session() as s:
+            waits = service.waits_in_a_row(s, job.id, attempt.number) + 1
+        delay = self.policy.wait_delay(waits)
+        return self._finish(attempt, JobState.QUEUED, f"waiting: {message}; looking again in {delay:.0f}s",
+                            error, requeue_in=delay, counts=False)
 
     def _finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
-                artifacts: list[Artifact] | None = None, requeue_in: float | None = None) -> JobState:
+                artifacts: list[Artifact] | None = None, requeue_in: float | None = None, *,
+                counts: bool = True, abandoned: bool = False) -> JobState:
         with self.db.session() as s:
             attempt_state = JobState.FAILED if state == JobState.QUEUED else state
-            if not service.finish_attempt(s, attempt.id, self.owner, attempt_state, error):
+            if not service.finish_attempt(s, attempt.id, self.owner, attempt_state, error, counts=counts,
+                                          abandoned=abandoned):
                 s.rollback()
                 log.warning("attempt %s is no longer ours; leaving job %s alone", attempt.id, attempt.job_id)
                 return service.get_job(s, attempt.job_id).state
@@ -371,9 +454,16 @@ class Executor:
         return state
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def _cancel_requested(self, job_id: str) -> bool:
-        with self.db.session() as s:
-            return bool(service.get_job(s, job_id).cancel_requested)
+    def _cancel_requested(self, job_id: str, tolerant: bool = False) -> bool:
+        """``tolerant``: a database error reads as "not (yet)" (asked again soon) instead of raising."""
+        try:
+            with self.db.session() as s:
+                return bool(service.get_job(s, job_id).cancel_requested)
+        except DBAPIError as exc:
+            if not tolerant:
+                raise
+            log.warning("job %s: cancel flag not read: %s", job_id, str(exc).splitlines()[0])
+            return False
 
     def _events(self, job_id: str, events: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         """Several (kind, reason, data) events of a job in one commit."""

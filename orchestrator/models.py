@@ -47,10 +47,14 @@ class ApiKey(SQLModel, table=True):
     roles: list[str] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=now)
     revoked_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, description="Refused from then on (None: never).")
+    last_used_at: datetime | None = Field(default=None, description="Last authenticated request (to the minute).")
+    created_by: str | None = Field(default=None, description="Id of the admin key that made it (None: the CLI).")
 
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key", name="uq_jobs_api_key_idempotency"),)
 
     id: str = Field(default_factory=new_id, primary_key=True)
     kind: str = Field(default="comfy", index=True, description="comfy (a template on ComfyUI) | training (a LoRA).")
@@ -62,6 +66,8 @@ class Job(SQLModel, table=True):
     priority: int = 0
     timeout_s: float | None = None
     api_key_id: str | None = Field(default=None, foreign_key="api_keys.id")
+    idempotency_key: str | None = Field(default=None, description="The submit's Idempotency-Key header.")
+    request_hash: str | None = Field(default=None, description="sha256 of the submitted body (idempotency).")
     cancel_requested: bool = False
     progress: float = 0.0
     run_after: datetime | None = Field(default=None, description="Not dispatched before (retry backoff).")
@@ -89,6 +95,12 @@ class Attempt(SQLModel, table=True):
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None
+    api_key_id: str | None = Field(default=None, description="Training claims: the key that claimed it; only that "
+                                   "key may act on the claim.")
+    abandoned: bool = Field(default=False, description="Ended while its server did not answer: the prompt may "
+                            "still be there, to be removed or interrupted once the server answers again.")
+    counts: bool = Field(default=True, description="False: ended by a dependency of ours (object store, database) "
+                         "before the job ran; not counted against its max attempts.")
 
 
 class ServerRow(SQLModel, table=True):
@@ -205,3 +217,18 @@ class Trainer(SQLModel, table=True):
     waiting_since: datetime | None = Field(default=None, description="Wants its GPU: work waits, inference "
                                            "still runs there.")
     info: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only: which key did what (submit, cancel, publish, deprecate, approve, withdraw, delete, server
+    and key changes). Written in the transaction of the change it records."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=now, index=True)
+    api_key_id: str | None = Field(default=None, index=True, description="None: the CLI on the host.")
+    key_name: str | None = None
+    action: str = Field(index=True)  # e.g. job.submit, template.publish, server.add, key.revoke
+    target: str = Field(default="", index=True)  # the id or name acted on
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

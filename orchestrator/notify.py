@@ -1,8 +1,11 @@
 """In-process notifications: a committed change to a job rings its bell, so whoever follows it here
 (the SSE stream of the job, the dispatcher for newly queued jobs) wakes at once instead of at its next poll.
 
-The database stays the truth: a ring only says "look now". Changes made by other processes (replicas, the
-CLI) ring nothing here, so every follower keeps polling as the fallback.
+The database stays the truth: a ring only says "look now". A commit by another process (a replica, the CLI)
+rings nothing here by itself; for job events the process's one ``EventWatcher`` covers that: while any job
+has a follower here, it looks for new events of all of them with one query per tick and rings their bells.
+So a follower holds no database connection while it waits: it reads (a session per read) when rung, and at
+a long safety interval.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 log = logging.getLogger(__name__)
 QUEUED = "queued"  # rung when any job (re-)enters QUEUED
@@ -52,18 +56,24 @@ class AsyncWaiter:
     """An asyncio side of one bell key: ``clear()``, look at the database, then ``wait(timeout)``; a ring
     between the two is never lost. Use as a context manager (unsubscribes on exit)."""
 
-    def __init__(self, bell: Bell | None, key: str) -> None:
-        self._bell, self._key = bell, key
+    def __init__(self, bell: Bell | None, key: str, watcher: EventWatcher | None = None) -> None:
+        """With ``watcher``, the key (a job id) is also watched for events committed by other processes."""
+        self._bell, self._key, self._watcher = bell, key, watcher
         self._event = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
+        self._unwatch: Callable[[], None] | None = None
 
     def __enter__(self) -> AsyncWaiter:
         if self._bell is not None:
             loop = asyncio.get_running_loop()
             self._unsubscribe = self._bell.subscribe(self._key, lambda: loop.call_soon_threadsafe(self._event.set))
+        if self._watcher is not None:
+            self._unwatch = self._watcher.watch(self._key)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._unwatch:
+            self._unwatch()
         if self._unsubscribe:
             self._unsubscribe()
 
@@ -77,3 +87,115 @@ class AsyncWaiter:
             return True
         except TimeoutError:
             return False
+
+
+# -- events committed by other processes ------------------------------------------------------------------
+LatestEvents = Callable[[int | None, int], Mapping[str, int]]
+"""``(high, lag) -> {job id: newest event id}`` over the events with id > (high, or when None the newest event
+id in the table) - lag: one short query (and session) for every job at once."""
+
+
+def moved(seen: Mapping[str, int], latest: Mapping[str, int],
+          watched: Collection[str]) -> tuple[list[str], dict[str, int]]:
+    """(the watched jobs to ring, what is seen now): a watched job rings when its newest event id passed the
+    one seen before (a job not seen yet rings once when it has any recent event); unwatched jobs are forgotten."""
+    ring = [job for job in watched if latest.get(job, 0) > seen.get(job, 0)]
+    now_seen = {job: max(seen.get(job, 0), latest.get(job, 0)) for job in watched if job in seen or job in latest}
+    return ring, now_seen
+
+
+def next_high(high: int | None, latest: Mapping[str, int]) -> int | None:
+    """The newest event id seen so far (None until there is one)."""
+    return max([*latest.values(), *([] if high is None else [high])], default=None)
+
+
+class EventWatcher:
+    """One per process (per ``Database``): a thread that, while any job is watched, asks ``latest`` every
+    ``interval_s`` for the newest event id of every job (one query for all) and rings the bell of the
+    watched jobs whose newest id moved; events committed elsewhere so reach followers within about
+    ``interval_s``. Each tick re-reads the ``lag`` newest ids below the highest seen: PostgreSQL takes ids
+    from a sequence before commit, so a transaction may commit an id lower than one already seen. The
+    thread stops after ``idle_exit_s`` with nothing watched and starts again with the next ``watch``."""
+
+    LAG = 1000
+
+    def __init__(self, bell: Bell, latest: LatestEvents, interval_s: float = 0.5, idle_exit_s: float = 5.0) -> None:
+        self._bell, self._latest = bell, latest
+        self.interval_s, self.idle_exit_s = interval_s, idle_exit_s
+        self._lock = threading.Lock()
+        self._watched: dict[str, int] = {}  # job id -> number of followers
+        self._seen: dict[str, int] = {}
+        self._high: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.ticks = 0  # queries made (for tests and curiosity)
+
+    @property
+    def watched(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._watched)
+
+    def watch(self, key: str) -> Callable[[], None]:
+        """Watch ``key`` (a job id) until the returned function is called (once is enough; more is harmless)."""
+        with self._lock:
+            self._watched[key] = self._watched.get(key, 0) + 1
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="event-watcher", daemon=True)
+                self._thread.start()
+        done = threading.Event()
+
+        def unwatch() -> None:
+            with self._lock:
+                if done.is_set():
+                    return
+                done.set()
+                left = self._watched.get(key, 0) - 1
+                if left > 0:
+                    self._watched[key] = left
+                else:
+                    self._watched.pop(key, None)
+
+        return unwatch
+
+    def tick(self) -> list[str]:
+        """One look: ring (and return) the watched jobs that got events since the last look."""
+        with self._lock:
+            watched = set(self._watched)
+        if not watched:
+            return []
+        latest = self._latest(self._high, self.LAG)
+        self.ticks += 1
+        with self._lock:
+            self._high = next_high(self._high, latest)
+            ring, self._seen = moved(self._seen, latest, set(self._watched))
+        if ring:
+            self._bell.ring(ring)
+        return ring
+
+    def _run(self) -> None:
+        idle_since: float | None = None
+        failures = 0
+        while not self._stop.is_set():
+            with self._lock:
+                if self._watched:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= self.idle_exit_s:
+                    self._thread = None
+                    self._seen.clear()
+                    return
+            try:
+                self.tick()
+                failures = 0
+            except Exception as exc:  # a database blip: followers still read at their safety interval
+                failures += 1
+                (log.warning if failures == 1 else log.debug)("event watcher: %s (retrying)", exc)
+            self._stop.wait(min(self.interval_s * 2 ** min(failures, 4), 5.0) if failures else self.interval_s)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)

@@ -170,6 +170,20 @@ def unrunnable_reason(req: Requirements, servers: Sequence[ServerView], lock: Wo
     return "no server can run this job: " + "; ".join(f"{s.url} lacks {', '.join(s.lacks(req, lock))}" for s in active)
 
 
+def impossible_reason(req: Requirements, servers: Sequence[ServerView], lock: WorkerLock | None = None) -> str | None:
+    """Why a queued job can never run on the pool as it is, or None while it may still run (then it waits).
+
+    Stricter than the submit-time ``unrunnable_reason``, because failing a queued job cannot be undone: a
+    draining server still counts (it may be activated again), and nothing is decided while the pool is
+    empty or a server's capabilities are not known yet (it may be the one that has what the job needs)."""
+    if not servers or any(s.caps is None for s in servers):
+        return None
+    if any(s.can_run(req, lock) for s in servers):
+        return None
+    return "no server can run this job: " + "; ".join(f"{s.url} lacks {', '.join(s.lacks(req, lock))}"
+                                                      for s in servers)
+
+
 @dataclass(frozen=True)
 class TrainerView:
     """A trainer as the GPU lease rule sees it."""

@@ -2,8 +2,12 @@
 
 The database holds the registry (servers from the config file, the API or the CLI) and each server's last
 known health and capabilities, so every orchestrator process and the CLI see the same pool. This module
-keeps the live side: one ComfyClient and one ServerMonitor (websocket) per server, and a background
-thread that syncs with the registry, checks health (backing off on failures) and refreshes capabilities.
+keeps the live side: one ComfyClient and one ServerMonitor (websocket, with a client id of its own, so one
+ComfyUI registered under two URLs gets two sockets that do not steal each other's events) per server, and
+a background thread that syncs with the registry, checks health (backing off on failures), refreshes
+capabilities and removes the prompts of abandoned attempts from a server once it answers again. A
+registry row it cannot use (a malformed URL) is reported once, recorded unhealthy with the reason, and
+skipped: it never stops the loop for the other servers.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+
+import httpx
 
 from orchestrator import service
 from orchestrator.capabilities import Capabilities, ModelRef, Requirements
@@ -54,6 +60,7 @@ class Server:
     failures: int = 0
     next_check: float = 0.0
     refreshed: float = 0.0
+    cleanup_due: bool = True  # abandoned prompts may wait on it (always looked up once after a start)
 
     @property
     def comfy_version(self) -> str | None:
@@ -72,6 +79,7 @@ class Pool:
         self.refresh_interval_s = refresh_interval_s
         self.sync_interval_s = sync_interval_s
         self._servers: dict[str, Server] = {}
+        self._unusable: dict[str, str] = {}  # registry rows that cannot be followed: id -> why (reported once)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,21 +98,40 @@ class Pool:
         """Follow the registry: start new servers, stop removed ones, pick up drain and capabilities."""
         with self.db.session() as s:
             rows = {r.id: r for r in service.server_rows(s)}
+        unusable: list[tuple[ServerRow, str]] = []
         with self._lock:
             for gone in set(self._servers) - set(rows):
                 self._servers.pop(gone).monitor.stop()
+            for gone in set(self._unusable) - set(rows):
+                del self._unusable[gone]
             for row in rows.values():
-                srv = self._servers.get(row.id)
-                if srv is None:
-                    srv = self._servers[row.id] = self._make(row)
-                srv.active = row.state == "active"
-                if row.refreshed_at and row.refreshed_at.timestamp() > srv.refreshed:
-                    srv.caps = Capabilities.from_json(row.capabilities)
-                    srv.refreshed = row.refreshed_at.timestamp()
+                if row.id in self._unusable:
+                    continue
+                try:
+                    srv = self._servers.get(row.id)
+                    if srv is None:
+                        srv = self._servers[row.id] = self._make(row)
+                    srv.active = row.state == "active"
+                    if row.refreshed_at and row.refreshed_at.timestamp() > srv.refreshed:
+                        srv.caps = Capabilities.from_json(row.capabilities)
+                        srv.refreshed = row.refreshed_at.timestamp()
+                except Exception as exc:  # one bad row must not keep the pool from the others
+                    self._unusable[row.id] = why = f"unusable registry entry: {type(exc).__name__}: {exc}"[:500]
+                    stale = self._servers.pop(row.id, None)
+                    if stale is not None:
+                        stale.monitor.stop()
+                    unusable.append((row, why))
+        for row, why in unusable:
+            log.error("server %s (%r): %s; skipped until it is removed", row.name[:100], row.url[:100], why)
+            with self.db.session() as s:
+                service.record_health(s, row.id, False, why)
 
     def _make(self, row: ServerRow) -> Server:
+        url = httpx.URL(row.url)  # InvalidURL: control characters, too long, bad port
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{row.url[:100]!r} is not an http(s) URL with a host")
         client = ComfyClient(row.url, timeout=30)
-        monitor = ServerMonitor(row.url, self.client_id)
+        monitor = ServerMonitor(row.url, f"{self.client_id}-{row.id}")  # one client id per socket
         srv = Server(row.id, row.name, row.url, client, monitor, caps=Capabilities.from_json(row.capabilities),
                      healthy=row.healthy)
         monitor.on_state = lambda up, error, srv=srv: self._on_socket(srv, up, error)
@@ -126,6 +153,8 @@ class Pool:
             return
         was_down = not srv.healthy
         srv.failures, srv.next_check = 0, time.monotonic() + self.health_interval_s
+        if srv.cleanup_due or was_down:  # first of all: an abandoned prompt must not run on
+            self.clean_abandoned(srv)
         if refresh or was_down or srv.caps is None or time.time() - srv.refreshed > self.refresh_interval_s:
             try:
                 caps = probe(srv.client)
@@ -143,12 +172,49 @@ class Pool:
             srv.warm = frozenset()  # a restarted server has nothing loaded
             log.info("server %s is up (%s)", srv.url, srv.comfy_version)
 
+    def clean_abandoned(self, srv: Server) -> int:
+        """Remove from the server's queue, or interrupt by its prompt_id (never a bare interrupt), each prompt
+        of an attempt that ended while the server did not answer; the flag is cleared once the server's queue
+        no longer holds it (an interrupt takes effect between steps: until then it is asked again at every
+        check). Returns how many were cleared. The flags live in the database, so whichever process checks
+        the server next (another replica, this one restarted) does it."""
+        with self.db.session() as s:
+            attempts = service.abandoned_attempts(s, srv.url)
+        if not attempts:
+            srv.cleanup_due = False
+            return 0
+        ids = [a.id for a in attempts]
+        try:
+            srv.client.delete_queued(*ids)
+            for pid in ids:
+                srv.client.interrupt(pid)
+            queue = srv.client.queue(timeout=5)
+        except ComfyError as exc:
+            log.warning("server %s: abandoned prompts not removed yet: %s", srv.url, exc.message)
+            srv.cleanup_due = True
+            return 0
+        held = {item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])}
+        gone = [pid for pid in ids if pid not in held]
+        with self.db.session() as s:
+            service.clear_abandoned(s, gone)
+        srv.cleanup_due = len(gone) < len(ids)
+        log.info("server %s: removed %d abandoned prompt(s)%s", srv.url, len(ids),
+                 f", {len(ids) - len(gone)} still being interrupted" if srv.cleanup_due else "")
+        return len(gone)
+
+    def note_abandoned(self, srv: Server) -> None:
+        """An attempt on this server was just left abandoned: clean up at its next successful check."""
+        srv.cleanup_due = True
+        srv.next_check = min(srv.next_check, time.monotonic() + self.health_interval_s)
+
     def mark_down(self, srv: Server, error: str) -> None:
-        """Unhealthy until a check succeeds; checks back off exponentially up to a minute."""
+        """Unhealthy until a check succeeds; checks back off exponentially up to a minute (up to the health
+        interval while abandoned prompts wait on it: they are removed as soon as it answers)."""
         was_healthy = srv.healthy
         srv.healthy = False
         srv.failures += 1
-        srv.next_check = time.monotonic() + min(2 ** (srv.failures - 1), 60)
+        cap = self.health_interval_s if srv.cleanup_due else 60
+        srv.next_check = time.monotonic() + min(2 ** (srv.failures - 1), cap)
         if was_healthy or srv.failures == 1:
             log.warning("server %s is down: %s", srv.url, error)
             with self.db.session() as s:
@@ -186,7 +252,7 @@ class Pool:
     def start(self, wait_s: float = 10.0) -> Pool:
         """Sync and check every server once (in parallel), then keep doing it in the background."""
         self.sync()
-        checks = [threading.Thread(target=self.check, args=(s,)) for s in self.servers]
+        checks = [threading.Thread(target=self._check_isolated, args=(s,)) for s in self.servers]
         for t in checks:
             t.start()
         for t in checks:
@@ -204,9 +270,18 @@ class Pool:
                     last_sync = time.monotonic()
                 for srv in self.servers:
                     if time.monotonic() >= srv.next_check:
-                        self.check(srv)
+                        self._check_isolated(srv)
             except Exception:
                 log.exception("pool loop")
+
+    def _check_isolated(self, srv: Server) -> None:
+        """A check whose unexpected error marks that server down (logged once) and leaves the others alone."""
+        try:
+            self.check(srv)
+        except Exception as exc:
+            if srv.healthy or srv.failures == 0:
+                log.exception("health check of %s", srv.url)
+            self.mark_down(srv, f"health check failed: {type(exc).__name__}: {exc}"[:500])
 
     def close(self) -> None:
         self._stop.set()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import mimetypes
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -14,7 +15,7 @@ from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from orchestrator import editor
+from orchestrator import audit, editor, limits, media
 from orchestrator import templates as tpl
 from orchestrator.capabilities import Capabilities, Requirements
 from orchestrator.errors import Conflict, InvalidInput, NotFound
@@ -30,6 +31,8 @@ from orchestrator.models import (
     TemplateVersionRow,
     now,
 )
+from orchestrator.placement import ServerView, unrunnable_reason
+from orchestrator.settings import Settings, get_settings
 from orchestrator.validation import validate_graph
 from storage import ObjectStore
 
@@ -109,6 +112,7 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
                              kind=t.manifest.kind, manifest=manifest, graph=graph, source="published",
                              published_by=api_key_id)
     session.add(row)
+    audit.record(session, "template.publish", f"{name}@v{version}", {"content_hash": t.content_hash})
     try:
         session.commit()
     except IntegrityError as exc:
@@ -132,6 +136,7 @@ def set_deprecated(session: Session, name: str, version: int, deprecated: bool =
     row, _t = get_template(session, name, version)
     row.deprecated = deprecated
     session.add(row)
+    audit.record(session, "template.deprecate", f"{name}@v{version}", {"deprecated": deprecated})
     session.commit()
     return row
 
@@ -178,24 +183,41 @@ def sniff(f: BinaryIO, filename: str) -> tuple[str, int | None, int | None]:
     return guessed, None, None
 
 
-def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[bytes] | Path,
-                filename: str, tags: Iterable[str] = ()) -> Artifact:
-    """Store an uploaded input; the same bytes uploaded twice give the same artifact (tags are added)."""
-    if isinstance(data, Path):
-        obj = store.put_file(data)
-    else:
-        obj = store.put_stream([data] if isinstance(data, bytes) else data)
-    existing = session.exec(select(Artifact).where(Artifact.origin == f"input:{obj.sha256}")).first()
-    if existing:
-        add_tags(session, existing.id, tags)
-        return existing
-    with store.open(obj.key) as f:
-        content_type, w, h = sniff(f, filename)
-    art = Artifact(origin=f"input:{obj.sha256}", key=obj.key, sha256=obj.sha256, size=obj.size,
-                   content_type=content_type, filename=Path(filename).name or "upload", role="input",
-                   width=w, height=h)
+@contextmanager
+def checked_upload(data: bytes | Iterable[bytes] | BinaryIO | Path, filename: str,
+                   settings: Settings) -> Iterator[tuple[media.Spooled, media.MediaInfo]]:
+    """An upload spooled to a local file while it is hashed, then inspected against the limits (``media``):
+    refused (413 over a limit, 422 for an image that does not decode) before anything is stored. Every path
+    that stores uploaded bytes (inputs, a trainer's outputs) goes through here, then ``store.put_file``."""
+    caps = media.MediaLimits.of(settings)
+    with media.spooled(data, caps, settings.home / "spool") as spool:
+        yield spool, media.inspect(spool.path, filename, caps)
+
+
+def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[bytes] | BinaryIO | Path,
+                filename: str, tags: Iterable[str] = (), settings: Settings | None = None) -> Artifact:
+    """Store an uploaded input; the same bytes uploaded twice give the same artifact (tags are added).
+
+    Tags and file name are checked first, the bytes are inspected before they are stored (``checked_upload``):
+    a refused upload leaves no object and no row. ``settings``: the limits (default: ``get_settings()``)."""
+    settings = settings or get_settings()
+    tags = limits.check_tags(tags, settings)
+    filename = media.check_filename(filename) or "upload"
+    with checked_upload(data, filename, settings) as (spool, info):
+        origin = f"input:{spool.sha256}"
+        existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
+        if existing:
+            add_tags(session, existing.id, tags)
+            return existing
+        obj = store.put_file(spool.path, spool.sha256)
+    art = Artifact(origin=origin, key=obj.key, sha256=obj.sha256, size=obj.size, content_type=info.content_type,
+                   filename=filename, role="input", width=info.width, height=info.height)
     session.add(art)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # the same bytes uploaded at the same moment: theirs is the artifact
+        session.rollback()
+        art = session.exec(select(Artifact).where(Artifact.origin == origin)).one()
     add_tags(session, art.id, tags)
     return art
 
@@ -237,6 +259,8 @@ def delete_artifact(session: Session, store: ObjectStore, artifact_id: str) -> A
         session.delete(row)
     session.delete(art)
     shared = session.exec(select(func.count()).where(Artifact.sha256 == art.sha256, Artifact.id != art.id)).one()
+    audit.record(session, "artifact.delete", art.id, {"sha256": art.sha256, "filename": art.filename,
+                                                     "role": art.role})
     session.commit()
     if not shared:
         store.delete(art.key)
@@ -279,15 +303,18 @@ def requirements(t: tpl.TemplateVersion, values: dict[str, Any]) -> Requirements
 
 
 def create_job(session: Session, row: TemplateVersionRow, t: tpl.TemplateVersion, values: dict[str, Any],
-               *, api_key_id: str | None = None, priority: int = 0, timeout_s: float | None = None) -> Job:
+               *, api_key_id: str | None = None, priority: int = 0, timeout_s: float | None = None,
+               idempotency_key: str | None = None, request_hash: str | None = None) -> Job:
     """Write the job (QUEUED) and its first event; params must be validated already."""
     job = Job(template_version_id=row.id, template=t.name, version=t.version, params=values,
-              priority=priority, timeout_s=timeout_s or t.manifest.timeout_s, api_key_id=api_key_id)
+              priority=priority, timeout_s=timeout_s or t.manifest.timeout_s, api_key_id=api_key_id,
+              idempotency_key=idempotency_key, request_hash=request_hash)
     session.add(job)
     session.add_all(JobInput(job_id=job.id, artifact_id=values[p.name]) for p in t.manifest.parameters
                     if p.type in tpl.ARTIFACT_TYPES and values.get(p.name))
     session.add(JobEvent(job_id=job.id, kind="state", state=JobState.QUEUED, reason="submitted",
                          data={"template": t.ref, "hash": t.content_hash}))
+    audit.record(session, "job.submit", job.id, {"kind": job.kind, "template": t.ref, "priority": priority})
     session.commit()
     return job
 
@@ -298,7 +325,8 @@ def validate_job(session: Session, pool: Pool | None, template: str, params: dic
 
     Refused here: unknown template or version, bad parameters, unknown or wrong-type input artifacts,
     and node classes or models that no server of the pool has (ComfyUI would only notice at run time),
-    and LoRAs of the model registry that are not approved.
+    and LoRAs of the model registry that are not approved. Without a live ``pool`` (``medialab submit``)
+    the servers' recorded capabilities are checked by the same rule, so every path refuses the same jobs.
     """
     from orchestrator.training.registry import check_usable
 
@@ -309,14 +337,57 @@ def validate_job(session: Session, pool: Pool | None, template: str, params: dic
     check_usable(session, req.models)  # a registered LoRA must be approved
     if pool is not None:
         pool.check_runnable(req)
+    else:
+        check_runnable_recorded(session, req)
     return row, t, values
+
+
+def recorded_views(rows: Iterable[ServerRow]) -> list[ServerView]:
+    """The registry as placement sees it, from the health and capabilities recorded in the database."""
+    return [ServerView(r.id, r.url, r.healthy, r.state == "active", Capabilities.from_json(r.capabilities))
+            for r in rows]
+
+
+def check_runnable_recorded(session: Session, req: Requirements) -> None:
+    """``Pool.check_runnable`` against the recorded capabilities (for a process without a live pool). With
+    no server registered at all nothing is refused: ``serve`` and ``run`` start a local worker then."""
+    from orchestrator.pool import MissingCapability
+
+    rows = server_rows(session)
+    reason = unrunnable_reason(req, recorded_views(rows)) if rows else None
+    if reason:
+        raise MissingCapability(reason)
+
+
+def idempotent_job(session: Session, api_key_id: str | None, idempotency_key: str, request_hash: str) -> Job | None:
+    """The job an earlier submit with this key's ``Idempotency-Key`` made, if any; the same key with another
+    body is refused (as Comfy API v2 does)."""
+    job = session.exec(select(Job).where(Job.api_key_id == api_key_id, Job.idempotency_key == idempotency_key)).first()
+    if job is not None and job.request_hash != request_hash:
+        raise InvalidInput(f"Idempotency-Key {idempotency_key!r} was used for job {job.id} with another request "
+                           "body; use a new key for a new request")
+    return job
 
 
 def submit_job(session: Session, pool: Pool | None, template: str, params: dict[str, Any],
                version: int | None = None, **job_fields: Any) -> Job:
-    """Validate, then write the job as QUEUED (a job is always written before it is dispatched)."""
+    """Validate, then write the job as QUEUED (a job is always written before it is dispatched). With an
+    ``idempotency_key`` (and the ``request_hash`` of the body), a repeated submit returns the first job."""
+    if job_fields.get("idempotency_key"):
+        job = idempotent_job(session, job_fields.get("api_key_id"), job_fields["idempotency_key"],
+                             job_fields["request_hash"])
+        if job is not None:
+            return job
     row, t, values = validate_job(session, pool, template, params, version)
-    return create_job(session, row, t, values, **job_fields)
+    try:
+        return create_job(session, row, t, values, **job_fields)
+    except IntegrityError:
+        session.rollback()
+        job = idempotent_job(session, job_fields.get("api_key_id"), job_fields.get("idempotency_key") or "",
+                             job_fields.get("request_hash") or "") if job_fields.get("idempotency_key") else None
+        if job is None:
+            raise
+        return job  # a concurrent submit with the same Idempotency-Key won
 
 
 def get_job(session: Session, job_id: str) -> Job:
@@ -373,8 +444,13 @@ def cancel_job(session: Session, job_id: str) -> Job:
     job = get_job(session, job_id)
     if job.state.terminal:
         raise Conflict(f"job {job_id} is already {job.state.value}")
-    if not (job.state == JobState.QUEUED
-            and transition(session, job_id, JobState.QUEUED, JobState.CANCELLED, "cancelled while queued")):
+    cancelled = job.state == JobState.QUEUED and transition(session, job_id, JobState.QUEUED, JobState.CANCELLED,
+                                                            "cancelled while queued", commit=False)
+    audit.record(session, "job.cancel", job_id, {"kind": job.kind, "outcome": "cancelled" if cancelled
+                                                 else "cancel requested"})
+    if cancelled:
+        session.commit()
+    else:  # running (or taken by a dispatcher just now): its dispatcher or trainer stops it
         add_event(session, job_id, "info", "cancel requested", cancel_requested=True)
     session.expire_all()
     return get_job(session, job_id)
@@ -424,19 +500,55 @@ def start_attempt(session: Session, job: Job, server: str, owner: str | None, le
 
 
 def finish_attempt(session: Session, attempt_id: str, owner: str | None, state: JobState,
-                   error: dict[str, Any] | None) -> bool:
-    """End an attempt this owner still holds (the caller commits); False when it lost the lease."""
+                   error: dict[str, Any] | None, *, counts: bool = True, abandoned: bool = False) -> bool:
+    """End an attempt this owner still holds (the caller commits); False when it lost the lease.
+    ``counts=False``: a dependency of ours failed, not the job (not counted against its max attempts);
+    ``abandoned``: its server did not answer, so its prompt may still be there (removed once it answers)."""
     res = session.execute(update(Attempt).where(col(Attempt.id) == attempt_id, col(Attempt.state) == JobState.RUNNING,
                                                 col(Attempt.owner) == owner)
-                          .values(state=state, error=error, finished_at=now()))
+                          .values(state=state, error=error, finished_at=now(), counts=counts, abandoned=abandoned))
     return res.rowcount == 1
 
 
-def heartbeat(session: Session, owner: str, lease_s: float) -> int:
-    res = session.execute(update(Attempt).where(col(Attempt.owner) == owner, col(Attempt.state) == JobState.RUNNING)
-                          .values(lease_until=now() + timedelta(seconds=lease_s)))
+def counted_attempts(session: Session, job_id: str) -> int:
+    """The job's attempts that count against its max attempts (all but those a dependency of ours ended)."""
+    return session.exec(select(func.count()).where(Attempt.job_id == job_id, col(Attempt.counts).is_(True))).one()
+
+
+def waits_in_a_row(session: Session, job_id: str, before: int) -> int:
+    """How many of the job's attempts just before number ``before`` ended in a row waiting for a dependency
+    (counts=False): the backoff of the next wait grows with it."""
+    flags = session.exec(select(Attempt.counts).where(Attempt.job_id == job_id, Attempt.number < before)
+                         .order_by(col(Attempt.number).desc()).limit(64)).all()
+    return next((i for i, counts in enumerate(flags) if counts), len(flags))
+
+
+def heartbeat(session: Session, owner: str, lease_s: float, attempt_ids: Iterable[str] | None = None) -> int:
+    """Renew the leases of this process's RUNNING attempts; with ``attempt_ids`` only of those (the ones a
+    runner of this process is following: an attempt whose runner ended without ending it lapses and is
+    adopted and reconciled like a crashed process's)."""
+    q = update(Attempt).where(col(Attempt.owner) == owner, col(Attempt.state) == JobState.RUNNING)
+    if attempt_ids is not None:
+        ids = list(attempt_ids)
+        if not ids:
+            return 0
+        q = q.where(col(Attempt.id).in_(ids))
+    res = session.execute(q.values(lease_until=now() + timedelta(seconds=lease_s)))
     session.commit()
     return res.rowcount
+
+
+def abandoned_attempts(session: Session, server: str) -> list[Attempt]:
+    """Ended attempts whose prompt may still sit on ``server`` (it did not answer when they ended)."""
+    return list(session.exec(select(Attempt).where(Attempt.server == server, col(Attempt.abandoned).is_(True),
+                                                   Attempt.state != JobState.RUNNING)))
+
+
+def clear_abandoned(session: Session, attempt_ids: Iterable[str]) -> None:
+    ids = list(attempt_ids)
+    if ids:
+        session.execute(update(Attempt).where(col(Attempt.id).in_(ids)).values(abandoned=False))
+        session.commit()
 
 
 def adopt_orphans(session: Session, owner: str, lease_s: float) -> list[Attempt]:
@@ -486,14 +598,19 @@ def register_server(session: Session, url: str, name: str | None = None, source:
         raise Conflict(f"a server named {name!r} exists already")
     row = ServerRow(name=name, url=url, source=source)
     session.add(row)
+    audit.record(session, "server.add", row.name, {"id": row.id, "url": row.url, "source": source})
     session.commit()
     return row
+
+
+SERVER_STATE_ACTIONS = {"draining": "server.drain", "active": "server.activate"}
 
 
 def set_server_state(session: Session, ref: str, state: str) -> ServerRow:
     row = get_server(session, ref)
     row.state = state
     session.add(row)
+    audit.record(session, SERVER_STATE_ACTIONS.get(state, f"server.{state}"), row.name, {"id": row.id})
     session.commit()
     return row
 
@@ -504,6 +621,7 @@ def remove_server(session: Session, ref: str) -> ServerRow:
     if busy:
         raise Conflict(f"server {row.name} has {busy} job(s) in flight: drain it and wait, then remove it")
     session.delete(row)
+    audit.record(session, "server.remove", row.name, {"id": row.id, "url": row.url})
     session.commit()
     return row
 

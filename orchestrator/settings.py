@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     servers_file: Path | None = Field(
         None, description="TOML file of servers ([[server]] name, url) added to the pool at start. With no "
         "server in the pool at all, a local ComfyUI worker is started and stopped on exit.")
-    replica_id: str | None = Field(None, description="Name of this orchestrator process; default host-pid.")
+    replica_id: str | None = Field(None, description="Name of this orchestrator process (default: the host "
+                                   "name); its identity is <name>-<pid>-<random>, new for each process lifetime.")
     comfy_runtime: Path = Field(PROJECT_ROOT / ".runtime" / "comfyui", description="ComfyUI tree.")
     models_dir: Path = Field(PROJECT_ROOT / ".runtime" / "models", description="Models of the local worker.")
     worker_port: int | None = Field(None, description="Port of the local ComfyUI worker; default: a free one.")
@@ -74,6 +75,30 @@ class Settings(BaseSettings):
                                            "its extra_model_paths.yaml; trained LoRAs go to <it>/loras.")
     lora_initial_state: str = Field("approved", description="State of a newly registered LoRA: approved (usable "
                                     "at once) or candidate (needs `medialab models approve`).")
+
+    # -- limits (every refusal is a 4xx problem+json naming the limit and its value) -----------------
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest JSON request body (413 above it).")
+    max_upload_bytes: int = Field(8 << 30, ge=1 << 20, description="Largest uploaded file (413 above it).")
+    max_image_pixels: int = Field(100_000_000, ge=1, description="Largest image (width x height) accepted as an "
+                                  "input; decompression bombs are refused before anything is stored.")
+    max_video_seconds: float = Field(3600.0, gt=0, description="Longest video accepted as an input.")
+    max_video_frames: int = Field(216_000, ge=1, description="Most frames in a video input.")
+    max_video_pixels: int = Field(7680 * 4320, ge=1, description="Largest video frame (width x height).")
+    max_params: int = Field(64, ge=1, description="Most parameters (or training options) in one request.")
+    max_string_length: int = Field(20_000, ge=1, description="Longest string parameter (prompts).")
+    max_name_length: int = Field(128, ge=1, description="Longest name (template, server, key, dataset, tag).")
+    max_tags: int = Field(32, ge=1, description="Most tags on one upload.")
+    max_heartbeat_events: int = Field(500, ge=1, description="Most progress events in one trainer heartbeat.")
+    max_timeout_s: float = Field(7 * 86400.0, gt=0, description="Largest timeout_s a job may ask for.")
+
+    # -- what a graph may reach (see the README's Security model) --------------------------------------
+    url_allowlist: list[str] = Field(default_factory=list, description="Origins (scheme://host[:port]) whose "
+                                     "http(s) URLs may be given as media inputs, e.g. the platform's screenshot "
+                                     "server; the object store's own presigned URLs are always allowed.")
+    url_private_ok: bool = Field(False, description="Allowlisted origins may resolve to private or loopback "
+                                 "addresses (an internal screenshot server); link-local never is.")
+    url_max_bytes: int = Field(2 << 30, ge=1, description="Largest file fetched from a URL input.")
+    url_timeout_s: float = Field(60.0, gt=0, description="Time limit for fetching a URL input.")
 
     @property
     def database(self) -> str:

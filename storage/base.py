@@ -36,7 +36,8 @@ class ObjectStore(Protocol):
     def put_stream(self, chunks: Iterable[bytes]) -> StoredObject:
         """Store bytes as they arrive (never all in memory); returns the content-addressed object."""
 
-    def put_file(self, path: Path) -> StoredObject: ...
+    def put_file(self, path: Path, sha256: str | None = None) -> StoredObject:
+        """Store a local file (``sha256``: its hash, when the caller knows it already)."""
 
     def open(self, key: str) -> BinaryIO: ...
 

@@ -52,8 +52,12 @@ class LocalDiskStore:
             raise
         return self._commit(Path(name), h.hexdigest(), size)
 
-    def put_file(self, path: Path) -> StoredObject:
-        sha, size = sha256_file(path)
+    def put_file(self, path: Path, sha256: str | None = None) -> StoredObject:
+        """``sha256``: the file's hash when the caller computed it already (it is not read twice)."""
+        if sha256 is None:
+            sha, size = sha256_file(path)
+        else:
+            sha, size = sha256, path.stat().st_size
         if self.exists(key_for(sha)):
             return StoredObject(key_for(sha), sha, size)
         fd, name = tempfile.mkstemp(dir=self.root / "tmp")

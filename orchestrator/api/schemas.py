@@ -199,3 +199,55 @@ class TrainerFinish(BaseModel):
     state: JobState
     error: dict[str, Any] | None = None
     lora_artifact: str | None = None
+
+
+# -- API keys and the audit trail ---------------------------------------------------------------------
+class KeyOut(Out):
+    """An API key as admins see it: never its secret nor its hash."""
+
+    id: str
+    name: str
+    roles: list[str]
+    state: str = Field(description="active | revoking (usable until a rotation's grace period ends) | expired "
+                                   "| revoked")
+    created_at: datetime
+    created_by: str | None = Field(description="Id of the admin key that made it (null: the CLI on the host).")
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="Last authenticated request (written at most once a minute).")
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The plain key: shown this once, never again.")
+
+
+class KeyRotated(KeyCreated):
+    previous: KeyOut = Field(description="The old key, revoked now or at the end of the grace period.")
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Letters, digits and . _ @ + -; several keys may share a name.")
+    roles: list[str] = Field(min_length=1, max_length=8, description="admin, run, publish, export, train.")
+    expires: str | None = Field(None, max_length=64, description="30d, 12h, 90m, 2w, an ISO date or date-time; "
+                                                                 "null or 'never': no expiry.")
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace: str | None = Field(None, max_length=64, description="The old key stays usable this long (e.g. 1h, at "
+                                                               "most 7d); null: revoked at once.")
+    expires: str | None = Field(None, max_length=64, description="The new key's expiry (as for create); null: the "
+                                                                 "old key's expiry.")
+
+
+class AuditEventOut(Out):
+    id: int
+    at: datetime
+    api_key_id: str | None = Field(description="The key that acted (null: the CLI on the host).")
+    key_name: str | None
+    action: str = Field(description="e.g. job.submit, job.cancel, template.publish, server.add, key.rotate.")
+    target: str = Field(description="The id or name acted on.")
+    data: dict[str, Any] | None

@@ -135,17 +135,18 @@ class ComfyClient:
             raise ComfyError(f"POST /prompt -> {r.status_code}: {r.text[:500]}")
         return data
 
-    def history(self, prompt_id: str) -> dict[str, Any] | None:
-        """The finished prompt's history entry, or None (ComfyUI answers {} for running and unknown alike)."""
-        data = self._json("GET", f"/history/{prompt_id}")
+    def history(self, prompt_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """The finished prompt's history entry, or None (ComfyUI answers {} for running and unknown alike).
+        ``timeout``: a server that does not answer in time is unreachable (hung), whatever the client's default."""
+        data = self._json("GET", f"/history/{prompt_id}", **({"timeout": timeout} if timeout else {}))
         return (data or {}).get(prompt_id)
 
-    def queue(self) -> dict[str, list]:
-        return self._json("GET", "/queue")
+    def queue(self, timeout: float | None = None) -> dict[str, list]:
+        return self._json("GET", "/queue", **({"timeout": timeout} if timeout else {}))
 
-    def queue_position(self, prompt_id: str) -> str | None:
+    def queue_position(self, prompt_id: str, timeout: float | None = None) -> str | None:
         """'running', 'pending' or None when the server's queue does not hold the prompt."""
-        q = self.queue()
+        q = self.queue(timeout)
         for state, key in (("running", "queue_running"), ("pending", "queue_pending")):
             if any(item[1] == prompt_id for item in q.get(key, [])):
                 return state

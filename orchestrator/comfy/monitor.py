@@ -1,7 +1,9 @@
 """One websocket per ComfyUI server, shared by every prompt the orchestrator runs there.
 
 Every prompt is submitted with this monitor's client id, so ComfyUI sends its events here; the monitor
-hands each event to the subscriber of that prompt_id. When the socket drops, every subscriber is told
+hands each event to the subscriber of that prompt_id. The client id must be this monitor's alone: ComfyUI
+keeps one socket per client id, so two monitors sharing one (the same server registered under two URLs)
+would take each other's socket and events. When the socket drops, every subscriber is told
 (its ``recv`` raises ComfyUnreachable once) and the monitor reconnects with backoff. Events are never
 replayed by ComfyUI, so followers reconcile through /history and /queue after a drop or a silence.
 """
@@ -100,7 +102,7 @@ class ServerMonitor:
             try:
                 self._ws = websocket.create_connection(url, timeout=5)
                 self._ws.settimeout(None)
-            except (websocket.WebSocketException, OSError) as exc:
+            except (websocket.WebSocketException, OSError, ValueError) as exc:
                 self.on_state(False, f"websocket: {exc}")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)

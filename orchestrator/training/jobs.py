@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from sqlalchemy import update
 from sqlmodel import Session, col, or_, select
 
-from orchestrator import service
+from orchestrator import audit, service
 from orchestrator.capabilities import Capabilities
-from orchestrator.errors import Conflict, InvalidInput, NotFound
+from orchestrator.errors import Conflict, Forbidden, InvalidInput, NotFound
 from orchestrator.jobs import JobState
 from orchestrator.models import Artifact, Attempt, Job, JobEvent, JobInput, LoraModel, Trainer, now
 from orchestrator.placement import TrainerView, gpu_leases
@@ -100,6 +100,8 @@ def submit_training(session: Session, store: ObjectStore, settings: Settings, *,
     session.add(JobInput(job_id=job.id, artifact_id=ds.id))
     session.add(JobEvent(job_id=job.id, kind="state", state=JobState.QUEUED, reason="submitted",
                          data={"kind": KIND, "preset": preset, "base_model": base, "name": lora_name}))
+    audit.record(session, "job.submit", job.id, {"kind": KIND, "dataset": ds.id, "base_model": base,
+                                                 "name": lora_name, "priority": priority})
     session.commit()
     return job
 
@@ -121,9 +123,11 @@ def touch_trainer(session: Session, name: str, gpu_server: str | None, info: dic
 
 
 def claim(session: Session, name: str, lease_s: float, gpu_server: str | None = None,
-          info: dict[str, Any] | None = None, policy: RetryPolicy | None = None) -> tuple[Job, Attempt] | str | None:
+          info: dict[str, Any] | None = None, policy: RetryPolicy | None = None,
+          api_key_id: str | None = None) -> tuple[Job, Attempt] | str | None:
     """The next training job for this trainer, claimed with a lease; None when there is none; a reason
-    (str) when there is one but the trainer must wait for its GPU to empty."""
+    (str) when there is one but the trainer must wait for its GPU to empty. The claim is bound to the API key
+    that made it (None: the embedded trainer): only that key may act on it."""
     expire_claims(session, policy or RetryPolicy())
     trainer = touch_trainer(session, name, gpu_server, info)
     owner = claims.trainer_owner(name)
@@ -143,17 +147,21 @@ def claim(session: Session, name: str, lease_s: float, gpu_server: str | None = 
     if attempt is None:
         session.rollback()
         return None
+    attempt.api_key_id = api_key_id
     trainer.waiting_since = None
     session.add(trainer)
     session.commit()
     return service.get_job(session, job.id), attempt
 
 
-def held_attempt(session: Session, attempt_id: str, name: str) -> tuple[Attempt, Job]:
-    """The trainer's live claim; Conflict when it is no longer its own (expired and taken back)."""
+def held_attempt(session: Session, attempt_id: str, name: str, api_key_id: str | None = None) -> tuple[Attempt, Job]:
+    """The trainer's live claim; Forbidden when another API key made it, Conflict when it is no longer its own
+    (expired and taken back)."""
     attempt = session.get(Attempt, attempt_id)
-    if attempt is None:
-        raise NotFound(f"unknown attempt {attempt_id}")
+    if attempt is None or not attempt.server.startswith("trainer:"):
+        raise NotFound(f"unknown training claim {attempt_id}")
+    if attempt.api_key_id != api_key_id:
+        raise Forbidden(f"training claim {attempt_id} was made with another API key; only that key may act on it")
     if attempt.owner != claims.trainer_owner(name) or attempt.state != JobState.RUNNING:
         raise Conflict(f"attempt {attempt_id} is no longer held by trainer {name} ({attempt.state.value}); "
                        "stop working on it")
@@ -161,9 +169,9 @@ def held_attempt(session: Session, attempt_id: str, name: str) -> tuple[Attempt,
 
 
 def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
-              events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              events: list[dict[str, Any]] | None = None, api_key_id: str | None = None) -> dict[str, Any]:
     """Renew the claim and record progress; the reply says whether the job is to be cancelled."""
-    attempt, job = held_attempt(session, attempt_id, name)
+    attempt, job = held_attempt(session, attempt_id, name, api_key_id)
     until = now() + timedelta(seconds=lease_s)
     res = session.execute(update(Attempt).where(col(Attempt.id) == attempt_id, col(Attempt.state) == JobState.RUNNING,
                                                 col(Attempt.owner) == claims.trainer_owner(name))
@@ -197,11 +205,11 @@ def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
 
 
 def store_output(session: Session, store: ObjectStore, attempt_id: str, name: str, kind: str,
-                 data: BinaryIO, filename: str, step: int | None = None) -> Artifact:
+                 data: BinaryIO, filename: str, step: int | None = None, api_key_id: str | None = None) -> Artifact:
     """A sample image, an intermediate checkpoint or the final LoRA of the claim, stored with lineage."""
     if kind not in OUTPUT_KINDS:
         raise InvalidInput(f"output kind {kind!r}: one of {', '.join(OUTPUT_KINDS)}")
-    attempt, job = held_attempt(session, attempt_id, name)
+    attempt, job = held_attempt(session, attempt_id, name, api_key_id)
     filename = Path(filename).name or kind
     origin = f"output:{job.id}:{attempt.id}:{kind}:{filename}"  # a retry's files are its own
     existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
@@ -223,10 +231,10 @@ def store_output(session: Session, store: ObjectStore, attempt_id: str, name: st
 
 
 def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id: str, name: str, state: JobState,
-           error: dict[str, Any] | None = None, lora_artifact: str | None = None) -> Job:
+           error: dict[str, Any] | None = None, lora_artifact: str | None = None, api_key_id: str | None = None) -> Job:
     """End the claim. SUCCEEDED needs the final LoRA (uploaded as kind ``lora``): it is registered in the
     model registry before the job is SUCCEEDED. Distribution to the pool is the caller's next step."""
-    attempt, job = held_attempt(session, attempt_id, name)
+    attempt, job = held_attempt(session, attempt_id, name, api_key_id)
     if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
         raise InvalidInput(f"a claim ends SUCCEEDED, FAILED or CANCELLED, not {state.value}")
     art = None

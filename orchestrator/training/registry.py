@@ -33,7 +33,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
-from orchestrator import service
+from orchestrator import audit, service
 from orchestrator.comfy.client import ComfyClient
 from orchestrator.errors import Conflict, InvalidInput, MediaLabError, NotFound
 from orchestrator.models import Artifact, LoraModel, ServerRow, now
@@ -56,6 +56,7 @@ class LoraState(StrEnum):
     withdrawn = "withdrawn"
 
 
+STATE_ACTIONS = {LoraState.approved: "model.approve", LoraState.withdrawn: "model.withdraw"}  # the audit trail
 TRANSITIONS: dict[LoraState, frozenset[LoraState]] = {
     LoraState.candidate: frozenset({LoraState.approved, LoraState.withdrawn}),
     LoraState.approved: frozenset({LoraState.withdrawn}),
@@ -228,9 +229,11 @@ def get_model(session: Session, ref: str) -> LoraModel:
 
 def set_state(session: Session, ref: str, new: str) -> LoraModel:
     row = get_model(session, ref)
-    row.state = check_state_change(row.state, new)
+    previous, row.state = row.state, check_state_change(row.state, new)
     row.state_changed_at = now()
     session.add(row)
+    audit.record(session, STATE_ACTIONS[row.state], row.filename, {"id": row.id, "sha256": row.sha256,
+                                                                   "from": previous})
     session.commit()
     return row
 

@@ -1,11 +1,13 @@
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, Request
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
-from starlette.concurrency import run_in_threadpool
 
 from orchestrator import service
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
@@ -26,9 +28,15 @@ def job_out(session: Session, job: Job) -> JobOut:
 
 
 @router.post("", status_code=201, response_model=JobOut)
-def submit(body: JobSubmit, ctx: CtxDep, session: SessionDep, key: RunKey) -> JobOut:
+def submit(body: JobSubmit, ctx: CtxDep, session: SessionDep, key: RunKey,
+           idempotency_key: Annotated[str | None, Header(max_length=255, description=(
+               "The same key and body return the same job (a retried request never submits twice); the same "
+               "key with another body is 422."))] = None) -> JobOut:
+    request_hash = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest() if idempotency_key else None
     job = service.submit_job(session, ctx.pool, body.template, body.params, body.version,
-                             api_key_id=key.id, priority=body.priority, timeout_s=body.timeout_s)
+                             api_key_id=key.id, priority=body.priority, timeout_s=body.timeout_s,
+                             idempotency_key=idempotency_key, request_hash=request_hash)
     if ctx.dispatcher:
         ctx.dispatcher.wake()
     return job_out(session, job)
@@ -52,35 +60,51 @@ def cancel(job_id: str, session: SessionDep, _: RunKey) -> JobOut:
     return job_out(session, service.cancel_job(session, job_id))
 
 
+STREAM_READERS = 4  # stream reads of one process at once (threads, so database connections): never the pool
+STREAM_SAFETY_S = 10.0  # a waiting stream reads at least this often, even when nothing rang its bell
+STREAM_LINGER_S = 0.2  # after the final state: one more look this long after it
+
+
 def _poll(ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState]:
     with ctx.db.session() as s:
         events = [EventOut.model_validate(e) for e in service.events_after(s, job_id, after)]
         return events, service.get_job(s, job_id).state
 
 
+async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState]:
+    """``_poll`` in a thread, at most ``STREAM_READERS`` of them for all streams of this app together, so a
+    burst of streams waits its turn here instead of taking the threads and connections other requests need."""
+    state = request.app.state
+    if not hasattr(state, "stream_readers"):  # made lazily, in the app's own event loop
+        state.stream_readers = anyio.CapacityLimiter(STREAM_READERS)
+    return await anyio.to_thread.run_sync(_poll, ctx, job_id, after, limiter=state.stream_readers)
+
+
 @router.get("/{job_id}/events", response_model=None)
-async def events(job_id: str, ctx: CtxDep, _: AnyKey, last_event_id: Annotated[int | None, Header()] = None,
+async def events(request: Request, job_id: str, ctx: CtxDep, _: AnyKey,
+                 last_event_id: Annotated[int | None, Header()] = None,
                  follow: bool = True) -> EventSourceResponse | list[EventOut]:
     """Server-Sent Events: every event of the job (state, progress, info); ends after the final state.
     With ``follow=false``: the events so far, as a JSON list."""
-    so_far, _state = await run_in_threadpool(_poll, ctx, job_id, last_event_id or 0)  # 404 before streaming
+    so_far, _state = await _read(request, ctx, job_id, last_event_id or 0)  # 404 before streaming
     if not follow:
         return so_far
 
     async def stream() -> AsyncIterator[dict]:
-        """Woken by the job's bell when this process commits an event of it; polls every 0.2 s anyway
-        (another replica may run the job). After the final state it looks once more (an event may follow it,
-        e.g. a trained LoRA's distribution) and ends when nothing new came."""
+        """Holds no database connection while it waits: woken by the job's bell (rung by this process's
+        commits, and by the process's event watcher for events committed elsewhere: a replica, the CLI), it
+        reads with a session per read, and every ``STREAM_SAFETY_S`` anyway. After the final state it looks
+        once more (an event may follow it, e.g. a trained LoRA's distribution) and ends when nothing new came."""
         after = last_event_id or 0
-        with AsyncWaiter(ctx.db.bell, job_id) as bell:
+        with AsyncWaiter(ctx.db.bell, job_id, ctx.db.watcher) as bell:
             while True:
                 bell.clear()
-                batch, state = await run_in_threadpool(_poll, ctx, job_id, after)
+                batch, state = await _read(request, ctx, job_id, after)
                 for e in batch:
                     after = e.id
                     yield {"id": str(e.id), "event": e.kind, "data": json.dumps(e.model_dump(mode="json"))}
                 if state.terminal and not batch:
                     return
-                await bell.wait(0.2)
+                await bell.wait(STREAM_LINGER_S if state.terminal else STREAM_SAFETY_S)
 
     return EventSourceResponse(stream(), ping=15)

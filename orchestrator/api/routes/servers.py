@@ -3,7 +3,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator import service
+from orchestrator import audit, service
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, SessionDep
 from orchestrator.capabilities import Capabilities
 from orchestrator.errors import NotFound
@@ -96,4 +96,6 @@ def refresh(ref: str, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str
         raise NotFound(f"server {ref} is not in this process's pool yet; retry in a few seconds")
     ctx.pool.check(srv, refresh=True)
     session.refresh(row)
+    audit.record(session, "server.refresh", row.name, {"id": row.id, "healthy": row.healthy})
+    session.commit()
     return server_out(row, service.current_jobs(session))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from orchestrator import service
-from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, require
+from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, TrainKey
 from orchestrator.api.routes.artifacts import artifact_out, bytes_response
 from orchestrator.api.routes.jobs import job_out
 from orchestrator.api.schemas import (
@@ -27,14 +27,10 @@ from orchestrator.api.schemas import (
     TrainerHello,
     TrainingSubmit,
 )
-from orchestrator.auth import Role
 from orchestrator.errors import NotFound
 from orchestrator.jobs import JobState
-from orchestrator.models import ApiKey
 from orchestrator.training import dataset_store
 from orchestrator.training import jobs as tj
-
-TrainKey = Annotated[ApiKey, Depends(require(Role.train))]
 
 router = APIRouter(tags=["training"])
 
@@ -73,9 +69,10 @@ def list_trainings(session: SessionDep, _: AnyKey, state: JobState | None = None
 
 # -- the trainer protocol --------------------------------------------------------------------------
 @router.post("/trainer/claim", response_model=TrainerClaim)
-def claim(body: TrainerHello, ctx: CtxDep, session: SessionDep, _: TrainKey) -> TrainerClaim:
+def claim(body: TrainerHello, ctx: CtxDep, session: SessionDep, key: TrainKey) -> TrainerClaim:
+    """The next training job, claimed for this key: only this key may act on the claim."""
     lease_s = ctx.settings.trainer_lease_s
-    got = tj.claim(session, body.trainer, lease_s, body.gpu_server, body.info, ctx.executor.policy)
+    got = tj.claim(session, body.trainer, lease_s, body.gpu_server, body.info, ctx.executor.policy, key.id)
     out = TrainerClaim(lease_s=lease_s, heartbeat_s=max(min(lease_s / 6, 5.0), 0.2))
     if isinstance(got, str):
         out.wait = got
@@ -86,9 +83,9 @@ def claim(body: TrainerHello, ctx: CtxDep, session: SessionDep, _: TrainKey) -> 
 
 
 @router.get("/trainer/attempts/{attempt_id}/dataset", response_class=StreamingResponse)
-def dataset(attempt_id: str, trainer: str, ctx: CtxDep, session: SessionDep, _: TrainKey):  # noqa: ANN201
+def dataset(attempt_id: str, trainer: str, ctx: CtxDep, session: SessionDep, key: TrainKey):  # noqa: ANN201
     """The dataset tar of the claimed job."""
-    _attempt, job = tj.held_attempt(session, attempt_id, trainer)
+    _attempt, job = tj.held_attempt(session, attempt_id, trainer, key.id)
     return bytes_response(ctx, service.get_artifact(session, job.params["dataset"]), attachment=False)
 
 
@@ -103,24 +100,25 @@ def checkpoint(name: str, ctx: CtxDep, _: TrainKey) -> FileResponse:
 
 @router.post("/trainer/attempts/{attempt_id}/heartbeat")
 def heartbeat(attempt_id: str, body: TrainerHeartbeat, ctx: CtxDep, session: SessionDep,
-              _: TrainKey) -> dict[str, object]:
+              key: TrainKey) -> dict[str, object]:
     """Renew the claim and record progress events; ``cancel: true`` tells the trainer to stop."""
-    return tj.heartbeat(session, attempt_id, body.trainer, ctx.settings.trainer_lease_s, body.events)
+    return tj.heartbeat(session, attempt_id, body.trainer, ctx.settings.trainer_lease_s, body.events, key.id)
 
 
 @router.post("/trainer/attempts/{attempt_id}/outputs", status_code=201, response_model=ArtifactOut)
 def upload_output(attempt_id: str, file: UploadFile, trainer: Annotated[str, Form()],
                   kind: Annotated[str, Form(description="sample | checkpoint | lora")], ctx: CtxDep,
-                  session: SessionDep, _: TrainKey, step: Annotated[int | None, Form()] = None) -> ArtifactOut:
-    art = tj.store_output(session, ctx.store, attempt_id, trainer, kind, file.file, file.filename or kind, step)
+                  session: SessionDep, key: TrainKey, step: Annotated[int | None, Form()] = None) -> ArtifactOut:
+    art = tj.store_output(session, ctx.store, attempt_id, trainer, kind, file.file, file.filename or kind, step,
+                          key.id)
     return artifact_out(session, art)
 
 
 @router.post("/trainer/attempts/{attempt_id}/finish", response_model=JobOut)
-def finish(attempt_id: str, body: TrainerFinish, ctx: CtxDep, session: SessionDep, _: TrainKey) -> JobOut:
+def finish(attempt_id: str, body: TrainerFinish, ctx: CtxDep, session: SessionDep, key: TrainKey) -> JobOut:
     """End the claim; a success registers the LoRA and puts it on the pool servers before it returns."""
     job = tj.finish(session, ctx.store, ctx.settings, attempt_id, body.trainer, body.state, body.error,
-                    body.lora_artifact)
+                    body.lora_artifact, key.id)
     if job.state == JobState.SUCCEEDED:
         tj.distribute_result(session, ctx.store, ctx.settings, ctx.pool, job.id)
     return job_out(session, job)

@@ -1,0 +1,151 @@
+"""The request guard: the API key and its role are checked, and the body size capped, before a route reads
+the body.
+
+FastAPI reads (and, for multipart, spools) a request body before it runs a route's dependencies, so a key
+check in a dependency comes after the upload. This ASGI middleware finds the route first, checks the key and
+the roles that route needs (the ``require`` dependency of ``api/deps.py`` records them), and refuses a body
+over its limit from ``Content-Length`` at once or, when streamed, as soon as it passes the limit. The key row
+travels on ``scope["state"]["api_key"]`` to the route's dependencies, which read it instead of querying again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import fastapi.routing
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from orchestrator import auth
+from orchestrator.errors import MediaLabError, TooLarge
+from orchestrator.models import ApiKey
+
+Message = MutableMapping[str, Any]
+PROBLEM = "application/problem+json"
+
+
+def key_from_headers(headers: dict[str, str]) -> str | None:
+    """The API key of a request: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    authorization = headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return headers.get("x-api-key")
+
+
+def route_roles(dependant: Dependant) -> tuple[auth.Role, ...] | None:
+    """The roles a route's ``require`` dependency asks for (``()``: any valid key), None when it needs no key."""
+    for dep in dependant.dependencies:
+        roles = getattr(dep.call, "medialab_roles", None)
+        if roles is not None:
+            return roles
+        found = route_roles(dep)
+        if found is not None:
+            return found
+    return None
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str, **extra: Any) -> None:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
+                      default=str).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def api_routes(routes: list[Any]) -> Iterator[tuple[str, set[str], APIRoute]]:
+    """(full path, methods, route) of every API route, included routers too (FastAPI >= 0.16x keeps an
+    included router as one nested entry of ``app.routes``)."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:
+        yield from ((r.path_format, r.methods, r) for r in routes if isinstance(r, APIRoute))
+        return
+    for c in contexts(routes):
+        if isinstance(c.original_route, APIRoute):
+            yield c.path_format, c.original_route.methods, c.original_route
+
+
+class Guard:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._table: list[tuple[re.Pattern[str], set[str], tuple[auth.Role, ...] | None]] | None = None
+
+    def _needs(self, scope: Scope) -> tuple[auth.Role, ...] | None:
+        """The roles the request's route needs (None: no key, or no such route: the app answers)."""
+        if self._table is None:
+            self._table = [(compile_path(path)[0], methods, route_roles(route.dependant))
+                           for path, methods, route in api_routes(scope["app"].routes)]
+        path, method = scope["path"], scope["method"]
+        for regex, methods, roles in self._table:
+            if method in methods and regex.match(path):
+                return roles
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        roles = self._needs(scope)
+        if roles is not None:
+            ctx = scope["app"].state.ctx
+            try:
+                key = await run_in_threadpool(check_key, ctx, key_from_headers(headers), roles)
+            except MediaLabError as exc:
+                await send_problem(send, exc.status, exc.title, exc.message, **exc.extra)
+                return
+            scope.setdefault("state", {})["api_key"] = key
+        settings = scope["app"].state.ctx.settings
+        multipart = headers.get("content-type", "").startswith("multipart/")
+        limit, name = ((settings.max_upload_bytes, "max_upload_bytes") if multipart
+                       else (settings.max_body_bytes, "max_body_bytes"))
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            exc = TooLarge(f"request body of {declared} bytes is over the limit {name}={limit}", limit=name,
+                           value=limit)
+            await send_problem(send, exc.status, exc.title, exc.message, **exc.extra)
+            return
+        receive, send = capped(receive, send, limit, name)
+        await self.app(scope, receive, send)
+
+
+def check_key(ctx: Any, key: str | None, roles: tuple[auth.Role, ...]) -> ApiKey:
+    """Authenticate and authorize with a session of its own, closed before the route runs (a long request,
+    such as an event stream, holds no database connection for its key)."""
+    with ctx.db.session() as s:
+        row = auth.authenticate(s, key)
+        auth.authorize(row, *roles)
+        s.expunge(row)
+        return row
+
+
+def capped(receive: Receive, send: Send, limit: int, name: str) -> tuple[Receive, Send]:
+    """A ``receive`` that answers 413 and ends the request once the body passes ``limit`` bytes, and a
+    ``send`` that then drops the route's own answer."""
+    seen = 0
+    answered = False
+
+    async def receive_capped() -> Message:
+        nonlocal seen, answered
+        if answered:
+            return {"type": "http.disconnect"}
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                answered = True
+                exc = TooLarge(f"request body is over the limit {name}={limit}", limit=name, value=limit)
+                await send_problem(send, exc.status, exc.title, exc.message, **exc.extra)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send_unless_answered(message: Message) -> None:
+        if not answered:
+            await send(message)
+
+    return receive_capped, send_unless_answered

@@ -1,0 +1,117 @@
+"""Errors as RFC 9457 problem+json, in one place: the exception handlers, and the error responses that the
+OpenAPI document declares for each route."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
+
+from orchestrator.api.guard import PROBLEM, api_routes, route_roles
+from orchestrator.errors import MediaLabError
+from storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Problem(BaseModel):
+    """An error: ``detail`` names what was wrong; limits add ``limit`` and ``value``, validation ``errors``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def install(app: FastAPI) -> None:
+    """Map every error to problem+json (500s too) and declare the error responses in the OpenAPI document."""
+
+    @app.exception_handler(MediaLabError)
+    async def _medialab_error(_: Request, exc: MediaLabError) -> JSONResponse:
+        return JSONResponse(exc.to_problem(), status_code=exc.status, media_type=PROBLEM)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        return problem(503, "Object store unavailable", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['message']}" for e in errors)
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, "Error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem(500, "Internal error", f"internal error ({type(exc).__name__}); it is logged")
+
+    declare_errors(app)
+
+
+DESCRIPTIONS = {
+    401: "No API key, or an unknown, revoked or expired one",
+    403: "The key lacks the role for this",
+    404: "Something named in the request does not exist",
+    409: "Conflicts with the current state",
+    413: "Over a limit (the problem names the limit and its value)",
+    422: "Invalid input (the problem names what was wrong)",
+    500: "Internal error",
+    503: "A dependency (the object store, the ComfyUI pool) is unavailable",
+}
+
+
+def error_codes(route: APIRoute, method: str) -> list[int]:
+    """The error statuses a route can answer, from what it takes and which key it needs."""
+    roles = route_roles(route.dependant)
+    codes = [404, 422, 500, 503]
+    if roles is not None:
+        codes += [401] + ([403] if roles else [])
+    if method != "GET":
+        codes += [409, 413]
+    return sorted(codes)
+
+
+def declare_errors(app: FastAPI) -> None:
+    """Add the problem+json error responses to each operation of the OpenAPI document (FastAPI's own 422
+    schema is replaced: the service never sends it)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for path, methods, route in api_routes(app.routes):
+            if not route.include_in_schema:
+                continue
+            for method in methods:
+                op = schema["paths"][path][method.lower()]
+                responses = op.setdefault("responses", {})
+                for code in error_codes(route, method):
+                    responses[str(code)] = {"description": DESCRIPTIONS[code], "content": {PROBLEM: {"schema": ref}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

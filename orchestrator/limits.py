@@ -1,0 +1,113 @@
+"""Bounded inputs: the checks every request body, query and upload passes before any work is done.
+
+Pure functions (no I/O) over values and the limits of ``Settings`` (``max_*``). Each refusal names the limit
+(the setting, or the fixed bound) and its value, in the message and in the problem's ``limit``/``value``
+fields: counts and lengths are 422 (InvalidInput), sizes of payloads 413 (TooLarge, see ``media.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from orchestrator.errors import InvalidInput
+from orchestrator.settings import Settings
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the database stores in an integer column
+MAX_OFFSET = 10**9  # offset= of the listings
+MAX_QUERY_LENGTH = 256  # a free-text filter of a listing (ids, names, tags)
+MAX_PATH_LENGTH = 1024  # a model or checkpoint file name with its subfolders
+MAX_DEPTH = 32  # nesting of a JSON value (params, options, errors) below the body's own structure
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters (incl. NUL)
+
+
+def refuse(message: str, limit: str, value: int | float, **extra: Any) -> InvalidInput:
+    """The 422 error of a count or length over its limit."""
+    return InvalidInput(message, limit=limit, value=value, **extra)
+
+
+def check_name(value: str, what: str, max_length: int, limit: str = "max_name_length") -> str:
+    """A name (template, server, key, dataset, trigger, tag): at most ``max_length`` characters, no control
+    characters; returns it unchanged."""
+    if len(value) > max_length:
+        raise refuse(f"{what} is {len(value)} characters long, over the limit {limit}={max_length}", limit,
+                     max_length)
+    if CONTROL.search(value):
+        raise InvalidInput(f"{what} {_show(value)} holds a control character (names are printable text)")
+    return value
+
+
+def check_count(count: int, what: str, limit: str, max_count: int) -> None:
+    if count > max_count:
+        raise refuse(f"{count} {what}, over the limit {limit}={max_count}", limit, max_count)
+
+
+def check_tags(tags: Iterable[str], settings: Settings) -> list[str]:
+    """Tags of an upload: stripped, empty ones dropped, at most ``max_tags``, each a name."""
+    clean = sorted({t.strip() for t in tags if t.strip()})
+    check_count(len(clean), "tags", "max_tags", settings.max_tags)
+    for tag in clean:
+        check_name(tag, f"tag {_show(tag)}", settings.max_name_length)
+    return clean
+
+
+def check_timeout(timeout_s: float | None, settings: Settings) -> None:
+    """``timeout_s`` of a job: finite, positive, at most ``max_timeout_s``."""
+    if timeout_s is None:
+        return
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise InvalidInput(f"timeout_s must be a finite number of seconds above 0, not {timeout_s!r}")
+    if timeout_s > settings.max_timeout_s:
+        raise refuse(f"timeout_s={timeout_s:g} is over the limit max_timeout_s={settings.max_timeout_s:g}",
+                     "max_timeout_s", settings.max_timeout_s)
+
+
+def check_values(value: Any, where: str, settings: Settings, depth: int = 0) -> None:
+    """A JSON value from a request (parameters, training options, a trainer's events or error): finite
+    numbers, integers within 64 bits, strings of at most ``max_string_length`` without NUL, objects and lists
+    of at most ``max_params`` entries, nested at most ``MAX_DEPTH`` deep."""
+    if depth > MAX_DEPTH:
+        raise refuse(f"{where} is nested over {MAX_DEPTH} levels deep", "max_depth", MAX_DEPTH)
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise refuse(f"{where}: the integer {_digits(value)} is outside the 64-bit range "
+                         f"[{INT64_MIN}, {INT64_MAX}]", "int64", INT64_MAX)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput(f"{where}: {value!r} is not a finite number", limit="finite_numbers", value=0)
+    elif isinstance(value, str):
+        if len(value) > settings.max_string_length:
+            raise refuse(f"{where} is {len(value)} characters long, over the limit "
+                         f"max_string_length={settings.max_string_length}", "max_string_length",
+                         settings.max_string_length)
+        if "\x00" in value:
+            raise InvalidInput(f"{where} holds a NUL character")
+    elif isinstance(value, dict):
+        check_count(len(value), f"entries in {where}", "max_params", settings.max_params)
+        for k, v in value.items():
+            check_name(str(k), f"a key of {where}", settings.max_name_length)
+            check_values(v, f"{where}.{k}", settings, depth + 1)
+    elif isinstance(value, list | tuple):
+        check_count(len(value), f"items in {where}", "max_params", settings.max_params)
+        for i, v in enumerate(value):
+            check_values(v, f"{where}[{i}]", settings, depth + 1)
+
+
+def check_params(params: dict[str, Any], settings: Settings, what: str = "parameters") -> None:
+    """The parameters of a job (or options of a training): at most ``max_params``, each value bounded."""
+    check_count(len(params), what, "max_params", settings.max_params)
+    check_values(params, what, settings)
+
+
+def _show(value: str, n: int = 40) -> str:
+    """A value for a message: repr, cut to ``n`` characters (a refused value may be megabytes long)."""
+    return repr(value[:n]) + ("..." if len(value) > n else "")
+
+
+def _digits(value: int) -> str:
+    """An integer for a message: its digits, or its size when it has too many to print."""
+    return str(value) if value.bit_length() <= 100 else f"of {value.bit_length()} bits"
