@@ -1,6 +1,7 @@
 """The project's own ComfyUI node pack, installed on every pool server (``scripts/install_node_pack.py``).
 
-- MediaLabLoadImage / MediaLabLoadVideo: inputs straight from object storage (key or presigned URL).
+- MediaLabLoadImage / MediaLabLoadVideo: inputs straight from object storage (key or presigned URL), or from
+  a URL that the URL rule (``urls.py``: MEDIALAB_URL_ALLOWLIST and the store's own endpoint) allows.
 - MediaLabSaveImage / MediaLabSaveVideo: outputs straight to object storage; their ui output
   (``medialab_objects``) lists key, sha256, size, type and dimensions of each object.
 - MediaLabParam*: parameter nodes that mark a graph input as a template parameter.
@@ -10,6 +11,7 @@
   worker lock, ``worker.lock.toml``).
 """
 
+import sys
 from pathlib import Path
 
 from .nodes import MediaLabLoadImage, MediaLabLoadVideo, MediaLabSaveImage, MediaLabSaveVideo
@@ -27,7 +29,10 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
 
 
 def _register_routes() -> None:
-    """Only inside a running ComfyUI: its server module is there then."""
+    """Only inside a running ComfyUI: its server module is loaded then (elsewhere, e.g. when the orchestrator
+    imports ``urls``, nothing is imported)."""
+    if "server" not in sys.modules:
+        return
     try:
         from aiohttp import web
         from server import PromptServer

@@ -71,8 +71,7 @@ class MediaLabLoadVideo:
         import folder_paths
         from comfy_api.input_impl import VideoFromFile
 
-        name = source.rsplit("/", 1)[-1].split("?")[0] or "video"
-        dest = Path(folder_paths.get_input_directory()) / "medialab" / name
+        dest = Path(folder_paths.get_input_directory()) / "medialab" / objects.local_name(source)
         if not dest.exists():
             tmp = objects.fetch(source, objects.temp_path(".video"), max_mb * MB)
             objects.move_into(tmp, dest.parent, dest.name)

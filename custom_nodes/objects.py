@@ -2,20 +2,23 @@
 
 MEDIALAB_S3_ENDPOINT (host:port), MEDIALAB_S3_ACCESS_KEY, MEDIALAB_S3_SECRET_KEY, MEDIALAB_S3_BUCKET
 (default medialab), MEDIALAB_S3_SECURE (1/true for https). Keys are content-addressed exactly like the
-orchestrator's: ``sha256/<first two hex>/<sha256>``.
+orchestrator's: ``sha256/<first two hex>/<sha256>``. A source is exactly such a key or an http(s) URL that
+the URL rule (``urls.py``: allowlist from MEDIALAB_URL_ALLOWLIST, the store's own endpoint always) allows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from . import urls
 
 T = TypeVar("T")
 
@@ -78,16 +81,17 @@ def key_for(sha256: str) -> str:
     return f"sha256/{sha256[:2]}/{sha256}"
 
 
-def fetch(source: str, dest: Path, max_bytes: int) -> Path:
-    """Download an object (by key, or by http(s) URL such as a presigned one) to ``dest``, refusing more
-    than ``max_bytes``."""
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=60) as r:  # noqa: S310 (only http(s), checked above)
-            declared = int(r.headers.get("Content-Length") or 0)
-            if declared > max_bytes:
-                raise ObjectError(f"{source[:80]}: {declared} bytes is over the limit of {max_bytes}")
-            _copy_capped(r, dest, max_bytes, source[:80])
+def fetch(source: str, dest: Path, max_bytes: int, policy: urls.UrlPolicy | None = None) -> Path:
+    """Download an object (by key, or by an http(s) URL the URL rule allows, such as a presigned one) to
+    ``dest``, refusing more than ``max_bytes``."""
+    if urls.is_url(source):
+        try:
+            urls.fetch_to_file(source, dest, policy or urls.UrlPolicy.from_env(), max_bytes)
+        except (urls.UrlRefused, urls.FetchError) as exc:
+            raise ObjectError(str(exc)) from exc
         return dest
+    if not urls.is_object_key(source):
+        raise ObjectError(f"{source[:80]!r} is neither an object key (sha256/<2 hex>/<64 hex>) nor an http(s) URL")
     client, bucket = _client()
     size = _patiently(f"reading {source}", lambda: client.stat_object(bucket, source).size)
     if size > max_bytes:
@@ -139,6 +143,18 @@ def store(path: Path) -> dict[str, Any]:
 
     _patiently(f"storing {key}", upload)
     return {"key": key, "sha256": sha, "size": size}
+
+
+def local_name(source: str) -> str:
+    """A file name for a source that cannot leave its folder: a key's sha256, else a hash of the whole URL
+    (never a name the URL chose: a foreign URL ending in a sha256 must not pass for that stored object), with
+    a short, plain suffix kept."""
+    if urls.is_object_key(source):
+        return source.rsplit("/", 1)[-1]
+    last = source.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
+    _stem, dot, ext = last.rpartition(".")
+    suffix = f".{ext.lower()}" if dot and re.fullmatch(r"[A-Za-z0-9]{1,8}", ext) else ""
+    return "url-" + hashlib.sha256(source.encode()).hexdigest()[:40] + suffix
 
 
 def temp_path(suffix: str) -> Path:

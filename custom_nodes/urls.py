@@ -17,6 +17,7 @@ A stored object is named by its key, exactly ``sha256/<first 2 hex>/<64 hex>`` (
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -165,7 +166,10 @@ def normalize_host(host: str) -> str:
 
 def parse_origin(text: str) -> Origin:
     """``scheme://host[:port]`` (a trailing ``/`` is fine) as an Origin; anything else raises UrlRefused."""
-    parts = urlsplit(text.strip())
+    try:
+        parts = urlsplit(str(text).strip())
+    except ValueError as exc:
+        raise UrlRefused(f"allowlist entry {text!r} is not an origin (http(s)://host[:port])") from exc
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS or not parts.netloc or parts.path not in ("", "/") or parts.query \
             or parts.fragment or "@" in parts.netloc:
@@ -188,7 +192,10 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     if not url.isascii() or any(ord(c) <= 32 or ord(c) == 127 for c in url) or "\\" in url:
         raise UrlRefused(f"{shown!r}: a URL must be ASCII without spaces, control characters or backslashes "
                          "(percent-encode them; IDNA for host names)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise UrlRefused(f"{shown!r}: not a URL ({exc})") from exc
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise UrlRefused(f"{shown!r}: only http and https URLs are allowed")
@@ -228,8 +235,10 @@ def address_problem(addr: Address, private_ok: bool) -> str | None:
     """Why an address may not be fetched from, or None. Link-local, multicast, unspecified, reserved and
     0/8 never; private, loopback and other non-global ranges only with ``private_ok``."""
     inner = _embedded_v4(addr)
-    if inner is not None:
-        return address_problem(inner, private_ok)
+    if inner is not None:  # an IPv4 address inside an IPv6 one: both must pass (mapped, NAT64: the IPv4 decides)
+        problem = address_problem(inner, private_ok)
+        if problem or (isinstance(addr, ipaddress.IPv6Address) and (addr.ipv4_mapped or addr in _NAT64)):
+            return problem and f"{addr} embeds {problem}"
     if addr in METADATA:
         return f"{addr} is a cloud metadata address"
     if addr.is_link_local:
@@ -238,7 +247,7 @@ def address_problem(addr: Address, private_ok: bool) -> str | None:
         return f"{addr} is multicast"
     if addr.is_unspecified or (isinstance(addr, ipaddress.IPv4Address) and addr in _THIS_NETWORK):
         return f"{addr} is unspecified ('this host')"
-    if addr.is_reserved:
+    if addr.is_reserved and not addr.is_loopback:  # ::1 lies in the reserved ::/8
         return f"{addr} is reserved"
     if not addr.is_global and not private_ok:
         kind = "loopback" if addr.is_loopback else "private"
@@ -254,7 +263,7 @@ def check_addresses(target: Target, addresses: Iterable[str | Address], policy: 
         addr = ipaddress.ip_address(a.split("%", 1)[0]) if isinstance(a, str) else a
         problem = address_problem(addr, policy.private_ok or target.is_store)
         if problem:
-            raise UrlRefused(f"{format_origin(target.origin)} resolves to {problem}")
+            raise UrlRefused(f"{format_origin(target.origin)} resolves to an address that is not allowed: {problem}")
         if addr not in found:
             found.append(addr)
     if not found:
@@ -308,7 +317,9 @@ def fetch(url: str, out: BinaryIO, policy: UrlPolicy, max_bytes: int | None = No
         target = check_url(url, policy)
         addresses = check_addresses(target, resolver(target.host, target.port), policy)
         conn = _open(target, addresses, deadline, tls, policy)
-        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _abort, (conn,))
+        sock = conn.sock  # kept: http.client hands the socket to the response and forgets it
+        aborted = threading.Event()
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _abort, (sock, aborted))
         timer.daemon = True
         timer.start()
         try:
@@ -325,31 +336,31 @@ def fetch(url: str, out: BinaryIO, policy: UrlPolicy, max_bytes: int | None = No
             if response.status != 200:
                 raise FetchError(f"{shown}: the server answered {response.status} {response.reason}")
             declared = response.getheader("Content-Length")
-            if declared and declared.isdigit() and int(declared) > cap:
-                raise FetchError(f"{shown}: {int(declared)} bytes is over the limit of {cap} bytes "
+            length = int(declared) if declared and declared.isdigit() else None
+            if length is not None and length > cap:
+                raise FetchError(f"{shown}: {length} bytes is over the limit of {cap} bytes "
                                  "(url_max_bytes, MEDIALAB_URL_MAX_BYTES, or the node's max_mb)")
             total = 0
-            while True:
-                conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = response.read1(1 << 20)
-                if not chunk:
-                    break
+            while chunk := _read(response, sock, deadline):
                 total += len(chunk)
                 if total > cap:
                     raise FetchError(f"{shown}: more than the limit of {cap} bytes "
                                      "(url_max_bytes, MEDIALAB_URL_MAX_BYTES, or the node's max_mb)")
                 out.write(chunk)
-                if time.monotonic() > deadline:
-                    raise TimeoutError
+            if aborted.is_set() or time.monotonic() > deadline:
+                raise TimeoutError
+            if length is not None and total != length:
+                raise FetchError(f"{shown}: the body ended after {total} of {length} bytes")
             return total
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            if time.monotonic() >= deadline - 0.01:
+            if aborted.is_set() or time.monotonic() >= deadline - 0.01:
                 raise FetchError(f"{shown}: took longer than the limit of {policy.timeout_s:g} s "
                                  "(url_timeout_s, MEDIALAB_URL_TIMEOUT_S)") from exc
             raise FetchError(f"{shown}: {exc!r}") from exc
         finally:
             timer.cancel()
             conn.close()
+            sock.close()
     raise FetchError(f"{shown}: more than {policy.max_redirects} redirects")
 
 
@@ -378,14 +389,17 @@ def _open(target: Target, addresses: list[Address], deadline: float, tls: ssl.SS
     raise FetchError(f"{format_origin(target.origin)}: cannot connect: {error}")
 
 
-def _abort(conn: http.client.HTTPConnection) -> None:
-    """The total time is up: wake a read that is blocked on a server that trickles."""
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+def _read(response: http.client.HTTPResponse, sock: socket.socket, deadline: float) -> bytes:
+    """The next piece of the body, waiting no longer than the time left."""
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    return response.read1(1 << 20)
+
+
+def _abort(sock: socket.socket, aborted: threading.Event) -> None:
+    """The total time is up: wake a read that is blocked on a server that trickles (headers included)."""
+    aborted.set()
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def fetch_to_file(url: str, dest: Path, policy: UrlPolicy, max_bytes: int | None = None,

@@ -3,7 +3,7 @@
 ``record`` adds one ``AuditEvent`` to the session of the change it describes, so the row is committed with
 that change or rolled back with it. The actor travels on the session: the API's request session carries the
 caller's key in ``session.info["actor"]``; a session without one (the CLI on the host) is recorded with no
-key (shown as ``cli``). Secrets never go in: credentials in URLs are cut out and fields that name a secret
+key (shown as ``@cli``). Secrets never go in: credentials in URLs are cut out and fields that name a secret
 are dropped before the row is written.
 """
 
@@ -27,7 +27,7 @@ ACTIONS = frozenset({
     "server.add", "server.drain", "server.activate", "server.remove", "server.refresh",
     "key.create", "key.revoke", "key.rotate",
 })
-CLI = "cli"  # how an event without a key (the CLI on the host) is named
+CLI = "@cli"  # names the events without a key (the CLI on the host); no key name starts with @
 SECRET_FIELDS = frozenset({"key", "plain", "secret", "password", "token", "key_hash", "authorization"})
 MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000
@@ -78,7 +78,7 @@ def record(session: Session, action: str, target: str, data: dict[str, Any] | No
 def query(session: Session, *, action: str | None = None, key: str | None = None, target: str | None = None,
           since: datetime | None = None, limit: int = 50, offset: int = 0) -> list[AuditEvent]:
     """Newest first. ``action`` is exact (``job.cancel``) or a group (``job``: every ``job.*``); ``key`` is a
-    key id or name, or ``cli`` for the host's CLI; ``target`` is the id or name acted on."""
+    key id or name, or ``@cli`` for the host's CLI; ``target`` is the id or name acted on."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit {limit} is outside 1..{MAX_LIMIT} (audit.MAX_LIMIT={MAX_LIMIT})",
                            limit="audit.MAX_LIMIT", value=MAX_LIMIT)

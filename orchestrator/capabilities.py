@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import sandbox
+
 ModelRef = tuple[str, str]  # (models folder, file name)
 
 
@@ -19,6 +21,8 @@ class Capabilities:
     vram_total: int | None = None
     vram_free: int | None = None
     pack: dict[str, Any] | None = None  # the node pack's /medialab/info: version, storage, max_upload_mb
+    # Per node class, the inputs that name a file (sandbox.file_inputs); None: recorded before it was known.
+    file_inputs: dict[str, frozenset[str]] | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -35,12 +39,14 @@ class Capabilities:
         return cls(node_classes=frozenset(object_info), models={f: frozenset(v) for f, v in models.items()},
                    packs=tuple(packs), comfy_version=(system_stats.get("system") or {}).get("comfyui_version"),
                    device=devices[0].get("name"), vram_total=devices[0].get("vram_total"),
-                   vram_free=devices[0].get("vram_free"), pack=pack)
+                   vram_free=devices[0].get("vram_free"), pack=pack, file_inputs=sandbox.file_inputs(object_info))
 
     def to_json(self) -> dict[str, Any]:
         return {"node_classes": sorted(self.node_classes), "models": {f: sorted(v) for f, v in self.models.items()},
                 "packs": list(self.packs), "comfy_version": self.comfy_version, "device": self.device,
-                "vram_total": self.vram_total, "vram_free": self.vram_free, "pack": self.pack}
+                "vram_total": self.vram_total, "vram_free": self.vram_free, "pack": self.pack,
+                "file_inputs": None if self.file_inputs is None else
+                {c: sorted(v) for c, v in sorted(self.file_inputs.items())}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Capabilities | None:
@@ -50,7 +56,8 @@ class Capabilities:
                    models={f: frozenset(v) for f, v in (data.get("models") or {}).items()},
                    packs=tuple(data.get("packs", [])), comfy_version=data.get("comfy_version"),
                    device=data.get("device"), vram_total=data.get("vram_total"), vram_free=data.get("vram_free"),
-                   pack=data.get("pack"))
+                   pack=data.get("pack"), file_inputs=None if data.get("file_inputs") is None else
+                   {c: frozenset(v) for c, v in data["file_inputs"].items()})
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from orchestrator.lock import DEFAULT_LOCK, LockReport, check_server, load_lock
 from orchestrator.models import ApiKey, Job, ServerRow, now
 from orchestrator.placement import place
 from orchestrator.pool import probe
+from orchestrator.server_urls import redact
 from orchestrator.settings import get_settings
 from orchestrator.training import jobs as training_jobs
 
@@ -98,7 +99,7 @@ def job_params(ctx: Context, template: str, version: int | None, input: Path | N
             raise InvalidInput(f"{t.ref} takes no image or video input")
         if not input.is_file():
             raise InvalidInput(f"--input {input}: no such file")
-        values[target.name] = service.store_input(s, ctx.store, input, input.name).id
+        values[target.name] = service.store_input(s, ctx.store, input, input.name, settings=ctx.settings).id
     return values
 
 
@@ -361,14 +362,14 @@ def templates_open(
                 row = service.get_server(s, server)
             client = ComfyClient(row.url, timeout=30)
             try:
-                object_info, urls = client.object_info(), [row.url]
+                object_info, urls = client.object_info(), [redact(row.url)]
             finally:
                 client.close()
         else:
             with console.status("reading node definitions from a ComfyUI server..."):
                 pool = ctx.start_pool()
                 object_info = pool.object_info()
-            urls = [srv.url for srv in pool.servers if srv.healthy and srv.active and srv.name != "local"]
+            urls = [redact(srv.url) for srv in pool.servers if srv.healthy and srv.active and srv.name != "local"]
         with ctx.db.session() as s:
             workflow = service.template_workflow(s, name, version, object_info)
         meta = workflow["extra"]["medialab"]
@@ -475,7 +476,7 @@ def keys_rotate(key: Annotated[str, typer.Argument(help="The key's id or name.")
 
 @app.command("audit")
 def audit_list(action: Annotated[str | None, typer.Option(help="e.g. job.cancel, or job for every job.*")] = None,
-               key: Annotated[str | None, typer.Option(help="A key id or name; cli: this CLI.")] = None,
+               key: Annotated[str | None, typer.Option(help="A key id or name; @cli: this CLI.")] = None,
                target: Annotated[str | None, typer.Option(help="The id or name acted on.")] = None,
                since: Annotated[str | None, typer.Option(help="ISO date-time, or back from now: 1h, 7d.")] = None,
                limit: int = 50, offset: int = 0,
@@ -537,7 +538,7 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
                   show_lines=True)
     for row in rows:
         caps = Capabilities.from_json(row.capabilities)
-        health = ("[green]healthy[/]" if row.healthy else f"[red]down[/] {row.last_error or ''}"[:80]) + \
+        health = ("[green]healthy[/]" if row.healthy else f"[red]down[/] {redact(row.last_error or '')}"[:80]) + \
             f"\nseen {_ago(row.last_seen)}"
         device = ""
         if caps and caps.device:
@@ -545,7 +546,7 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
         models = "\n".join(f"{f}: {', '.join(sorted(v)[:4])}{' ...' if len(v) > 4 else ''}"
                            for f, v in sorted(caps.models.items()) if v) if caps else "(not probed)"
         packs = "\n".join(caps.packs) if caps and caps.packs else ("core only" if caps else "")
-        table.add_row(row.name, row.url, row.state, health, caps.comfy_version if caps else "", device, packs,
+        table.add_row(row.name, redact(row.url), row.state, health, caps.comfy_version if caps else "", device, packs,
                       models or "none", "\n".join(jobs.get(row.url, [])) or "idle")
     console.print(table)
 
@@ -582,8 +583,9 @@ def servers_check(
         rows = [service.get_server(s, row.id) for row in rows]
     reports = {row.id: check_server(Capabilities.from_json(row.capabilities), lock) for row in rows}
     if as_json:
-        console.print_json(json.dumps([{"name": r.name, "url": r.url, "healthy": r.healthy,
-                                        "probe_error": errors.get(r.id), **reports[r.id].to_json()} for r in rows]))
+        console.print_json(json.dumps([{"name": r.name, "url": redact(r.url), "healthy": r.healthy,
+                                        "probe_error": redact(errors.get(r.id) or "") or None,
+                                        **reports[r.id].to_json()} for r in rows]))
     else:
         table = Table(title=f"worker lock {lock_file} (ComfyUI {lock.comfyui.version})", show_lines=True)
         for column in ("server", "ComfyUI", "missing (packs, nodes, models, pip)", f"differs from {lock_file.name}",
@@ -591,9 +593,9 @@ def servers_check(
             table.add_column(column, overflow="fold")
         for row in rows:
             report = reports[row.id]
-            name = f"{row.name}\n{row.url}\n" + ("[green]matches[/]" if report.ok else "[red]does not match[/]")
+            name = f"{row.name}\n{redact(row.url)}\n" + ("[green]matches[/]" if report.ok else "[red]does not match[/]")
             if errors.get(row.id):
-                name += f"\n[red]down[/] {errors[row.id]}"[:120] + "\n(recorded capabilities)"
+                name += f"\n[red]down[/] {redact(errors[row.id] or '')}"[:120] + "\n(recorded capabilities)"
             table.add_row(name, report.comfy_version or "?", *_report_cells(report))
         console.print(table)
         bad = [row.name for row in rows if not reports[row.id].ok]
@@ -609,11 +611,12 @@ def servers_add(url: str, name: str | None = None) -> None:
     ctx = context()
     try:
         with ctx.db.session() as s:
-            row = service.register_server(s, url, name)
+            row = service.register_server(s, url, name, settings=ctx.settings)
     except MediaLabError as exc:
         fail(exc)
     error = probe_and_record(ctx, row)
-    console.print(f"server {row.name} ({row.url}) added" + (f"; [red]not reachable now[/]: {error}" if error else ""))
+    console.print(f"server {row.name} ({redact(row.url)}) added"
+                  + (f"; [red]not reachable now[/]: {redact(error)}" if error else ""))
 
 
 @servers_app.command("drain")

@@ -11,17 +11,18 @@ import secrets
 import socket
 import tomllib
 
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from orchestrator import service
 from orchestrator.comfy.worker import LocalWorker
 from orchestrator.db import Database
-from orchestrator.errors import InvalidInput
+from orchestrator.errors import Conflict, InvalidInput
 from orchestrator.executor import Executor
 from orchestrator.metrics import Metrics
 from orchestrator.models import ServerRow
 from orchestrator.pool import Pool
 from orchestrator.scheduler import Dispatcher
+from orchestrator.server_urls import redact
 from orchestrator.settings import Settings
 from orchestrator.templates import scan_library
 from storage import LocalDiskStore, MinioStore, ObjectStore
@@ -38,10 +39,26 @@ def configured_servers(settings: Settings) -> list[tuple[str | None, str]]:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidInput(f"servers file {settings.servers_file}: {exc}") from exc
         for i, entry in enumerate(data.get("server", [])):
-            if "url" not in entry:
+            if not isinstance(entry, dict) or "url" not in entry:
                 raise InvalidInput(f"servers file {settings.servers_file}: [[server]] #{i + 1} has no url")
+            if not isinstance(entry["url"], str) or not isinstance(entry.get("name", ""), str):
+                raise InvalidInput(f"servers file {settings.servers_file}: [[server]] #{i + 1}: url and name are "
+                                   "strings")
             found.append((entry.get("name"), entry["url"]))
     return found
+
+
+def register_configured(session: Session, settings: Settings) -> None:
+    """Register the configured servers: a bad URL or name stops the start, naming the entry (nothing of it is
+    stored); an entry that is a registered server under another name is skipped with a warning."""
+    for name, url in configured_servers(settings):
+        try:
+            service.register_server(session, url, name, source="config", settings=settings)
+        except Conflict as exc:
+            log.warning("configured server %s skipped: %s", redact(url), exc.message)
+        except InvalidInput as exc:
+            where = f"servers file {settings.servers_file}" if name is not None else "MEDIALAB_COMFY_SERVERS"
+            raise InvalidInput(f"{where}: {exc.message}", **exc.extra) from exc
 
 
 def make_store(settings: Settings) -> ObjectStore:
@@ -67,12 +84,17 @@ def process_owner(replica_id: str | None) -> str:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    """The local worker shares the orchestrator's object store, so its node pack can take the direct path."""
+    """The local worker shares the orchestrator's object store, so its node pack can take the direct path,
+    and its URL rule (the node pack fetches only what ``url_*`` allow)."""
+    env = {"MEDIALAB_URL_ALLOWLIST": ",".join(settings.url_allowlist),
+           "MEDIALAB_URL_PRIVATE_OK": "true" if settings.url_private_ok else "",
+           "MEDIALAB_URL_MAX_BYTES": str(settings.url_max_bytes), "MEDIALAB_URL_TIMEOUT_S": str(settings.url_timeout_s)}
     if settings.storage != "s3":
-        return {}
-    return {"MEDIALAB_S3_ENDPOINT": settings.s3_endpoint or "", "MEDIALAB_S3_ACCESS_KEY": settings.s3_access_key or "",
-            "MEDIALAB_S3_SECRET_KEY": settings.s3_secret_key or "", "MEDIALAB_S3_BUCKET": settings.s3_bucket,
-            "MEDIALAB_S3_SECURE": "true" if settings.s3_secure else ""}
+        return env
+    return env | {"MEDIALAB_S3_ENDPOINT": settings.s3_endpoint or "",
+                  "MEDIALAB_S3_ACCESS_KEY": settings.s3_access_key or "",
+                  "MEDIALAB_S3_SECRET_KEY": settings.s3_secret_key or "", "MEDIALAB_S3_BUCKET": settings.s3_bucket,
+                  "MEDIALAB_S3_SECURE": "true" if settings.s3_secure else ""}
 
 
 class Context:
@@ -84,8 +106,7 @@ class Context:
         self.store = make_store(settings)
         with self.db.session() as s:
             service.sync_templates(s, scan_library(settings.templates))
-            for name, url in configured_servers(settings):
-                service.register_server(s, url, name, source="config")
+            register_configured(s, settings)
         self.executor = Executor(self.db, self.store, settings, self.owner)
         self.worker: LocalWorker | None = None
         self.pool: Pool | None = None

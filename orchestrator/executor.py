@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 
-from orchestrator import service, transport
+from orchestrator import sandbox, service, transport
 from orchestrator import templates as tpl
 from orchestrator.capabilities import missing
 from orchestrator.comfy.client import ComfyClient, ComfyUnreachable, ComfyValidationError, output_files
@@ -33,6 +33,7 @@ from orchestrator.errors import MediaLabError
 from orchestrator.jobs import JobState
 from orchestrator.models import Artifact, Attempt, Job, JobEvent, TemplateVersionRow
 from orchestrator.retry import RetryPolicy
+from orchestrator.server_urls import redact
 from orchestrator.settings import Settings
 from storage import ObjectStore, StorageUnavailable, key_for
 
@@ -140,7 +141,7 @@ class Executor:
     def _run(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
         lacks = missing(server.caps, service.requirements(t, job.params)) if server.caps else []
         if lacks:  # placement checked it; this catches capabilities that changed since
-            raise ExecutionFailed(f"{server.url} lacks {', '.join(lacks)}")
+            raise ExecutionFailed(f"{redact(server.url)} lacks {', '.join(lacks)}")
         inputs = self._inputs(job, t)
         path, why = transport.choose(self.settings.byte_path, server.caps, self.store.bucket, t,
                                      max((a.size for a in inputs.values()), default=0))
@@ -153,6 +154,8 @@ class Executor:
                 graph = transport.direct_graph(t, {**job.params, **{name: a.key for name, a in inputs.items()}})
             else:
                 graph = tpl.bind(t, self._upload_inputs(job, inputs, server))
+            # the graph as sent, whatever path queued the job: nothing may leave the server's folders
+            service.check_sandbox(graph, sandbox.Definitions.merge([server.caps]), self.settings, resolve=False)
             extra = {"extra_pnginfo": {"medialab": {"job": job.id, "attempt": attempt.id, "template": t.ref,
                                                     "template_hash": t.content_hash}}}
             with server.monitor.subscribe(attempt.id) as events:
@@ -283,7 +286,7 @@ class Executor:
                     raise Interrupted("cancelled; ComfyUI confirmed the interruption")
         except Interrupted:
             if interrupting and interrupting != "cancelled":
-                raise ExecutionFailed(f"job {interrupting}; interrupted on {server.url}") from None
+                raise ExecutionFailed(f"job {interrupting}; interrupted on {redact(server.url)}") from None
             raise
 
     @staticmethod
@@ -299,7 +302,7 @@ class Executor:
         entry = client.history(pid, timeout)  # it may have finished between the two calls
         if entry:
             return entry
-        raise ServerLost(f"{client.base_url} does not know prompt {pid} (it never arrived, or the server "
+        raise ServerLost(f"{redact(client.base_url)} does not know prompt {pid} (it never arrived, or the server "
                          "restarted)")
 
     @staticmethod
@@ -424,7 +427,7 @@ class Executor:
         with self.db.session() as s:
             waits = service.waits_in_a_row(s, job.id, attempt.number) + 1
         delay = self.policy.wait_delay(waits)
-        return self._finish(attempt, JobState.QUEUED, f"waiting: {message}; looking again in {delay:.0f}s",
+        return self._finish(attempt, JobState.QUEUED, f"waiting: {message}; looking again in {delay:g}s",
                             error, requeue_in=delay, counts=False)
 
     def _finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,

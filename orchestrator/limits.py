@@ -64,10 +64,13 @@ def check_timeout(timeout_s: float | None, settings: Settings) -> None:
                      "max_timeout_s", settings.max_timeout_s)
 
 
-def check_values(value: Any, where: str, settings: Settings, depth: int = 0) -> None:
-    """A JSON value from a request (parameters, training options, a trainer's events or error): finite
-    numbers, integers within 64 bits, strings of at most ``max_string_length`` without NUL, objects and lists
-    of at most ``max_params`` entries, nested at most ``MAX_DEPTH`` deep."""
+def check_json(value: Any, where: str, *, max_string: int | None = None, max_items: int | None = None,
+               max_key: int | None = None, depth: int = 0) -> None:
+    """A JSON value from a request: finite numbers, integers within 64 bits, strings without NUL, nested at
+    most ``MAX_DEPTH`` deep; with the optional bounds, strings of at most ``max_string`` characters (setting
+    ``max_string_length``), objects and lists of at most ``max_items`` entries (``max_params``), keys of at
+    most ``max_key`` characters (``max_name_length``). What the database and a JSON answer cannot hold
+    (NaN, infinity, 2^64, NUL) never gets stored."""
     if depth > MAX_DEPTH:
         raise refuse(f"{where} is nested over {MAX_DEPTH} levels deep", "max_depth", MAX_DEPTH)
     if isinstance(value, bool) or value is None:
@@ -80,21 +83,30 @@ def check_values(value: Any, where: str, settings: Settings, depth: int = 0) -> 
         if not math.isfinite(value):
             raise InvalidInput(f"{where}: {value!r} is not a finite number", limit="finite_numbers", value=0)
     elif isinstance(value, str):
-        if len(value) > settings.max_string_length:
-            raise refuse(f"{where} is {len(value)} characters long, over the limit "
-                         f"max_string_length={settings.max_string_length}", "max_string_length",
-                         settings.max_string_length)
+        if max_string is not None and len(value) > max_string:
+            raise refuse(f"{where} is {len(value)} characters long, over the limit max_string_length={max_string}",
+                         "max_string_length", max_string)
         if "\x00" in value:
             raise InvalidInput(f"{where} holds a NUL character")
-    elif isinstance(value, dict):
-        check_count(len(value), f"entries in {where}", "max_params", settings.max_params)
-        for k, v in value.items():
-            check_name(str(k), f"a key of {where}", settings.max_name_length)
-            check_values(v, f"{where}.{k}", settings, depth + 1)
-    elif isinstance(value, list | tuple):
-        check_count(len(value), f"items in {where}", "max_params", settings.max_params)
-        for i, v in enumerate(value):
-            check_values(v, f"{where}[{i}]", settings, depth + 1)
+    elif isinstance(value, dict | list | tuple):
+        if max_items is not None:
+            check_count(len(value), f"entries in {where}", "max_params", max_items)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        bounds = {"max_string": max_string, "max_items": max_items, "max_key": max_key}
+        for k, v in items:
+            if isinstance(value, dict):
+                if max_key is not None:
+                    check_name(str(k), f"a key of {where}", max_key)
+                elif "\x00" in str(k):
+                    raise InvalidInput(f"a key of {where} holds a NUL character")
+            check_json(v, f"{where}.{k}" if isinstance(value, dict) else f"{where}[{k}]", **bounds, depth=depth + 1)
+
+
+def check_values(value: Any, where: str, settings: Settings) -> None:
+    """A request's values (parameters, training options, a trainer's events or error) within every limit:
+    ``check_json`` with ``max_string_length``, ``max_params`` and ``max_name_length``."""
+    check_json(value, where, max_string=settings.max_string_length, max_items=settings.max_params,
+               max_key=settings.max_name_length)
 
 
 def check_params(params: dict[str, Any], settings: Settings, what: str = "parameters") -> None:

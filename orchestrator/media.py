@@ -180,8 +180,9 @@ def probe_image(path: Path, limits: MediaLimits, filename: str = "") -> MediaInf
         return None
     except Image.DecompressionBombError as exc:
         raise too_large(f"{what} is a decompression bomb ({exc})", "max_image_pixels", limits.image_pixels) from exc
-    except Exception:  # noqa: BLE001  (Pillow's plugins raise many kinds on malformed headers)
-        return None
+    except Exception as exc:  # noqa: BLE001  (its signature matched a format, its header does not parse)
+        raise InvalidInput(f"{what} has the signature of an image but its header does not decode: {exc}",
+                           reason="corrupt image") from exc
     check_image(w, h, limits, what)
     try:
         with Image.open(path) as im:

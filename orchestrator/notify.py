@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 log = logging.getLogger(__name__)
 QUEUED = "queued"  # rung when any job (re-)enters QUEUED
@@ -61,24 +61,29 @@ class AsyncWaiter:
         self._bell, self._key, self._watcher = bell, key, watcher
         self._event = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
-        self._unwatch: Callable[[], None] | None = None
+        self._watch: Watch | None = None
 
     def __enter__(self) -> AsyncWaiter:
         if self._bell is not None:
             loop = asyncio.get_running_loop()
             self._unsubscribe = self._bell.subscribe(self._key, lambda: loop.call_soon_threadsafe(self._event.set))
         if self._watcher is not None:
-            self._unwatch = self._watcher.watch(self._key)
+            self._watch = self._watcher.watch(self._key)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._unwatch:
-            self._unwatch()
+        if self._watch:
+            self._watch.close()
         if self._unsubscribe:
             self._unsubscribe()
 
     def clear(self) -> None:
         self._event.clear()
+
+    def seen(self, event_id: int) -> None:
+        """The follower has read the job's events up to ``event_id``: the watcher rings only for newer ones."""
+        if self._watch is not None:
+            self._watch.position = event_id
 
     async def wait(self, timeout: float) -> bool:
         """True when rung, False when ``timeout`` passed (poll anyway: another process may have written)."""
@@ -95,13 +100,11 @@ LatestEvents = Callable[[int | None, int], Mapping[str, int]]
 id in the table) - lag: one short query (and session) for every job at once."""
 
 
-def moved(seen: Mapping[str, int], latest: Mapping[str, int],
-          watched: Collection[str]) -> tuple[list[str], dict[str, int]]:
-    """(the watched jobs to ring, what is seen now): a watched job rings when its newest event id passed the
-    one seen before (a job not seen yet rings once when it has any recent event); unwatched jobs are forgotten."""
-    ring = [job for job in watched if latest.get(job, 0) > seen.get(job, 0)]
-    now_seen = {job: max(seen.get(job, 0), latest.get(job, 0)) for job in watched if job in seen or job in latest}
-    return ring, now_seen
+def behind(latest: Mapping[str, int], positions: Mapping[str, Iterable[int | None]]) -> list[str]:
+    """The jobs to ring: those with a follower whose read position is below the job's newest event id. A
+    follower that has not read yet (None) needs no ring: it subscribed first and reads anyway."""
+    return [job for job, at in positions.items()
+            if job in latest and any(p is not None and p < latest[job] for p in at)]
 
 
 def next_high(high: int | None, latest: Mapping[str, int]) -> int | None:
@@ -109,13 +112,27 @@ def next_high(high: int | None, latest: Mapping[str, int]) -> int | None:
     return max([*latest.values(), *([] if high is None else [high])], default=None)
 
 
+class Watch:
+    """One follower's watch of one job; ``position``: the newest event id it has read (None before its first
+    read). ``close()`` ends it (more than once is harmless)."""
+
+    __slots__ = ("key", "position", "_watcher")
+
+    def __init__(self, watcher: EventWatcher, key: str) -> None:
+        self.key, self._watcher = key, watcher
+        self.position: int | None = None
+
+    def close(self) -> None:
+        self._watcher._drop(self)
+
+
 class EventWatcher:
     """One per process (per ``Database``): a thread that, while any job is watched, asks ``latest`` every
-    ``interval_s`` for the newest event id of every job (one query for all) and rings the bell of the
-    watched jobs whose newest id moved; events committed elsewhere so reach followers within about
-    ``interval_s``. Each tick re-reads the ``lag`` newest ids below the highest seen: PostgreSQL takes ids
-    from a sequence before commit, so a transaction may commit an id lower than one already seen. The
-    thread stops after ``idle_exit_s`` with nothing watched and starts again with the next ``watch``."""
+    ``interval_s`` for the newest event id of every job (one query for all) and rings the bell of each watched
+    job that has a follower behind it; events committed elsewhere so reach followers within about
+    ``interval_s``. Each tick re-reads the ``LAG`` ids below the highest seen: PostgreSQL takes ids from a
+    sequence before commit, so a transaction may commit an id lower than one already seen. The thread stops
+    after ``idle_exit_s`` with nothing watched and starts again with the next ``watch``."""
 
     LAG = 1000
 
@@ -123,8 +140,7 @@ class EventWatcher:
         self._bell, self._latest = bell, latest
         self.interval_s, self.idle_exit_s = interval_s, idle_exit_s
         self._lock = threading.Lock()
-        self._watched: dict[str, int] = {}  # job id -> number of followers
-        self._seen: dict[str, int] = {}
+        self._watches: dict[str, set[Watch]] = {}
         self._high: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -132,42 +148,39 @@ class EventWatcher:
 
     @property
     def watched(self) -> dict[str, int]:
+        """{job id: number of followers}."""
         with self._lock:
-            return dict(self._watched)
+            return {key: len(ws) for key, ws in self._watches.items()}
 
-    def watch(self, key: str) -> Callable[[], None]:
-        """Watch ``key`` (a job id) until the returned function is called (once is enough; more is harmless)."""
+    def watch(self, key: str) -> Watch:
+        """Watch ``key`` (a job id) until the returned ``Watch`` is closed."""
+        w = Watch(self, key)
         with self._lock:
-            self._watched[key] = self._watched.get(key, 0) + 1
+            self._watches.setdefault(key, set()).add(w)
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="event-watcher", daemon=True)
                 self._thread.start()
-        done = threading.Event()
+        return w
 
-        def unwatch() -> None:
-            with self._lock:
-                if done.is_set():
-                    return
-                done.set()
-                left = self._watched.get(key, 0) - 1
-                if left > 0:
-                    self._watched[key] = left
-                else:
-                    self._watched.pop(key, None)
-
-        return unwatch
+    def _drop(self, w: Watch) -> None:
+        with self._lock:
+            ws = self._watches.get(w.key)
+            if ws is not None:
+                ws.discard(w)
+                if not ws:
+                    del self._watches[w.key]
 
     def tick(self) -> list[str]:
-        """One look: ring (and return) the watched jobs that got events since the last look."""
+        """One look: ring (and return) the watched jobs that have a follower behind their newest event."""
         with self._lock:
-            watched = set(self._watched)
-        if not watched:
-            return []
+            if not self._watches:
+                return []
         latest = self._latest(self._high, self.LAG)
         self.ticks += 1
-        with self._lock:
-            self._high = next_high(self._high, latest)
-            ring, self._seen = moved(self._seen, latest, set(self._watched))
+        self._high = next_high(self._high, latest)
+        with self._lock:  # positions read after the query: a follower that caught up meanwhile needs no ring
+            positions = {key: [w.position for w in ws] for key, ws in self._watches.items()}
+        ring = behind(latest, positions)
         if ring:
             self._bell.ring(ring)
         return ring
@@ -177,13 +190,12 @@ class EventWatcher:
         failures = 0
         while not self._stop.is_set():
             with self._lock:
-                if self._watched:
+                if self._watches:
                     idle_since = None
                 elif idle_since is None:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since >= self.idle_exit_s:
                     self._thread = None
-                    self._seen.clear()
                     return
             try:
                 self.tick()

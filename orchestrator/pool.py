@@ -27,6 +27,7 @@ from orchestrator.db import Database
 from orchestrator.errors import Unavailable
 from orchestrator.models import ServerRow
 from orchestrator.placement import ServerView, unrunnable_reason
+from orchestrator.server_urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ class Pool:
         with self._lock:
             return sorted(self._servers.values(), key=lambda s: s.name)
 
+    def unusable(self) -> set[str]:
+        """Ids of the registry rows the pool cannot follow (malformed URL): never part of the pool."""
+        with self._lock:
+            return set(self._unusable)
+
     def get(self, url: str) -> Server | None:
         return next((s for s in self.servers if s.url == url.rstrip("/")), None)
 
@@ -122,14 +128,14 @@ class Pool:
                         stale.monitor.stop()
                     unusable.append((row, why))
         for row, why in unusable:
-            log.error("server %s (%r): %s; skipped until it is removed", row.name[:100], row.url[:100], why)
+            log.error("server %s (%r): %s; skipped until it is removed", row.name[:100], redact(row.url)[:100], why)
             with self.db.session() as s:
                 service.record_health(s, row.id, False, why)
 
     def _make(self, row: ServerRow) -> Server:
         url = httpx.URL(row.url)  # InvalidURL: control characters, too long, bad port
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{row.url[:100]!r} is not an http(s) URL with a host")
+            raise ValueError(f"{redact(row.url)[:100]!r} is not an http(s) URL with a host")
         client = ComfyClient(row.url, timeout=30)
         monitor = ServerMonitor(row.url, f"{self.client_id}-{row.id}")  # one client id per socket
         srv = Server(row.id, row.name, row.url, client, monitor, caps=Capabilities.from_json(row.capabilities),
@@ -170,7 +176,7 @@ class Pool:
         srv.healthy = True
         if was_down:
             srv.warm = frozenset()  # a restarted server has nothing loaded
-            log.info("server %s is up (%s)", srv.url, srv.comfy_version)
+            log.info("server %s is up (%s)", redact(srv.url), srv.comfy_version)
 
     def clean_abandoned(self, srv: Server) -> int:
         """Remove from the server's queue, or interrupt by its prompt_id (never a bare interrupt), each prompt
@@ -190,7 +196,7 @@ class Pool:
                 srv.client.interrupt(pid)
             queue = srv.client.queue(timeout=5)
         except ComfyError as exc:
-            log.warning("server %s: abandoned prompts not removed yet: %s", srv.url, exc.message)
+            log.warning("server %s: abandoned prompts not removed yet: %s", redact(srv.url), exc.message)
             srv.cleanup_due = True
             return 0
         held = {item[1] for key in ("queue_running", "queue_pending") for item in queue.get(key, [])}
@@ -198,7 +204,7 @@ class Pool:
         with self.db.session() as s:
             service.clear_abandoned(s, gone)
         srv.cleanup_due = len(gone) < len(ids)
-        log.info("server %s: removed %d abandoned prompt(s)%s", srv.url, len(ids),
+        log.info("server %s: removed %d abandoned prompt(s)%s", redact(srv.url), len(ids),
                  f", {len(ids) - len(gone)} still being interrupted" if srv.cleanup_due else "")
         return len(gone)
 
@@ -216,7 +222,7 @@ class Pool:
         cap = self.health_interval_s if srv.cleanup_due else 60
         srv.next_check = time.monotonic() + min(2 ** (srv.failures - 1), cap)
         if was_healthy or srv.failures == 1:
-            log.warning("server %s is down: %s", srv.url, error)
+            log.warning("server %s is down: %s", redact(srv.url), redact(error))
             with self.db.session() as s:
                 service.record_health(s, srv.id, False, error)
 
@@ -280,7 +286,7 @@ class Pool:
             self.check(srv)
         except Exception as exc:
             if srv.healthy or srv.failures == 0:
-                log.exception("health check of %s", srv.url)
+                log.exception("health check of %s", redact(srv.url))
             self.mark_down(srv, f"health check failed: {type(exc).__name__}: {exc}"[:500])
 
     def close(self) -> None:

@@ -4,12 +4,18 @@ One dispatch loop per orchestrator process. Each round it counts the prompts in 
 (from the database, so replicas see each other's), locks a batch of ready QUEUED jobs (SKIP LOCKED on
 PostgreSQL), orders them (priority, fair share across API keys, age), places each on the best server
 with a free slot, and claims it with its attempt in the same transaction. Runners (threads) then
-execute the attempts. A lease loop renews this process's attempts and adopts attempts whose process
-stopped renewing (crashed): those are reconciled with their server, never run twice.
+execute the attempts. A lease loop renews the leases of the attempts this process lifetime follows
+(started or adopted, and still followed by a runner) and adopts attempts whose process stopped renewing
+(crashed): those are reconciled with their server, never run twice.
+
+One job never stalls a round: a job whose requirements cannot even be computed (its template row gone,
+parameters that no longer bind) and a job that no registered server could ever run end FAILED with the
+reason; every other job of the round is placed as usual.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -18,25 +24,29 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import or_
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from orchestrator import service
 from orchestrator import templates as tpl
 from orchestrator.capabilities import Requirements
 from orchestrator.db import Database
+from orchestrator.errors import MediaLabError
 from orchestrator.executor import Executor
 from orchestrator.jobs import JobState
 from orchestrator.lock import load_lock
 from orchestrator.metrics import Metrics
-from orchestrator.models import Job, TemplateVersionRow, now
+from orchestrator.models import Job, ServerRow, TemplateVersionRow, now
 from orchestrator.notify import QUEUED
-from orchestrator.placement import Candidate, Placer, fair_order, unrunnable_reason
+from orchestrator.placement import Candidate, Placer, ServerView, fair_order, impossible_reason
 from orchestrator.pool import Pool, Server
+from orchestrator.server_urls import redact
 from orchestrator.settings import Settings
 from orchestrator.training import jobs as training_jobs
 
 log = logging.getLogger(__name__)
 BATCH = 100  # queued jobs a dispatch round considers (the window warm-model affinity chooses from)
+SWEEP_S = 5.0  # while no server has a free slot, a round still runs this often to end impossible jobs
 
 
 class Dispatcher:
@@ -59,6 +69,7 @@ class Dispatcher:
         self._requirements: dict[tuple[int, str], Requirements] = {}
         self._job_requirements: dict[str, Requirements] = {}  # a job's parameters never change
         self._more = False  # the last round filled its whole batch: more jobs may be waiting behind it
+        self._swept = 0.0  # when the last full round ran
         self._templates: dict[int, tpl.TemplateVersion] = {}
 
     def start(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
@@ -105,8 +116,11 @@ class Dispatcher:
             self._job_requirements.clear()
         t = self._templates.get(job.template_version_id)
         if t is None:
-            t = self._templates[job.template_version_id] = service.template_from_row(
-                session.get(TemplateVersionRow, job.template_version_id))
+            row = session.get(TemplateVersionRow, job.template_version_id) if job.template_version_id else None
+            if row is None:
+                raise MediaLabError(f"its template version ({job.template}@v{job.version}, id "
+                                    f"{job.template_version_id}) no longer exists")
+            t = self._templates[job.template_version_id] = service.template_from_row(row)
         inputs = {p.name for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES}
         key = (job.template_version_id, json.dumps({k: v for k, v in job.params.items() if k not in inputs},
                                                    sort_keys=True))
@@ -127,41 +141,69 @@ class Dispatcher:
         for v in views:
             v.gpu_leased = v.url in leased  # a trainer holds its GPU
         max_inflight = self.settings.max_inflight
-        if not any(v.healthy and v.active and v.inflight < max_inflight for v in views):
+        if (not any(v.healthy and v.active and v.inflight < max_inflight for v in views)
+                and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
             return 0
+        self._swept = time.monotonic()
         launched = []
         with self.db.session() as s:
             jobs = {j.id: j for j in service.queued_candidates(s, limit=BATCH)}
             order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
                                service.running_by_key(s))
-            reqs = {c.id: self.requirements(s, jobs[c.id]) for c in order}
+            reqs: dict[str, Requirements] = {}
+            for c in order:
+                try:
+                    reqs[c.id] = self.requirements(s, jobs[c.id])
+                except DBAPIError:
+                    raise  # the database, not the job: the round is retried
+                except Exception as exc:  # the job's own data is broken: it ends, the round goes on
+                    self._fail_queued(s, c.id, f"cannot be dispatched: {_describe(exc)}")
+            order = [c for c in order if c.id in reqs]
             plan = self.placer.plan([(c.id, c.priority, reqs[c.id]) for c in order], views)
             placed = {job_id for job_id, _view in plan}
             self._more = len(jobs) >= BATCH and len(placed) == len(jobs)
-            reasons: dict[Requirements, str | None] = {}
-            for c in order:
-                if c.id in placed:
-                    continue
-                if reqs[c.id] not in reasons:
-                    reasons[reqs[c.id]] = unrunnable_reason(reqs[c.id], views, self.lock)
-                reason = reasons[reqs[c.id]]
-                if reason and all(v.caps for v in views if v.active):
-                    service.transition(s, c.id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
-                                       error={"message": reason})
+            waiting = [c for c in order if c.id not in placed]
+            registry = self._registry_views(s, views) if waiting else None
+            if registry is not None:
+                reasons: dict[Requirements, str | None] = {}
+                for c in waiting:
+                    if reqs[c.id] not in reasons:
+                        reasons[reqs[c.id]] = impossible_reason(reqs[c.id], registry, self.lock)
+                    if reasons[reqs[c.id]]:
+                        self._fail_queued(s, c.id, reasons[reqs[c.id]])
             for job_id, view in plan:
                 job, server = jobs[job_id], self.pool.get(view.url)
+                if server is None:  # removed from the pool since the views were taken: next round
+                    continue
                 attempt = service.start_attempt(s, job, view.url, self.owner, self.settings.lease_s,
-                                                server.comfy_version if server else None)
-                if attempt is None or server is None:
+                                                server.comfy_version)
+                if attempt is None:
                     continue
                 launched.append((job, attempt.id, server, reqs[job_id]))
             s.commit()
         for job, attempt_id, server, req in launched:
+            self.executor.hold(attempt_id)  # its lease is renewed from now on, while it waits for a runner too
             self.pool.note_dispatch(server, req.models)
             if self.metrics:
                 self.metrics.dispatch_latency.observe(max(time.time() - job.queued_at.timestamp(), 0.0))
             self._runners.submit(self._run, attempt_id, server, False)
         return len(launched)
+
+    def _registry_views(self, session: Session, views: list[ServerView]) -> list[ServerView] | None:
+        """The views of every registered server, as candidates for "could this job ever run": a draining
+        server counts (it may be activated again). None while the live pool has not caught up with the
+        registry (a server added a moment ago may be the one the job needs): nothing is decided then."""
+        registered = set(session.exec(select(ServerRow.id)).all())
+        if not registered - self.pool.unusable() <= {v.id for v in views}:
+            return None
+        return [dataclasses.replace(v, active=True) for v in views if v.id in registered]
+
+    def _fail_queued(self, session: Session, job_id: str, reason: str) -> None:
+        """A queued job that can never run ends FAILED with the reason (in the round's transaction)."""
+        log.warning("job %s failed before dispatch: %s", job_id, reason)
+        self._job_requirements.pop(job_id, None)
+        service.transition(session, job_id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
+                           error={"message": reason})
 
     @staticmethod
     def _anything_ready(session: Session) -> bool:
@@ -183,8 +225,8 @@ class Dispatcher:
             self.recover()
         while not self._stop.wait(max(self.settings.lease_s / 3, 0.5)):
             try:
-                with self.db.session() as s:
-                    service.heartbeat(s, self.owner, self.settings.lease_s)
+                with self.db.session() as s:  # only the attempts a runner of this lifetime follows
+                    service.heartbeat(s, self.owner, self.settings.lease_s, self.executor.held())
                 if self.recovering:
                     self.recover()
                     with self.db.session() as s:  # training claims whose trainer went silent
@@ -200,7 +242,8 @@ class Dispatcher:
             orphans = service.adopt_orphans(s, self.owner, self.settings.lease_s)
         for attempt in orphans:
             server = self.pool.get(attempt.server)
-            log.warning("adopting attempt %s of job %s on %s", attempt.id, attempt.job_id, attempt.server)
+            log.warning("adopting attempt %s of job %s on %s", attempt.id, attempt.job_id, redact(attempt.server))
+            self.executor.hold(attempt.id)
             if server is None:
                 self._runners.submit(self._lost, attempt.id, attempt.server)
             else:
@@ -209,6 +252,13 @@ class Dispatcher:
 
     def _lost(self, attempt_id: str, url: str) -> None:
         try:
-            self.executor.lost(attempt_id, f"server {url} left the pool")
+            self.executor.lost(attempt_id, f"server {redact(url)} left the pool")
+        except Exception:
+            log.exception("attempt %s", attempt_id)
         finally:
+            self.executor.release(attempt_id)
             self.wake()
+
+
+def _describe(exc: Exception) -> str:
+    return exc.message if isinstance(exc, MediaLabError) else f"{type(exc).__name__}: {exc}"

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import func, or_, update
+from sqlalchemy import String, cast, func, or_, update
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from orchestrator import audit, editor, limits, media
+from custom_nodes import urls
+from orchestrator import audit, editor, limits, media, sandbox, server_urls
 from orchestrator import templates as tpl
 from orchestrator.capabilities import Capabilities, Requirements
 from orchestrator.errors import Conflict, InvalidInput, NotFound
@@ -27,6 +29,7 @@ from orchestrator.models import (
     Job,
     JobEvent,
     JobInput,
+    LoraModel,
     ServerRow,
     TemplateVersionRow,
     now,
@@ -66,9 +69,23 @@ def template_from_row(row: TemplateVersionRow) -> tpl.TemplateVersion:
                                content_hash=row.content_hash, deprecated=row.deprecated)
 
 
+def check_publish(name: str, graph: dict[str, Any], manifest: dict[str, Any] | None, title: str | None,
+                  description: str, settings: Settings) -> None:
+    """A publish request within the limits: the name and title are names (``max_name_length``), the
+    description a string (``max_string_length``); graph and manifest hold only finite numbers, 64-bit
+    integers and strings without NUL (their size is bounded by ``max_body_bytes``)."""
+    limits.check_name(name, "template name", settings.max_name_length)
+    if title is not None:
+        limits.check_name(title, "title", settings.max_name_length)
+    limits.check_json(description, "description", max_string=settings.max_string_length)
+    limits.check_json(graph, "graph")
+    limits.check_json(manifest, "manifest")
+
+
 def publish_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
                      manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str = "image",
-                     description: str = "", api_key_id: str | None = None) -> TemplateVersionRow:
+                     description: str = "", api_key_id: str | None = None,
+                     settings: Settings | None = None) -> TemplateVersionRow:
     """Publish the next version of a template from an API-format graph or an editor-format workflow.
 
     An editor-format workflow (what ComfyUI's Save writes) is converted to the API format with the node
@@ -76,8 +93,11 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
     nodes and outputs from the save nodes; a workflow without parameter nodes that ``templates open`` wrote
     keeps the manifest of the version it was opened from (bindings are by title). The graph is checked
     against the node definitions of a live pool server, and every node class and model it needs must exist
-    on some server. A published version is immutable.
+    on some server. A published version is immutable. Before any of that, the graph with its defaults bound
+    must stay in the sandbox (``sandbox.check_graph``: no file input leaving ComfyUI's folders, no URL the
+    URL rule refuses). First of all, the request is bounded (``check_publish``).
     """
+    check_publish(name, graph, manifest, title, description, settings or get_settings())
     object_info, origin = None, None
     if editor.is_editor_format(graph):
         origin = ((graph.get("extra") or {}).get("medialab") or {}).get("template")
@@ -100,10 +120,15 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
     same = next((r for r in rows if r.content_hash == t.content_hash), None)
     if same:
         raise Conflict(f"{name}@v{same.version} has exactly this content already")
+    values = {p.name: p.default if p.default is not None else f"sha256/00/{p.name}" for p in t.manifest.parameters}
+    if pool is not None and object_info is None:
+        object_info = pool.object_info()
+    defs = sandbox.Definitions.from_object_info(object_info) if object_info is not None \
+        else sandbox_definitions(session, None)
+    check_sandbox(tpl.bind(t, values), defs, settings, skip=bound_inputs(t, lambda p: p.type in tpl.ARTIFACT_TYPES
+                                                                          or p.default is None))
     if pool is not None:
-        values = {p.name: p.default if p.default is not None else f"sha256/00/{p.name}"
-                  for p in t.manifest.parameters}
-        problems = validate_graph(tpl.bind(t, values), object_info or pool.object_info())
+        problems = validate_graph(tpl.bind(t, values), object_info)
         if problems:
             raise InvalidInput(f"{t.ref} does not validate against the pool's node definitions: "
                                + "; ".join(problems), problems=problems)
@@ -184,13 +209,14 @@ def sniff(f: BinaryIO, filename: str) -> tuple[str, int | None, int | None]:
 
 
 @contextmanager
-def checked_upload(data: bytes | Iterable[bytes] | BinaryIO | Path, filename: str,
-                   settings: Settings) -> Iterator[tuple[media.Spooled, media.MediaInfo]]:
+def checked_upload(data: bytes | Iterable[bytes] | BinaryIO | Path, filename: str, settings: Settings | None = None,
+                   ) -> Iterator[tuple[media.Spooled, media.MediaInfo]]:
     """An upload spooled to a local file while it is hashed, then inspected against the limits (``media``):
     refused (413 over a limit, 422 for an image that does not decode) before anything is stored. Every path
-    that stores uploaded bytes (inputs, a trainer's outputs) goes through here, then ``store.put_file``."""
-    caps = media.MediaLimits.of(settings)
-    with media.spooled(data, caps, settings.home / "spool") as spool:
+    that stores uploaded bytes (inputs, a trainer's outputs) goes through here, then ``store.put_file``.
+    Spooled under ``<home>/spool`` (without ``settings``: the system's temporary folder, default limits)."""
+    caps = media.MediaLimits.of(settings or get_settings())
+    with media.spooled(data, caps, settings.home / "spool" if settings else None) as spool:
         yield spool, media.inspect(spool.path, filename, caps)
 
 
@@ -200,8 +226,7 @@ def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[byt
 
     Tags and file name are checked first, the bytes are inspected before they are stored (``checked_upload``):
     a refused upload leaves no object and no row. ``settings``: the limits (default: ``get_settings()``)."""
-    settings = settings or get_settings()
-    tags = limits.check_tags(tags, settings)
+    tags = limits.check_tags(tags, settings or get_settings())
     filename = media.check_filename(filename) or "upload"
     with checked_upload(data, filename, settings) as (spool, info):
         origin = f"input:{spool.sha256}"
@@ -255,13 +280,27 @@ def delete_artifact(session: Session, store: ObjectStore, artifact_id: str) -> A
     if readers:
         raise Conflict(f"artifact {artifact_id} is an input of job(s) {', '.join(readers[:5])}"
                        f"{' and more' if len(readers) > 5 else ''}; it is kept for their lineage")
-    for row in session.exec(select(ArtifactTag).where(ArtifactTag.artifact_id == artifact_id)):
-        session.delete(row)
-    session.delete(art)
+    models = list(session.exec(select(LoraModel.filename).where(or_(
+        LoraModel.artifact_id == art.id, LoraModel.dataset_artifact_id == art.id)).limit(6)))
+    if models:
+        raise Conflict(f"artifact {artifact_id} is the file or the dataset of registered LoRA(s) "
+                       f"{', '.join(models[:5])}; withdraw them instead", models=models[:5])
+    derived = list(session.exec(select(Artifact.id, Artifact.role).where(
+        cast(col(Artifact.input_artifacts), String).like(f'%"{art.id}"%')).limit(6)))
+    if derived:
+        raise Conflict(f"artifact {artifact_id} is in the lineage of {len(derived)} artifact(s) "
+                       f"({', '.join(f'{r} {i}' for i, r in derived[:5])}); it is kept for them",
+                       artifacts=[i for i, _r in derived[:5]])
+    session.execute(sql_delete(ArtifactTag).where(col(ArtifactTag.artifact_id) == art.id))  # tags first: they
+    session.execute(sql_delete(Artifact).where(col(Artifact.id) == art.id))  # refer to the artifact
     shared = session.exec(select(func.count()).where(Artifact.sha256 == art.sha256, Artifact.id != art.id)).one()
     audit.record(session, "artifact.delete", art.id, {"sha256": art.sha256, "filename": art.filename,
                                                      "role": art.role})
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError as exc:  # something came to refer to it meanwhile
+        session.rollback()
+        raise Conflict(f"artifact {artifact_id} is referred to by a row written just now; it is kept") from exc
     if not shared:
         store.delete(art.key)
     return art
@@ -270,13 +309,76 @@ def delete_artifact(session: Session, store: ObjectStore, artifact_id: str) -> A
 def get_artifact(session: Session, artifact_id: str) -> Artifact:
     art = session.get(Artifact, artifact_id)
     if art is None:
-        raise NotFound(f"unknown artifact {artifact_id}")
+        raise NotFound(f"unknown artifact {artifact_id[:200]}")
     return art
+
+
+def object_lost(art: Artifact) -> NotFound:
+    """The error of an artifact whose object the store no longer has (deleted or lost behind our back)."""
+    return NotFound(f"artifact {art.id} ({art.filename}): its bytes are missing from the object store "
+                    f"(key {art.key})", artifact=art.id)
+
+
+def open_artifact(store: ObjectStore, art: Artifact) -> BinaryIO:
+    """The artifact's bytes for reading; NotFound (404, naming it) when the store has lost its object."""
+    try:
+        return store.open(art.key)
+    except FileNotFoundError as exc:
+        raise object_lost(art) from exc
 
 
 def job_outputs(session: Session, job_id: str) -> list[Artifact]:
     return list(session.exec(select(Artifact).where(Artifact.job_id == job_id, Artifact.role == "output")
                              .order_by(Artifact.output_name, Artifact.filename)))
+
+
+# -- the sandbox ----------------------------------------------------------------------------------
+_DEFS: tuple[list[Any], sandbox.Definitions] | None = None  # the last merge, with the capabilities it came from
+
+
+def sandbox_definitions(session: Session, pool: Pool | None) -> sandbox.Definitions:
+    """What the pool's servers (live, or as recorded without a pool) know of their node classes' file inputs."""
+    global _DEFS
+    caps = [srv.caps for srv in pool.servers] if pool is not None else \
+        [Capabilities.from_json(r.capabilities) for r in server_rows(session)]
+    cached = _DEFS
+    if cached is not None and len(cached[0]) == len(caps) and all(a is b for a, b in zip(cached[0], caps, strict=True)):
+        return cached[1]
+    defs = sandbox.Definitions.merge(caps)
+    if pool is not None:
+        _DEFS = (caps, defs)  # live capabilities are replaced, never changed, when a server is probed again
+    return defs
+
+
+def url_policy(settings: Settings | None = None) -> urls.UrlPolicy:
+    st = settings or get_settings()
+    try:
+        return sandbox.url_policy(st.url_allowlist, st.s3_endpoint if st.storage == "s3" else None, st.s3_secure,
+                                  st.url_private_ok, st.url_max_bytes, st.url_timeout_s)
+    except urls.UrlRefused as exc:
+        raise InvalidInput(f"setting url_allowlist (MEDIALAB_URL_ALLOWLIST): {exc}") from exc
+
+
+def bound_inputs(t: tpl.TemplateVersion, which: Any) -> set[tuple[str, str]]:
+    """(node id, input) of the parameters ``which(p)`` selects."""
+    titles = tpl.nodes_by_title(t.graph)
+    return {(titles[p.bind.node], p.bind.input) for p in t.manifest.parameters if which(p)}
+
+
+def check_sandbox(graph: dict[str, Any], defs: sandbox.Definitions, settings: Settings | None = None,
+                  skip: Iterable[tuple[str, str]] = (), resolve: bool = True) -> None:
+    """Refuse (422, naming node, input and rule) a graph that would read outside ComfyUI's folders or fetch
+    a URL the rule refuses; with ``resolve`` the URLs' host names are looked up and every address checked."""
+    policy = url_policy(settings)
+    found = sandbox.check_graph(graph, defs, policy, skip)
+    problems = list(found.problems)
+    for where, target in found.urls if resolve else ():
+        try:
+            urls.check_addresses(target, urls.resolve(target.host, target.port), policy)
+        except urls.UrlRefused as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise InvalidInput("the graph leaves the sandbox: " + "; ".join(problems), problems=problems)
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -320,19 +422,27 @@ def create_job(session: Session, row: TemplateVersionRow, t: tpl.TemplateVersion
 
 
 def validate_job(session: Session, pool: Pool | None, template: str, params: dict[str, Any],
-                 version: int | None = None) -> tuple[TemplateVersionRow, tpl.TemplateVersion, dict[str, Any]]:
+                 version: int | None = None, settings: Settings | None = None,
+                 ) -> tuple[TemplateVersionRow, tpl.TemplateVersion, dict[str, Any]]:
     """Everything that can be known before dispatch; returns the template and the validated parameters.
 
     Refused here: unknown template or version, bad parameters, unknown or wrong-type input artifacts,
     and node classes or models that no server of the pool has (ComfyUI would only notice at run time),
     and LoRAs of the model registry that are not approved. Without a live ``pool`` (``medialab submit``)
     the servers' recorded capabilities are checked by the same rule, so every path refuses the same jobs.
+    The graph bound with the caller's values must stay in the sandbox (a string parameter bound to a file
+    input is how a caller would pick a path; URL values are checked by the URL rule).
     """
     from orchestrator.training.registry import check_usable
 
+    caps = settings or get_settings()
+    limits.check_name(template, "template name", caps.max_name_length)
+    limits.check_params(params, caps)  # counts, lengths and numbers before pydantic sees them
     row, t = get_template(session, template, version)
     values = tpl.validate_params(t, params)
     check_artifact_params(session, t, values)
+    check_sandbox(tpl.bind(t, values), sandbox_definitions(session, pool), settings,
+                  skip=bound_inputs(t, lambda p: p.type in tpl.ARTIFACT_TYPES))
     req = requirements(t, values)
     check_usable(session, req.models)  # a registered LoRA must be approved
     if pool is not None:
@@ -369,16 +479,28 @@ def idempotent_job(session: Session, api_key_id: str | None, idempotency_key: st
     return job
 
 
+PRIORITY_RANGE = (-100, 100)
+
+
+def check_job_fields(priority: int, timeout_s: float | None, settings: Settings) -> None:
+    """What every path that queues a job (API, CLI, trainings) checks besides the parameters."""
+    if not isinstance(priority, int) or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        raise InvalidInput(f"priority {priority!r} is outside {PRIORITY_RANGE[0]}..{PRIORITY_RANGE[1]}",
+                           limit="priority", value=PRIORITY_RANGE[1])
+    limits.check_timeout(timeout_s, settings)
+
+
 def submit_job(session: Session, pool: Pool | None, template: str, params: dict[str, Any],
-               version: int | None = None, **job_fields: Any) -> Job:
+               version: int | None = None, settings: Settings | None = None, **job_fields: Any) -> Job:
     """Validate, then write the job as QUEUED (a job is always written before it is dispatched). With an
     ``idempotency_key`` (and the ``request_hash`` of the body), a repeated submit returns the first job."""
+    check_job_fields(job_fields.get("priority", 0), job_fields.get("timeout_s"), settings or get_settings())
     if job_fields.get("idempotency_key"):
         job = idempotent_job(session, job_fields.get("api_key_id"), job_fields["idempotency_key"],
                              job_fields["request_hash"])
         if job is not None:
             return job
-    row, t, values = validate_job(session, pool, template, params, version)
+    row, t, values = validate_job(session, pool, template, params, version, settings)
     try:
         return create_job(session, row, t, values, **job_fields)
     except IntegrityError:
@@ -577,29 +699,61 @@ def server_rows(session: Session) -> list[ServerRow]:
 
 
 def get_server(session: Session, ref: str) -> ServerRow:
-    """A server by id, name or URL."""
+    """A server by id, name or URL (in any spelling of its canonical form)."""
+    url = server_urls.canonical(ref) or ref.rstrip("/")
     row = session.exec(select(ServerRow).where(or_(ServerRow.id == ref, ServerRow.name == ref,
-                                                   ServerRow.url == ref.rstrip("/")))).first()
+                                                   ServerRow.url == url))).first()
     if row is None:
-        raise NotFound(f"unknown server {ref!r}")
+        raise NotFound(f"unknown server {server_urls.redact(ref[:200])!r}")
     return row
 
 
-def register_server(session: Session, url: str, name: str | None = None, source: str = "api") -> ServerRow:
-    """Add a server (or return it if the URL is registered already)."""
-    url = url.rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInput(f"server URL {url!r} must start with http:// or https://")
-    row = session.exec(select(ServerRow).where(ServerRow.url == url)).first()
+def register_server(session: Session, url: str, name: str | None = None, source: str = "api",
+                    settings: Settings | None = None) -> ServerRow:
+    """Add a server (or return it if this URL is registered already, in any spelling of its canonical form).
+
+    The URL is validated before anything is stored (``server_urls.parse_server_url``) and the name is checked
+    (``max_name_length``, printable). A URL that reaches a registered server by another name (localhost vs
+    127.0.0.1) is refused (409, naming that server): two rows for one ComfyUI would count its capacity twice."""
+    max_name = (settings or get_settings()).max_name_length
+    su = server_urls.parse_server_url(url)
+    if name is not None:
+        limits.check_name(name, "server name", max_name)
+        if not name.strip():
+            raise InvalidInput("a server name is not empty")
+    row = session.exec(select(ServerRow).where(ServerRow.url == su.url)).first()
     if row:
         return row
-    name = name or url.split("://", 1)[1]
+    name = name or limits.check_name(su.default_name, f"server name {su.default_name[:40]!r}... (from the URL: "
+                                     "give a shorter one)", max_name)
     if session.exec(select(ServerRow).where(ServerRow.name == name)).first():
         raise Conflict(f"a server named {name!r} exists already")
-    row = ServerRow(name=name, url=url, source=source)
+    registered = []
+    for other in server_rows(session):
+        parsed = server_urls.canonical(other.url)
+        if parsed is not None:
+            registered.append((other.name, server_urls.parse_server_url(parsed)))
+    if registered:
+        resolved: dict[str, frozenset[str]] = {}
+
+        def addresses(host: str) -> frozenset[str]:
+            if host not in resolved:
+                resolved[host] = server_urls.resolve(host)
+            return resolved[host]
+
+        same = server_urls.duplicate_of(su, addresses(su.host), [(n, u, addresses(u.host)) for n, u in registered
+                                                                 if (u.port, u.path) == (su.port, su.path)])
+        if same is not None:
+            raise Conflict(f"{su.shown} is server {same!r} under another name (the same address, port and path); "
+                           f"use {same!r}, or remove it first", server=same)
+    row = ServerRow(name=name, url=su.url, source=source)
     session.add(row)
-    audit.record(session, "server.add", row.name, {"id": row.id, "url": row.url, "source": source})
-    session.commit()
+    audit.record(session, "server.add", row.name, {"id": row.id, "url": su.shown, "source": source})
+    try:
+        session.commit()
+    except IntegrityError as exc:  # registered by someone else at the same moment
+        session.rollback()
+        raise Conflict(f"server {name!r} ({su.shown}) was registered by someone else just now") from exc
     return row
 
 

@@ -15,10 +15,11 @@ import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import fastapi.routing
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,6 +29,8 @@ from orchestrator.models import ApiKey
 
 Message = MutableMapping[str, Any]
 PROBLEM = "application/problem+json"
+KEY_CHECKS = 4  # key checks at once (each a database connection for a moment): a burst of requests, such as
+# hundreds of event streams opening together, waits here instead of emptying the connection pool
 
 
 def key_from_headers(headers: dict[str, str]) -> str | None:
@@ -74,6 +77,7 @@ class Guard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._table: list[tuple[re.Pattern[str], set[str], tuple[auth.Role, ...] | None]] | None = None
+        self._checks: anyio.CapacityLimiter | None = None
 
     def _needs(self, scope: Scope) -> tuple[auth.Role, ...] | None:
         """The roles the request's route needs (None: no key, or no such route: the app answers)."""
@@ -95,7 +99,10 @@ class Guard:
         if roles is not None:
             ctx = scope["app"].state.ctx
             try:
-                key = await run_in_threadpool(check_key, ctx, key_from_headers(headers), roles)
+                if self._checks is None:  # made in the app's own event loop
+                    self._checks = anyio.CapacityLimiter(KEY_CHECKS)
+                key = await anyio.to_thread.run_sync(check_key, ctx, key_from_headers(headers), roles,
+                                                     limiter=self._checks)
             except MediaLabError as exc:
                 await send_problem(send, exc.status, exc.title, exc.message, **exc.extra)
                 return
@@ -120,6 +127,7 @@ def check_key(ctx: Any, key: str | None, roles: tuple[auth.Role, ...]) -> ApiKey
     with ctx.db.session() as s:
         row = auth.authenticate(s, key)
         auth.authorize(row, *roles)
+        auth.touch(s, row)  # last_used_at, at most once a minute per key
         s.expunge(row)
         return row
 

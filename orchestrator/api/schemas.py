@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from orchestrator.jobs import JobState
+from orchestrator.limits import MAX_PATH_LENGTH, MAX_QUERY_LENGTH
+from orchestrator.server_urls import redact, redact_value
+
+# What the API shows of a server URL, a message or an error: never the credentials of a URL in it.
+Shown = Annotated[str, AfterValidator(redact)]
+ShownJson = Annotated[dict[str, Any] | None, AfterValidator(redact_value)]
+MAX_VERSION = 10**9  # template versions (integers in the database)
+# An id, reference or label of a request: bounded and printable (names with a setting as their limit are
+# checked by the service, which names that setting).
+Label = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MAX_DATASET_IMAGES = 5000
+# A free-text filter of a listing (?template=, ?tag=, ...): bounded and printable.
+QueryText = Annotated[str | None, Query(max_length=MAX_QUERY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]*$")]
+FiniteSeconds = Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="Seconds; at most the "
+                                              "service's max_timeout_s (a setting).")]
 
 
 class Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    # validate_assignment: a field filled in after model_validate (a job's attempts and outputs) is validated
+    # too, so its own rules (the redaction of server URLs) apply; FastAPI does not validate a model again.
+    model_config = ConfigDict(from_attributes=True, validate_assignment=True)
 
 
 class ArtifactOut(Out):
@@ -31,7 +49,7 @@ class ArtifactOut(Out):
     template_hash: str | None
     params: dict[str, Any] | None
     input_artifacts: list[str] | None
-    server: str | None
+    server: Shown | None
     comfy_version: str | None
     created_at: datetime
     tags: list[str] = []
@@ -40,10 +58,10 @@ class ArtifactOut(Out):
 class AttemptOut(Out):
     id: str = Field(description="Also the prompt_id on the ComfyUI server.")
     number: int
-    server: str
+    server: Shown
     state: JobState
     comfy_version: str | None
-    error: dict[str, Any] | None
+    error: ShownJson
     started_at: datetime
     finished_at: datetime | None
 
@@ -58,7 +76,7 @@ class JobOut(Out):
     priority: int
     progress: float
     cancel_requested: bool
-    error: dict[str, Any] | None
+    error: ShownJson
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -69,11 +87,11 @@ class JobOut(Out):
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    template: str
-    version: int | None = Field(None, description="Template version; default: the newest.")
-    params: dict[str, Any] = {}
+    template: str = Field(description="Template name (at most max_name_length characters).")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION, description="Template version; default: the newest.")
+    params: dict[str, Any] = Field({}, description="At most max_params; strings at most max_string_length.")
     priority: int = Field(0, ge=-100, le=100)
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: FiniteSeconds = None
 
 
 class EventOut(Out):
@@ -82,8 +100,8 @@ class EventOut(Out):
     at: datetime
     kind: str
     state: JobState | None
-    reason: str
-    data: dict[str, Any] | None
+    reason: Shown
+    data: ShownJson
 
 
 class TemplateVersionOut(BaseModel):
@@ -124,29 +142,32 @@ class DatasetBuild(BaseModel):
 
     name: str = Field(description="Dataset name (lower-case letters, digits, '_' or '-').")
     trigger: str = Field(description="The trigger word put into the captions.")
-    images: list[str] = Field([], description="Image artifact ids.")
-    captions: dict[str, str] = Field({}, description="Caption per image artifact id (overrides the template).")
+    images: list[Label] = Field([], max_length=MAX_DATASET_IMAGES, description="Image artifact ids.")
+    captions: dict[str, str] = Field({}, max_length=MAX_DATASET_IMAGES,
+                                     description="Caption per image artifact id (overrides the template).")
     caption_template: str | None = Field(None, description="e.g. 'photo of {trigger}, {caption}'.")
-    video: str | None = Field(None, description="A video artifact to sample frames from.")
-    frames: int | None = Field(None, ge=1, le=5000, description="Frames sampled evenly (default 20).")
-    every_n: int | None = Field(None, ge=1, description="Or every n-th frame.")
-    preset: str | None = Field("sd15-character", description="Training preset the dataset is checked against.")
-    resolution: int | None = Field(None, description="Default: the preset's.")
+    video: Label | None = Field(None, description="A video artifact to sample frames from.")
+    frames: int | None = Field(None, ge=1, le=MAX_DATASET_IMAGES, description="Frames sampled evenly (default 20).")
+    every_n: int | None = Field(None, ge=1, le=10**6, description="Or every n-th frame.")
+    preset: Label | None = Field("sd15-character", description="Training preset the dataset is checked against.")
+    resolution: int | None = Field(None, ge=64, le=4096, description="Default: the preset's.")
     face_centred: bool = False
-    crop: str = "centre"
+    crop: Label = "centre"
 
 
 class TrainingSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field(description="Dataset artifact id.")
-    base: str = Field(description="Base checkpoint (file name in the checkpoints folder).")
-    preset: str | None = Field("sd15-character", description="Training preset; null: every option in `set`.")
+    dataset: Label = Field(description="Dataset artifact id.")
+    base: str = Field(min_length=1, max_length=MAX_PATH_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$",
+                      description="Base checkpoint (file name in the checkpoints folder).")
+    preset: Label | None = Field("sd15-character", description="Training preset; null: every option in `set`.")
     trigger: str | None = Field(None, description="Trigger word (default: the preset's).")
     name: str | None = Field(None, description="Registry name of the LoRA (default: the dataset's name).")
-    set: dict[str, Any] = Field({}, description="Training options over the preset (see TrainingSpec).")
+    set: dict[str, Any] = Field({}, description="Training options over the preset (see TrainingSpec); at most "
+                                "max_params.")
     priority: int = Field(0, ge=-100, le=100)
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: FiniteSeconds = None
 
 
 class LoraModelOut(Out):
@@ -172,8 +193,9 @@ class LoraModelOut(Out):
 class TrainerHello(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    trainer: str = Field(description="The trainer's name (unique per trainer process).")
-    gpu_server: str | None = Field(None, description="The pool server it shares its GPU with.")
+    trainer: Label = Field(description="The trainer's name (unique per trainer process).")
+    gpu_server: str | None = Field(None, max_length=2048, pattern=r"^[^\x00-\x1f\x7f]+$",
+                                   description="The pool server it shares its GPU with (name, id or URL).")
     info: dict[str, Any] | None = None
 
 
@@ -188,17 +210,17 @@ class TrainerClaim(BaseModel):
 class TrainerHeartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    trainer: str
-    events: list[dict[str, Any]] = []
+    trainer: Label
+    events: list[dict[str, Any]] = Field([], description="At most max_heartbeat_events (a setting).")
 
 
 class TrainerFinish(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    trainer: str
+    trainer: Label
     state: JobState
     error: dict[str, Any] | None = None
-    lora_artifact: str | None = None
+    lora_artifact: Label | None = None
 
 
 # -- API keys and the audit trail ---------------------------------------------------------------------
@@ -250,4 +272,4 @@ class AuditEventOut(Out):
     key_name: str | None
     action: str = Field(description="e.g. job.submit, job.cancel, template.publish, server.add, key.rotate.")
     target: str = Field(description="The id or name acted on.")
-    data: dict[str, Any] | None
+    data: ShownJson

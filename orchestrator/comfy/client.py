@@ -16,6 +16,7 @@ import httpx
 import websocket
 
 from orchestrator.errors import MediaLabError
+from orchestrator.server_urls import redact
 
 
 class ComfyError(MediaLabError):
@@ -101,8 +102,12 @@ class EventStream:
 
 class ComfyClient:
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        # Credentials of the URL (http://user:password@host) go in a Basic auth header, never in the URLs
+        # of requests: httpx logs every request's URL.
+        url = httpx.URL(base_url.rstrip("/"))
+        auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
+        self.base_url = str(url.copy_with(userinfo=b"")).rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=auth)
 
     def close(self) -> None:
         self._http.close()
@@ -111,7 +116,7 @@ class ComfyClient:
         try:
             return self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
-            raise ComfyUnreachable(f"{self.base_url}{path}: {exc}") from exc
+            raise ComfyUnreachable(redact(f"{self.base_url}{path}: {exc}")) from exc
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         r = self._request(method, path, **kw)
@@ -164,7 +169,7 @@ class ComfyClient:
         try:
             return EventStream(websocket.create_connection(url, timeout=timeout))
         except (websocket.WebSocketException, OSError) as exc:
-            raise ComfyUnreachable(f"{url}: {exc}") from exc
+            raise ComfyUnreachable(redact(f"{url}: {exc}")) from exc
 
     # -- files -------------------------------------------------------------------------------------
     def upload(self, data: BinaryIO | bytes, filename: str, subfolder: str = "", kind: str = "input") -> str:
@@ -181,7 +186,7 @@ class ComfyClient:
                     raise ComfyError(f"GET /view {ref.filename} -> {r.status_code}")
                 yield from r.iter_bytes(chunk_size)
         except httpx.TransportError as exc:
-            raise ComfyUnreachable(f"{self.base_url}/view: {exc}") from exc
+            raise ComfyUnreachable(redact(f"{self.base_url}/view: {exc}")) from exc
 
     # -- capabilities ------------------------------------------------------------------------------
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 import websocket
 
 from orchestrator.comfy.client import ComfyUnreachable
+from orchestrator.server_urls import redact
 
 log = logging.getLogger(__name__)
 _DROPPED = object()
@@ -40,7 +41,7 @@ class Subscription:
         except queue.Empty:
             return None
         if item is _DROPPED:
-            raise ComfyUnreachable(f"websocket to {self.monitor.url} dropped")
+            raise ComfyUnreachable(f"websocket to {redact(self.monitor.url)} dropped")
         return item
 
     def close(self) -> None:
@@ -65,7 +66,7 @@ class ServerMonitor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ws: websocket.WebSocket | None = None
-        self._thread = threading.Thread(target=self._run, name=f"ws {self.url}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"ws {redact(self.url)}", daemon=True)
 
     def start(self) -> ServerMonitor:
         self._thread.start()
@@ -119,7 +120,7 @@ class ServerMonitor:
                         raise websocket.WebSocketConnectionClosedException("closed by the server")
             except (websocket.WebSocketException, OSError, ValueError) as exc:
                 if not self._stop.is_set():
-                    log.warning("websocket to %s dropped: %s", self.url, exc)
+                    log.warning("websocket to %s dropped: %s", redact(self.url), redact(str(exc)))
                     self.on_state(False, f"websocket dropped: {exc}")
             finally:
                 self.connected.clear()

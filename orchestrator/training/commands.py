@@ -29,7 +29,7 @@ def _artifact(ctx: cli.Context, ref: str) -> str:
     path = Path(ref)
     if path.is_file():
         with ctx.db.session() as s:
-            return service.store_input(s, ctx.store, path, path.name).id
+            return service.store_input(s, ctx.store, path, path.name, settings=ctx.settings).id
     return ref
 
 

@@ -15,20 +15,22 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from orchestrator import service
+from orchestrator import limits, service
 from orchestrator.errors import InvalidInput
 from orchestrator.models import Artifact, ArtifactTag
+from orchestrator.settings import Settings, get_settings
 from orchestrator.training import registry as reg
 from orchestrator.training.dataset import Dataset, DatasetImage, build_dataset, check_dataset, sample_frames
 from orchestrator.training.presets import TrainingSpec, spec_from
 from storage import ObjectStore
 
 ROLE = "dataset"
+MAX_IMAGES = 5000  # images (and captions) of one dataset
 CONTENT_TYPE = "application/x-tar"
 
 
 def _read(store: ObjectStore, art: Artifact) -> bytes:
-    with store.open(art.key) as f:
+    with service.open_artifact(store, art) as f:  # a lost object: 404 naming the artifact
         return f.read()
 
 
@@ -45,9 +47,15 @@ def build(session: Session, store: ObjectStore, *, name: str, trigger: str, imag
           captions: dict[str, str] | None = None, caption_template: str | None = None,
           video: str | None = None, frames: int | None = None, every_n: int | None = None,
           preset: str | None = "sd15-character", resolution: int | None = None, face_centred: bool = False,
-          crop: str = "centre") -> Artifact:
+          crop: str = "centre", settings: Settings | None = None) -> Artifact:
     """Build, check against the preset (with ``trigger`` and ``resolution``), store. Every problem
-    ``check_dataset`` finds refuses the dataset, named in the error."""
+    ``check_dataset`` finds refuses the dataset, named in the error. Names, captions and the caption
+    template are bounded first (``max_name_length``, ``max_string_length``)."""
+    caps = settings or get_settings()
+    limits.check_name(name, "dataset name", caps.max_name_length)
+    limits.check_name(trigger, "trigger", caps.max_name_length)
+    limits.check_json({"captions": captions or {}, "caption_template": caption_template}, "the dataset",
+                      max_string=caps.max_string_length, max_items=MAX_IMAGES, max_key=limits.MAX_QUERY_LENGTH)
     reg.check_name(name)
     images = list(images or [])
     captions = dict(captions or {})
@@ -74,7 +82,7 @@ def build(session: Session, store: ObjectStore, *, name: str, trigger: str, imag
         inputs.append(art.id)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / (Path(art.filename).name or "video.mp4")
-            with store.open(art.key) as src, path.open("wb") as dst:  # streamed: a video may be large
+            with service.open_artifact(store, art) as src, path.open("wb") as dst:  # streamed: a video may be large
                 shutil.copyfileobj(src, dst, 1 << 20)
             pictures += sample_frames(path, every_n=every_n, count=frames if every_n is None else None)
     dataset = build_dataset(pictures, resolution=spec.resolution, caption_template=caption_template,

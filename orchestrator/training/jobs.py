@@ -8,14 +8,15 @@ parameters hold the dataset artifact, the base checkpoint, the preset and the fu
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import update
 from sqlmodel import Session, col, or_, select
 
-from orchestrator import audit, service
+from orchestrator import audit, limits, media, sandbox, service
 from orchestrator.capabilities import Capabilities
 from orchestrator.errors import Conflict, Forbidden, InvalidInput, NotFound
 from orchestrator.jobs import JobState
@@ -40,9 +41,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 # -- submit ----------------------------------------------------------------------------------------
 def local_checkpoint(settings: Settings, name: str) -> Path | None:
-    """The base checkpoint this orchestrator has (a file, or a diffusers folder a local trainer reads)."""
-    p = PurePosixPath(name)
-    if not name or p.is_absolute() or ".." in p.parts:
+    """The base checkpoint this orchestrator has (a file, or a diffusers folder a local trainer reads); a name
+    that leaves the checkpoints folder (the sandbox's path rule) is never looked up."""
+    if not name or sandbox.path_problem(name):
         return None
     for root in (settings.models_dir, settings.shared_models_dir):
         if root and (root / "checkpoints" / name).exists():
@@ -53,9 +54,8 @@ def local_checkpoint(settings: Settings, name: str) -> Path | None:
 def check_base(session: Session, settings: Settings, name: str) -> None:
     """The base checkpoint must be where trainers can get it: this orchestrator's models folder (it serves
     it) or a pool server's checkpoints (a trainer on that host has it in its models folder)."""
-    p = PurePosixPath(name)
-    if not name or p.is_absolute() or ".." in p.parts:
-        raise InvalidInput(f"base checkpoint {name!r}: a name in the checkpoints folder")
+    if not name or (problem := sandbox.path_problem(name)):
+        raise InvalidInput(f"base checkpoint: {problem or 'empty'}; give a name in the checkpoints folder")
     if local_checkpoint(settings, name):
         return
     if not name.endswith(CHECKPOINT_SUFFIXES):
@@ -84,8 +84,13 @@ def submit_training(session: Session, store: ObjectStore, settings: Settings, *,
                     overrides: dict[str, Any] | None = None, api_key_id: str | None = None, priority: int = 0,
                     timeout_s: float | None = None) -> Job:
     """Validate every option (dataset, base checkpoint, preset and overrides, model name), then queue."""
-    ds = get_dataset(session, dataset)
     values = dict(overrides or {})
+    limits.check_params(values, settings, "training options")  # counts, lengths, finite numbers
+    service.check_job_fields(priority, timeout_s, settings)
+    for what, value in (("trigger", trigger), ("model name", name)):
+        if value is not None:
+            limits.check_name(value, what, settings.max_name_length)
+    ds = get_dataset(session, dataset)
     if trigger is not None:
         values["trigger"] = trigger
     spec = spec_from(preset, values)
@@ -128,6 +133,7 @@ def claim(session: Session, name: str, lease_s: float, gpu_server: str | None = 
     """The next training job for this trainer, claimed with a lease; None when there is none; a reason
     (str) when there is one but the trainer must wait for its GPU to empty. The claim is bound to the API key
     that made it (None: the embedded trainer): only that key may act on it."""
+    limits.check_json(info, "info")
     expire_claims(session, policy or RetryPolicy())
     trainer = touch_trainer(session, name, gpu_server, info)
     owner = claims.trainer_owner(name)
@@ -168,9 +174,36 @@ def held_attempt(session: Session, attempt_id: str, name: str, api_key_id: str |
     return attempt, service.get_job(session, attempt.job_id)
 
 
+MEASURES = ("loss", "eta_s", "rate")  # a diverged run reports a NaN or infinite loss: recorded as null
+
+
+def check_events(events: list[dict[str, Any]], settings: Settings) -> None:
+    """A heartbeat's events: at most ``max_heartbeat_events``, each bounded (``limits.check_values``; the
+    measures may be NaN or infinite), ``kind`` a string, ``step`` and ``total`` non-negative integers."""
+    limits.check_count(len(events), "events in one heartbeat", "max_heartbeat_events", settings.max_heartbeat_events)
+    for i, e in enumerate(events):
+        limits.check_values(finite_measures(e), f"events[{i}]", settings)
+        if not isinstance(e.get("kind", "progress"), str):
+            raise InvalidInput(f"events[{i}].kind is a string (progress, log, ...)")
+        for k in ("step", "total"):
+            v = e.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise InvalidInput(f"events[{i}].{k} is a non-negative integer, not {str(v)[:40]!r}")
+
+
+def finite_measures(e: dict[str, Any]) -> dict[str, Any]:
+    """The event with a non-finite loss, ETA or rate as None (JSON and the database hold no NaN)."""
+    bad = [k for k in MEASURES if isinstance(e.get(k), float) and not math.isfinite(e[k])]
+    return {**e, **dict.fromkeys(bad)} if bad else e
+
+
 def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
-              events: list[dict[str, Any]] | None = None, api_key_id: str | None = None) -> dict[str, Any]:
-    """Renew the claim and record progress; the reply says whether the job is to be cancelled."""
+              events: list[dict[str, Any]] | None = None, api_key_id: str | None = None,
+              settings: Settings | None = None) -> dict[str, Any]:
+    """Renew the claim and record progress; the reply says whether the job is to be cancelled. With
+    ``settings`` (a request's events) the events are checked first (``check_events``)."""
+    if settings is not None:
+        check_events(events or [], settings)
     attempt, job = held_attempt(session, attempt_id, name, api_key_id)
     until = now() + timedelta(seconds=lease_s)
     res = session.execute(update(Attempt).where(col(Attempt.id) == attempt_id, col(Attempt.state) == JobState.RUNNING,
@@ -184,7 +217,8 @@ def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
         trainer.last_seen = now()
         session.add(trainer)
     fields: dict[str, Any] = {}
-    for e in events or []:
+    for raw in events or []:
+        e = finite_measures(raw)
         kind = e.get("kind", "progress")
         step, total = e.get("step"), e.get("total")
         if kind == "progress":
@@ -192,7 +226,7 @@ def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
             if step is not None and total:
                 data["fraction"] = fields["progress"] = min(step / total, 1.0)
             session.add(JobEvent(job_id=job.id, kind="progress", data=data,
-                                 reason=claims.progress_reason(step, total, e.get("loss"), e.get("eta_s"))))
+                                 reason=claims.progress_reason(step, total, raw.get("loss"), e.get("eta_s"))))
         else:
             session.add(JobEvent(job_id=job.id, kind="info", reason=str(e.get("message") or kind)[:500],
                                  data={k: v for k, v in e.items() if v is not None}))
@@ -205,23 +239,27 @@ def heartbeat(session: Session, attempt_id: str, name: str, lease_s: float,
 
 
 def store_output(session: Session, store: ObjectStore, attempt_id: str, name: str, kind: str,
-                 data: BinaryIO, filename: str, step: int | None = None, api_key_id: str | None = None) -> Artifact:
-    """A sample image, an intermediate checkpoint or the final LoRA of the claim, stored with lineage."""
+                 data: BinaryIO, filename: str, step: int | None = None, api_key_id: str | None = None,
+                 settings: Settings | None = None) -> Artifact:
+    """A sample image, an intermediate checkpoint or the final LoRA of the claim, stored with lineage. The
+    bytes pass the same checks as an upload (``service.checked_upload``) before they are stored."""
     if kind not in OUTPUT_KINDS:
-        raise InvalidInput(f"output kind {kind!r}: one of {', '.join(OUTPUT_KINDS)}")
+        raise InvalidInput(f"output kind {kind[:40]!r}: one of {', '.join(OUTPUT_KINDS)}")
+    if step is not None and not 0 <= step <= limits.INT64_MAX:
+        raise InvalidInput(f"step {step} is outside 0..{limits.INT64_MAX}", limit="int64", value=limits.INT64_MAX)
     attempt, job = held_attempt(session, attempt_id, name, api_key_id)
-    filename = Path(filename).name or kind
+    filename = media.check_filename(filename) or kind
     origin = f"output:{job.id}:{attempt.id}:{kind}:{filename}"  # a retry's files are its own
     existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
     if existing:
         return existing
-    obj = store.put_stream(iter(lambda: data.read(1 << 20), b""))
-    with store.open(obj.key) as f:
-        content_type, w, h = service.sniff(f, filename)
-    art = Artifact(origin=origin, key=obj.key, sha256=obj.sha256, size=obj.size, content_type=content_type,
+    with service.checked_upload(data, filename, settings) as (spool, info):
+        obj = store.put_file(spool.path, spool.sha256)
+    art = Artifact(origin=origin, key=obj.key, sha256=obj.sha256, size=obj.size, content_type=info.content_type,
                    filename=filename, role="output", job_id=job.id, attempt_id=attempt.id, output_name=kind,
                    template=TEMPLATE, template_version=1, params=job.params,
-                   input_artifacts=[job.params["dataset"]], server=attempt.server, width=w, height=h)
+                   input_artifacts=[job.params["dataset"]], server=attempt.server, width=info.width,
+                   height=info.height)
     session.add(art)
     session.add(JobEvent(job_id=job.id, kind="info", reason=f"{kind} stored: {filename}" +
                          (f" (step {step})" if step is not None else ""),
@@ -234,6 +272,7 @@ def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id:
            error: dict[str, Any] | None = None, lora_artifact: str | None = None, api_key_id: str | None = None) -> Job:
     """End the claim. SUCCEEDED needs the final LoRA (uploaded as kind ``lora``): it is registered in the
     model registry before the job is SUCCEEDED. Distribution to the pool is the caller's next step."""
+    limits.check_json(error, "error")  # finite numbers, no NUL: what the database and JSON answers hold
     attempt, job = held_attempt(session, attempt_id, name, api_key_id)
     if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
         raise InvalidInput(f"a claim ends SUCCEEDED, FAILED or CANCELLED, not {state.value}")

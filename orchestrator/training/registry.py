@@ -164,7 +164,7 @@ def register(session: Session, store: ObjectStore, artifact: Artifact, name: str
     existing = session.exec(select(LoraModel).where(LoraModel.sha256 == artifact.sha256)).first()
     if existing:
         return existing
-    with store.open(artifact.key) as f:
+    with service.open_artifact(store, artifact) as f:  # a lost object: 404 naming the artifact
         header = read_header(f)
     if not lora_keys(header):
         raise InvalidInput(f"artifact {artifact.id} holds no tensors: not a LoRA")

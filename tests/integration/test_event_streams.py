@@ -52,7 +52,6 @@ def serve(settings: Settings, dispatch: bool) -> Iterator[tuple[str, dict[str, s
         yield f"http://127.0.0.1:{port}", {"X-API-Key": key}, app
     finally:
         server.should_exit = True
-        server.force_exit = True  # streams still open at the end are not waited for
         thread.join(60)
 
 
@@ -181,6 +180,8 @@ def test_300_streams_hold_no_connection_and_leave_the_api_fast_while_20_jobs_run
                 probe.join(30)
         with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
             jobs = [http.get(f"/v1/jobs/{j}").json() for j in job_ids]
+            recorded = {j: [e["id"] for e in http.get(f"/v1/jobs/{j}/events", params={"follow": "false"}).json()]
+                        for j in job_ids}
         deadline = time.monotonic() + 10
         while ctx.db.watcher.watched and time.monotonic() < deadline:  # the dropped streams' ends reach the server
             time.sleep(0.05)
@@ -193,16 +194,14 @@ def test_300_streams_hold_no_connection_and_leave_the_api_fast_while_20_jobs_run
           f"done in {figures['run_s']:.1f} s; plain GET latency while the streams only waited: p50 {w50 * 1000:.0f} "
           f"ms, p95 {w95 * 1000:.0f} ms; over the whole run: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
           f"max {worst * 1000:.0f} ms ({n} GETs); connections checked out while the streams waited: max "
-          f"{max(waiting_checked_out)}, over the whole run: max {max(probe.checked_out)}; watcher queries until "
+          f"{max(waiting_checked_out)} (median {statistics.median(waiting_checked_out)}), over the whole run: max "
+          f"{max(probe.checked_out)}; watcher queries until "
           f"dispatch: {figures['ticks']}")
     assert [j["state"] for j in jobs] == ["SUCCEEDED"] * JOBS, [(j["state"], j["error"]) for j in jobs]
-    by_job: dict[str, list[int]] = {}
     for i, events in enumerate(streams):
         states = [e["state"] for e in events if e["kind"] == "state"]
-        assert states == ["QUEUED", "RUNNING", "SUCCEEDED"], (i, events)
-        assert events[-1]["state"] == "SUCCEEDED"  # it ended after the final state
-        ids = [e["id"] for e in events]
-        assert by_job.setdefault(job_ids[i % JOBS], ids) == ids  # every stream of a job saw the same events
+        assert states[0] == "QUEUED" and "RUNNING" in states and events[-1]["state"] == "SUCCEEDED", (i, states)
+        assert [e["id"] for e in events] == recorded[job_ids[i % JOBS]]  # every event, once, in order; then the end
     assert probe.errors == []
     assert waiting_checked_out and max(waiting_checked_out) <= 5, waiting_checked_out
     assert max(probe.checked_out) < 15, "the pool (5 + 10 overflow) was exhausted"

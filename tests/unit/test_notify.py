@@ -12,7 +12,7 @@ from pathlib import Path
 from orchestrator import service
 from orchestrator.db import Database
 from orchestrator.jobs import JobState
-from orchestrator.notify import QUEUED, AsyncWaiter, Bell, EventWatcher, moved, next_high
+from orchestrator.notify import QUEUED, AsyncWaiter, Bell, EventWatcher, behind, next_high
 from tests.unit.test_database import claim, queue_jobs
 
 
@@ -89,41 +89,42 @@ def test_async_waiter_wakes_on_a_ring_from_another_thread_and_times_out_otherwis
     assert bell._subs == {}  # unsubscribed on exit
 
 
-def test_moved_rings_watched_jobs_whose_newest_event_passed_the_one_seen() -> None:
-    ring, seen = moved({}, {"a": 7, "b": 3, "x": 9}, {"a", "b", "c"})  # first look: any recent event rings once
-    assert sorted(ring) == ["a", "b"] and seen == {"a": 7, "b": 3}  # unwatched x and eventless c not kept
-    ring, seen = moved(seen, {"a": 7, "b": 3}, {"a", "b", "c"})
-    assert ring == [] and seen == {"a": 7, "b": 3}  # the same window again: nothing new, nothing rings
-    ring, seen = moved(seen, {"a": 7, "b": 3, "c": 5}, {"a", "b", "c"})  # c: id 5 committed after 7 was seen
-    assert ring == ["c"] and seen == {"a": 7, "b": 3, "c": 5}
-    ring, seen = moved(seen, {"a": 8}, {"a"})  # b and c no longer watched: forgotten
-    assert ring == ["a"] and seen == {"a": 8}
+def test_behind_rings_jobs_with_a_follower_below_their_newest_event() -> None:
+    latest = {"a": 7, "b": 3, "x": 9}
+    assert behind(latest, {"a": [7], "b": [3]}) == []  # every follower has read all: nothing rings
+    assert behind(latest, {"a": [7, 5], "b": [3]}) == ["a"]  # one follower of a is behind
+    assert behind(latest, {"a": [None], "b": [None, 3]}) == []  # not read yet: it reads anyway
+    assert behind(latest, {"c": [0]}) == []  # no recent event of c
+    assert behind({"b": 3}, {"b": [2]}) == ["b"]  # id 3 committed after a higher one was seen (PostgreSQL)
     assert next_high(None, {}) is None and next_high(None, {"a": 4, "b": 9}) == 9 and next_high(12, {"a": 4}) == 12
 
 
 def test_watcher_rings_for_events_committed_by_another_database_and_stops_when_idle(tmp_path: Path) -> None:
     """Two Database objects on one file stand for two processes: the other one's commit rings nothing here,
-    the watcher does (within about its interval), for watched jobs only, and stops when nothing is watched."""
+    the watcher does (within about its interval), only for watched jobs whose follower is behind, and it stops
+    when nothing is watched."""
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     here, elsewhere = Database(url), Database(url)
     watched, other = queue_jobs(elsewhere, 2, tmp_path)
-    here.watcher = watcher = EventWatcher(here.bell, here.latest_events, interval_s=0.05, idle_exit_s=0.2)
+    with here.session() as s:
+        (queued,) = service.events_after(s, watched)
+    watcher = EventWatcher(here.bell, here.latest_events, interval_s=0.05, idle_exit_s=0.2)
     rung = threading.Event()
     heard = listen(here.bell, watched, other)
     here.bell.subscribe(watched, rung.set)
-    unwatch = watcher.watch(watched)
+    follower = watcher.watch(watched)
+    follower.position = queued.id  # it has read the QUEUED event
     deadline = time.monotonic() + 5
-    while watcher.ticks < 2 and time.monotonic() < deadline:  # a first look (its QUEUED event rings once)
+    while watcher.ticks < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    rung.clear()
-    heard.clear()
+    assert heard == []  # caught up: no ring
     with elsewhere.session() as s:
         service.add_event(s, other, "progress", "not watched")
         service.add_event(s, watched, "progress", "1/2")
     assert rung.wait(2), "no ring for an event committed elsewhere"
-    assert heard == [watched]
-    unwatch()
-    unwatch()  # twice is harmless
+    assert set(heard) == {watched}
+    follower.close()
+    follower.close()  # twice is harmless
     assert watcher.watched == {}
     deadline = time.monotonic() + 5
     while watcher._thread is not None and time.monotonic() < deadline:
@@ -133,9 +134,10 @@ def test_watcher_rings_for_events_committed_by_another_database_and_stops_when_i
     time.sleep(0.2)
     assert watcher.ticks == ticks  # no query while idle
     again = watcher.watch(watched)  # and it starts again when needed
+    again.position = queued.id
     rung.clear()
     with elsewhere.session() as s:
         service.add_event(s, watched, "progress", "2/2")
     assert rung.wait(2)
-    again()
+    again.close()
     watcher.close()

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from orchestrator import service
 from orchestrator.capabilities import Capabilities, Requirements
 from orchestrator.db import Database
-from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.errors import Conflict, Forbidden, InvalidInput, NotFound
 from orchestrator.jobs import JobState
 from orchestrator.models import Attempt, Job
 from orchestrator.placement import ServerView, TrainerView, gpu_leases, place
@@ -255,3 +255,23 @@ def test_a_final_report_waits_out_a_moment_of_unavailability(monkeypatch: pytest
         return got
 
     assert trainer._retrying(call, type("C", (), {"job_id": "j"})()) == "art-1"
+
+
+def test_a_claim_is_bound_to_the_key_that_made_it(env) -> None:  # noqa: ANN001
+    """Another trainer key cannot renew, upload to or end a claim, even naming the trainer that holds it."""
+    db, store, settings, ds = env
+    with db.session() as s:
+        submit(s, store, settings, ds)
+        _job, attempt = tj.claim(s, "t1", 30, api_key_id="key-a")
+        assert tj.heartbeat(s, attempt.id, "t1", 30, api_key_id="key-a")["cancel"] is False
+        for other in ("key-b", None):
+            with pytest.raises(Forbidden, match="made with another API key"):
+                tj.heartbeat(s, attempt.id, "t1", 30, api_key_id=other)
+            with pytest.raises(Forbidden):
+                tj.store_output(s, store, attempt.id, "t1", "sample", io.BytesIO(noise_png(9)), "s.png",
+                                api_key_id=other)
+            with pytest.raises(Forbidden):
+                tj.finish(s, store, settings, attempt.id, "t1", JobState.FAILED, {"message": "x"}, api_key_id=other)
+        with pytest.raises(NotFound):  # an inference attempt is no training claim
+            tj.held_attempt(s, "no-such-attempt", "t1", "key-a")
+        assert service.get_job(s, attempt.job_id).state == JobState.RUNNING

@@ -8,8 +8,9 @@ from sqlmodel import Session
 
 from orchestrator import service
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, ExportKey, RunKey, SessionDep
-from orchestrator.api.schemas import ArtifactOut
+from orchestrator.api.schemas import ArtifactOut, QueryText
 from orchestrator.context import Context
+from orchestrator.limits import MAX_OFFSET
 from orchestrator.models import Artifact
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
@@ -30,17 +31,19 @@ def artifact_out(session: Session, art: Artifact) -> ArtifactOut:
 @router.post("", status_code=201, response_model=ArtifactOut)
 def upload(file: UploadFile, ctx: CtxDep, session: SessionDep, _: RunKey,
            tags: Annotated[str | None, Form(description="Comma-separated tags.")] = None) -> ArtifactOut:
-    """Upload an input (image, video, ...). The same bytes uploaded twice give the same artifact."""
-    chunks = iter(lambda: file.file.read(1 << 20), b"")
-    art = service.store_input(session, ctx.store, chunks, file.filename or "upload", (tags or "").split(","))
+    """Upload an input (image, video, ...). The same bytes uploaded twice give the same artifact. Checked
+    before it is stored: max_upload_bytes, max_image_pixels, max_video_seconds|frames|pixels (413), an image
+    that does not decode (422), max_tags and max_name_length for the tags (422)."""
+    art = service.store_input(session, ctx.store, file.file, file.filename or "upload", (tags or "").split(","),
+                              settings=ctx.settings)
     return artifact_out(session, art)
 
 
 @router.get("", response_model=list[ArtifactOut])
-def list_artifacts(session: SessionDep, _: AnyKey, job: str | None = None, template: str | None = None,
-                   tag: str | None = None, role: str | None = None,
+def list_artifacts(session: SessionDep, _: AnyKey, job: QueryText = None, template: QueryText = None,
+                   tag: QueryText = None, role: QueryText = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> list[ArtifactOut]:
+                   offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[ArtifactOut]:
     return [artifact_out(session, a) for a in service.list_artifacts(session, job, template, tag, role, limit, offset)]
 
 
@@ -55,6 +58,8 @@ def download_url(artifact_id: str, request: Request, ctx: CtxDep, session: Sessi
     """A URL the frontend can download from: presigned by the object store (no key needed) when it has
     such URLs, else this API's content URL."""
     art = service.get_artifact(session, artifact_id)
+    if not ctx.store.exists(art.key):
+        raise service.object_lost(art)
     url = ctx.store.presigned_get(art.key, expires_s, art.filename)
     if url:
         return DownloadUrl(url=url, expires_at=datetime.now(UTC) + timedelta(seconds=expires_s), presigned=True)
@@ -62,11 +67,14 @@ def download_url(artifact_id: str, request: Request, ctx: CtxDep, session: Sessi
 
 
 def bytes_response(ctx: Context, art: Artifact, attachment: bool = True) -> Response:
-    """The artifact's bytes: the file itself on local disk, else streamed from the store in 1 MiB reads."""
+    """The artifact's bytes: the file itself on local disk, else streamed from the store in 1 MiB reads.
+    An artifact whose object the store has lost is 404, naming it."""
     path = ctx.store.local_path(art.key)
     if path is not None:
+        if not path.is_file():
+            raise service.object_lost(art)
         return FileResponse(path, media_type=art.content_type, filename=art.filename)
-    f = ctx.store.open(art.key)
+    f = service.open_artifact(ctx.store, art)
 
     def chunks():  # noqa: ANN202
         try:
@@ -87,7 +95,8 @@ def content(artifact_id: str, ctx: CtxDep, session: SessionDep, _: ExportKey):  
 
 @router.delete("/{artifact_id}", response_model=ArtifactOut)
 def delete(artifact_id: str, ctx: CtxDep, session: SessionDep, _: AdminKey) -> ArtifactOut:
-    """Delete an artifact; refused (409) while a job reads it."""
+    """Delete an artifact (its tags with it); refused (409, naming them) while a job, a dataset, a registered
+    LoRA or another artifact's lineage refers to it."""
     out = artifact_out(session, service.get_artifact(session, artifact_id))
     service.delete_artifact(session, ctx.store, artifact_id)
     return out

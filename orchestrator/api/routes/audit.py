@@ -18,7 +18,7 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 def list_events(
     session: SessionDep, _: AdminKey,
     action: Annotated[str | None, Query(max_length=64, description="e.g. job.cancel, or job for every job.*")] = None,
-    key: Annotated[str | None, Query(max_length=256, description="A key id or name; cli: the host's CLI.")] = None,
+    key: Annotated[str | None, Query(max_length=256, description="A key id or name; @cli: the host's CLI.")] = None,
     target: Annotated[str | None, Query(max_length=512, description="The id or name acted on.")] = None,
     since: Annotated[str | None, Query(max_length=64, description="An ISO date-time, or a duration back from "
                                                                    "now (1h, 7d).")] = None,

@@ -11,9 +11,10 @@ from sse_starlette.sse import EventSourceResponse
 
 from orchestrator import service
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
-from orchestrator.api.schemas import EventOut, JobOut, JobSubmit
+from orchestrator.api.schemas import EventOut, JobOut, JobSubmit, QueryText
 from orchestrator.context import Context
 from orchestrator.jobs import JobState
+from orchestrator.limits import INT64_MAX, MAX_OFFSET
 from orchestrator.models import Job
 from orchestrator.notify import AsyncWaiter
 
@@ -36,16 +37,16 @@ def submit(body: JobSubmit, ctx: CtxDep, session: SessionDep, key: RunKey,
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest() if idempotency_key else None
     job = service.submit_job(session, ctx.pool, body.template, body.params, body.version,
                              api_key_id=key.id, priority=body.priority, timeout_s=body.timeout_s,
-                             idempotency_key=idempotency_key, request_hash=request_hash)
+                             idempotency_key=idempotency_key, request_hash=request_hash, settings=ctx.settings)
     if ctx.dispatcher:
         ctx.dispatcher.wake()
     return job_out(session, job)
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(session: SessionDep, _: AnyKey, state: JobState | None = None, template: str | None = None,
+def list_jobs(session: SessionDep, _: AnyKey, state: JobState | None = None, template: QueryText = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> list[JobOut]:
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[JobOut]:
     return [JobOut.model_validate(j) for j in service.list_jobs(session, state, template, limit, offset)]
 
 
@@ -82,7 +83,7 @@ async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tupl
 
 @router.get("/{job_id}/events", response_model=None)
 async def events(request: Request, job_id: str, ctx: CtxDep, _: AnyKey,
-                 last_event_id: Annotated[int | None, Header()] = None,
+                 last_event_id: Annotated[int | None, Header(ge=0, le=INT64_MAX)] = None,
                  follow: bool = True) -> EventSourceResponse | list[EventOut]:
     """Server-Sent Events: every event of the job (state, progress, info); ends after the final state.
     With ``follow=false``: the events so far, as a JSON list."""
@@ -100,6 +101,7 @@ async def events(request: Request, job_id: str, ctx: CtxDep, _: AnyKey,
             while True:
                 bell.clear()
                 batch, state = await _read(request, ctx, job_id, after)
+                bell.seen(batch[-1].id if batch else after)
                 for e in batch:
                     after = e.id
                     yield {"id": str(e.id), "event": e.kind, "data": json.dumps(e.model_dump(mode="json"))}

@@ -28,7 +28,11 @@ def list_keys(session: SessionDep, _: AdminKey,
     return [key_out(k) for k in auth.list_keys(session, include_revoked)]
 
 
-@router.get("/{ref}", response_model=KeyOut)
+AMBIGUOUS = {409: {"description": "Several live keys have this name: give the id",
+                   "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}
+
+
+@router.get("/{ref}", response_model=KeyOut, responses=AMBIGUOUS)
 def get(ref: Ref, session: SessionDep, _: AdminKey) -> KeyOut:
     return key_out(auth.get_key(session, ref))
 

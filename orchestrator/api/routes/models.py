@@ -5,15 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, PublishKey, SessionDep
-from orchestrator.api.schemas import LoraModelOut
+from orchestrator.api.schemas import LoraModelOut, QueryText
 from orchestrator.training import registry
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("", response_model=list[LoraModelOut])
-def list_models(session: SessionDep, _: AnyKey, name: str | None = None,
-                state: str | None = None) -> list[LoraModelOut]:
+def list_models(session: SessionDep, _: AnyKey, name: QueryText = None,
+                state: QueryText = None) -> list[LoraModelOut]:
     return [LoraModelOut.model_validate(m) for m in registry.list_models(session, name, state)]
 
 

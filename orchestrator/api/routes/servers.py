@@ -1,7 +1,7 @@
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import audit, service
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, SessionDep
@@ -9,6 +9,7 @@ from orchestrator.capabilities import Capabilities
 from orchestrator.errors import NotFound
 from orchestrator.lock import WorkerLock, check_server, load_lock
 from orchestrator.models import ServerRow
+from orchestrator.server_urls import redact
 
 router = APIRouter(prefix="/servers", tags=["servers"])
 
@@ -16,15 +17,17 @@ router = APIRouter(prefix="/servers", tags=["servers"])
 class ServerAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str
-    name: str | None = None
+    url: str = Field(description="http(s)://[user:password@]host[:port][/path], at most 2048 characters; "
+                     "credentials are never shown again.")
+    name: str | None = Field(None, description="Default: host[:port][/path] of the URL.")
 
 
 def server_out(row: ServerRow, jobs: dict[str, list[str]]) -> dict[str, Any]:
+    """A server as the API shows it: its URL and last error without credentials."""
     caps = Capabilities.from_json(row.capabilities)
     return {
-        "id": row.id, "name": row.name, "url": row.url, "state": row.state, "source": row.source,
-        "healthy": row.healthy, "last_seen": row.last_seen, "last_error": row.last_error,
+        "id": row.id, "name": row.name, "url": redact(row.url), "state": row.state, "source": row.source,
+        "healthy": row.healthy, "last_seen": row.last_seen, "last_error": redact(row.last_error or "") or None,
         "refreshed_at": row.refreshed_at, "current_jobs": jobs.get(row.url, []),
         "comfy_version": caps.comfy_version if caps else None, "device": caps.device if caps else None,
         "vram_total": caps.vram_total if caps else None, "vram_free": caps.vram_free if caps else None,
@@ -42,7 +45,7 @@ def list_servers(session: SessionDep, _: AnyKey) -> list[dict[str, Any]]:
 def check_out(row: ServerRow, lock: WorkerLock) -> dict[str, Any]:
     """One server against the worker lock, from its last recorded capabilities."""
     report = check_server(Capabilities.from_json(row.capabilities), lock)
-    return {"name": row.name, "url": row.url, "state": row.state, "healthy": row.healthy,
+    return {"name": row.name, "url": redact(row.url), "state": row.state, "healthy": row.healthy,
             "refreshed_at": row.refreshed_at, **report.to_json()}
 
 
@@ -61,7 +64,7 @@ def check_one(ref: str, session: SessionDep, _: AnyKey) -> dict[str, Any]:
 
 @router.post("", status_code=201)
 def add(body: ServerAdd, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str, Any]:
-    row = service.register_server(session, body.url, body.name)
+    row = service.register_server(session, body.url, body.name, settings=ctx.settings)
     if ctx.pool:
         ctx.pool.sync()
         srv = ctx.pool.get(row.url)

@@ -62,7 +62,8 @@ def publish(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, 
     """Publish the next version from an API-format graph or an editor-format workflow (converted and checked
     with a live pool server)."""
     row = service.publish_template(session, ctx.pool, name, body.graph, body.manifest, title=body.title,
-                                   kind=body.kind, description=body.description, api_key_id=key.id)
+                                   kind=body.kind, description=body.description, api_key_id=key.id,
+                                   settings=ctx.settings)
     return version_out(row, full=True)
 
 

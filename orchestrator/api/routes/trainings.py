@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
-from orchestrator import service
+from orchestrator import sandbox, service
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, TrainKey
 from orchestrator.api.routes.artifacts import artifact_out, bytes_response
 from orchestrator.api.routes.jobs import job_out
@@ -21,14 +21,16 @@ from orchestrator.api.schemas import (
     ArtifactOut,
     DatasetBuild,
     JobOut,
+    QueryText,
     TrainerClaim,
     TrainerFinish,
     TrainerHeartbeat,
     TrainerHello,
     TrainingSubmit,
 )
-from orchestrator.errors import NotFound
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.jobs import JobState
+from orchestrator.limits import INT64_MAX, MAX_QUERY_LENGTH
 from orchestrator.training import dataset_store
 from orchestrator.training import jobs as tj
 
@@ -39,12 +41,12 @@ router = APIRouter(tags=["training"])
 @router.post("/datasets", status_code=201, response_model=ArtifactOut)
 def build_dataset(body: DatasetBuild, ctx: CtxDep, session: SessionDep, _: RunKey) -> ArtifactOut:
     """Build a dataset from image artifacts and/or frames of a video artifact, check it, store it."""
-    art = dataset_store.build(session, ctx.store, **body.model_dump())
+    art = dataset_store.build(session, ctx.store, **body.model_dump(), settings=ctx.settings)
     return artifact_out(session, art)
 
 
 @router.get("/datasets", response_model=list[ArtifactOut])
-def list_datasets(session: SessionDep, _: AnyKey, name: str | None = None) -> list[ArtifactOut]:
+def list_datasets(session: SessionDep, _: AnyKey, name: QueryText = None) -> list[ArtifactOut]:
     return [artifact_out(session, a) for a in dataset_store.list_datasets(session, name)]
 
 
@@ -83,7 +85,8 @@ def claim(body: TrainerHello, ctx: CtxDep, session: SessionDep, key: TrainKey) -
 
 
 @router.get("/trainer/attempts/{attempt_id}/dataset", response_class=StreamingResponse)
-def dataset(attempt_id: str, trainer: str, ctx: CtxDep, session: SessionDep, key: TrainKey):  # noqa: ANN201
+def dataset(attempt_id: str, trainer: Annotated[str, Query(max_length=MAX_QUERY_LENGTH)], ctx: CtxDep,  # noqa: ANN201
+            session: SessionDep, key: TrainKey):
     """The dataset tar of the claimed job."""
     _attempt, job = tj.held_attempt(session, attempt_id, trainer, key.id)
     return bytes_response(ctx, service.get_artifact(session, job.params["dataset"]), attachment=False)
@@ -91,8 +94,11 @@ def dataset(attempt_id: str, trainer: str, ctx: CtxDep, session: SessionDep, key
 
 @router.get("/trainer/checkpoints/{name:path}", response_class=FileResponse)
 def checkpoint(name: str, ctx: CtxDep, _: TrainKey) -> FileResponse:
-    """A base checkpoint this orchestrator has (its models folder or the shared models path)."""
-    path = tj.local_checkpoint(ctx.settings, name) if ".." not in name else None
+    """A base checkpoint this orchestrator has (its models folder or the shared models path); a name that
+    leaves the checkpoints folder is refused by the sandbox's path rule, whether or not the file exists."""
+    if problem := sandbox.path_problem(name):
+        raise InvalidInput(f"base checkpoint: {problem}")
+    path = tj.local_checkpoint(ctx.settings, name)
     if path is None or not path.is_file():
         raise NotFound(f"base checkpoint {name!r} is not on the orchestrator; put it in the trainer's models folder")
     return FileResponse(path, media_type="application/octet-stream", filename=path.name)
@@ -102,15 +108,18 @@ def checkpoint(name: str, ctx: CtxDep, _: TrainKey) -> FileResponse:
 def heartbeat(attempt_id: str, body: TrainerHeartbeat, ctx: CtxDep, session: SessionDep,
               key: TrainKey) -> dict[str, object]:
     """Renew the claim and record progress events; ``cancel: true`` tells the trainer to stop."""
-    return tj.heartbeat(session, attempt_id, body.trainer, ctx.settings.trainer_lease_s, body.events, key.id)
+    return tj.heartbeat(session, attempt_id, body.trainer, ctx.settings.trainer_lease_s, body.events, key.id,
+                        settings=ctx.settings)
 
 
 @router.post("/trainer/attempts/{attempt_id}/outputs", status_code=201, response_model=ArtifactOut)
-def upload_output(attempt_id: str, file: UploadFile, trainer: Annotated[str, Form()],
-                  kind: Annotated[str, Form(description="sample | checkpoint | lora")], ctx: CtxDep,
-                  session: SessionDep, key: TrainKey, step: Annotated[int | None, Form()] = None) -> ArtifactOut:
+def upload_output(attempt_id: str, file: UploadFile, trainer: Annotated[str, Form(max_length=MAX_QUERY_LENGTH)],
+                  kind: Annotated[str, Form(max_length=32, description="sample | checkpoint | lora")], ctx: CtxDep,
+                  session: SessionDep, key: TrainKey,
+                  step: Annotated[int | None, Form(ge=0, le=INT64_MAX)] = None) -> ArtifactOut:
+    """Checked as an upload is (max_upload_bytes, max_image_pixels, ...) before it is stored."""
     art = tj.store_output(session, ctx.store, attempt_id, trainer, kind, file.file, file.filename or kind, step,
-                          key.id)
+                          key.id, settings=ctx.settings)
     return artifact_out(session, art)
 
 
