@@ -74,13 +74,26 @@ class PeakRss:
 
 
 def write_video(folder: Path, mb: int) -> Path:
-    """``mb`` MiB of distinct 1 MiB blocks named .mp4 (the bytes are not decoded on this path)."""
+    """A real (short) H.264 clip padded to ``mb`` MiB with distinct 1 MiB blocks inside an MP4 ``free`` box:
+    an upload is probed as a video (it must be one), and the padding is what the byte paths move."""
+    import av
+    import numpy as np
+
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "big.mp4"
+    with av.open(str(path), mode="w", format="mp4") as out:
+        stream = out.add_stream("h264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(12):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), format="rgb24")))
+        out.mux(stream.encode())
+    padding = mb * MiB - path.stat().st_size - 8
+    assert 0 < padding < 1 << 32, "a free box holds under 4 GiB"
     block = bytes(range(256)) * 4096  # 1 MiB
-    with path.open("wb") as f:
-        for i in range(mb):
-            f.write(block[:-8] + i.to_bytes(8, "big"))
+    with path.open("ab") as f:
+        f.write((padding + 8).to_bytes(4, "big") + b"free")
+        for i in range(0, padding, MiB):
+            f.write((block[:-8] + (i // MiB).to_bytes(8, "big"))[:padding - i])
     return path
 
 

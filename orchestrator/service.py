@@ -459,12 +459,14 @@ def recorded_views(rows: Iterable[ServerRow]) -> list[ServerView]:
 
 
 def check_runnable_recorded(session: Session, req: Requirements) -> None:
-    """``Pool.check_runnable`` against the recorded capabilities (for a process without a live pool). With
-    no server registered at all nothing is refused: ``serve`` and ``run`` start a local worker then."""
+    """``Pool.check_runnable`` against the recorded capabilities (for a process without a live pool). Nothing
+    is refused while they are not known: no server registered (``serve`` and ``run`` start a local worker
+    then), or an active server not probed yet (the live pool decides once it has probed it)."""
     from orchestrator.pool import MissingCapability
 
-    rows = server_rows(session)
-    reason = unrunnable_reason(req, recorded_views(rows)) if rows else None
+    views = recorded_views(server_rows(session))
+    known = bool(views) and all(v.caps is not None for v in views if v.active)
+    reason = unrunnable_reason(req, views) if known else None
     if reason:
         raise MissingCapability(reason)
 

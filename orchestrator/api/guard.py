@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 import anyio
 import anyio.to_thread
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator import auth
 from orchestrator.errors import MediaLabError, TooLarge
+from orchestrator.limits import CONTROL
 from orchestrator.models import ApiKey
 
 Message = MutableMapping[str, Any]
@@ -95,6 +97,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        where = control_character(scope)
+        if where:
+            await send_problem(send, 422, "Invalid request", f"the request's {where} holds a control character "
+                               "(NUL, newline, ...): no name, id or query value may")
+            return
         roles = self._needs(scope)
         if roles is not None:
             ctx = scope["app"].state.ctx
@@ -119,6 +126,16 @@ class Guard:
             return
         receive, send = capped(receive, send, limit, name)
         await self.app(scope, receive, send)
+
+
+def control_character(scope: Scope) -> str | None:
+    """'path' or 'query' when that part of the URL, percent-decoded, holds a control character (a NUL in an id
+    would reach the database, which refuses it), else None."""
+    if CONTROL.search(scope["path"]):
+        return "path"
+    if CONTROL.search(unquote_plus(scope.get("query_string", b"").decode("latin-1"))):
+        return "query"
+    return None
 
 
 def check_key(ctx: Any, key: str | None, roles: tuple[auth.Role, ...]) -> ApiKey:

@@ -229,4 +229,5 @@ def spec_from(preset: str | None, overrides: dict[str, Any]) -> TrainingSpec:
         return TrainingSpec.model_validate(values)
     except ValidationError as exc:
         problems = describe_errors(exc)
-        raise InvalidInput("invalid training options: " + "; ".join(problems), errors=problems) from exc
+        raise InvalidInput("invalid training options: " + "; ".join(problems),
+                           errors=[{"message": p} for p in problems]) from exc

@@ -12,6 +12,7 @@ the claim was lost); at the end it uploads the final LoRA and reports success or
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import queue
 import shutil
@@ -282,7 +283,9 @@ class _Reporter:
 
 
 def _event_json(e: TrainingEvent) -> dict[str, Any]:
-    return {k: v for k, v in asdict(e).items() if v is not None}
+    """An event as JSON can carry it: a diverged run's NaN or infinite loss (or ETA) is left out."""
+    return {k: v for k, v in asdict(e).items()
+            if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
 
 
 class Trainer:

@@ -255,3 +255,11 @@ def test_the_key_and_the_size_are_checked_before_the_body(settings: Settings, co
         status, body = raw_request(port, f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nX-API-Key: {run}\r\n"
                                    "Content-Type: application/json\r\nContent-Length: 2\r\n", b"{}")
         assert status == 422
+
+
+def test_control_characters_in_the_url_are_refused(api_paused: Api) -> None:
+    client = api_paused.client
+    for url in ("/v1/jobs/abc%00def", "/v1/jobs?template=a%00b", "/v1/servers/x%0ay/check", "/v1/jobs?state=%7f"):
+        r = client.get(url, headers=api_paused.admin)
+        assert r.status_code == 422, (url, r.status_code)
+        assert r.headers["content-type"] == "application/problem+json" and "control character" in r.json()["detail"]

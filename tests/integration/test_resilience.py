@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from orchestrator import service
@@ -26,8 +27,9 @@ from orchestrator.models import Attempt, Job, ServerRow
 from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
+from tests.integration.test_cli import medialab
 from tests.integration.test_jobs_api import submit, upload, wait
-from tests.integration.test_pool import _events, orchestrator_env, running_on, serve, wait_until
+from tests.integration.test_pool import _events, orchestrator_env, pg_url, running_on, serve, wait_until  # noqa: F401
 from tests.s3 import S3Server
 from tests.tcp_proxy import TcpProxy
 
@@ -88,6 +90,22 @@ def test_impossible_and_broken_jobs_end_failed_while_good_ones_run(api: Api, cap
     assert finals["params broken"].error["message"].startswith("cannot be dispatched: AttributeError")
     assert all(not db_attempts(api, job_id) for job_id in bad.values())  # none reached a server
     assert dispatch_failures(caplog) == []  # no round failed
+
+
+def test_medialab_submit_refuses_what_the_api_refuses(comfy_url: str, tmp_path: Path) -> None:
+    """`medialab submit` has no live pool: the servers' recorded capabilities refuse the job, nothing is queued."""
+    home = tmp_path / ".medialab"
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png_bytes(32, 24))
+    added = medialab(home, "servers", "add", comfy_url, "--name", "gpu1")
+    assert added.returncode == 0, added.stdout + added.stderr
+    r = medialab(home, "submit", "upscale-esrgan", "--input", str(frame), "--set", "model=missing.pth", "--no-watch")
+    assert r.returncode == 1
+    assert f"{comfy_url} lacks upscale_models/missing.pth (it has: {FIXTURE_MODEL})" in r.stderr, r.stderr
+    db = Database(f"sqlite:///{(home / 'medialab.db').resolve()}")
+    with db.session() as s:
+        assert service.list_jobs(s) == []
+    db.engine.dispose()
 
 
 def test_a_job_whose_only_capable_server_is_removed_fails_with_the_reason(comfy_url: str, settings: Settings) -> None:
@@ -235,7 +253,6 @@ def test_hung_server_woken_up_does_not_run_the_abandoned_prompts(frozen_worker: 
         wait_until(lambda: (srv := ctx.pool.get(comfy_url)) is not None and srv.healthy, timeout=30,
                    what="spare server in the pool")
         os.kill(frozen_worker.proc.pid, signal.SIGSTOP)  # hung, not dead: its sockets stay open
-        frozen_at = time.monotonic()
         try:
             finals = [wait(api, j["id"], timeout=180) for j in (running, pending)]
         finally:
@@ -247,10 +264,6 @@ def test_hung_server_woken_up_does_not_run_the_abandoned_prompts(frozen_worker: 
             assert len(final["outputs"]) == 1 and final["outputs"][0]["attempt_id"] == second["id"]
         assert all(db_attempts(api, j["id"])[0].error["transient"] for j in (running, pending))
 
-        print(f"both jobs done on the spare server {time.monotonic() - frozen_at:.1f}s after the freeze")
-        for e in _events(api, running["id"]) + _events(api, pending["id"]):
-            if e["kind"] != "progress":
-                print(e["job_id"][:6], e["at"], e["kind"], e["reason"][:150])
         wait_until(lambda: httpx.get(f"{hung}/queue", timeout=5).json() == {"queue_running": [], "queue_pending": []},
                    timeout=120, what="the woken server's queue empty")
         history = httpx.get(f"{hung}/history", timeout=5).json()
@@ -304,3 +317,33 @@ def test_store_down_at_dispatch_makes_the_job_wait_without_spending_attempts(
         with api.client.app.state.ctx.db.session() as s:
             assert service.counted_attempts(s, job["id"]) == 1
         assert all(a.error["dependency"] for a in attempts[:-1])
+
+
+# -- a database blip -------------------------------------------------------------------------------------
+def test_database_outage_while_a_job_finishes_leaves_it_to_recovery(comfy_url: str, pg_url: str,  # noqa: F811
+                                                                    settings: Settings) -> None:
+    """PostgreSQL refuses every connection while the prompt finishes: the executor cannot record the end, lets
+    the attempt go (its lease lapses), and once the database is back the attempt is adopted and its outputs
+    ingested from the server: SUCCEEDED once, nothing run twice."""
+    name = pg_url.rsplit("/", 1)[1]
+    settings.database_url = pg_url
+    settings.comfy_servers = [comfy_url]
+    settings.lease_s = 3.0
+    with make_api(settings, dispatch=True) as api:
+        job = submit(api, {"image": upload(api, png_bytes(384, 384, (70, 7, 7)))["id"], "model": FIXTURE_MODEL}).json()
+        attempt = wait_until(lambda: db_attempts(api, job["id"]), what="dispatched")[0]
+        wait_until(lambda: running_on(comfy_url, attempt.id), what="prompt running")
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+                wait_until(lambda: httpx.get(f"{comfy_url}/history/{attempt.id}").json(), timeout=120,
+                           what="prompt finished during the outage")
+                time.sleep(3)  # the executor meets the outage when it records the end
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        final = wait(api, job["id"], timeout=120)
+        assert final["state"] == "SUCCEEDED", final
+        assert [a["id"] for a in final["attempts"]] == [attempt.id] and len(final["outputs"]) == 1
+        assert any("adopted" in e["reason"] for e in _events(api, job["id"]))
+        assert list(httpx.get(f"{comfy_url}/history", params={"max_items": 10000}).json()).count(attempt.id) == 1

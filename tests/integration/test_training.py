@@ -255,8 +255,8 @@ def test_a_claim_taken_back_while_finishing_registers_nothing(training_settings:
         db = api.client.app.state.ctx.db
         held = tj.held_attempt
 
-        def taken_back_meanwhile(session: Any, attempt_id: str, name: str) -> Any:
-            got = held(session, attempt_id, name)
+        def taken_back_meanwhile(session: Any, attempt_id: str, name: str, api_key_id: str | None = None) -> Any:
+            got = held(session, attempt_id, name, api_key_id)
             with db.session() as other:  # what expire_claims does, committed in between
                 other.execute(update(Attempt).where(Attempt.id == attempt_id).values(state=JobState.FAILED))
                 other.execute(update(Job).where(Job.id == job["id"]).values(state=JobState.QUEUED))

@@ -127,6 +127,10 @@ def test_without_a_live_pool_the_recorded_capabilities_refuse_the_same_jobs(db: 
         frame = service.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
         params = {"image": frame.id, "model": "x4.pth"}
         service.validate_job(s, None, "upscale-esrgan", params)  # nothing registered: serve/run start a worker
+        s.add(ServerRow(name="new", url="http://new:8188"))
+        s.commit()
+        service.validate_job(s, None, "upscale-esrgan", params)  # not probed yet: the live pool will decide
+        s.delete(service.get_server(s, "new"))
         caps = Capabilities(node_classes=CORE | {"ImageScaleBy"}, models={"upscale_models": frozenset({"y.pth"})})
         s.add(ServerRow(name="gpu1", url="http://gpu1:8188", healthy=True, capabilities=caps.to_json()))
         s.commit()

@@ -336,3 +336,40 @@ def test_an_object_the_store_lost_is_404_naming_the_artifact(tmp_path: Path) -> 
     with pytest.raises(NotFound, match="a1 .*missing from the object store") as exc:
         service.open_artifact(store, art)
     assert exc.value.extra == {"artifact": "a1"}
+
+
+# -- server registration on the database ---------------------------------------------------------------
+def test_registration_validates_before_saving_and_refuses_a_second_name(db: Database) -> None:  # noqa: F811
+    with db.session() as s:
+        row = service.register_server(s, "http://127.0.0.1:8188/", settings=SETTINGS)
+        assert (row.url, row.name) == ("http://127.0.0.1:8188", "127.0.0.1:8188")
+        for url in ("http://127.0.0.1:8188\x00", "http://" + "h" * 3000, "ftp://127.0.0.1", "http://h/?q"):
+            with pytest.raises(InvalidInput):
+                service.register_server(s, url, settings=SETTINGS)
+        with pytest.raises(Conflict, match="'127.0.0.1:8188' under another name") as exc:
+            service.register_server(s, "http://localhost:8188", "other", settings=SETTINGS)
+        assert exc.value.extra == {"server": "127.0.0.1:8188"}
+        with pytest.raises(InvalidInput, match="max_name_length=16"):
+            service.register_server(s, "http://127.0.0.1:9000", "n" * 17, settings=SETTINGS)
+        assert service.register_server(s, "HTTP://127.0.0.1:8188", settings=SETTINGS).id == row.id  # merged
+        assert service.get_server(s, "http://127.0.0.1:8188/").id == row.id  # any spelling finds it
+        secret = service.register_server(s, "http://alice:pw@127.0.0.1:9000", settings=SETTINGS)
+        assert secret.name == "127.0.0.1:9000"  # the default name holds no credentials
+        assert [r.url for r in service.server_rows(s)] == ["http://127.0.0.1:8188", "http://alice:pw@127.0.0.1:9000"]
+
+
+def test_configured_servers_are_validated_and_a_duplicate_is_skipped(db: Database, tmp_path: Path,  # noqa: F811
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from orchestrator.context import register_configured
+
+    with db.session() as s:
+        register_configured(s, Settings(comfy_servers=["http://127.0.0.1:8188", "http://localhost:8188/"]))
+        assert [r.url for r in service.server_rows(s)] == ["http://127.0.0.1:8188"]
+        assert "configured server http://localhost:8188/ skipped" in caplog.text
+        with pytest.raises(InvalidInput, match="MEDIALAB_COMFY_SERVERS: server URL"):
+            register_configured(s, Settings(comfy_servers=["http://a:pw@gpu\x00:8188"]))
+        servers_file = tmp_path / "servers.toml"
+        servers_file.write_text('[[server]]\nname = "gpu"\nurl = 8188\n')
+        with pytest.raises(InvalidInput, match="url and name are strings"):
+            register_configured(s, Settings(servers_file=servers_file))
+        assert len(service.server_rows(s)) == 1
