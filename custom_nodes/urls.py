@@ -5,7 +5,9 @@ on both sides. The decisions are pure functions; DNS resolution and the fetch it
 (``resolve``, ``fetch``), kept apart so the rule can be tested without a network.
 
 The rule: scheme http or https; no credentials in the URL; the origin (scheme, host, port) is in the
-allowlist or is the object store's own endpoint (its presigned URLs are always allowed); after DNS
+allowlist, or is the object store's own endpoint and the URL is a presigned one for a stored object
+(``/<bucket>/sha256/<2 hex>/<64 hex>`` with ``X-Amz-Credential`` and ``X-Amz-Signature``: nothing else on
+the store's origin, which may be a private address, is reachable); after DNS
 resolution no address may be link-local (169.254/16 with the cloud metadata servers, fe80::/10),
 multicast, unspecified, reserved or "this network" (0/8); private and loopback addresses only with
 ``private_ok`` or for the store's endpoint. The fetch connects to an address that was checked (no second
@@ -13,6 +15,9 @@ DNS lookup a rebinding server could answer differently), checks every redirect t
 ``max_redirects``), and stops at ``max_bytes`` and after ``timeout_s`` in all.
 
 A stored object is named by its key, exactly ``sha256/<first 2 hex>/<64 hex>`` (``is_object_key``).
+
+The one control-character rule of the project lives here too (``CONTROL``: C0, DEL and C1), so that the
+orchestrator and the pack agree on it.
 """
 
 from __future__ import annotations
@@ -31,13 +36,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 Origin = tuple[str, str, int]  # (scheme, host: lowercase, IDNA, IPv6 without brackets, port)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-MAX_URL_LENGTH = 8192
+# A media URL (a URL input of a loader, an allowlist's or the store's presigned URL) may be long: a presigned
+# query (credential, signature, response headers) easily passes 1 KB; 8192 is the request line most HTTP
+# servers accept. A ComfyUI server URL (orchestrator/server_urls.py) is an origin and a path prefix with no
+# query, and has the shorter MAX_SERVER_URL_LENGTH.
+MAX_MEDIA_URL_LENGTH = 8192
+# The control characters: C0 (incl. NUL, tab, newline), DEL and C1. CONTROL_CHARS is the body of a regex
+# character class, for patterns built from it (``rf"^[^{CONTROL_CHARS}]+$"``, pydantic ``pattern=``).
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f"
+CONTROL = re.compile(f"[{CONTROL_CHARS}]")
+PRESIGNED = ("X-Amz-Credential", "X-Amz-Signature")  # query fields every presigned store URL carries
 REDIRECTS = (301, 302, 303, 307, 308)
 KEY = re.compile(r"sha256/([0-9a-f]{2})/([0-9a-f]{64})")
 _NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
@@ -70,6 +84,7 @@ def is_url(value: object) -> bool:
 class UrlPolicy:
     allowlist: frozenset[Origin] = frozenset()
     store: Origin | None = None  # the object store's endpoint: its presigned URLs are always allowed
+    store_bucket: str = "medialab"  # the bucket whose objects those URLs may name
     private_ok: bool = False
     max_bytes: int = 2 << 30
     timeout_s: float = 60.0
@@ -79,31 +94,33 @@ class UrlPolicy:
     @classmethod
     def build(cls, allowlist: Iterable[str] = (), store_endpoint: str | None = None, store_secure: bool = False,
               private_ok: bool = False, max_bytes: int = 2 << 30, timeout_s: float = 60.0,
-              max_redirects: int = 3) -> UrlPolicy:
+              max_redirects: int = 3, store_bucket: str = "medialab") -> UrlPolicy:
         """From settings; a malformed allowlist entry raises UrlRefused naming it."""
         entries = tuple(e.strip() for e in allowlist if e and e.strip())
         store = None
         if store_endpoint:
             store = parse_origin(("https://" if store_secure else "http://") + store_endpoint.strip().rstrip("/"))
-        return cls(frozenset(parse_origin(e) for e in entries), store, private_ok, max_bytes, timeout_s,
-                   max_redirects, entries)
+        return cls(frozenset(parse_origin(e) for e in entries), store, store_bucket.strip(), private_ok, max_bytes,
+                   timeout_s, max_redirects, entries)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> UrlPolicy:
         """The node pack's policy, from its server's environment: MEDIALAB_URL_ALLOWLIST (comma-separated
         origins, or a JSON list), MEDIALAB_URL_PRIVATE_OK, MEDIALAB_URL_MAX_BYTES, MEDIALAB_URL_TIMEOUT_S and
-        the store endpoint MEDIALAB_S3_ENDPOINT (+ MEDIALAB_S3_SECURE)."""
+        the store MEDIALAB_S3_ENDPOINT (+ MEDIALAB_S3_SECURE, MEDIALAB_S3_BUCKET)."""
         env = os.environ if env is None else env
         raw = env.get("MEDIALAB_URL_ALLOWLIST", "").strip()
         entries = json.loads(raw) if raw.startswith("[") else raw.split(",")
         return cls.build(entries, env.get("MEDIALAB_S3_ENDPOINT") or None, _true(env.get("MEDIALAB_S3_SECURE")),
                          _true(env.get("MEDIALAB_URL_PRIVATE_OK")),
                          int(env.get("MEDIALAB_URL_MAX_BYTES") or 2 << 30),
-                         float(env.get("MEDIALAB_URL_TIMEOUT_S") or 60.0))
+                         float(env.get("MEDIALAB_URL_TIMEOUT_S") or 60.0),
+                         store_bucket=env.get("MEDIALAB_S3_BUCKET") or "medialab")
 
     def describe(self) -> str:
         return (f"url_allowlist (MEDIALAB_URL_ALLOWLIST) is {list(self.allowlist_text)}"
-                + (f"; the object store {format_origin(self.store)} is always allowed" if self.store else ""))
+                + (f"; the object store {format_origin(self.store)} is always allowed for presigned URLs of "
+                   f"its objects (/{self.store_bucket}/sha256/<2 hex>/<64 hex>)" if self.store else ""))
 
 
 def _true(value: str | None) -> bool:
@@ -187,9 +204,10 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     if not isinstance(url, str) or not url:
         raise UrlRefused("not a URL")
     shown = url[:100] + ("..." if len(url) > 100 else "")
-    if len(url) > MAX_URL_LENGTH:
-        raise UrlRefused(f"URL is longer than {MAX_URL_LENGTH} characters")
-    if not url.isascii() or any(ord(c) <= 32 or ord(c) == 127 for c in url) or "\\" in url:
+    if len(url) > MAX_MEDIA_URL_LENGTH:
+        raise UrlRefused(f"URL is {len(url)} characters long, longer than the limit "
+                         f"MAX_MEDIA_URL_LENGTH={MAX_MEDIA_URL_LENGTH}")
+    if not url.isascii() or " " in url or CONTROL.search(url) or "\\" in url:
         raise UrlRefused(f"{shown!r}: a URL must be ASCII without spaces, control characters or backslashes "
                          "(percent-encode them; IDNA for host names)")
     try:
@@ -206,8 +224,13 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
     except ValueError as exc:
         raise UrlRefused(f"{shown!r}: bad port") from exc
     origin = (scheme, normalize_host(parts.hostname or ""), port)
-    is_store = origin == policy.store
-    if not is_store and origin not in policy.allowlist:
+    is_store = origin == policy.store  # the store's origin has its own rule, allowlisted or not
+    if is_store:
+        problem = store_url_problem(parts.path, parts.query, policy.store_bucket)
+        if problem:
+            raise UrlRefused(f"{shown!r}: the object store {format_origin(origin)} is allowed only for presigned "
+                             f"URLs of stored objects: {problem}")
+    elif origin not in policy.allowlist:
         raise UrlRefused(f"{shown!r}: origin {format_origin(origin)} is not allowed: {policy.describe()}")
     target = Target(url, origin, is_store)
     try:
@@ -216,6 +239,19 @@ def check_url(url: str, policy: UrlPolicy) -> Target:
         return target
     check_addresses(target, [literal], policy)
     return target
+
+
+def store_url_problem(path: str, query: str, bucket: str) -> str | None:
+    """Why a URL on the store's origin is not a presigned URL of one stored object, or None: the path must be
+    exactly ``/<bucket>/<object key>`` and the query must carry every field of ``PRESIGNED``."""
+    prefix = f"/{bucket}/"
+    if not bucket or not path.startswith(prefix) or not is_object_key(path[len(prefix):]):
+        return f"the path must be /{bucket}/sha256/<2 hex>/<64 hex> (bucket {bucket!r}, MEDIALAB_S3_BUCKET)"
+    fields = parse_qs(query)
+    lacking = [f for f in PRESIGNED if not fields.get(f)]
+    if lacking:
+        return f"the query lacks {' and '.join(lacking)} (not a presigned URL)"
+    return None
 
 
 def _embedded_v4(addr: Address) -> ipaddress.IPv4Address | None:

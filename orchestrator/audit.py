@@ -3,8 +3,9 @@
 ``record`` adds one ``AuditEvent`` to the session of the change it describes, so the row is committed with
 that change or rolled back with it. The actor travels on the session: the API's request session carries the
 caller's key in ``session.info["actor"]``; a session without one (the CLI on the host) is recorded with no
-key (shown as ``@cli``). Secrets never go in: credentials in URLs are cut out and fields that name a secret
-are dropped before the row is written.
+key (shown as ``@cli``). Secrets never go in: fields that name a secret are dropped and every string passes
+the one credential redactor (``server_urls.redact``: ``user:***@`` for every URL in it, inside text too)
+before the row is written.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlmodel import Session, col, or_, select
 
 from orchestrator.errors import InvalidInput
+from orchestrator.limits import MAX_OFFSET
 from orchestrator.models import ApiKey, AuditEvent
+from orchestrator.server_urls import redact_value
 
 ACTIONS = frozenset({
     "job.submit", "job.cancel",
@@ -30,7 +32,6 @@ ACTIONS = frozenset({
 CLI = "@cli"  # names the events without a key (the CLI on the host); no key name starts with @
 SECRET_FIELDS = frozenset({"key", "plain", "secret", "password", "token", "key_hash", "authorization"})
 MAX_LIMIT = 500
-MAX_OFFSET = 1_000_000
 
 
 def actor(session: Session) -> ApiKey | None:
@@ -38,30 +39,24 @@ def actor(session: Session) -> ApiKey | None:
     return session.info.get("actor")
 
 
-def strip_credentials(url: str) -> str:
-    """``url`` without a ``user:password@`` part (anything else is returned as it is)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.scheme or "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def scrub(value: Any) -> Any:
-    """``value`` fit for the audit trail: fields named like a secret dropped, URL credentials cut out."""
+def _plain(value: Any) -> Any:
+    """``value`` as JSON (mappings with string keys, lists, scalars, dates as ISO text) without the fields
+    named like a secret."""
     if isinstance(value, Mapping):
-        return {str(k): scrub(v) for k, v in value.items() if str(k).lower() not in SECRET_FIELDS}
+        return {str(k): _plain(v) for k, v in value.items() if str(k).lower() not in SECRET_FIELDS}
     if isinstance(value, list | tuple | set | frozenset):
-        return [scrub(v) for v in value]
-    if isinstance(value, str):
-        return strip_credentials(value) if "://" in value else value
-    if value is None or isinstance(value, bool | int | float):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+def scrub(value: Any) -> Any:
+    """``value`` fit for the audit trail: fields named like a secret dropped, then every string through the
+    one credential redactor (``server_urls.redact_value``)."""
+    return redact_value(_plain(value))
 
 
 def record(session: Session, action: str, target: str, data: dict[str, Any] | None = None) -> AuditEvent:
@@ -83,8 +78,8 @@ def query(session: Session, *, action: str | None = None, key: str | None = None
         raise InvalidInput(f"limit {limit} is outside 1..{MAX_LIMIT} (audit.MAX_LIMIT={MAX_LIMIT})",
                            limit="audit.MAX_LIMIT", value=MAX_LIMIT)
     if not 0 <= offset <= MAX_OFFSET:
-        raise InvalidInput(f"offset {offset} is outside 0..{MAX_OFFSET} (audit.MAX_OFFSET={MAX_OFFSET})",
-                           limit="audit.MAX_OFFSET", value=MAX_OFFSET)
+        raise InvalidInput(f"offset {offset} is outside 0..{MAX_OFFSET} (limits.MAX_OFFSET={MAX_OFFSET})",
+                           limit="limits.MAX_OFFSET", value=MAX_OFFSET)
     q = select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit).offset(offset)
     if action:
         q = q.where(AuditEvent.action == action if "." in action

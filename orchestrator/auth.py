@@ -15,14 +15,16 @@ import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, String, cast, exists, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, or_, select
 
-from orchestrator import audit
+from orchestrator import audit, limits
 from orchestrator.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from orchestrator.models import ApiKey, now
 
@@ -32,7 +34,8 @@ KEY_PREFIX = "mlk_"
 TOUCH_INTERVAL_S = 60.0  # last_used_at is written at most this often per key
 MAX_EXPIRY = timedelta(days=3650)  # the furthest expiry a key may get
 MAX_GRACE = timedelta(days=7)  # the longest an old key stays usable after a rotation
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")  # a key name (checked by limits.check_name)
+NAME_RULE = "use letters, digits and . _ @ + -, starting with a letter or digit"
 DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhdw])\s*$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 KEEP = object()  # rotate_key: keep the old key's expiry
@@ -167,16 +170,6 @@ def parse_grace(text: str | None) -> timedelta:
     return grace
 
 
-def check_name(name: str, max_length: int) -> str:
-    if len(name) > max_length:
-        raise InvalidInput(f"key name of {len(name)} characters is over the limit max_name_length={max_length}",
-                           limit="max_name_length", value=max_length)
-    if not NAME.match(name):
-        raise InvalidInput(f"key name {name[:40]!r}: use letters, digits and . _ @ + -, starting with a letter "
-                           "or digit")
-    return name
-
-
 def parse_roles(roles: Iterable[str]) -> list[str]:
     try:
         parsed = sorted({Role(r).value for r in roles})
@@ -200,7 +193,7 @@ def _new(session: Session, name: str, roles: list[str], expires_at: datetime | N
 def create_key(session: Session, name: str, roles: list[str], expires: str | None = None,
                max_name_length: int = 128) -> tuple[ApiKey, str]:
     """A new key; the plain key is returned once and never stored. ``expires``: see ``parse_expiry``."""
-    check_name(name, max_name_length)
+    limits.check_name(name, "key name", max_name_length, pattern=NAME, rule=NAME_RULE)
     row, plain = _new(session, name, parse_roles(roles), parse_expiry(expires, now()))
     session.flush()
     audit.record(session, "key.create", row.id, {"name": row.name, "roles": row.roles,
@@ -267,18 +260,46 @@ def touch(session: Session, row: ApiKey, at: datetime | None = None, interval_s:
     return res.rowcount == 1
 
 
-def revoke_key(session: Session, ref: str) -> ApiKey:
-    """Revoke a key now. Refused (409) for the last usable admin key, and for a key revoked already."""
-    row = get_key(session, ref)
-    at = now()
+def _check_revocable(session: Session, row: ApiKey, at: datetime) -> None:
+    """Conflict (409) for a key revoked already and for the last usable admin key."""
     if key_state(row, at) == "revoked":
         raise Conflict(f"key {row.id} ('{row.name}') was revoked already at "
                        f"{_utc(row.revoked_at).isoformat(timespec='seconds')}")
     if leaves_no_admin(session.exec(select(ApiKey)), row, at):
         raise Conflict(f"key {row.id} ('{row.name}') is the last admin key: create another admin key first "
                        "(medialab keys create --role admin)")
-    row.revoked_at = at
-    session.add(row)
+
+
+def _holds_admin(keys: Any = ApiKey) -> ColumnElement[bool]:
+    """SQL: the key (of ``keys``: ApiKey or an alias of it) holds the admin role (roles is a JSON list of
+    role names, each a ``Role`` value, so the quoted name matches only that role)."""
+    return cast(col(keys.roles), String).like(f'%"{Role.admin.value}"%')
+
+
+def revoke_key(session: Session, ref: str) -> ApiKey:
+    """Revoke a key now. Refused (409) for the last usable admin key, and for a key revoked already.
+
+    Atomic against concurrent revokes (two admins revoking the last two admin keys at once): the UPDATE
+    only applies while the key is not revoked and, for a usable admin key, while another active admin key
+    exists; on PostgreSQL the admin rows are locked first (FOR UPDATE), so the second revoke waits for the
+    first and its UPDATE sees the first's commit (SQLite runs one writer at a time)."""
+    row = get_key(session, ref)
+    at = now()
+    _check_revocable(session, row, at)
+    conditions = [col(ApiKey.id) == row.id, or_(col(ApiKey.revoked_at).is_(None), col(ApiKey.revoked_at) > at)]
+    if is_admin(row) and usable(row, at):
+        session.exec(select(ApiKey.id).where(_holds_admin()).with_for_update()).all()
+        other = aliased(ApiKey)  # the rule of leaves_no_admin: another admin key that is active
+        conditions.append(exists().where(col(other.id) != row.id, _holds_admin(other), col(other.revoked_at).is_(None),
+                                         or_(col(other.expires_at).is_(None), col(other.expires_at) > at)))
+    res = session.execute(update(ApiKey).where(*conditions).values(revoked_at=at)
+                          .execution_options(synchronize_session=False))
+    if res.rowcount != 1:  # another revoke got there first: say what holds now
+        session.rollback()
+        session.refresh(row)
+        _check_revocable(session, row, now())
+        raise Conflict(f"key {row.id} ('{row.name}') changed while it was being revoked: try again")
+    set_committed_value(row, "revoked_at", at)
     audit.record(session, "key.revoke", row.id, {"name": row.name, "roles": row.roles})
     session.commit()
     return row

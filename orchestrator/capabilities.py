@@ -21,8 +21,10 @@ class Capabilities:
     vram_total: int | None = None
     vram_free: int | None = None
     pack: dict[str, Any] | None = None  # the node pack's /medialab/info: version, storage, max_upload_mb
-    # Per node class, the inputs that name a file (sandbox.file_inputs); None: recorded before it was known.
+    # Per node class, the inputs that name a file (sandbox.file_inputs) and the free-text ones (multiline
+    # STRING widgets, sandbox.free_text); None: recorded before it was known (the sandbox checks everything).
     file_inputs: dict[str, frozenset[str]] | None = None
+    free_text: dict[str, frozenset[str]] | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -39,14 +41,14 @@ class Capabilities:
         return cls(node_classes=frozenset(object_info), models={f: frozenset(v) for f, v in models.items()},
                    packs=tuple(packs), comfy_version=(system_stats.get("system") or {}).get("comfyui_version"),
                    device=devices[0].get("name"), vram_total=devices[0].get("vram_total"),
-                   vram_free=devices[0].get("vram_free"), pack=pack, file_inputs=sandbox.file_inputs(object_info))
+                   vram_free=devices[0].get("vram_free"), pack=pack, file_inputs=sandbox.file_inputs(object_info),
+                   free_text=sandbox.free_text(object_info))
 
     def to_json(self) -> dict[str, Any]:
         return {"node_classes": sorted(self.node_classes), "models": {f: sorted(v) for f, v in self.models.items()},
                 "packs": list(self.packs), "comfy_version": self.comfy_version, "device": self.device,
                 "vram_total": self.vram_total, "vram_free": self.vram_free, "pack": self.pack,
-                "file_inputs": None if self.file_inputs is None else
-                {c: sorted(v) for c, v in sorted(self.file_inputs.items())}}
+                "file_inputs": _inputs_json(self.file_inputs), "free_text": _inputs_json(self.free_text)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Capabilities | None:
@@ -56,8 +58,16 @@ class Capabilities:
                    models={f: frozenset(v) for f, v in (data.get("models") or {}).items()},
                    packs=tuple(data.get("packs", [])), comfy_version=data.get("comfy_version"),
                    device=data.get("device"), vram_total=data.get("vram_total"), vram_free=data.get("vram_free"),
-                   pack=data.get("pack"), file_inputs=None if data.get("file_inputs") is None else
-                   {c: frozenset(v) for c, v in data["file_inputs"].items()})
+                   pack=data.get("pack"), file_inputs=_inputs_from_json(data.get("file_inputs")),
+                   free_text=_inputs_from_json(data.get("free_text")))
+
+
+def _inputs_json(inputs: dict[str, frozenset[str]] | None) -> dict[str, list[str]] | None:
+    return None if inputs is None else {c: sorted(v) for c, v in sorted(inputs.items())}
+
+
+def _inputs_from_json(data: dict[str, list[str]] | None) -> dict[str, frozenset[str]] | None:
+    return None if data is None else {c: frozenset(v) for c, v in data.items()}
 
 
 @dataclass(frozen=True)

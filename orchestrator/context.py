@@ -13,7 +13,7 @@ import tomllib
 
 from sqlmodel import Session, select
 
-from orchestrator import service
+from orchestrator import media, service
 from orchestrator.comfy.worker import LocalWorker
 from orchestrator.db import Database
 from orchestrator.errors import Conflict, InvalidInput
@@ -101,6 +101,8 @@ class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
+        if note := media.pixel_cap_warning(settings):  # a limit that is not the one applied: said at start
+            log.warning(note)
         self.owner = process_owner(settings.replica_id)
         self.db = Database(settings.database)
         self.store = make_store(settings)

@@ -10,12 +10,20 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, create_engine, func, select
 
 from orchestrator import models  # noqa: F401  (registers the tables)
 from orchestrator.jobs import JobState
 from orchestrator.models import JobEvent
 from orchestrator.notify import QUEUED, Bell, EventWatcher
+
+# What the database being unavailable looks like to the code using it: the driver's errors (DBAPIError:
+# OperationalError, InterfaceError for a connection refused or lost, ...), a full pool (sqlalchemy's
+# TimeoutError, not a DBAPIError) and a session broken by an earlier error (PendingRollbackError). None of
+# them is a job's own failure: work that meets one is retried or left to crash recovery, never failed.
+DB_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout, PendingRollbackError)
 
 
 def make_engine(url: str) -> Engine:

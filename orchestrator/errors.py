@@ -1,4 +1,4 @@
-"""The error hierarchy. Each error carries its HTTP status; the API maps them in one place (api/app.py)."""
+"""The error hierarchy. Each error carries its HTTP status; the API maps them in one place (api/problems.py)."""
 
 from typing import Any
 
@@ -11,10 +11,6 @@ class MediaLabError(Exception):
         super().__init__(message)
         self.message = message
         self.extra = extra
-
-    def to_problem(self) -> dict[str, Any]:
-        return {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.message,
-                **self.extra}
 
 
 class NotFound(MediaLabError):

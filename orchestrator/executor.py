@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 
 from orchestrator import sandbox, service, transport
@@ -28,7 +27,7 @@ from orchestrator import templates as tpl
 from orchestrator.capabilities import missing
 from orchestrator.comfy.client import ComfyClient, ComfyUnreachable, ComfyValidationError, output_files
 from orchestrator.comfy.monitor import Subscription
-from orchestrator.db import Database
+from orchestrator.db import DB_ERRORS, Database
 from orchestrator.errors import MediaLabError
 from orchestrator.jobs import JobState
 from orchestrator.models import Artifact, Attempt, Job, JobEvent, TemplateVersionRow
@@ -41,6 +40,11 @@ if TYPE_CHECKING:
     from orchestrator.pool import Pool, Server
 
 log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message (database errors append the statement and parameters)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 class ExecutionFailed(MediaLabError):
@@ -91,9 +95,9 @@ class Executor:
         self.hold(attempt_id)
         try:
             return self._execute(attempt_id, server, resume)
-        except DBAPIError as exc:
+        except DB_ERRORS as exc:
             log.warning("attempt %s: database error (%s); leaving it to crash recovery once its lease lapses",
-                        attempt_id, str(exc).splitlines()[0])
+                        attempt_id, _first_line(exc))
             return JobState.RUNNING
         finally:
             self.release(attempt_id)
@@ -118,7 +122,7 @@ class Executor:
             t = self.template(job)
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
             artifacts = self._ingest(job, t, attempt, server, history)
-        except DBAPIError:
+        except DB_ERRORS:
             raise  # not the job's failure: see execute
         except StorageUnavailable as exc:  # inputs could not be read: nothing ran yet
             return self.wait_for_dependency(job, attempt, str(exc))
@@ -273,8 +277,8 @@ class Executor:
                         self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
                                     {"node": node, "title": titles.get(node), "value": data["value"],
                                      "max": data["max"], "fraction": fraction}, progress=fraction)
-                    except DBAPIError as exc:
-                        log.warning("job %s: progress event not recorded: %s", job.id, str(exc).splitlines()[0])
+                    except DB_ERRORS as exc:
+                        log.warning("job %s: progress event not recorded: %s", job.id, _first_line(exc))
                 elif kind == "execution_error":
                     node = str(data.get("node_id"))
                     raise ExecutionFailed(
@@ -462,10 +466,10 @@ class Executor:
         try:
             with self.db.session() as s:
                 return bool(service.get_job(s, job_id).cancel_requested)
-        except DBAPIError as exc:
+        except DB_ERRORS as exc:
             if not tolerant:
                 raise
-            log.warning("job %s: cancel flag not read: %s", job_id, str(exc).splitlines()[0])
+            log.warning("job %s: cancel flag not read: %s", job_id, _first_line(exc))
             return False
 
     def _events(self, job_id: str, events: list[tuple[str, str, dict[str, Any] | None]]) -> None:

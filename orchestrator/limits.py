@@ -10,17 +10,32 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
+# The one control-character rule (C0, DEL, C1) is custom_nodes/urls.py's; re-exported for the API's checks.
+from custom_nodes.urls import CONTROL as CONTROL
+from custom_nodes.urls import CONTROL_CHARS as CONTROL_CHARS
 from orchestrator.errors import InvalidInput
 from orchestrator.settings import Settings
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the database stores in an integer column
-MAX_OFFSET = 10**9  # offset= of the listings
+MAX_OFFSET = 10**9  # offset= of every listing (jobs, artifacts, the audit trail)
+PRIORITY_RANGE = (-100, 100)  # a job's priority: every path that queues one, and the API's schemas
 MAX_QUERY_LENGTH = 256  # a free-text filter of a listing (ids, names, tags)
 MAX_PATH_LENGTH = 1024  # a model or checkpoint file name with its subfolders
 MAX_DEPTH = 32  # nesting of a JSON value (params, options, errors) below the body's own structure
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters (incl. NUL)
+
+
+class Limit(NamedTuple):
+    """A bound and the limit it comes from, as a refusal names it: a setting (``max_params``) or a fixed
+    bound (``limits.MAX_QUERY_LENGTH``)."""
+
+    name: str
+    value: int
+
+    @classmethod
+    def setting(cls, settings: Settings, name: str) -> Limit:
+        return cls(name, getattr(settings, name))
 
 
 def refuse(message: str, limit: str, value: int | float, **extra: Any) -> InvalidInput:
@@ -28,14 +43,18 @@ def refuse(message: str, limit: str, value: int | float, **extra: Any) -> Invali
     return InvalidInput(message, limit=limit, value=value, **extra)
 
 
-def check_name(value: str, what: str, max_length: int, limit: str = "max_name_length") -> str:
-    """A name (template, server, key, dataset, trigger, tag): at most ``max_length`` characters, no control
-    characters; returns it unchanged."""
+def check_name(value: str, what: str, max_length: int, limit: str = "max_name_length", *,
+               pattern: re.Pattern[str] | None = None, rule: str = "") -> str:
+    """The one rule for names (template, server, key, dataset, trigger, tag, LoRA): at most ``max_length``
+    characters (the limit ``limit``), no control characters and, where a kind of name has a ``pattern`` (key
+    names, registry names), matching it (``rule``: the pattern in words, for the refusal); returns it unchanged."""
     if len(value) > max_length:
         raise refuse(f"{what} is {len(value)} characters long, over the limit {limit}={max_length}", limit,
                      max_length)
     if CONTROL.search(value):
         raise InvalidInput(f"{what} {_show(value)} holds a control character (names are printable text)")
+    if pattern is not None and not pattern.match(value):
+        raise InvalidInput(f"{what} {_show(value)}: {rule or f'it must match {pattern.pattern}'}")
     return value
 
 
@@ -64,13 +83,13 @@ def check_timeout(timeout_s: float | None, settings: Settings) -> None:
                      "max_timeout_s", settings.max_timeout_s)
 
 
-def check_json(value: Any, where: str, *, max_string: int | None = None, max_items: int | None = None,
-               max_key: int | None = None, depth: int = 0) -> None:
+def check_json(value: Any, where: str, *, max_string: Limit | None = None, max_items: Limit | None = None,
+               max_key: Limit | None = None, depth: int = 0) -> None:
     """A JSON value from a request: finite numbers, integers within 64 bits, strings without NUL, nested at
-    most ``MAX_DEPTH`` deep; with the optional bounds, strings of at most ``max_string`` characters (setting
-    ``max_string_length``), objects and lists of at most ``max_items`` entries (``max_params``), keys of at
-    most ``max_key`` characters (``max_name_length``). What the database and a JSON answer cannot hold
-    (NaN, infinity, 2^64, NUL) never gets stored."""
+    most ``MAX_DEPTH`` deep; with the optional bounds, strings of at most ``max_string`` characters, objects
+    and lists of at most ``max_items`` entries, keys of at most ``max_key`` characters, each refused naming
+    its own limit (``check_values``: the settings). What the database and a JSON answer cannot hold (NaN,
+    infinity, 2^64, NUL) never gets stored."""
     if depth > MAX_DEPTH:
         raise refuse(f"{where} is nested over {MAX_DEPTH} levels deep", "max_depth", MAX_DEPTH)
     if isinstance(value, bool) or value is None:
@@ -83,20 +102,20 @@ def check_json(value: Any, where: str, *, max_string: int | None = None, max_ite
         if not math.isfinite(value):
             raise InvalidInput(f"{where}: {value!r} is not a finite number", limit="finite_numbers", value=0)
     elif isinstance(value, str):
-        if max_string is not None and len(value) > max_string:
-            raise refuse(f"{where} is {len(value)} characters long, over the limit max_string_length={max_string}",
-                         "max_string_length", max_string)
+        if max_string is not None and len(value) > max_string.value:
+            raise refuse(f"{where} is {len(value)} characters long, over the limit {max_string.name}="
+                         f"{max_string.value}", max_string.name, max_string.value)
         if "\x00" in value:
             raise InvalidInput(f"{where} holds a NUL character")
     elif isinstance(value, dict | list | tuple):
         if max_items is not None:
-            check_count(len(value), f"entries in {where}", "max_params", max_items)
+            check_count(len(value), f"entries in {where}", max_items.name, max_items.value)
         items = value.items() if isinstance(value, dict) else enumerate(value)
         bounds = {"max_string": max_string, "max_items": max_items, "max_key": max_key}
         for k, v in items:
             if isinstance(value, dict):
                 if max_key is not None:
-                    check_name(str(k), f"a key of {where}", max_key)
+                    check_name(str(k), f"a key of {where}", max_key.value, max_key.name)
                 elif "\x00" in str(k):
                     raise InvalidInput(f"a key of {where} holds a NUL character")
             check_json(v, f"{where}.{k}" if isinstance(value, dict) else f"{where}[{k}]", **bounds, depth=depth + 1)
@@ -105,8 +124,8 @@ def check_json(value: Any, where: str, *, max_string: int | None = None, max_ite
 def check_values(value: Any, where: str, settings: Settings) -> None:
     """A request's values (parameters, training options, a trainer's events or error) within every limit:
     ``check_json`` with ``max_string_length``, ``max_params`` and ``max_name_length``."""
-    check_json(value, where, max_string=settings.max_string_length, max_items=settings.max_params,
-               max_key=settings.max_name_length)
+    check_json(value, where, max_string=Limit.setting(settings, "max_string_length"),
+               max_items=Limit.setting(settings, "max_params"), max_key=Limit.setting(settings, "max_name_length"))
 
 
 def check_params(params: dict[str, Any], settings: Settings, what: str = "parameters") -> None:

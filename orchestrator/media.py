@@ -2,11 +2,14 @@
 
 An upload is spooled to a local file while it is hashed (``spooled``), inspected there (``inspect``), and
 only then put in the object store, so a refused file leaves nothing behind. Images are recognised by their
-bytes with Pillow: the header gives the size, which is checked before a pixel is decoded (a PNG of a few
-hundred bytes may claim 30000x30000 pixels); a file that claims to be an image but does not decode is
-refused. Videos are recognised by their container with PyAV (ffmpeg's demuxer: no frame is decoded); their
-resolution, duration and frame count are checked as the container states them. Anything else is typed by
-its file name, as before.
+bytes with Pillow: the header gives the size, which is checked against ``max_image_pixels`` before a pixel is
+decoded (a PNG of a few hundred bytes may claim 30000x30000 pixels), over all frames of an animation (GIF,
+APNG, WebP: frames x width x height); a file that claims to be an image but does not decode is refused.
+Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) is left as it is for every other decode in the process: an
+image over twice it is refused by Pillow whatever our setting, so a setting above that is capped there
+(``image_pixel_cap``; the service says so when it starts). Videos are recognised by their container with
+PyAV (ffmpeg's demuxer: no frame is decoded); their resolution, duration and frame count are checked as the
+container states them. Anything else is typed by its file name, as before.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import GifImagePlugin, Image, UnidentifiedImageError
 
 from orchestrator.errors import InvalidInput, TooLarge
+from orchestrator.limits import CONTROL
 from orchestrator.settings import Settings
 from storage.base import sha256_file
 
 DECODE_MAX_PIXELS = 40_000_000  # images up to this size are decoded whole (truncated data is found)
+PILLOW_LIMIT = "pillow.bomb_limit"  # twice Image.MAX_IMAGE_PIXELS: over it Pillow refuses to open an image
+STATED_FRAME_COUNT = {"PNG", "WEBP"}  # APNG (acTL) and WebP (ANIM) state their frame count: nothing is walked
 MAX_FILENAME_LENGTH = 255
 # Formats ffmpeg reads that are not video containers: single images and raw elementary streams.
 NOT_CONTAINERS = {"image2", "mjpeg", "h264", "hevc", "mpeg1video", "mpegvideo", "m4v", "rawvideo", "gif",
@@ -40,16 +46,18 @@ CONTAINER_TYPES = {"mov": "video/mp4", "mp4": "video/mp4", "matroska": "video/x-
 
 @dataclass(frozen=True)
 class MediaLimits:
-    image_pixels: int
+    image_pixels: int  # of an image, over all its frames
     video_seconds: float
-    video_frames: int
+    video_frames: int  # of a video, and of an animated image
     video_pixels: int
     upload_bytes: int
+    image_limit: str = "max_image_pixels"  # the name of the limit ``image_pixels`` is (see ``image_pixel_cap``)
 
     @classmethod
     def of(cls, settings: Settings) -> MediaLimits:
-        return cls(settings.max_image_pixels, settings.max_video_seconds, settings.max_video_frames,
-                   settings.max_video_pixels, settings.max_upload_bytes)
+        pixels, name = image_pixel_cap(settings.max_image_pixels)
+        return cls(pixels, settings.max_video_seconds, settings.max_video_frames, settings.max_video_pixels,
+                   settings.max_upload_bytes, name)
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,40 @@ def too_large(message: str, limit: str, value: int | float) -> TooLarge:
                     else f"{message}, over the limit {limit}={value}", limit=limit, value=value)
 
 
-def check_image(width: int, height: int, limits: MediaLimits, what: str = "the image") -> None:
-    if width * height > limits.image_pixels:
-        raise too_large(f"{what} is {width}x{height} = {width * height} pixels", "max_image_pixels",
-                        limits.image_pixels)
+def image_pixel_cap(setting: int, pillow_max: int | None = None) -> tuple[int, str]:
+    """The pixel cap applied to images, and its name: the setting ``max_image_pixels``, or Pillow's own limit
+    where the setting is above it (Pillow refuses to open an image over twice ``Image.MAX_IMAGE_PIXELS``; between
+    once and twice it only warns, and ours decides). ``pillow_max``: default ``Image.MAX_IMAGE_PIXELS``, which is
+    read, never changed."""
+    pillow_max = Image.MAX_IMAGE_PIXELS if pillow_max is None else pillow_max
+    if pillow_max is not None and setting > 2 * pillow_max:
+        return 2 * pillow_max, PILLOW_LIMIT
+    return setting, "max_image_pixels"
+
+
+def pixel_cap_warning(settings: Settings) -> str | None:
+    """What the service says at start when ``max_image_pixels`` is above what Pillow opens (None: it is not)."""
+    pixels, name = image_pixel_cap(settings.max_image_pixels)
+    if name == "max_image_pixels":
+        return None
+    return (f"max_image_pixels={settings.max_image_pixels} is above Pillow's decompression-bomb limit (twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS): images are capped at {name}={pixels} pixels")
+
+
+def check_image(width: int, height: int, limits: MediaLimits, what: str = "the image", frames: int = 1) -> None:
+    """An image's size as its header states it: at most ``max_video_frames`` frames when it is animated (each
+    becomes an image of a batch, as a video's frames do) and at most ``max_image_pixels`` over all its frames."""
+    if frames > limits.video_frames:
+        raise too_large(f"{what} is an animation of {frames} frames", "max_video_frames", limits.video_frames)
+    pixels = width * height * frames
+    if pixels > limits.image_pixels:
+        size = f"{width}x{height}" if frames == 1 else f"{frames} frames of {width}x{height}"
+        raise too_large(f"{what} is {size} = {pixels} pixels", limits.image_limit, limits.image_pixels)
+
+
+def frame_budget(width: int, height: int, limits: MediaLimits) -> int:
+    """The most frames an image of this frame size may have (``check_image``): how far its frames need counting."""
+    return min(limits.image_pixels // max(width * height, 1), limits.video_frames)
 
 
 def check_video(width: int, height: int, duration_s: float | None, frames: int | None, limits: MediaLimits,
@@ -99,7 +137,7 @@ def check_filename(filename: str) -> str:
         raise InvalidInput(f"the file name is {len(name)} characters long, over the limit "
                            f"max_filename_length={MAX_FILENAME_LENGTH}", limit="max_filename_length",
                            value=MAX_FILENAME_LENGTH)
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+    if CONTROL.search(name):
         raise InvalidInput(f"the file name {name[:40]!r} holds a control character")
     return name
 
@@ -162,28 +200,48 @@ def inspect(path: Path, filename: str, limits: MediaLimits) -> MediaInfo:
     return MediaInfo(guessed)
 
 
-def _allow_pixels(limit: int) -> None:
-    """Pillow refuses images over twice its own MAX_IMAGE_PIXELS while opening them (a bomb); keep that guard
-    above our limit, so that ours decides (it only ever rises, and stays a guard for every other decode)."""
-    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = limit
+def count_frames(im: Image.Image, most: int) -> int:
+    """The frames of an opened image, counted no further than ``most`` + 1 (enough to refuse it). APNG and WebP
+    state their count; a GIF is walked as Pillow's ``n_frames`` walks it (block headers, no pixel decoded) but
+    stops past ``most``, so the work is bounded by the limits, not by the file. Another multi-frame format is
+    stepped with ``seek``, also at most ``most`` frames (whose pixels are within the cap if a step decodes)."""
+    if not getattr(im, "is_animated", False):
+        return 1
+    if im.format in STATED_FRAME_COUNT:
+        return int(getattr(im, "n_frames", 1))
+    walk = GifImagePlugin.GifImageFile._seek if isinstance(im, GifImagePlugin.GifImageFile) else None
+    frames = 1
+    try:
+        while frames <= most:
+            if walk is not None:
+                walk(im, frames, False)  # what GifImageFile.n_frames does: the frame's headers, no decode
+            else:
+                im.seek(frames)
+            frames += 1
+    except EOFError:
+        pass
+    return frames
 
 
 def probe_image(path: Path, limits: MediaLimits, filename: str = "") -> MediaInfo | None:
-    """An image by its bytes (None: not an image). Its size is checked from the header, before decoding."""
-    _allow_pixels(limits.image_pixels)
+    """An image by its bytes (None: not an image). Its size, over all its frames, is checked from its headers
+    before anything is decoded; Pillow's own guard stays as it is (``image_pixel_cap``)."""
     what = f"the image {filename}".rstrip()
     try:
         with Image.open(path) as im:
             fmt, (w, h) = (im.format or "octet-stream").lower(), im.size
+            check_image(w, h, limits, what)  # the first frame, before anything else is read
+            frames = count_frames(im, frame_budget(w, h, limits))
     except UnidentifiedImageError:
         return None
     except Image.DecompressionBombError as exc:
-        raise too_large(f"{what} is a decompression bomb ({exc})", "max_image_pixels", limits.image_pixels) from exc
+        raise too_large(f"{what} is a decompression bomb ({exc})", limits.image_limit, limits.image_pixels) from exc
+    except TooLarge:
+        raise
     except Exception as exc:  # noqa: BLE001  (its signature matched a format, its header does not parse)
         raise InvalidInput(f"{what} has the signature of an image but its header does not decode: {exc}",
                            reason="corrupt image") from exc
-    check_image(w, h, limits, what)
+    check_image(w, h, limits, what, frames)
     try:
         with Image.open(path) as im:
             im.verify()  # PNG: every chunk's CRC; others: what the plugin checks

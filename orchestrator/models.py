@@ -99,8 +99,9 @@ class Attempt(SQLModel, table=True):
                                    "key may act on the claim.")
     abandoned: bool = Field(default=False, description="Ended while its server did not answer: the prompt may "
                             "still be there, to be removed or interrupted once the server answers again.")
-    counts: bool = Field(default=True, description="False: ended by a dependency of ours (object store, database) "
-                         "before the job ran; not counted against its max attempts.")
+    counts: bool = Field(default=True, description="False: ended because a dependency of ours (the object store) "
+                         "was down before the job ran; not counted against its max attempts. (A database error "
+                         "ends no attempt: crash recovery adopts it.)")
 
 
 class ServerRow(SQLModel, table=True):

@@ -17,8 +17,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import httpx
-
 from orchestrator import service
 from orchestrator.capabilities import Capabilities, ModelRef, Requirements
 from orchestrator.comfy.client import ComfyClient, ComfyError
@@ -27,7 +25,7 @@ from orchestrator.db import Database
 from orchestrator.errors import Unavailable
 from orchestrator.models import ServerRow
 from orchestrator.placement import ServerView, unrunnable_reason
-from orchestrator.server_urls import redact
+from orchestrator.server_urls import parse_server_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +131,7 @@ class Pool:
                 service.record_health(s, row.id, False, why)
 
     def _make(self, row: ServerRow) -> Server:
-        url = httpx.URL(row.url)  # InvalidURL: control characters, too long, bad port
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{redact(row.url)[:100]!r} is not an http(s) URL with a host")
+        parse_server_url(row.url)  # the registration rule (InvalidInput naming it): a row written around it
         client = ComfyClient(row.url, timeout=30)
         monitor = ServerMonitor(row.url, f"{self.client_id}-{row.id}")  # one client id per socket
         srv = Server(row.id, row.name, row.url, client, monitor, caps=Capabilities.from_json(row.capabilities),

@@ -22,6 +22,6 @@ class RetryPolicy:
 
     def wait_delay(self, waits: int) -> float:
         """Seconds before looking again after the ``waits``-th wait in a row for a dependency of ours that is
-        down (the object store, the database): grows from the base delay, capped at ``max_wait_s``, never
-        gives up (such a wait spends no attempt)."""
+        down (the object store; a database error is left to crash recovery instead): grows from the base delay,
+        capped at ``max_wait_s``, never gives up (such a wait spends no attempt)."""
         return min(max(self.base_delay_s, 0.1) * 2 ** min(max(waits, 1) - 1, 30), self.max_wait_s)

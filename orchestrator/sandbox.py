@@ -9,10 +9,13 @@ whether the file exists. The project's loaders (MediaLabLoadImage/Video ``source
 the node pack) allows.
 
 Which inputs are file inputs comes from node definitions (an ``/object_info``, or what a server's
-capabilities recorded: ``file_inputs``). A node class with no known definition has every string value
-checked for escapes (the safe default); free-text inputs (prompts) of known classes stay free. A file
-input fed by a link is followed through the nodes that pass a value on (parameter and primitive nodes) to
-the literal that is checked; a file name computed by another node cannot be checked and is refused.
+capabilities recorded: ``file_inputs`` and ``free_text``). File inputs get the strict rule. Every other
+string value is checked for escapes too (absolute paths, ``..``, NUL: a STRING input named ``image`` or
+``video`` of a third-party loader may well be a path), except the free-text inputs of known classes: the
+multiline STRING widgets (prompts), which stay free. A node class with no known definition has every string
+value checked, bar the prompts of a few core nodes (``FREE_TEXT_FALLBACK``). A file input fed by a link is
+followed through the nodes that pass a value on (parameter and primitive nodes) to the literal that is
+checked; a file name computed by another node cannot be checked and is refused.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ PASS_THROUGH = {cls: "value" for cls in (
     "MediaLabParamModel", "PrimitiveString", "PrimitiveStringMultiline", "PrimitiveInt", "PrimitiveFloat",
     "PrimitiveBoolean")}
 # Prompts of core nodes, free even when no definitions are known (old capability rows, no server yet).
+# With definitions, the free inputs are the multiline STRING widgets (``free_text``).
 FREE_TEXT_FALLBACK = {("CLIPTextEncode", "text"), ("CLIPTextEncodeSDXL", "text_g"), ("CLIPTextEncodeSDXL", "text_l"),
                       ("CLIPTextEncodeSDXLRefiner", "text"), ("MediaLabParamText", "value")}
 
@@ -61,48 +65,73 @@ def is_file_input(cls: str, name: str, spec: Any) -> bool:
     return kind == "STRING" and ((cls, name) in PATH_STRINGS or PATH_NAME.search(name) is not None)
 
 
-def file_inputs(object_info: Mapping[str, Any]) -> dict[str, frozenset[str]]:
-    """Per node class, the inputs that name a file (classes with none are left out)."""
+def is_free_text(cls: str, name: str, spec: Any) -> bool:
+    """Whether an input of a node definition is free text (a prompt): a multiline STRING widget that is not a
+    file input. Its values may hold anything a prompt holds, '../' and leading slashes included."""
+    kind = spec[0] if isinstance(spec, list | tuple) and spec else spec
+    opts = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return kind == "STRING" and opts.get("multiline") is True and not is_file_input(cls, name, spec)
+
+
+def _inputs_where(object_info: Mapping[str, Any], test: Any) -> dict[str, frozenset[str]]:
     out = {}
     for cls, info in object_info.items():
         inputs = (info or {}).get("input") or {}
         names = frozenset(name for section in ("required", "optional")
-                          for name, spec in (inputs.get(section) or {}).items() if is_file_input(cls, name, spec))
+                          for name, spec in (inputs.get(section) or {}).items() if test(cls, name, spec))
         if names:
             out[cls] = names
     return out
 
 
+def file_inputs(object_info: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """Per node class, the inputs that name a file (classes with none are left out)."""
+    return _inputs_where(object_info, is_file_input)
+
+
+def free_text(object_info: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """Per node class, the free-text inputs (multiline STRING widgets; classes with none are left out)."""
+    return _inputs_where(object_info, is_free_text)
+
+
 class _Known(Protocol):
     node_classes: frozenset[str]
     file_inputs: Mapping[str, frozenset[str]] | None
+    free_text: Mapping[str, frozenset[str]] | None
 
 
 @dataclass(frozen=True)
 class Definitions:
-    """What is known of the node classes a graph may use: for each known class, its file inputs."""
+    """What is known of the node classes a graph may use: for each known class, its file inputs and its
+    free-text inputs (every other string value of a known class is checked for escapes)."""
 
     known: frozenset[str] = frozenset()
     file_inputs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    free_text: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def from_object_info(cls, object_info: Mapping[str, Any]) -> Definitions:
-        return cls(frozenset(object_info), file_inputs(object_info))
+        return cls(frozenset(object_info), file_inputs(object_info), free_text(object_info))
 
     @classmethod
     def merge(cls, servers: Iterable[_Known | None]) -> Definitions:
-        """Several servers' capabilities: a class is known where a server recorded its file inputs; its file
-        inputs are the union (the strictest reading). Capabilities recorded before file inputs were are
-        ignored (their classes stay unknown: every value is checked)."""
+        """Several servers' capabilities, read the strictest way: a class is known where a server recorded its
+        inputs; its file inputs are the union, its free-text inputs those that every server knowing the
+        class calls free. Capabilities recorded before file inputs and free text were are ignored (their
+        classes stay unknown: every value is checked)."""
         known: set[str] = set()
         merged: dict[str, frozenset[str]] = {}
+        free: dict[str, frozenset[str]] = {}
         for caps in servers:
-            if caps is None or caps.file_inputs is None:
+            if caps is None or caps.file_inputs is None or caps.free_text is None:
                 continue
+            for c in caps.node_classes:
+                names = caps.free_text.get(c, frozenset())
+                free[c] = free[c] & names if c in known else names
             known |= caps.node_classes
             for c, names in caps.file_inputs.items():
                 merged[c] = merged.get(c, frozenset()) | names
-        return cls(frozenset(known), merged)
+        return cls(frozenset(known), merged, {c: names for c, names in free.items() if names})
 
 
 # -- the input-path rule ---------------------------------------------------------------------------
@@ -141,7 +170,7 @@ def path_problem(value: str, strict: bool = True) -> str | None:
     without it (an input of unknown meaning, maybe a prompt) only escapes and NUL are."""
     shown = _shown(value)
     if strict:
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        if urls.CONTROL.search(value):
             return f"{shown} contains a control character (NUL, newline, ...): not a file name"
         if len(value) > MAX_FILE_NAME or any(len(seg.encode()) > MAX_SEGMENT for seg in re.split(r"[/\\]", value)):
             return (f"{shown} is too long for a file name (at most {MAX_FILE_NAME} characters, {MAX_SEGMENT} bytes "
@@ -216,14 +245,13 @@ def check_graph(graph: Mapping[str, Any], defs: Definitions | None, policy: urls
         cls = str(node.get("class_type", ""))
         known = cls in defs.known
         files = defs.file_inputs.get(cls, frozenset())
+        free = defs.free_text.get(cls, frozenset()) if known else frozenset()
         for name, value in inputs.items():
             if (nid, name) in skipped:
                 continue
             strict = (known and name in files) or (cls, name) in PATH_STRINGS
-            if known and not strict:
-                continue  # free text or a number: a prompt stays free
-            if not known and (cls, name) in FREE_TEXT_FALLBACK:
-                continue
+            if not strict and (name in free or (not known and (cls, name) in FREE_TEXT_FALLBACK)):
+                continue  # a prompt stays free; every other string value is checked for escapes
             where = _where(graph, nid, name)
             literal, computed_by = _resolve(graph, value)
             if computed_by is not None:
@@ -247,6 +275,7 @@ def check_graph(graph: Mapping[str, Any], defs: Definitions | None, policy: urls
 
 
 def url_policy(allowlist: Iterable[str], store_endpoint: str | None, store_secure: bool, private_ok: bool,
-               max_bytes: int, timeout_s: float) -> urls.UrlPolicy:
-    """The URL rule's policy from settings (``url_*``, ``s3_endpoint``/``s3_secure``)."""
-    return urls.UrlPolicy.build(allowlist, store_endpoint, store_secure, private_ok, max_bytes, timeout_s)
+               max_bytes: int, timeout_s: float, store_bucket: str = "medialab") -> urls.UrlPolicy:
+    """The URL rule's policy from settings (``url_*``, ``s3_endpoint``/``s3_secure``/``s3_bucket``)."""
+    return urls.UrlPolicy.build(allowlist, store_endpoint, store_secure, private_ok, max_bytes, timeout_s,
+                                store_bucket=store_bucket)

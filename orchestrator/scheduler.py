@@ -24,13 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import or_
-from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from orchestrator import service
 from orchestrator import templates as tpl
 from orchestrator.capabilities import Requirements
-from orchestrator.db import Database
+from orchestrator.db import DB_ERRORS, Database
 from orchestrator.errors import MediaLabError
 from orchestrator.executor import Executor
 from orchestrator.jobs import JobState
@@ -154,7 +153,7 @@ class Dispatcher:
             for c in order:
                 try:
                     reqs[c.id] = self.requirements(s, jobs[c.id])
-                except DBAPIError:
+                except DB_ERRORS:
                     raise  # the database, not the job: the round is retried
                 except Exception as exc:  # the job's own data is broken: it ends, the round goes on
                     self._fail_queued(s, c.id, f"cannot be dispatched: {_describe(exc)}")
@@ -200,7 +199,7 @@ class Dispatcher:
 
     def _fail_queued(self, session: Session, job_id: str, reason: str) -> None:
         """A queued job that can never run ends FAILED with the reason (in the round's transaction)."""
-        log.warning("job %s failed before dispatch: %s", job_id, reason)
+        log.warning("job %s failed before dispatch: %s", job_id, redact(reason))
         self._job_requirements.pop(job_id, None)
         service.transition(session, job_id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
                            error={"message": reason})

@@ -1,7 +1,8 @@
 """ComfyUI server URLs: validated before they are stored, compared to find one server under two names, and
 shown without their credentials.
 
-A server URL is ``http(s)://[user:password@]host[:port][/path]``: at most 2048 characters, printable, a host
+A server URL is ``http(s)://[user:password@]host[:port][/path]``: at most ``MAX_SERVER_URL_LENGTH`` (2048)
+characters, printable (no space, no character of the one control-character rule, ``CONTROL``), a host
 name or IP literal, a port in 1..65535, no query or fragment. It is stored in one canonical form (lower-case
 scheme and host, no default port, no trailing slash), with its credentials, which the orchestrator needs to
 reach the server; everything that shows or logs a URL passes it through ``redact`` (``user:***@``).
@@ -18,10 +19,10 @@ from typing import Any
 
 import httpx
 
+from custom_nodes.urls import CONTROL, DEFAULT_PORTS
 from orchestrator.errors import InvalidInput
 
-MAX_URL_LENGTH = 2048
-DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_SERVER_URL_LENGTH = 2048  # why it is not MAX_MEDIA_URL_LENGTH: see there (custom_nodes/urls.py)
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 HOST_NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
@@ -76,10 +77,11 @@ def parse_server_url(url: str) -> ServerUrl:
     """The canonical form of a server URL, or InvalidInput naming the rule it breaks."""
     if not isinstance(url, str) or not url:
         raise InvalidInput("a server URL is a non-empty string")
-    if len(url) > MAX_URL_LENGTH:
+    if len(url) > MAX_SERVER_URL_LENGTH:
         raise InvalidInput(f"the server URL is {len(url)} characters long, over the limit "
-                           f"max_url_length={MAX_URL_LENGTH}", limit="max_url_length", value=MAX_URL_LENGTH)
-    if any(ord(c) <= 32 or 127 <= ord(c) < 160 for c in url):
+                           f"max_server_url_length={MAX_SERVER_URL_LENGTH}", limit="max_server_url_length",
+                           value=MAX_SERVER_URL_LENGTH)
+    if " " in url or CONTROL.search(url):
         raise _bad(url, "it holds a space or a control character")
     if "?" in url or "#" in url:
         raise _bad(url, "a server URL has no query or fragment")

@@ -77,7 +77,7 @@ def check_publish(name: str, graph: dict[str, Any], manifest: dict[str, Any] | N
     limits.check_name(name, "template name", settings.max_name_length)
     if title is not None:
         limits.check_name(title, "title", settings.max_name_length)
-    limits.check_json(description, "description", max_string=settings.max_string_length)
+    limits.check_json(description, "description", max_string=limits.Limit.setting(settings, "max_string_length"))
     limits.check_json(graph, "graph")
     limits.check_json(manifest, "manifest")
 
@@ -225,12 +225,17 @@ def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[byt
     """Store an uploaded input; the same bytes uploaded twice give the same artifact (tags are added).
 
     Tags and file name are checked first, the bytes are inspected before they are stored (``checked_upload``):
-    a refused upload leaves no object and no row. ``settings``: the limits (default: ``get_settings()``)."""
+    a refused upload leaves no object and no row. ``settings``: the limits (default: ``get_settings()``).
+    No transaction is open while the bytes are spooled, inspected and stored (a multi-GB upload must not hold
+    a pooled database connection): this use case commits what the session holds first, and its one read
+    before the bytes are stored is a transaction of its own; the rows are written afterwards."""
     tags = limits.check_tags(tags, settings or get_settings())
     filename = media.check_filename(filename) or "upload"
+    session.commit()  # the caller's reads end here: their connection goes back to the pool
     with checked_upload(data, filename, settings) as (spool, info):
         origin = f"input:{spool.sha256}"
         existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
+        session.commit()  # a short read: the same bytes are not stored twice, and no connection is held below
         if existing:
             add_tags(session, existing.id, tags)
             return existing
@@ -354,7 +359,7 @@ def url_policy(settings: Settings | None = None) -> urls.UrlPolicy:
     st = settings or get_settings()
     try:
         return sandbox.url_policy(st.url_allowlist, st.s3_endpoint if st.storage == "s3" else None, st.s3_secure,
-                                  st.url_private_ok, st.url_max_bytes, st.url_timeout_s)
+                                  st.url_private_ok, st.url_max_bytes, st.url_timeout_s, st.s3_bucket)
     except urls.UrlRefused as exc:
         raise InvalidInput(f"setting url_allowlist (MEDIALAB_URL_ALLOWLIST): {exc}") from exc
 
@@ -481,14 +486,12 @@ def idempotent_job(session: Session, api_key_id: str | None, idempotency_key: st
     return job
 
 
-PRIORITY_RANGE = (-100, 100)
-
-
 def check_job_fields(priority: int, timeout_s: float | None, settings: Settings) -> None:
     """What every path that queues a job (API, CLI, trainings) checks besides the parameters."""
-    if not isinstance(priority, int) or not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
-        raise InvalidInput(f"priority {priority!r} is outside {PRIORITY_RANGE[0]}..{PRIORITY_RANGE[1]}",
-                           limit="priority", value=PRIORITY_RANGE[1])
+    low, high = limits.PRIORITY_RANGE
+    if not isinstance(priority, int) or not low <= priority <= high:
+        raise InvalidInput(f"priority {priority!r} is outside {low}..{high} (limits.PRIORITY_RANGE)",
+                           limit="limits.PRIORITY_RANGE", value=high)
     limits.check_timeout(timeout_s, settings)
 
 
@@ -763,10 +766,12 @@ SERVER_STATE_ACTIONS = {"draining": "server.drain", "active": "server.activate"}
 
 
 def set_server_state(session: Session, ref: str, state: str) -> ServerRow:
+    """``state``: draining or active (a key of ``SERVER_STATE_ACTIONS``)."""
+    action = SERVER_STATE_ACTIONS[state]
     row = get_server(session, ref)
     row.state = state
     session.add(row)
-    audit.record(session, SERVER_STATE_ACTIONS.get(state, f"server.{state}"), row.name, {"id": row.id})
+    audit.record(session, action, row.name, {"id": row.id})
     session.commit()
     return row
 

@@ -10,27 +10,24 @@ travels on ``scope["state"]["api_key"]`` to the route's dependencies, which read
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import unquote_plus
 
 import anyio
 import anyio.to_thread
-import fastapi.routing
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator import auth
+from orchestrator.api.problems import send_problem
+from orchestrator.api.routing import RouteNeeds, api_routes, needs
 from orchestrator.errors import MediaLabError, TooLarge
 from orchestrator.limits import CONTROL
 from orchestrator.models import ApiKey
 
 Message = MutableMapping[str, Any]
-PROBLEM = "application/problem+json"
 KEY_CHECKS = 4  # key checks at once (each a database connection for a moment): a burst of requests, such as
 # hundreds of event streams opening together, waits here instead of emptying the connection pool
 
@@ -43,53 +40,21 @@ def key_from_headers(headers: dict[str, str]) -> str | None:
     return headers.get("x-api-key")
 
 
-def route_roles(dependant: Dependant) -> tuple[auth.Role, ...] | None:
-    """The roles a route's ``require`` dependency asks for (``()``: any valid key), None when it needs no key."""
-    for dep in dependant.dependencies:
-        roles = getattr(dep.call, "medialab_roles", None)
-        if roles is not None:
-            return roles
-        found = route_roles(dep)
-        if found is not None:
-            return found
-    return None
-
-
-async def send_problem(send: Send, status: int, title: str, detail: str, **extra: Any) -> None:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
-                      default=str).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def api_routes(routes: list[Any]) -> Iterator[tuple[str, set[str], APIRoute]]:
-    """(full path, methods, route) of every API route, included routers too (FastAPI >= 0.16x keeps an
-    included router as one nested entry of ``app.routes``)."""
-    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
-    if contexts is None:
-        yield from ((r.path_format, r.methods, r) for r in routes if isinstance(r, APIRoute))
-        return
-    for c in contexts(routes):
-        if isinstance(c.original_route, APIRoute):
-            yield c.path_format, c.original_route.methods, c.original_route
-
-
 class Guard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._table: list[tuple[re.Pattern[str], set[str], tuple[auth.Role, ...] | None]] | None = None
+        self._table: list[tuple[re.Pattern[str], set[str], RouteNeeds]] | None = None
         self._checks: anyio.CapacityLimiter | None = None
 
-    def _needs(self, scope: Scope) -> tuple[auth.Role, ...] | None:
-        """The roles the request's route needs (None: no key, or no such route: the app answers)."""
+    def _needs(self, scope: Scope) -> RouteNeeds | None:
+        """What the request's route needs (None: no such route; the app answers 404 or 405)."""
         if self._table is None:
-            self._table = [(compile_path(path)[0], methods, route_roles(route.dependant))
+            self._table = [(compile_path(path)[0], methods, needs(route))
                            for path, methods, route in api_routes(scope["app"].routes)]
-        path, method = scope["path"], scope["method"]
-        for regex, methods, roles in self._table:
+        path, method = route_path(scope), scope["method"]
+        for regex, methods, route_needs in self._table:
             if method in methods and regex.match(path):
-                return roles
+                return route_needs
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,21 +67,21 @@ class Guard:
             await send_problem(send, 422, "Invalid request", f"the request's {where} holds a control character "
                                "(NUL, newline, ...): no name, id or query value may")
             return
-        roles = self._needs(scope)
-        if roles is not None:
+        route = self._needs(scope)
+        if route is not None and route.roles is not None:
             ctx = scope["app"].state.ctx
             try:
                 if self._checks is None:  # made in the app's own event loop
                     self._checks = anyio.CapacityLimiter(KEY_CHECKS)
-                key = await anyio.to_thread.run_sync(check_key, ctx, key_from_headers(headers), roles,
+                key = await anyio.to_thread.run_sync(check_key, ctx, key_from_headers(headers), route.roles,
                                                      limiter=self._checks)
             except MediaLabError as exc:
                 await send_problem(send, exc.status, exc.title, exc.message, **exc.extra)
                 return
             scope.setdefault("state", {})["api_key"] = key
         settings = scope["app"].state.ctx.settings
-        multipart = headers.get("content-type", "").startswith("multipart/")
-        limit, name = ((settings.max_upload_bytes, "max_upload_bytes") if multipart
+        # the route decides which cap applies, never the caller's Content-Type
+        limit, name = ((settings.max_upload_bytes, "max_upload_bytes") if route is not None and route.form
                        else (settings.max_body_bytes, "max_body_bytes"))
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -126,6 +91,14 @@ class Guard:
             return
         receive, send = capped(receive, send, limit, name)
         await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes match: without the ``root_path`` the app is mounted under (``--root-path``)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
 
 
 def control_character(scope: Scope) -> str | None:

@@ -3,6 +3,7 @@ OpenAPI document declares for each route."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -12,10 +13,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
+from starlette.types import Send
 
-from orchestrator.api.guard import PROBLEM, api_routes, route_roles
+from orchestrator.api.routing import api_routes, route_roles
 from orchestrator.errors import MediaLabError
+from orchestrator.server_urls import redact_value
 from storage import StorageUnavailable
+
+PROBLEM = "application/problem+json"
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +37,21 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
+def problem_body(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """The one shape of every error the API sends; credentials of any URL in it (a server's) are redacted."""
+    return redact_value({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra})
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(problem_body(status, title, detail, **extra), status_code=status, media_type=PROBLEM)
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str, **extra: Any) -> None:
+    """The same, straight on an ASGI ``send`` (the request guard answers before the app runs)."""
+    body = json.dumps(problem_body(status, title, detail, **extra), default=str).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI) -> None:
@@ -42,7 +59,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(MediaLabError)
     async def _medialab_error(_: Request, exc: MediaLabError) -> JSONResponse:
-        return JSONResponse(exc.to_problem(), status_code=exc.status, media_type=PROBLEM)
+        return problem(exc.status, exc.title, exc.message, **exc.extra)
 
     @app.exception_handler(StorageUnavailable)
     async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
@@ -79,13 +96,18 @@ DESCRIPTIONS = {
 
 
 def error_codes(route: APIRoute, method: str) -> list[int]:
-    """The error statuses a route can answer, from what it takes and which key it needs."""
+    """The error statuses a route can answer, from what it takes and which key it needs: every route may
+    refuse its input (422) or fail (500); a route that names something (a path parameter) or changes something
+    may find it missing (404) or its dependencies down (503); a change may conflict (409) or be too large (413)."""
     roles = route_roles(route.dependant)
-    codes = [404, 422, 500, 503]
+    names = bool(route.dependant.path_params)
+    codes = {422, 500}
     if roles is not None:
-        codes += [401] + ([403] if roles else [])
+        codes |= {401} | ({403} if roles else set())
+    if names or method != "GET":
+        codes |= {404, 503}
     if method != "GET":
-        codes += [409, 413]
+        codes |= {409, 413}
     return sorted(codes)
 
 

@@ -9,19 +9,21 @@ from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from orchestrator.jobs import JobState
-from orchestrator.limits import MAX_PATH_LENGTH, MAX_QUERY_LENGTH
-from orchestrator.server_urls import redact, redact_value
+from orchestrator.limits import CONTROL_CHARS, MAX_PATH_LENGTH, MAX_QUERY_LENGTH, PRIORITY_RANGE
+from orchestrator.server_urls import MAX_SERVER_URL_LENGTH, redact, redact_value
+from orchestrator.training.dataset import MAX_IMAGES as MAX_DATASET_IMAGES
 
 # What the API shows of a server URL, a message or an error: never the credentials of a URL in it.
 Shown = Annotated[str, AfterValidator(redact)]
 ShownJson = Annotated[dict[str, Any] | None, AfterValidator(redact_value)]
 MAX_VERSION = 10**9  # template versions (integers in the database)
+# Text without control characters (the one rule: limits.CONTROL), non-empty or possibly empty.
+PRINTABLE, PRINTABLE_OR_EMPTY = rf"^[^{CONTROL_CHARS}]+$", rf"^[^{CONTROL_CHARS}]*$"
 # An id, reference or label of a request: bounded and printable (names with a setting as their limit are
 # checked by the service, which names that setting).
-Label = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")]
-MAX_DATASET_IMAGES = 5000
+Label = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH, pattern=PRINTABLE)]
 # A free-text filter of a listing (?template=, ?tag=, ...): bounded and printable.
-QueryText = Annotated[str | None, Query(max_length=MAX_QUERY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]*$")]
+QueryText = Annotated[str | None, Query(max_length=MAX_QUERY_LENGTH, pattern=PRINTABLE_OR_EMPTY)]
 FiniteSeconds = Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="Seconds; at most the "
                                               "service's max_timeout_s (a setting).")]
 
@@ -90,7 +92,7 @@ class JobSubmit(BaseModel):
     template: str = Field(description="Template name (at most max_name_length characters).")
     version: int | None = Field(None, ge=1, le=MAX_VERSION, description="Template version; default: the newest.")
     params: dict[str, Any] = Field({}, description="At most max_params; strings at most max_string_length.")
-    priority: int = Field(0, ge=-100, le=100)
+    priority: int = Field(0, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])
     timeout_s: FiniteSeconds = None
 
 
@@ -159,14 +161,14 @@ class TrainingSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: Label = Field(description="Dataset artifact id.")
-    base: str = Field(min_length=1, max_length=MAX_PATH_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$",
+    base: str = Field(min_length=1, max_length=MAX_PATH_LENGTH, pattern=PRINTABLE,
                       description="Base checkpoint (file name in the checkpoints folder).")
     preset: Label | None = Field("sd15-character", description="Training preset; null: every option in `set`.")
     trigger: str | None = Field(None, description="Trigger word (default: the preset's).")
     name: str | None = Field(None, description="Registry name of the LoRA (default: the dataset's name).")
     set: dict[str, Any] = Field({}, description="Training options over the preset (see TrainingSpec); at most "
                                 "max_params.")
-    priority: int = Field(0, ge=-100, le=100)
+    priority: int = Field(0, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])
     timeout_s: FiniteSeconds = None
 
 
@@ -194,7 +196,7 @@ class TrainerHello(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trainer: Label = Field(description="The trainer's name (unique per trainer process).")
-    gpu_server: str | None = Field(None, max_length=2048, pattern=r"^[^\x00-\x1f\x7f]+$",
+    gpu_server: str | None = Field(None, max_length=MAX_SERVER_URL_LENGTH, pattern=PRINTABLE,
                                    description="The pool server it shares its GPU with (name, id or URL).")
     info: dict[str, Any] | None = None
 

@@ -30,7 +30,7 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom
 FaceFinder = Callable[[Image.Image], Box | None]
 
 MIN_IMAGES = 5
-MAX_IMAGES = 5000
+MAX_IMAGES = 5000  # images (and captions) of one dataset: the one bound (API schemas, dataset_store)
 TEMPLATE_FIELDS = frozenset({"trigger", "caption", "name"})
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -240,7 +240,8 @@ def build_dataset(images: Sequence[DatasetImage], *, resolution: int, caption_te
     if caption_template is not None:
         check_template(caption_template)
     if len(images) > MAX_IMAGES:
-        raise InvalidInput(f"{len(images)} images: at most {MAX_IMAGES}")
+        raise InvalidInput(f"{len(images)} images, over the limit dataset.MAX_IMAGES={MAX_IMAGES}",
+                           limit="dataset.MAX_IMAGES", value=MAX_IMAGES)
     finder = face_finder or opencv_face_finder
     items = []
     for image, name in zip(images, unique_names(i.name for i in images), strict=True):

@@ -20,12 +20,18 @@ from orchestrator.errors import InvalidInput
 from orchestrator.models import Artifact, ArtifactTag
 from orchestrator.settings import Settings, get_settings
 from orchestrator.training import registry as reg
-from orchestrator.training.dataset import Dataset, DatasetImage, build_dataset, check_dataset, sample_frames
+from orchestrator.training.dataset import (
+    MAX_IMAGES,
+    Dataset,
+    DatasetImage,
+    build_dataset,
+    check_dataset,
+    sample_frames,
+)
 from orchestrator.training.presets import TrainingSpec, spec_from
 from storage import ObjectStore
 
 ROLE = "dataset"
-MAX_IMAGES = 5000  # images (and captions) of one dataset
 CONTENT_TYPE = "application/x-tar"
 
 
@@ -55,8 +61,11 @@ def build(session: Session, store: ObjectStore, *, name: str, trigger: str, imag
     limits.check_name(name, "dataset name", caps.max_name_length)
     limits.check_name(trigger, "trigger", caps.max_name_length)
     limits.check_json({"captions": captions or {}, "caption_template": caption_template}, "the dataset",
-                      max_string=caps.max_string_length, max_items=MAX_IMAGES, max_key=limits.MAX_QUERY_LENGTH)
-    reg.check_name(name)
+                      max_string=limits.Limit.setting(caps, "max_string_length"),
+                      max_items=limits.Limit("dataset.MAX_IMAGES", MAX_IMAGES),  # a caption per image
+                      max_key=limits.Limit("limits.MAX_QUERY_LENGTH", limits.MAX_QUERY_LENGTH))  # artifact ids
+    limits.check_name(name, "dataset name", reg.MAX_NAME_LENGTH, reg.NAME_LIMIT, pattern=reg.NAME,
+                      rule=f"{reg.NAME_RULE} (it names the LoRA trained on it)")
     images = list(images or [])
     captions = dict(captions or {})
     unknown = set(captions) - set(images)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
 from orchestrator import audit, limits, media, sandbox, service
@@ -96,7 +97,9 @@ def submit_training(session: Session, store: ObjectStore, settings: Settings, *,
     spec = spec_from(preset, values)
     dataset_store.check_for(store, ds, spec)
     check_base(session, settings, base)
-    lora_name = reg.check_name(name or (ds.params or {}).get("name") or spec.trigger.lower().replace(" ", "-"))
+    lora_name = limits.check_name(name or (ds.params or {}).get("name") or spec.trigger.lower().replace(" ", "-"),
+                                  "model name", reg.MAX_NAME_LENGTH, reg.NAME_LIMIT, pattern=reg.NAME,
+                                  rule=reg.NAME_RULE)
     params = {"dataset": ds.id, "dataset_sha256": ds.sha256, "base_model": base, "preset": preset,
               "name": lora_name, "spec": spec.model_dump(mode="json")}
     job = Job(kind=KIND, template=TEMPLATE, version=1, params=params, priority=priority, timeout_s=timeout_s,
@@ -174,6 +177,16 @@ def held_attempt(session: Session, attempt_id: str, name: str, api_key_id: str |
     return attempt, service.get_job(session, attempt.job_id)
 
 
+def lock_claim(session: Session, attempt_id: str, name: str) -> bool:
+    """Whether the claim is still the trainer's, as the first write of the transaction that records something
+    for it: a conditional UPDATE (a no-op on the row) that holds the attempt's row lock on PostgreSQL, the
+    write lock on SQLite, until that transaction ends, so the claim cannot be taken back in between."""
+    owner = claims.trainer_owner(name)
+    res = session.execute(update(Attempt).where(col(Attempt.id) == attempt_id, col(Attempt.state) == JobState.RUNNING,
+                                                col(Attempt.owner) == owner).values(owner=owner))
+    return res.rowcount == 1
+
+
 MEASURES = ("loss", "eta_s", "rate")  # a diverged run reports a NaN or infinite loss: recorded as null
 
 
@@ -242,7 +255,12 @@ def store_output(session: Session, store: ObjectStore, attempt_id: str, name: st
                  data: BinaryIO, filename: str, step: int | None = None, api_key_id: str | None = None,
                  settings: Settings | None = None) -> Artifact:
     """A sample image, an intermediate checkpoint or the final LoRA of the claim, stored with lineage. The
-    bytes pass the same checks as an upload (``service.checked_upload``) before they are stored."""
+    bytes pass the same checks as an upload (``service.checked_upload``) before they are stored.
+
+    No transaction is open while the bytes are spooled, inspected and stored (a checkpoint is gigabytes; a
+    held connection per upload would empty the pool): the claim is checked in a short read first, and again
+    in the transaction that writes the rows (``lock_claim``), so a claim taken back meanwhile gets nothing
+    written."""
     if kind not in OUTPUT_KINDS:
         raise InvalidInput(f"output kind {kind[:40]!r}: one of {', '.join(OUTPUT_KINDS)}")
     if step is not None and not 0 <= step <= limits.INT64_MAX:
@@ -251,10 +269,14 @@ def store_output(session: Session, store: ObjectStore, attempt_id: str, name: st
     filename = media.check_filename(filename) or kind
     origin = f"output:{job.id}:{attempt.id}:{kind}:{filename}"  # a retry's files are its own
     existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
+    session.commit()  # the reads end here: no connection is held while the bytes are read and stored
     if existing:
         return existing
     with service.checked_upload(data, filename, settings) as (spool, info):
         obj = store.put_file(spool.path, spool.sha256)
+    if not lock_claim(session, attempt.id, name):
+        session.rollback()
+        raise Conflict(f"attempt {attempt_id} is no longer held by trainer {name}; its {kind} is not taken")
     art = Artifact(origin=origin, key=obj.key, sha256=obj.sha256, size=obj.size, content_type=info.content_type,
                    filename=filename, role="output", job_id=job.id, attempt_id=attempt.id, output_name=kind,
                    template=TEMPLATE, template_version=1, params=job.params,
@@ -264,7 +286,11 @@ def store_output(session: Session, store: ObjectStore, attempt_id: str, name: st
     session.add(JobEvent(job_id=job.id, kind="info", reason=f"{kind} stored: {filename}" +
                          (f" (step {step})" if step is not None else ""),
                          data={"artifact": art.id, "kind": kind, "step": step, "sha256": obj.sha256}))
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # the same output uploaded twice at once (a retried request): theirs is the artifact
+        session.rollback()
+        return session.exec(select(Artifact).where(Artifact.origin == origin)).one()
     return art
 
 

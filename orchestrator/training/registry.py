@@ -33,7 +33,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
-from orchestrator import audit, service
+from orchestrator import audit, limits, service
 from orchestrator.comfy.client import ComfyClient
 from orchestrator.errors import Conflict, InvalidInput, MediaLabError, NotFound
 from orchestrator.models import Artifact, LoraModel, ServerRow, now
@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LORA_FOLDER = "loras"
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A LoRA's registry name (its files are <name>-v<N>.safetensors), checked with limits.check_name
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+NAME_RULE = "use lower-case letters, digits, '_' or '-', starting with a letter or digit"
+MAX_NAME_LENGTH, NAME_LIMIT = 64, "registry.MAX_NAME_LENGTH"
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
@@ -74,13 +77,6 @@ def check_state_change(current: str, new: str) -> LoraState:
     if target not in TRANSITIONS[LoraState(current)]:
         raise Conflict(f"a {current} model cannot become {new}")
     return target
-
-
-def check_name(name: str) -> str:
-    if not NAME.match(name):
-        raise InvalidInput(f"model name {name!r}: use 1-64 lower-case letters, digits, '_' or '-', starting with a "
-                           "letter or digit")
-    return name
 
 
 def lora_filename(name: str, version: int) -> str:
@@ -160,7 +156,7 @@ def register(session: Session, store: ObjectStore, artifact: Artifact, name: str
     With ``commit=False`` the row goes in through a savepoint of the caller's transaction (which the caller
     commits; on SQLite it must already have written something, so that the savepoint is nested). A version
     number taken meanwhile by another registration of the same name is retried with the next one."""
-    check_name(name)
+    limits.check_name(name, "model name", MAX_NAME_LENGTH, NAME_LIMIT, pattern=NAME, rule=NAME_RULE)
     existing = session.exec(select(LoraModel).where(LoraModel.sha256 == artifact.sha256)).first()
     if existing:
         return existing

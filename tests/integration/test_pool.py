@@ -157,13 +157,17 @@ def orchestrator_env(home: Path, servers: list[str], **extra: str) -> dict[str, 
     return env
 
 
+def admin_key(env: dict[str, str]) -> str:
+    """A new admin key, made by the CLI of the orchestrator that ``env`` describes."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", "keys", "create", "--role", "admin"], env=env,
+                          capture_output=True, text=True, check=True).stdout.split(": ")[-1].strip()
+
+
 def test_orchestrator_killed_mid_job_completes_it_exactly_once(comfy_url: str, tmp_path: Path) -> None:
     from orchestrator.comfy.worker import free_port
 
     env = orchestrator_env(tmp_path / "home", [comfy_url])
-    key = subprocess.run([sys.executable, "-m", "orchestrator", "keys", "create", "--role", "admin"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split(": ")[-1].strip()
-    headers = {"X-API-Key": key}
+    headers = {"X-API-Key": admin_key(env)}
     port = free_port()
     proc = serve(env, port, tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}/v1"

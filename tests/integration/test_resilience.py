@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_cli import medialab
 from tests.integration.test_jobs_api import submit, upload, wait
-from tests.integration.test_pool import _events, orchestrator_env, pg_url, running_on, serve, wait_until  # noqa: F401
+from tests.integration.test_pool import _events, admin_key, orchestrator_env, pg_url, running_on, serve, wait_until  # noqa: F401
 from tests.s3 import S3Server
 from tests.tcp_proxy import TcpProxy
 
@@ -183,9 +181,7 @@ def test_restart_under_the_same_replica_id_within_the_lease_adopts_the_attempt(c
     lease_s = 20.0
     env = orchestrator_env(tmp_path / "home", [comfy_url], MEDIALAB_REPLICA_ID="x")
     env["MEDIALAB_LEASE_S"] = str(lease_s)
-    key = subprocess.run([sys.executable, "-m", "orchestrator", "keys", "create", "--role", "admin"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split(": ")[-1].strip()
-    headers = {"X-API-Key": key}
+    headers = {"X-API-Key": admin_key(env)}
     port = free_port()
     proc = serve(env, port, tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}/v1"

@@ -5,21 +5,25 @@ the API's request session has it)."""
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import event
 from sqlmodel import Session, select
 
-from orchestrator import audit, auth, service
+from orchestrator import audit, auth, limits, service
 from orchestrator.db import Database
 from orchestrator.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from orchestrator.models import ApiKey, AuditEvent, TemplateVersionRow, now
 from tests.unit.test_publish import GRAPH
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def key(roles: list[str] | None = None, **fields: object) -> ApiKey:
@@ -107,13 +111,18 @@ def test_expiry_forms_and_limits() -> None:
 
 
 def test_key_names_and_roles_are_checked() -> None:
+    def check(name: str, max_length: int) -> str:  # as create_key checks a key name: the one name rule
+        return limits.check_name(name, "key name", max_length, pattern=auth.NAME, rule=auth.NAME_RULE)
+
     with pytest.raises(InvalidInput, match="over the limit max_name_length=8") as exc:
-        auth.check_name("a" * 9, 8)
+        check("a" * 9, 8)
     assert exc.value.extra == {"limit": "max_name_length", "value": 8}
     for bad in ("", "-x", "a b", "x\x00", "ü"):
         with pytest.raises(InvalidInput, match="key name"):
-            auth.check_name(bad, 128)
-    assert auth.check_name("gpu-host_1.a@b+c", 128) == "gpu-host_1.a@b+c"
+            check(bad, 128)
+    assert check("gpu-host_1.a@b+c", 128) == "gpu-host_1.a@b+c"
+    with pytest.raises(InvalidInput, match="key name 'a b': use letters"):
+        auth.create_key(Session(), "a b", ["run"])  # refused before the session is touched
     with pytest.raises(InvalidInput, match="unknown role"):
         auth.parse_roles(["run", "wizard"])
     with pytest.raises(InvalidInput, match="at least one role"):
@@ -123,9 +132,13 @@ def test_key_names_and_roles_are_checked() -> None:
 def test_audit_data_holds_no_secrets() -> None:
     data = {"url": "http://user:pa55@gpu1:8188/x?y=1", "key": "mlk_secret", "Password": "p", "nested": {
         "token": "t", "ok": ["https://u:p@[::1]:8188", 1, None]}, "at": T0}
-    assert audit.scrub(data) == {"url": "http://gpu1:8188/x?y=1", "nested": {"ok": ["https://[::1]:8188", 1, None]},
+    assert audit.scrub(data) == {"url": "http://user:***@gpu1:8188/x?y=1",
+                                 "nested": {"ok": ["https://u:***@[::1]:8188", 1, None]},
                                  "at": "2026-12-01T12:00:00+00:00"}
-    assert audit.strip_credentials("not a url @ all") == "not a url @ all"
+    # the one redactor (server_urls.redact): URLs inside text too, and text that only looks like one is kept
+    assert audit.scrub({"error": "GET http://a:pw@gpu2/prompt failed", "t": ("ws://tok@h",)}) == {
+        "error": "GET http://a:***@gpu2/prompt failed", "t": ["ws://***@h"]}
+    assert audit.scrub("not a url @ all") == "not a url @ all"
 
 
 # -- keys in the database ----------------------------------------------------------------------------
@@ -167,6 +180,80 @@ def test_revoke_by_id_or_name_never_the_last_admin(db: Database) -> None:
             auth.revoke_key(s, "nobody")
         assert [k.name for k in auth.list_keys(s)] == ["root2"]
         assert [k.name for k in auth.list_keys(s, include_revoked=True)] == ["root", "ci", "root2"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh database of each kind (PostgreSQL at 127.0.0.1:5432, trust auth; skipped without it)."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        yield database
+        database.engine.dispose()
+        return
+    name = f"medialab_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(PG, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
+    database = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    yield database
+    database.engine.dispose()
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_two_concurrent_revokes_of_the_last_two_admin_keys_leave_one(any_db: Database) -> None:
+    """Two sessions revoke the last two admin keys at once. The first is held just before its commit until the
+    second has passed the check in Python (which still sees the first key active) and reached the database
+    (its lock or its UPDATE); then the first commits. Exactly one revoke may win."""
+    db = any_db
+    with db.session() as s:
+        a, _ = auth.create_key(s, "a", ["admin"])
+        b, _ = auth.create_key(s, "b", ["admin", "run"])
+    first_at_commit, second_at_write, release = threading.Event(), threading.Event(), threading.Event()
+
+    def on_commit(_conn: object) -> None:
+        if threading.current_thread().name == "first":
+            first_at_commit.set()
+            release.wait(30)
+
+    def on_execute(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if threading.current_thread().name == "second" and (
+                "FOR UPDATE" in statement or statement.lstrip().startswith("UPDATE api_keys")):
+            second_at_write.set()
+
+    outcomes: dict[str, str] = {}
+
+    def revoke(ref: str) -> None:
+        try:
+            with db.session() as s:
+                auth.revoke_key(s, ref)
+            outcomes[threading.current_thread().name] = "revoked"
+        except Conflict as exc:
+            outcomes[threading.current_thread().name] = exc.message
+
+    event.listen(db.engine, "commit", on_commit)
+    event.listen(db.engine, "before_cursor_execute", on_execute)
+    threads = [threading.Thread(target=revoke, args=(ref,), name=name) for name, ref in (("first", a.id),
+                                                                                          ("second", b.id))]
+    try:
+        threads[0].start()
+        assert first_at_commit.wait(30)
+        threads[1].start()
+        assert second_at_write.wait(30)
+        time.sleep(0.3)  # let it reach the row lock / write lock (had it not yet, the outcome is the same)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+        event.remove(db.engine, "commit", on_commit)
+        event.remove(db.engine, "before_cursor_execute", on_execute)
+    assert outcomes["first"] == "revoked"
+    assert "is the last admin key" in outcomes["second"]
+    with db.session() as s:
+        assert [k.name for k in auth.list_keys(s)] == ["b"]
+        assert [e.target for e in s.exec(select(AuditEvent).where(AuditEvent.action == "key.revoke"))] == [a.id]
 
 
 def test_a_name_held_by_several_live_keys_needs_the_id(db: Database) -> None:
@@ -261,7 +348,7 @@ def test_audit_rows_name_the_actor_and_go_with_their_transaction(db: Database) -
     rows = events(db)
     assert [(r.action, r.api_key_id, r.key_name) for r in rows] == [("key.create", None, None),
                                                                     ("server.add", admin.id, "root")]
-    assert rows[1].data == {"url": "http://gpu1:8188"}
+    assert rows[1].data == {"url": "http://u:***@gpu1:8188"}
 
 
 def test_service_changes_are_audited_once_and_not_when_rolled_back(db: Database, tmp_path: Path) -> None:
@@ -303,7 +390,7 @@ def test_service_changes_are_audited_once_and_not_when_rolled_back(db: Database,
         ("server.add", "gpu1"), ("server.drain", "gpu1"), ("server.activate", "gpu1"), ("server.remove", "gpu1"),
         ("template.publish", "scaler@v1"), ("template.deprecate", "scaler@v1")]
     assert all(r.api_key_id == admin.id and r.key_name == "root" for r in rows)
-    assert rows[0].data == {"id": server.id, "url": "http://gpu1:8188", "source": "api"}  # no credentials
+    assert rows[0].data == {"id": server.id, "url": "http://user:***@gpu1:8188", "source": "api"}  # no password
     assert rows[4].data == {"content_hash": v1.content_hash}
 
 
@@ -331,5 +418,5 @@ def test_query_filters_and_bounds(db: Database) -> None:
         assert q(limit=1, offset=1) == [("job.cancel", "j1")]
         with pytest.raises(InvalidInput, match="audit.MAX_LIMIT=500"):
             audit.query(s, limit=501)
-        with pytest.raises(InvalidInput, match="audit.MAX_OFFSET"):
+        with pytest.raises(InvalidInput, match="limits.MAX_OFFSET"):
             audit.query(s, offset=2**63)

@@ -241,7 +241,7 @@ def test_a_spooled_upload_over_the_byte_cap_stops_at_once_and_leaves_no_file(tmp
 # -- server URLs -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("url, why", [
     ("http://127.0.0.1:8188\x00", "control character"), ("http://gpu 1:8188", "space"),
-    ("http://" + "a" * 100_000, "max_url_length=2048"), ("ftp://gpu1", "http:// or https://"),
+    ("http://" + "a" * 100_000, "max_server_url_length=2048"), ("ftp://gpu1", "http:// or https://"),
     ("gpu1:8188", "http:// or https://"), ("http://gpu1/?x=1", "no query"), ("http://gpu1/#top", "no query"),
     ("http://gpu1:0", "outside 1..65535"), ("http://gpu1:65536", "outside 1..65535"), ("http://", "no host"),
     ("http://gpu1:port", "not a URL"), ("http://-gpu-/", "not a host name"), ("", "non-empty"),

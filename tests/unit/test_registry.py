@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from sqlalchemy import update as sa_update
 
-from orchestrator import service
+from orchestrator import limits, service
 from orchestrator.db import Database
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.models import Artifact
@@ -64,11 +64,18 @@ def test_only_approved_registered_loras_are_usable() -> None:
 
 
 def test_names() -> None:
-    assert registry.check_name("hero-2") == "hero-2"
+    def check(name: str) -> str:  # the one name rule, with the registry's pattern and length
+        return limits.check_name(name, "model name", registry.MAX_NAME_LENGTH, registry.NAME_LIMIT,
+                                 pattern=registry.NAME, rule=registry.NAME_RULE)
+
+    assert check("hero-2") == "hero-2" and check("x" * 64) == "x" * 64
     assert registry.lora_filename("hero", 3) == "hero-v3.safetensors"
-    for bad in ("Hero", "-x", "a/b", "", "x" * 65):
-        with pytest.raises(InvalidInput):
-            registry.check_name(bad)
+    for bad in ("Hero", "-x", "a/b", ""):
+        with pytest.raises(InvalidInput, match="model name .*: use lower-case letters"):
+            check(bad)
+    with pytest.raises(InvalidInput, match="over the limit registry.MAX_NAME_LENGTH=64") as exc:
+        check("x" * 65)
+    assert exc.value.extra == {"limit": "registry.MAX_NAME_LENGTH", "value": 64}
 
 
 def test_metadata_read_from_a_generated_safetensors_file(tmp_path: Path) -> None:

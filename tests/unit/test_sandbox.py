@@ -19,6 +19,8 @@ from tests.unit.test_editor import INFO, RECORDED
 
 HEX = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
 KEY = f"sha256/ab/{HEX}"
+SIGNED = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ak%2F20260101%2Fus-east-1%2Fs3%2Faws4_request" \
+         "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=abc123"
 ESCAPE = "leaves ComfyUI's folders: absolute paths and '..' are not allowed"
 
 
@@ -149,6 +151,68 @@ def test_capabilities_record_file_inputs_and_old_rows_stay_unknown() -> None:
     merged = sandbox.Definitions.merge([Capabilities.from_json(old), caps, None])
     assert merged.known == {"LoadImage", "CLIPTextEncode"} and merged.file_inputs["LoadImage"] == {"image"}
     assert sandbox.Definitions.merge([Capabilities.from_json(old)]).known == frozenset()
+    assert caps.free_text == {"CLIPTextEncode": frozenset({"text"})} and merged.free_text == caps.free_text
+    no_free_text = caps.to_json()
+    del no_free_text["free_text"]  # recorded before free text was: its classes stay unknown too
+    assert Capabilities.from_json(no_free_text).free_text is None
+    assert sandbox.Definitions.merge([Capabilities.from_json(no_free_text)]).known == frozenset()
+
+
+# Third-party loaders whose path inputs are plain STRINGs named like media (VHS LoadVideoPath, WAS "Load Image
+# (Path)"-style nodes): their names match no file-name pattern, so only "check every string" catches them.
+PATH_LOADERS: dict[str, Any] = {
+    "VHS_LoadVideoPath": {"input": {"required": {
+        "video": ["STRING", {"placeholder": "X://insert/path/here.mp4", "vhs_path_extensions": ["mp4", "webm"]}],
+        "force_rate": ["FLOAT", {"default": 0, "min": 0, "max": 60, "step": 1}]},
+        "optional": {"meta_batch": ["VHS_BatchManager"]}}},
+    "Load Image (Path)": {"input": {"required": {"image": ["STRING", {"default": ""}]}}},
+    "LoadAudioPath": {"input": {"required": {"audio": ["STRING", {}], "mask": ["STRING", {"multiline": False}],
+                                             "model": ["STRING"]}}},
+    "CLIPTextEncode": {"input": {"required": {"text": ["STRING", {"multiline": True, "dynamicPrompts": True}],
+                                              "clip": ["CLIP"]}}},
+    "BatchPaths": {"input": {"required": {"paths": ["STRING", {"multiline": True}]}}},  # multiline, but a path
+}
+
+
+@pytest.mark.parametrize("cls, name", [("VHS_LoadVideoPath", "video"), ("Load Image (Path)", "image"),
+                                       ("LoadAudioPath", "audio"), ("LoadAudioPath", "mask"),
+                                       ("LoadAudioPath", "model")])
+def test_string_path_inputs_of_known_classes_are_checked_whatever_their_name(cls: str, name: str) -> None:
+    defs = sandbox.Definitions.from_object_info(PATH_LOADERS)
+    via_caps = sandbox.Definitions.merge([Capabilities.from_json(Capabilities.from_probe(PATH_LOADERS, {}, {})
+                                                                 .to_json())])
+    for d in (defs, via_caps):
+        assert cls in d.known and name not in d.file_inputs.get(cls, ())  # not a file input by name ...
+        for escape in ("/etc/passwd", "../../../etc/passwd", "%2e%2e/secret.mp4", "~/.ssh/id_rsa", "C:\\x.png"):
+            problems = check({"1": node(cls, **{name: escape})}, defs=d)
+            assert problems == [f"node '1' (#1 {cls}) input '{name}': {sandbox._shown(escape)} {ESCAPE}"], problems
+        assert check({"1": node(cls, **{name: "clips/take 1.mp4"})}, defs=d) == []  # ... but checked for escapes
+    through_param = {"1": node("MediaLabParamText", value="/etc/passwd"), "2": node(cls, **{name: ["1", 0]})}
+    assert len(check(through_param, defs=defs)) == 1  # the parameter's value, where it lands
+
+
+def test_multiline_prompts_of_known_classes_stay_free() -> None:
+    defs = sandbox.Definitions.from_object_info(PATH_LOADERS)
+    assert defs.free_text == {"CLIPTextEncode": frozenset({"text"})}
+    for prompt in ("../../ a strange prompt", "/imagine a cat\n../..", "C:\\ drive of dreams", "~/home"):
+        assert check({"1": node("CLIPTextEncode", text=prompt)}, defs=defs) == []
+    # a multiline widget that is a file input by its name stays strict
+    assert check({"1": node("BatchPaths", paths="../x.png")}, defs=defs)
+    # a single-line STRING of a known class is no prompt: checked
+    assert check({"1": node("VHS_LoadVideoPath", video="../x.mp4", force_rate=24.0)}, defs=defs)
+
+
+def test_free_text_is_what_every_server_knowing_the_class_calls_free() -> None:
+    multiline = {"Loader": {"input": {"required": {"text": ["STRING", {"multiline": True}]}}}}
+    single = {"Loader": {"input": {"required": {"text": ["STRING", {}]}}}, "Other": {"input": {}}}
+    a, b = (Capabilities.from_probe(info, {}, {}) for info in (multiline, single))
+    assert sandbox.Definitions.merge([a]).free_text == {"Loader": frozenset({"text"})}
+    for servers in ([a, b], [b, a]):
+        merged = sandbox.Definitions.merge(servers)
+        assert merged.known == {"Loader", "Other"} and merged.free_text == {}
+        assert check({"1": node("Loader", text="../x")}, defs=merged)
+    assert sandbox.Definitions.merge([a, Capabilities.from_probe({"Other": {"input": {}}}, {}, {})]).free_text == \
+        {"Loader": frozenset({"text"})}  # a server that lacks the class does not decide for it
 
 
 # -- graphs ----------------------------------------------------------------------------------------
@@ -158,7 +222,9 @@ DEFS = sandbox.Definitions(frozenset({"LoadImage", "CLIPTextEncode", "SaveImage"
                            {"LoadImage": frozenset({"image"}), "SaveImage": frozenset({"filename_prefix"}),
                             "MediaLabParamModel": frozenset({"value", "folder"}),
                             "MediaLabLoadImage": frozenset({"source"}),
-                            "UpscaleModelLoader": frozenset({"model_name"})})
+                            "UpscaleModelLoader": frozenset({"model_name"})},
+                           {"CLIPTextEncode": frozenset({"text"}), "MediaLabParamText": frozenset({"value"}),
+                            "StringConcatenate": frozenset({"string_a", "string_b"})})
 POLICY = urls.UrlPolicy.build(["https://shots.example"])
 
 
@@ -243,7 +309,7 @@ def test_allowlisted_origins_pass_in_every_spelling() -> None:
     for url in ("https://shots.example:8443/a.png?x=1", "HTTPS://SHOTS.EXAMPLE:8443/a", "https://shots.example.:8443/",
                 "https://xn--bcher-kva.example/x", "https://XN--BCHER-KVA.example:443/x"):
         assert urls.check_url(url, P).origin[1] in ("shots.example", "xn--bcher-kva.example")
-    store = urls.check_url(f"http://minio:9000/medialab/{KEY}?X-Amz-Signature=abc", P)
+    store = urls.check_url(f"http://minio:9000/medialab/{KEY}?{SIGNED}", P)
     assert store.is_store
 
 
@@ -268,10 +334,63 @@ def test_urls_the_rule_refuses(url: str, why: str) -> None:
     assert why in refused(url)
 
 
+STORE_PATH = "the path must be /medialab/sha256/<2 hex>/<64 hex>"
+
+
+@pytest.mark.parametrize("url, why", [
+    (f"http://minio:9000/medialab/{KEY}", "the query lacks X-Amz-Credential and X-Amz-Signature"),
+    (f"http://minio:9000/medialab/{KEY}?X-Amz-Signature=abc", "the query lacks X-Amz-Credential"),
+    (f"http://minio:9000/medialab/{KEY}?X-Amz-Credential=ak&X-Amz-Signature=", "the query lacks X-Amz-Signature"),
+    (f"http://minio:9000/medialab/{KEY}?x-amz-credential=ak&x-amz-signature=s", "the query lacks"),
+    (f"http://minio:9000/other-bucket/{KEY}?{SIGNED}", STORE_PATH), (f"http://minio:9000/{KEY}?{SIGNED}", STORE_PATH),
+    (f"http://minio:9000/medialab/{KEY}/x?{SIGNED}", STORE_PATH),
+    (f"http://minio:9000/medialab/sha256/cd/{HEX}?{SIGNED}", STORE_PATH),  # a key whose prefix is not its hash's
+    (f"http://minio:9000/medialab/sha256%2Fab%2F{HEX}?{SIGNED}", STORE_PATH),
+    (f"http://minio:9000/medialab/sha256/ab/../../../minio/admin/v3/info?{SIGNED}", STORE_PATH),
+    (f"http://minio:9000/medialab/?{SIGNED}", STORE_PATH), (f"http://minio:9000/?{SIGNED}", STORE_PATH),  # listings
+    (f"http://minio:9000/minio/health/live?{SIGNED}", STORE_PATH), (f"http://minio:9000//medialab/{KEY}?{SIGNED}",
+                                                                     STORE_PATH),
+])
+def test_the_store_origin_takes_only_presigned_urls_of_stored_objects(url: str, why: str) -> None:
+    message = refused(url)
+    assert "the object store http://minio:9000 is allowed only for presigned URLs of stored objects" in message
+    assert why in message, message
+
+
+def test_presigned_urls_of_the_store_pass_as_the_sdk_makes_them() -> None:
+    from datetime import timedelta
+
+    from minio import Minio
+
+    sdk = Minio("minio:9000", "access", "secret", secure=False, region="us-east-1")  # signs offline
+    for headers in (None, {"response-content-disposition": 'attachment; filename="a b.png"'}):
+        url = sdk.presigned_get_object("medialab", KEY, expires=timedelta(hours=1), response_headers=headers)
+        assert urls.check_url(url, P).is_store, url
+    # the store's origin keeps its rule when it is allowlisted too, and the bucket is the configured one
+    allowlisted = urls.UrlPolicy.build(["http://minio:9000"], store_endpoint="minio:9000", store_bucket="media-b")
+    assert urls.check_url(f"http://minio:9000/media-b/{KEY}?{SIGNED}", allowlisted).is_store
+    for url in (f"http://minio:9000/medialab/{KEY}?{SIGNED}", "http://minio:9000/media-b/"):
+        with pytest.raises(urls.UrlRefused, match="bucket 'media-b', MEDIALAB_S3_BUCKET"):
+            urls.check_url(url, allowlisted)
+    from_env = urls.UrlPolicy.from_env({"MEDIALAB_S3_ENDPOINT": "minio:9000", "MEDIALAB_S3_BUCKET": "media-b"})
+    assert from_env.store_bucket == "media-b" and urls.UrlPolicy.from_env({}).store_bucket == "medialab"
+
+
+def test_the_orchestrators_url_policy_names_its_bucket() -> None:
+    from orchestrator import service
+    from orchestrator.context import worker_env
+    from orchestrator.settings import Settings
+
+    st = Settings(storage="s3", s3_endpoint="minio:9000", s3_bucket="media-b", s3_access_key="a", s3_secret_key="s")
+    for policy in (service.url_policy(st), urls.UrlPolicy.from_env(worker_env(st))):
+        assert policy.store == ("http", "minio", 9000) and policy.store_bucket == "media-b"
+        assert urls.check_url(f"http://minio:9000/media-b/{KEY}?{SIGNED}", policy).is_store
+
+
 def test_messages_name_the_setting_and_its_value() -> None:
     message = refused("https://evil.example/x")
     assert "url_allowlist (MEDIALAB_URL_ALLOWLIST) is ['https://shots.example:8443'" in message
-    assert "the object store http://minio:9000 is always allowed" in message
+    assert "the object store http://minio:9000 is always allowed for presigned URLs of its objects" in message
 
 
 def test_ip_literals_are_checked_as_addresses_at_once() -> None:
@@ -315,7 +434,7 @@ def test_one_bad_address_refuses_the_name_and_the_store_may_be_private() -> None
     with pytest.raises(urls.UrlRefused, match="private"):
         urls.check_addresses(target, ["10.1.2.3"], P)
     assert urls.check_addresses(target, ["8.8.8.8", "8.8.8.8"], P) == [ipaddress.ip_address("8.8.8.8")]
-    store = urls.check_url(f"http://minio:9000/medialab/{KEY}", P)
+    store = urls.check_url(f"http://minio:9000/medialab/{KEY}?{SIGNED}", P)
     assert urls.check_addresses(store, ["10.0.0.5"], P)
     with pytest.raises(urls.UrlRefused, match="link-local"):
         urls.check_addresses(store, ["169.254.1.1"], P)

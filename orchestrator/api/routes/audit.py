@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from orchestrator import audit, auth
 from orchestrator.api.deps import AdminKey, SessionDep
 from orchestrator.api.schemas import AuditEventOut
+from orchestrator.limits import MAX_OFFSET
 from orchestrator.models import now
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -23,7 +24,7 @@ def list_events(
     since: Annotated[str | None, Query(max_length=64, description="An ISO date-time, or a duration back from "
                                                                    "now (1h, 7d).")] = None,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0, le=audit.MAX_OFFSET)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[AuditEventOut]:
     return [AuditEventOut.model_validate(e) for e in audit.query(
         session, action=action, key=key, target=target, since=auth.parse_since(since, now()), limit=limit,

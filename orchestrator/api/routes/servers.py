@@ -9,7 +9,7 @@ from orchestrator.capabilities import Capabilities
 from orchestrator.errors import NotFound
 from orchestrator.lock import WorkerLock, check_server, load_lock
 from orchestrator.models import ServerRow
-from orchestrator.server_urls import redact
+from orchestrator.server_urls import MAX_SERVER_URL_LENGTH, redact
 
 router = APIRouter(prefix="/servers", tags=["servers"])
 
@@ -17,8 +17,8 @@ router = APIRouter(prefix="/servers", tags=["servers"])
 class ServerAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="http(s)://[user:password@]host[:port][/path], at most 2048 characters; "
-                     "credentials are never shown again.")
+    url: str = Field(description="http(s)://[user:password@]host[:port][/path], at most "
+                     f"{MAX_SERVER_URL_LENGTH} characters; credentials are never shown again.")
     name: str | None = Field(None, description="Default: host[:port][/path] of the URL.")
 
 
