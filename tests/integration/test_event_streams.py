@@ -1,6 +1,10 @@
 """Server-Sent Events under load, over real HTTP (uvicorn in a thread, real ComfyUI servers): a waiting stream
 holds no database connection, hundreds of them leave the rest of the API fast, and events committed by
-another process (the CLI) reach a stream within about a second."""
+another process (the CLI) reach a stream within a few watcher ticks, not at its safety read.
+
+The latency bounds leave room for a loaded 2-core runner and still fail against streams that each hold (or
+poll with) a database connection: 300 of those exhaust the pool (5 + 10), and a plain GET then waits for the
+pool's 30 s timeout."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from benchmarks.overhead import free_port
 from benchmarks.submit_throughput import scratch_postgres
 from orchestrator import auth
 from orchestrator.api.app import create_app
+from orchestrator.api.routes import jobs as jobs_routes
 from orchestrator.context import Context
 from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes
@@ -205,7 +210,7 @@ def test_300_streams_hold_no_connection_and_leave_the_api_fast_while_20_jobs_run
     assert probe.errors == []
     assert waiting_checked_out and max(waiting_checked_out) <= 5, waiting_checked_out
     assert max(probe.checked_out) < 15, "the pool (5 + 10 overflow) was exhausted"
-    assert p95 < 2.0, f"plain GET p95 {p95:.2f} s while {STREAMS} streams were open"
+    assert p95 < 5.0, f"plain GET p95 {p95:.2f} s while {STREAMS} streams were open"
     assert len(figures["watched"]) == JOBS  # one watch per job, however many streams follow it...
     assert figures["ticks"] < 4 * (figures["open_s"] + 5)  # ...and one query per tick for all of them
     assert left == {}, f"streams that ended (or whose client went away) still watched: {left}"
@@ -219,10 +224,13 @@ def medialab(settings: Settings, *args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_an_event_committed_by_another_process_reaches_the_stream_within_a_second(settings: Settings,
-                                                                                   comfy_url: str) -> None:
+def test_an_event_committed_by_another_process_reaches_the_stream_within_a_few_ticks(
+        settings: Settings, comfy_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI cancels a queued job: this server's bell never hears of it, its event watcher does. The
-    streams keep their behaviour: Last-Event-ID resumes after that event, ``follow=false`` lists them."""
+    streams keep their behaviour: Last-Event-ID resumes after that event, ``follow=false`` lists them.
+    The streams' safety read is moved out to 60 s, so only the watcher (a tick every 0.5 s) can deliver the
+    event in time, however long the CLI takes to start."""
+    monkeypatch.setattr(jobs_routes, "STREAM_SAFETY_S", 60.0)
     settings.comfy_servers = [comfy_url]
     with serve(settings, dispatch=False) as (base, headers, _app):
         (job_id,) = submit_jobs(base, headers, 1)
@@ -251,4 +259,4 @@ def test_an_event_committed_by_another_process_reaches_the_stream_within_a_secon
     delay = (whole[-1]["received"] - committed).total_seconds()
     print(f"\nan event committed by the CLI reached the stream {delay:.2f} s after it was written "
           f"({(whole[-1]['received'] - exited).total_seconds():+.2f} s from the CLI's exit)")
-    assert delay < 1.5, f"{delay:.2f} s: events of other processes wait for the stream's safety read"
+    assert delay < 3.0, f"{delay:.2f} s: events of other processes wait for the stream's safety read"

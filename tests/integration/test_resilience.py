@@ -177,8 +177,10 @@ def test_one_comfyui_under_two_urls_and_bad_registry_rows(comfy_url: str, settin
 def test_restart_under_the_same_replica_id_within_the_lease_adopts_the_attempt(comfy_url: str,
                                                                                tmp_path: Path) -> None:
     """Same MEDIALAB_REPLICA_ID, restarted before the dead process's lease ran out: the new process must not
-    renew that lease (it is not its own), so the attempt is adopted once it lapses and finishes once."""
-    lease_s = 20.0
+    renew that lease (it is not its own), so the attempt is adopted once it lapses and finishes once. The lease
+    is long enough for a restart on a loaded runner (40-60 s of it are left at the kill: it is renewed every
+    lease/3) and for the new process to run its lease loop (every lease/3) before it lapses."""
+    lease_s = 60.0
     env = orchestrator_env(tmp_path / "home", [comfy_url], MEDIALAB_REPLICA_ID="x")
     env["MEDIALAB_LEASE_S"] = str(lease_s)
     headers = {"X-API-Key": admin_key(env)}
@@ -227,6 +229,10 @@ def frozen_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWor
 
 def test_hung_server_woken_up_does_not_run_the_abandoned_prompts(frozen_worker: LocalWorker, comfy_url: str,
                                                                  settings: Settings) -> None:
+    """Both prompts go to the server that will hang (the spare is registered drained), which is frozen as soon
+    as the first one runs, so nearly all of its work is still ahead (1024x1024 through the x4 model: tens of
+    seconds on a CPU, against the second or two between waking up and the clean-up); only then is the spare
+    activated. The jobs finish there, once each; the woken server drops the abandoned prompts."""
     hung = frozen_worker.url
     settings.comfy_servers = [hung]
     settings.event_timeout_s = 2.0
@@ -234,8 +240,14 @@ def test_hung_server_woken_up_does_not_run_the_abandoned_prompts(frozen_worker: 
     settings.retry_base_delay_s = 0.2
     with make_api(settings, dispatch=True) as api:
         ctx = api.client.app.state.ctx
-        running = submit(api, {"image": upload(api, png_bytes(768, 768, (9, 99, 9)))["id"],
-                               "model": FIXTURE_MODEL}).json()
+        with ctx.db.session() as s:  # in the pool before anything runs, but no job goes to it yet
+            service.register_server(s, comfy_url, "spare")
+            service.set_server_state(s, "spare", "draining")
+        ctx.pool.sync()
+        wait_until(lambda: (srv := ctx.pool.get(comfy_url)) is not None and srv.healthy and not srv.active,
+                   timeout=60, what="spare server in the pool, drained")
+        long_run = {"model": FIXTURE_MODEL, "resize": 0.125, "resize_method": "nearest-exact"}  # small output
+        running = submit(api, {"image": upload(api, png_bytes(1024, 1024, (9, 99, 9)))["id"], **long_run}).json()
         pending = submit(api, {"image": upload(api, png_bytes(96, 64, (99, 9, 9)))["id"],
                                "model": FIXTURE_MODEL}).json()
         a_run = wait_until(lambda: db_attempts(api, running["id"]), what="first dispatched")[0]
@@ -244,32 +256,33 @@ def test_hung_server_woken_up_does_not_run_the_abandoned_prompts(frozen_worker: 
         wait_until(lambda: running_on(hung, a_run.id), what="first prompt running")
         wait_until(lambda: any(i[1] == a_pend.id for i in httpx.get(f"{hung}/queue").json()["queue_pending"]),
                    what="second prompt pending behind it")
-        with ctx.db.session() as s:
-            service.register_server(s, comfy_url, "spare")
-        wait_until(lambda: (srv := ctx.pool.get(comfy_url)) is not None and srv.healthy, timeout=30,
-                   what="spare server in the pool")
         os.kill(frozen_worker.proc.pid, signal.SIGSTOP)  # hung, not dead: its sockets stay open
         try:
-            finals = [wait(api, j["id"], timeout=180) for j in (running, pending)]
+            with ctx.db.session() as s:
+                service.set_server_state(s, "spare", "active")
+            ctx.pool.sync()
+            finals = [wait(api, j["id"], timeout=300) for j in (running, pending)]
         finally:
             os.kill(frozen_worker.proc.pid, signal.SIGCONT)
-        for final in finals:
+        for final in finals:  # each job has exactly one set of outputs: the spare's
             assert final["state"] == "SUCCEEDED", final
             first, second = final["attempts"]
             assert (first["server"], first["state"], second["server"]) == (hung, "FAILED", comfy_url)
             assert len(final["outputs"]) == 1 and final["outputs"][0]["attempt_id"] == second["id"]
         assert all(db_attempts(api, j["id"])[0].error["transient"] for j in (running, pending))
 
-        wait_until(lambda: httpx.get(f"{hung}/queue", timeout=5).json() == {"queue_running": [], "queue_pending": []},
-                   timeout=120, what="the woken server's queue empty")
-        history = httpx.get(f"{hung}/history", timeout=5).json()
+        # once the woken server answers, the abandoned prompts are removed or interrupted: the flags clear
+        # only when its queue no longer holds them, and from then on it runs neither
+        wait_until(lambda: not any(db_attempts(api, j["id"])[0].abandoned for j in (running, pending)),
+                   timeout=120, what="abandoned flags cleared")
+        queue = httpx.get(f"{hung}/queue", timeout=10).json()
+        held = {item[1] for key in ("queue_running", "queue_pending") for item in queue[key]}
+        assert not held & {a_run.id, a_pend.id}, queue
+        history = httpx.get(f"{hung}/history", timeout=10).json()
         assert a_pend.id not in history  # removed from the queue before it ran
         entry = history.get(a_run.id)  # interrupted by its prompt_id, not run to completion
         assert entry is None or entry["status"]["status_str"] == "error" and any(
             m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry
-        assert not list((frozen_worker.base_dir / "output").rglob("*.png"))  # no output: the GPU work stopped
-        wait_until(lambda: not any(db_attempts(api, j["id"])[0].abandoned for j in (running, pending)),
-                   timeout=30, what="abandoned flags cleared")
 
 
 # -- a store outage before dispatch ------------------------------------------------------------------------
@@ -320,20 +333,29 @@ def test_database_outage_while_a_job_finishes_leaves_it_to_recovery(comfy_url: s
                                                                     settings: Settings) -> None:
     """PostgreSQL refuses every connection while the prompt finishes: the executor cannot record the end, lets
     the attempt go (its lease lapses), and once the database is back the attempt is adopted and its outputs
-    ingested from the server: SUCCEEDED once, nothing run twice."""
+    ingested from the server: SUCCEEDED once, nothing run twice. The connections are cut as soon as the prompt
+    is on the server (queued or running), and the prompt is a long one (768x768 through the x4 model), so it
+    cannot end before the outage begins."""
     name = pg_url.rsplit("/", 1)[1]
     settings.database_url = pg_url
     settings.comfy_servers = [comfy_url]
     settings.lease_s = 3.0
     with make_api(settings, dispatch=True) as api:
-        job = submit(api, {"image": upload(api, png_bytes(384, 384, (70, 7, 7)))["id"], "model": FIXTURE_MODEL}).json()
+        job = submit(api, {"image": upload(api, png_bytes(768, 768, (70, 7, 7)))["id"], "model": FIXTURE_MODEL,
+                           "resize": 0.125, "resize_method": "nearest-exact"}).json()
         attempt = wait_until(lambda: db_attempts(api, job["id"]), what="dispatched")[0]
-        wait_until(lambda: running_on(comfy_url, attempt.id), what="prompt running")
+
+        def on_server() -> bool:
+            queue = httpx.get(f"{comfy_url}/queue").json()
+            return any(item[1] == attempt.id for key in ("queue_running", "queue_pending") for item in queue[key])
+
+        wait_until(on_server, what="prompt on the server")
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             try:
                 admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-                wait_until(lambda: httpx.get(f"{comfy_url}/history/{attempt.id}").json(), timeout=120,
+                assert not httpx.get(f"{comfy_url}/history/{attempt.id}").json(), "the prompt ended before the outage"
+                wait_until(lambda: httpx.get(f"{comfy_url}/history/{attempt.id}").json(), timeout=300,
                            what="prompt finished during the outage")
                 time.sleep(3)  # the executor meets the outage when it records the end
             finally:

@@ -64,6 +64,49 @@ def test_names_are_bounded_and_printable() -> None:
             limits.check_name(bad, "tag", 16)
 
 
+def test_a_name_pattern_is_part_of_the_one_name_rule() -> None:
+    import re
+
+    lower = re.compile(r"^[a-z]+$")
+    assert limits.check_name("hero", "model name", 8, pattern=lower, rule="lower-case letters") == "hero"
+    with pytest.raises(InvalidInput, match="model name 'Hero': lower-case letters"):
+        limits.check_name("Hero", "model name", 8, pattern=lower, rule="lower-case letters")
+    with pytest.raises(InvalidInput) as exc:  # the length first, naming the limit it was given
+        limits.check_name("x" * 9, "model name", 8, "registry.MAX_NAME_LENGTH", pattern=lower)
+    refusal(exc, "registry.MAX_NAME_LENGTH", 8)
+
+
+def test_every_bound_of_a_json_value_is_refused_naming_its_own_limit() -> None:
+    bounds = {"max_string": limits.Limit("s.MAX", 3), "max_items": limits.Limit("i.MAX", 2),
+              "max_key": limits.Limit("k.MAX", 4)}
+    limits.check_json({"abcd": ["abc", "d"]}, "v", **bounds)
+    for value, limit, n in (({"a": "abcd"}, "s.MAX", 3), ({"a": [1, 2, 3]}, "i.MAX", 2), ({"abcde": 1}, "k.MAX", 4)):
+        with pytest.raises(InvalidInput) as exc:
+            limits.check_json(value, "v", **bounds)
+        refusal(exc, limit, n)
+    # the request values: the settings' names (max_string_length, max_params, max_name_length)
+    assert limits.Limit.setting(SETTINGS, "max_params") == ("max_params", 4)
+    with pytest.raises(InvalidInput) as exc:
+        limits.check_values({"k" * 17: 1}, "params", SETTINGS)
+    refusal(exc, "max_name_length", 16)
+
+
+def test_a_dataset_names_the_limits_of_its_captions(tmp_path: Path) -> None:
+    from orchestrator.training import dataset_store
+    from orchestrator.training.dataset import MAX_IMAGES
+
+    store = LocalDiskStore(tmp_path / "objects")
+    too_many = {f"a{i}": "x" for i in range(MAX_IMAGES + 1)}
+    with pytest.raises(InvalidInput) as exc:  # refused before the session or the store is touched
+        dataset_store.build(None, store, name="hero", trigger="t", captions=too_many, settings=SETTINGS)  # type: ignore[arg-type]
+    refusal(exc, "dataset.MAX_IMAGES", MAX_IMAGES)
+    with pytest.raises(InvalidInput) as exc:
+        dataset_store.build(None, store, name="hero", trigger="t", captions={"a" * 257: "x"}, settings=SETTINGS)  # type: ignore[arg-type]
+    refusal(exc, "limits.MAX_QUERY_LENGTH", limits.MAX_QUERY_LENGTH)
+    with pytest.raises(InvalidInput, match="dataset name 'Hero': use lower-case"):
+        dataset_store.build(None, store, name="Hero", trigger="t", settings=SETTINGS)  # type: ignore[arg-type]
+
+
 def test_tags_are_stripped_deduplicated_counted_and_bounded() -> None:
     assert limits.check_tags([" a", "a", "", "b "], SETTINGS) == ["a", "b"]
     with pytest.raises(InvalidInput) as exc:
@@ -170,6 +213,81 @@ def test_a_decompression_bomb_is_refused_before_anything_is_decoded(tmp_path: Pa
         refusal(exc, "max_image_pixels", caps.image_pixels)
 
 
+def test_pillows_own_guard_is_never_changed_and_a_setting_above_it_is_capped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    assert before is not None
+    huge = media.MediaLimits(50 * before, 1, 1, 1, 1 << 20)  # a setting far above what Pillow opens
+    with pytest.raises(TooLarge):
+        inspect(tmp_path, bomb_png(), "bomb.png", huge)
+    assert before == Image.MAX_IMAGE_PIXELS  # the guard of every other decode in the process is as it was
+    assert media.image_pixel_cap(100_000_000, 89_478_485) == (100_000_000, "max_image_pixels")  # Pillow warns
+    assert media.image_pixel_cap(500_000_000, 89_478_485) == (178_956_970, "pillow.bomb_limit")
+    assert media.image_pixel_cap(500_000_000, 0) == (0, "pillow.bomb_limit")
+    capped = media.MediaLimits.of(Settings(max_image_pixels=50 * before))
+    assert (capped.image_pixels, capped.image_limit) == (2 * before, "pillow.bomb_limit")
+    with pytest.raises(TooLarge) as exc:  # refused naming the limit that applied, not the setting
+        inspect(tmp_path, bomb_png(), "bomb.png", capped)
+    refusal(exc, "pillow.bomb_limit", 2 * before)
+    assert "is above Pillow's decompression-bomb limit" in (media.pixel_cap_warning(
+        Settings(max_image_pixels=50 * before)) or "")
+    assert media.pixel_cap_warning(Settings()) is None  # the default (1e8) is within it
+
+
+def test_an_image_between_pillows_warning_and_our_cap_is_ours_to_decide(tmp_path: Path) -> None:
+    from PIL import Image
+
+    side = 9500  # 90.25 Mpx: over Image.MAX_IMAGE_PIXELS (89.5 Mpx, a warning), under twice it
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < side * side < 2 * Image.MAX_IMAGE_PIXELS
+    rows = b"".join(b"\x00" + bytes((side + 7) // 8) for _ in range(side))
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's guard, as it is
+        info = inspect(tmp_path, data, "big.png", media.MediaLimits(100_000_000, 1, 1, 1, 1 << 30))
+    assert (info.width, info.height) == (side, side)
+    with pytest.raises(TooLarge) as exc, pytest.warns(Image.DecompressionBombWarning):
+        inspect(tmp_path, data, "big.png", media.MediaLimits(90_000_000, 1, 1, 1, 1 << 30))
+    refusal(exc, "max_image_pixels", 90_000_000)
+
+
+def animation(fmt: str, frames: int, w: int = 40, h: int = 40) -> bytes:
+    """An animated GIF, APNG or WebP of distinct frames (encoders merge identical ones)."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (w, h), (i * 37 % 256, i * 91 % 256, 255 - i * 53 % 256)) for i in range(frames)]
+    buf = io.BytesIO()
+    images[0].save(buf, format=fmt, save_all=True, append_images=images[1:], duration=40, loop=0)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_an_animation_is_capped_over_all_its_frames(tmp_path: Path, fmt: str) -> None:
+    name = f"anim.{fmt.lower()}"
+    ok = inspect(tmp_path, animation(fmt, 6), name)  # 6 x 40 x 40 = 9600 pixels: within 10 000
+    assert (ok.content_type, ok.width, ok.height) == (f"image/{fmt.lower()}", 40, 40)
+    with pytest.raises(TooLarge, match="7 frames of 40x40 = 11200 pixels") as exc:
+        inspect(tmp_path, animation(fmt, 7), name)
+    refusal(exc, "max_image_pixels", 10_000)
+    with pytest.raises(TooLarge, match=r"an animation of (21|40) frames") as exc:  # tiny frames, too many
+        inspect(tmp_path, animation(fmt, 40, 2, 2), name)
+    refusal(exc, "max_video_frames", 20)
+
+
+def test_frames_are_counted_only_as_far_as_the_limits_need(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "long.gif"
+    path.write_bytes(animation("GIF", 60, 8, 8))
+    with Image.open(path) as im:
+        assert media.count_frames(im, 5) == 6  # stopped past the budget: not walked to the 60th frame
+    with Image.open(path) as im:
+        assert media.count_frames(im, 1000) == 60 == im.n_frames
+    with Image.open(io.BytesIO(png_bytes(8, 8))) as im:
+        assert media.count_frames(im, 0) == 1
+    assert media.frame_budget(40, 40, LIMITS) == 6 and media.frame_budget(1, 1, LIMITS) == 20
+
+
 def test_corrupt_images_are_422_and_other_bytes_are_typed_by_name(tmp_path: Path) -> None:
     good = png_bytes(64, 48)
     flipped = good[:60] + bytes([good[60] ^ 0xFF]) + good[61:]  # a byte of the pixel data: its CRC fails
@@ -209,6 +327,11 @@ def test_check_video_and_check_image_are_the_rules() -> None:
     media.check_image(100, 100, LIMITS)
     with pytest.raises(TooLarge, match="max_image_pixels=10000"):
         media.check_image(10_001, 1, LIMITS)
+    media.check_image(50, 10, LIMITS, frames=20)
+    with pytest.raises(TooLarge, match="an animation of 21 frames, over the limit max_video_frames=20"):
+        media.check_image(10, 10, LIMITS, frames=21)
+    with pytest.raises(TooLarge, match="3 frames of 100x40 = 12000 pixels, over the limit max_image_pixels=10000"):
+        media.check_image(100, 40, LIMITS, frames=3)
 
 
 def test_file_names_are_their_last_part_printable_and_bounded() -> None:
@@ -303,6 +426,45 @@ def test_a_refused_upload_leaves_no_object_and_no_row(db: Database, tmp_path: Pa
         assert list((tmp_path / "home" / "spool").iterdir()) == []
         art = service.store_input(s, store, png_bytes(8, 8), "ok.png", ["a"], settings=caps)
         assert (art.content_type, art.width) == ("image/png", 8) and len(objects(tmp_path / "objects")) == 1
+
+
+class WatchedStore(LocalDiskStore):
+    """A real local store that notes how many pooled database connections are checked out while it stores."""
+
+    def __init__(self, root: Path, database: Database) -> None:
+        super().__init__(root)
+        self.db, self.seen = database, []
+
+    def put_file(self, path: Path, sha256: str | None = None):  # noqa: ANN201
+        self.seen.append(self.db.engine.pool.checkedout())
+        return super().put_file(path, sha256)
+
+
+class WatchedUpload(io.BytesIO):
+    """An upload's body, read in small pieces, noting the checked-out connections at every read."""
+
+    def __init__(self, data: bytes, database: Database, seen: list[int]) -> None:
+        super().__init__(data)
+        self.db, self.seen = database, seen
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.seen.append(self.db.engine.pool.checkedout())
+        return super().read(min(n, 64) if n and n > 0 else 64)
+
+
+def test_no_database_connection_is_held_while_an_upload_is_read_or_stored(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    """A multi-GB upload holds no pooled connection: about fifteen at once would empty a PostgreSQL pool."""
+    store = WatchedStore(tmp_path / "objects", db)
+    reads: list[int] = []
+    data = png_bytes(32, 32)
+    with db.session() as s:
+        assert s.exec(select(Artifact)).all() == []  # a read of the caller (the CLI's, say): its transaction is open
+        assert db.engine.pool.checkedout() == 1
+        art = service.store_input(s, store, WatchedUpload(data, db, reads), "a.png", ["x"])
+        assert len(reads) > 2 and set(reads) == {0} and store.seen == [0]  # read in pieces, none holding one
+        again = service.store_input(s, store, WatchedUpload(data, db, reads), "b.png", ["y"])
+        assert again.id == art.id and store.seen == [0] and set(reads) == {0}  # the same bytes: stored once
+        assert service.artifact_tags(s, art.id) == ["x", "y"]
 
 
 def test_a_tagged_artifact_is_deleted_and_a_referenced_one_is_409(db: Database, tmp_path: Path) -> None:  # noqa: F811

@@ -18,7 +18,7 @@ from orchestrator.capabilities import Capabilities, Requirements
 from orchestrator.db import Database
 from orchestrator.errors import Conflict, Forbidden, InvalidInput, NotFound
 from orchestrator.jobs import JobState
-from orchestrator.models import Attempt, Job
+from orchestrator.models import Artifact, Attempt, Job
 from orchestrator.placement import ServerView, TrainerView, gpu_leases, place
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
@@ -255,6 +255,41 @@ def test_a_final_report_waits_out_a_moment_of_unavailability(monkeypatch: pytest
         return got
 
     assert trainer._retrying(call, type("C", (), {"job_id": "j"})()) == "art-1"
+
+
+class Upload(io.BytesIO):
+    """A trainer's output as it arrives, read in small pieces; ``on_read`` runs at every read."""
+
+    def __init__(self, data: bytes, on_read) -> None:  # noqa: ANN001
+        super().__init__(data)
+        self.on_read = on_read
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.on_read()
+        return super().read(256)
+
+
+def test_an_output_upload_holds_no_connection_and_a_claim_lost_meanwhile_gets_nothing(env) -> None:  # noqa: ANN001
+    """The claim is checked before the bytes are read and again when the rows are written; in between no pooled
+    connection is held (a checkpoint is gigabytes)."""
+    db, store, settings, ds = env
+    with db.session() as s:
+        submit(s, store, settings, ds)
+        _job, attempt = tj.claim(s, "t1", 30)
+        held: list[int] = []
+        art = tj.store_output(s, store, attempt.id, "t1", "sample", Upload(noise_png(3), lambda: held.append(
+            db.engine.pool.checkedout())), "s.png", step=2)
+        assert art.output_name == "sample" and len(held) > 2 and set(held) == {0}
+
+        def take_back() -> None:  # the claim expires and is taken back while the bytes arrive
+            with db.session() as other:
+                other.execute(update(Attempt).where(col(Attempt.id) == attempt.id).values(state=JobState.FAILED))
+                other.commit()
+
+        with pytest.raises(Conflict, match="no longer held by trainer t1; its checkpoint is not taken"):
+            tj.store_output(s, store, attempt.id, "t1", "checkpoint", Upload(b"weights" * 100, take_back), "c.ckpt")
+        s.expire_all()
+        assert [a.output_name for a in s.exec(select(Artifact).where(Artifact.job_id == attempt.job_id))] == ["sample"]
 
 
 def test_a_claim_is_bound_to_the_key_that_made_it(env) -> None:  # noqa: ANN001
