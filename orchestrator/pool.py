@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator import service
@@ -41,6 +42,12 @@ def probe(client: ComfyClient) -> Capabilities:
     object_info = client.object_info()
     folders = client.models_folders()
     return Capabilities.from_probe(object_info, {f: client.models(f) for f in folders}, stats, client.pack_info())
+
+
+def connect_server(url: str, client_id: str) -> tuple[ComfyClient, ServerMonitor]:
+    """The client and (not yet started) websocket monitor of one server: the default of ``Pool(connect=...)``,
+    which tests replace to put a fake ComfyUI behind the same client and monitor code."""
+    return ComfyClient(url, timeout=30), ServerMonitor(url, client_id)
 
 
 @dataclass
@@ -71,8 +78,10 @@ class Server:
 
 class Pool:
     def __init__(self, db: Database, client_id: str, health_interval_s: float = 5.0,
-                 refresh_interval_s: float = 300.0, sync_interval_s: float = 2.0) -> None:
+                 refresh_interval_s: float = 300.0, sync_interval_s: float = 2.0,
+                 connect: Callable[[str, str], tuple[ComfyClient, ServerMonitor]] = connect_server) -> None:
         self.db = db
+        self.connect = connect
         self.client_id = client_id
         self.health_interval_s = health_interval_s
         self.refresh_interval_s = refresh_interval_s
@@ -132,8 +141,7 @@ class Pool:
 
     def _make(self, row: ServerRow) -> Server:
         parse_server_url(row.url)  # the registration rule (InvalidInput naming it): a row written around it
-        client = ComfyClient(row.url, timeout=30)
-        monitor = ServerMonitor(row.url, f"{self.client_id}-{row.id}")  # one client id per socket
+        client, monitor = self.connect(row.url, f"{self.client_id}-{row.id}")  # one client id per socket
         srv = Server(row.id, row.name, row.url, client, monitor, caps=Capabilities.from_json(row.capabilities),
                      healthy=row.healthy)
         monitor.on_state = lambda up, error, srv=srv: self._on_socket(srv, up, error)

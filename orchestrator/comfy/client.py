@@ -7,7 +7,7 @@ orchestrator can ask the server about exactly that run.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -70,6 +70,11 @@ class FileRef:
         return {"filename": self.filename, "subfolder": self.subfolder, "type": self.type}
 
 
+Connect = Callable[..., websocket.WebSocket]
+"""Opens a websocket: ``connect(url, timeout=...)`` like ``websocket.create_connection`` (the default); tests
+pass one that returns an in-process fake with the same ``recv``/``settimeout``/``close``/``abort``."""
+
+
 class EventStream:
     """The websocket of one client id; ``recv`` returns a JSON event, or None when ``timeout`` passes."""
 
@@ -101,13 +106,18 @@ class EventStream:
 
 
 class ComfyClient:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    """``transport`` (any httpx.BaseTransport, e.g. httpx.MockTransport) and ``connect`` (see ``Connect``) replace
+    the network for tests, as httpx's own ``transport`` does; by default the real HTTP and websocket are used."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
+                 connect: Connect | None = None) -> None:
         # Credentials of the URL (http://user:password@host) go in a Basic auth header, never in the URLs
         # of requests: httpx logs every request's URL.
         url = httpx.URL(base_url.rstrip("/"))
         auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
         self.base_url = str(url.copy_with(userinfo=b"")).rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=auth)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=auth, transport=transport)
+        self._connect = connect or websocket.create_connection
 
     def close(self) -> None:
         self._http.close()
@@ -167,7 +177,7 @@ class ComfyClient:
     def events(self, client_id: str, timeout: float = 10.0) -> EventStream:
         url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
         try:
-            return EventStream(websocket.create_connection(url, timeout=timeout))
+            return EventStream(self._connect(url, timeout=timeout))
         except (websocket.WebSocketException, OSError) as exc:
             raise ComfyUnreachable(redact(f"{url}: {exc}")) from exc
 

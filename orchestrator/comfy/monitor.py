@@ -20,7 +20,7 @@ from typing import Any
 
 import websocket
 
-from orchestrator.comfy.client import ComfyUnreachable
+from orchestrator.comfy.client import ComfyUnreachable, Connect
 from orchestrator.server_urls import redact
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,12 @@ class Subscription:
 
 
 class ServerMonitor:
+    """``connect`` opens the socket (default ``websocket.create_connection``; tests pass a fake's)."""
+
     def __init__(self, url: str, client_id: str, on_state: Callable[[bool, str | None], None] | None = None,
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0, connect: Connect | None = None) -> None:
         self.url = url.rstrip("/")
+        self.connect = connect or websocket.create_connection
         self.client_id = client_id
         self.on_state = on_state or (lambda up, error: None)
         self.max_backoff_s = max_backoff_s
@@ -101,7 +104,7 @@ class ServerMonitor:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                self._ws = websocket.create_connection(url, timeout=5)
+                self._ws = self.connect(url, timeout=5)
                 self._ws.settimeout(None)
             except (websocket.WebSocketException, OSError, ValueError) as exc:
                 self.on_state(False, f"websocket: {exc}")
