@@ -6,13 +6,16 @@ import io
 import json
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from PIL import Image
 
 from orchestrator.comfy.worker import LocalWorker
+from orchestrator.db import Database
 from orchestrator.settings import PROJECT_ROOT, Settings
 
 RUNTIME = PROJECT_ROOT / ".runtime" / "comfyui"
@@ -115,3 +118,30 @@ def templates_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, templates_dir: Path) -> Settings:
     return Settings(home=tmp_path / "home", templates_dir=templates_dir, event_timeout_s=5.0)
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A scratch PostgreSQL database (127.0.0.1:5432, trust auth), dropped afterwards; skipped without one."""
+    name = f"medialab_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh database of each kind: SQLite in tmp_path, and a scratch PostgreSQL one (skipped without it)."""
+    url = (f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    database = Database(url)
+    yield database
+    database.engine.dispose()

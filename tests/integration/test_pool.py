@@ -8,14 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from PIL import Image
 
@@ -196,19 +194,6 @@ def test_orchestrator_killed_mid_job_completes_it_exactly_once(comfy_url: str, t
     assert list(history) == [attempt["id"]]
     assert "adopted after its orchestrator stopped" in events or "re-attached" in events
 
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    name = f"medialab_test_{uuid.uuid4().hex[:8]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pair: list[str], pg_url: str,

@@ -23,11 +23,11 @@ from orchestrator.comfy.worker import LocalWorker, free_port
 from orchestrator.db import Database
 from orchestrator.models import Attempt, Job, ServerRow
 from orchestrator.settings import Settings
-from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
+from tests.conftest import FIXTURE_MODEL, PG_ADMIN, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_cli import medialab
 from tests.integration.test_jobs_api import submit, upload, wait
-from tests.integration.test_pool import _events, admin_key, orchestrator_env, pg_url, running_on, serve, wait_until  # noqa: F401
+from tests.integration.test_pool import _events, admin_key, orchestrator_env, running_on, serve, wait_until
 from tests.s3 import S3Server
 from tests.tcp_proxy import TcpProxy
 
@@ -350,7 +350,7 @@ def test_database_outage_while_a_job_finishes_leaves_it_to_recovery(comfy_url: s
             return any(item[1] == attempt.id for key in ("queue_running", "queue_pending") for item in queue[key])
 
         wait_until(on_server, what="prompt on the server")
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             try:
                 admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))

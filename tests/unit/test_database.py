@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 
@@ -19,25 +16,10 @@ from orchestrator.settings import PROJECT_ROOT
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
 
-PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        yield Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-        return
-    name = f"medialab_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(PG, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
-    database = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    yield database
-    database.engine.dispose()
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+@pytest.fixture
+def db(any_db: Database) -> Database:
+    return any_db
 
 
 def queue_jobs(db: Database, n: int, tmp_path: Path) -> list[str]:

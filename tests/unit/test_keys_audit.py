@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import event
 from sqlmodel import Session, select
@@ -23,7 +21,6 @@ from orchestrator.models import ApiKey, AuditEvent, TemplateVersionRow, now
 from tests.unit.test_publish import GRAPH
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def key(roles: list[str] | None = None, **fields: object) -> ApiKey:
@@ -181,26 +178,6 @@ def test_revoke_by_id_or_name_never_the_last_admin(db: Database) -> None:
         assert [k.name for k in auth.list_keys(s)] == ["root2"]
         assert [k.name for k in auth.list_keys(s, include_revoked=True)] == ["root", "ci", "root2"]
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A fresh database of each kind (PostgreSQL at 127.0.0.1:5432, trust auth; skipped without it)."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-        yield database
-        database.engine.dispose()
-        return
-    name = f"medialab_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(PG, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
-    database = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    yield database
-    database.engine.dispose()
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def test_two_concurrent_revokes_of_the_last_two_admin_keys_leave_one(any_db: Database) -> None:
