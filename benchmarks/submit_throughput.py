@@ -22,9 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,8 +38,7 @@ from orchestrator import service  # noqa: E402
 from orchestrator.jobs import JobState  # noqa: E402
 from orchestrator.models import Job  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.pg import scratch_postgres  # noqa: E402
 
 
 @dataclass
@@ -114,25 +110,6 @@ def measure(database: str, settings: Settings, work: list[wl.SimJob], clients: i
                      round(len(lat) / seconds, 1), round(statistics.median(lat) * 1000, 1), round(p99 * 1000, 1),
                      meanwhile)
 
-
-@contextmanager
-def scratch_postgres() -> Iterator[str | None]:
-    """A scratch database on the local PostgreSQL (dropped afterwards); None, with the reason printed, if down."""
-    import psycopg
-
-    name = f"medialab_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        print(f"PostgreSQL skipped: not reachable at 127.0.0.1:5432 ({str(exc).strip()})")
-        yield None
-        return
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def main(argv: list[str] | None = None) -> list[SubmitRun]:

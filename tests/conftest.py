@@ -6,17 +6,16 @@ import io
 import json
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from PIL import Image
 
 from orchestrator.comfy.worker import LocalWorker
 from orchestrator.db import Database
 from orchestrator.settings import PROJECT_ROOT, Settings
+from tests.pg import scratch_postgres
 
 RUNTIME = PROJECT_ROOT / ".runtime" / "comfyui"
 MODELS = PROJECT_ROOT / ".runtime" / "models"
@@ -120,21 +119,13 @@ def settings(tmp_path: Path, templates_dir: Path) -> Settings:
     return Settings(home=tmp_path / "home", templates_dir=templates_dir, event_timeout_s=5.0)
 
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A scratch PostgreSQL database (127.0.0.1:5432, trust auth), dropped afterwards; skipped without one."""
-    name = f"medialab_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    """A scratch PostgreSQL database (dropped afterwards); skipped without a PostgreSQL at 127.0.0.1:5432."""
+    with scratch_postgres() as url:
+        if url is None:
+            pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432; .ci/run starts it")
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -27,13 +27,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from benchmarks.overhead import free_port
-from benchmarks.submit_throughput import scratch_postgres
 from orchestrator import auth
 from orchestrator.api.app import create_app
 from orchestrator.api.routes import jobs as jobs_routes
 from orchestrator.context import Context
 from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes
+from tests.pg import scratch_postgres
 
 JOBS, STREAMS, DROPPED = 20, 300, 20  # DROPPED more streams are closed by the client after their first event
 

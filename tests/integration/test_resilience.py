@@ -23,11 +23,12 @@ from orchestrator.comfy.worker import LocalWorker, free_port
 from orchestrator.db import Database
 from orchestrator.models import Attempt, Job, ServerRow
 from orchestrator.settings import Settings
-from tests.conftest import FIXTURE_MODEL, PG_ADMIN, png_bytes, start_workers
+from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_cli import medialab
 from tests.integration.test_jobs_api import submit, upload, wait
 from tests.integration.test_pool import _events, admin_key, orchestrator_env, running_on, serve, wait_until
+from tests.pg import PG_ADMIN
 from tests.s3 import S3Server
 from tests.tcp_proxy import TcpProxy
 
