@@ -38,10 +38,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.overhead import serve_api  # noqa: E402
-from orchestrator import service  # noqa: E402
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import jobs as job_app
+from orchestrator.bootstrap import Context  # noqa: E402
 from orchestrator.comfy.client import ComfyClient, FileRef  # noqa: E402
 from orchestrator.comfy.worker import LocalWorker  # noqa: E402
-from orchestrator.context import Context  # noqa: E402
+from orchestrator.db import artifacts as artifact_db
+from orchestrator.db import jobs as job_db
 from orchestrator.settings import PROJECT_ROOT, Settings  # noqa: E402
 from storage import LocalDiskStore, MinioStore  # noqa: E402
 from tests.s3 import S3Server  # noqa: E402
@@ -163,13 +166,13 @@ def bytes_per_job(tmp: Path, s3: S3Server) -> list[dict[str, Any]]:
                                    s3_secret_key=s3.secret_key, byte_path=path, local_trainer=False))
             ctx.start_dispatcher()
             with ctx.db.session() as s:
-                art = service.store_input(s, ctx.store, buf.getvalue(), f"{path}.png")
-                job = service.submit_job(s, ctx.pool, "upscale-esrgan",
+                art = artifact_app.store_input(s, ctx.store, buf.getvalue(), f"{path}.png")
+                job = job_app.submit_job(s, ctx.pool, "upscale-esrgan",
                                          {"image": art.id, "model": "tiny_x4.safetensors"})
             while True:
                 with ctx.db.session() as s:
-                    done = service.get_job(s, job.id)
-                    outputs = service.job_outputs(s, job.id)
+                    done = job_db.get_job(s, job.id)
+                    outputs = artifact_db.job_outputs(s, job.id)
                 if done.state.terminal:
                     break
                 time.sleep(0.05)

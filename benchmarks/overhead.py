@@ -43,11 +43,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import auth  # noqa: E402
-from orchestrator import templates as tpl  # noqa: E402
 from orchestrator.api.app import create_app  # noqa: E402
+from orchestrator.app import keys as key_app
 from orchestrator.comfy.client import ComfyClient, EventStream, output_files  # noqa: E402
 from orchestrator.comfy.worker import LocalWorker  # noqa: E402
+from orchestrator.core import templates as tpl  # noqa: E402
 from orchestrator.settings import PROJECT_ROOT, Settings  # noqa: E402
 
 MODEL = "tiny_x4.safetensors"
@@ -133,7 +133,7 @@ def serve_api(settings: Settings) -> Iterator[tuple[str, str, Any]]:
             raise RuntimeError("the API server did not start")
         time.sleep(0.05)
     with app.state.ctx.db.session() as s:
-        _row, key = auth.create_key(s, "bench", ["run", "export"])
+        _row, key = key_app.create_key(s, "bench", ["run", "export"])
     try:
         yield f"http://127.0.0.1:{port}", key, app
     finally:

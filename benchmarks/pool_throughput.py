@@ -6,7 +6,7 @@ Two real ComfyUI 0.3.75 servers (LocalWorker, on the CPU, the fixture ESRGAN ``t
 from .runtime/models) are started once. For each pool size the orchestrator is built fresh (its own
 SQLite database and store): one warm-up job per server (model load, first-prompt costs), then ``--jobs``
 upscale jobs, each on a different frame (so ComfyUI's cache never answers), are validated and written by
-``service.submit_job`` and run by the real Dispatcher (placement, claims, executor, output ingest).
+``job_app.submit_job`` and run by the real Dispatcher (placement, claims, executor, output ingest).
 Throughput = jobs / (time from the dispatcher's first look to the last job done). Both servers run
 during both measurements; on a machine with fewer cores than servers x torch threads the servers share
 cores, so the 2-server figure measures the orchestrator's spreading, not two GPUs' worth of compute.
@@ -29,10 +29,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import service  # noqa: E402
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import jobs as job_app
+from orchestrator.bootstrap import Context  # noqa: E402
 from orchestrator.comfy.worker import LocalWorker  # noqa: E402
-from orchestrator.context import Context  # noqa: E402
-from orchestrator.models import Attempt  # noqa: E402
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db.tables import Attempt  # noqa: E402
 from orchestrator.settings import PROJECT_ROOT, Settings  # noqa: E402
 
 MODEL = "tiny_x4.safetensors"
@@ -63,8 +66,8 @@ def run_jobs(ctx: Context, frames: list[bytes], start: int) -> list[str]:
     ids = []
     with ctx.db.session() as s:
         for i, data in enumerate(frames):
-            art = service.store_input(s, ctx.store, data, f"f{start + i}.png")
-            ids.append(service.submit_job(s, ctx.pool, "upscale-esrgan", {"image": art.id, "model": MODEL}).id)
+            art = artifact_app.store_input(s, ctx.store, data, f"f{start + i}.png")
+            ids.append(job_app.submit_job(s, ctx.pool, "upscale-esrgan", {"image": art.id, "model": MODEL}).id)
     return ids
 
 
@@ -72,7 +75,7 @@ def wait_all(ctx: Context, ids: list[str], timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with ctx.db.session() as s:
-            states = [service.get_job(s, i).state for i in ids]
+            states = [job_db.get_job(s, i).state for i in ids]
         if all(st.terminal for st in states):
             return sum(st.value == "SUCCEEDED" for st in states)
         time.sleep(0.02)
@@ -96,7 +99,7 @@ def measure(urls: list[str], jobs: int, size: int, home: Path, timeout_s: float)
         with ctx.db.session() as s:
             per_server: dict[str, int] = {}
             for i in ids:
-                for a in service.job_attempts(s, i):
+                for a in attempt_db.job_attempts(s, i):
                     if isinstance(a, Attempt) and a.state.value == "SUCCEEDED":
                         per_server[a.server] = per_server.get(a.server, 0) + 1
     finally:

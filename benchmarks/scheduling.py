@@ -35,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.sim import workload as wl  # noqa: E402
 from benchmarks.sim.pool import SimPool  # noqa: E402
-from orchestrator import placement, service  # noqa: E402
-from orchestrator import scheduler as sched  # noqa: E402
-from orchestrator.context import Context  # noqa: E402
-from orchestrator.jobs import JobState  # noqa: E402
-from orchestrator.models import Job  # noqa: E402
+from orchestrator.app import admission
+from orchestrator.app import jobs as job_app
+from orchestrator.bootstrap import Context  # noqa: E402
+from orchestrator.core import placement  # noqa: E402
+from orchestrator.core.states import JobState  # noqa: E402
+from orchestrator.db.tables import Job  # noqa: E402
+from orchestrator.runtime import dispatcher as sched  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 TERMINAL = [s for s in JobState if s.terminal]
@@ -92,9 +94,9 @@ def submit_all(ctx: Context, work: list[wl.SimJob]) -> None:
         checked: dict[str, Any] = {}
         for j in work:
             if j.model not in checked:
-                checked[j.model] = service.validate_job(s, ctx.pool, wl.TEMPLATE, j.params)
+                checked[j.model] = admission.validate_job(s, ctx.pool, wl.TEMPLATE, j.params)
             row, t, _ = checked[j.model]
-            service.create_job(s, row, t, {**checked[j.model][2], **j.params})
+            job_app.create_job(s, row, t, {**checked[j.model][2], **j.params})
 
 
 def count_queued(ctx: Context) -> int:

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.overhead import serve_api  # noqa: E402
 from benchmarks.sim import workload as wl  # noqa: E402
 from benchmarks.sim.pool import SimPool  # noqa: E402
-from orchestrator import service  # noqa: E402
-from orchestrator.jobs import JobState  # noqa: E402
-from orchestrator.models import Job  # noqa: E402
+from orchestrator.core.states import JobState  # noqa: E402
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db.tables import Job  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from tests.pg import scratch_postgres  # noqa: E402
 
@@ -66,7 +66,7 @@ def drain(ctx: object, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with ctx.db.session() as s:  # type: ignore[attr-defined]
-            if not service.inflight_by_server(s):
+            if not attempt_db.inflight_by_server(s):
                 return
         time.sleep(0.1)
 

@@ -38,8 +38,9 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.errors import MediaLabError  # noqa: E402
-from orchestrator.lock import DEFAULT_LOCK, ModelLock, PackLock, WorkerLock, commits_match, load_lock  # noqa: E402
+from orchestrator.core.errors import MediaLabError  # noqa: E402
+from orchestrator.core.lock import ModelLock, PackLock, WorkerLock, commits_match  # noqa: E402
+from orchestrator.runtime.worker_lock import DEFAULT_LOCK, load_lock  # noqa: E402
 
 CHUNK = 1 << 20
 ROOT_ONLY_FOLDERS = ("insightface",)  # IPAdapter_plus reads these from <ComfyUI>/models, never extra paths

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.comfy.worker import LocalWorker
-from orchestrator.db import Database
+from orchestrator.db.engine import Database
 from orchestrator.settings import PROJECT_ROOT, Settings
 from tests.pg import scratch_postgres
 

@@ -14,9 +14,8 @@ from orchestrator.api import problems
 from orchestrator.api.deps import AnyKey, CtxDep
 from orchestrator.api.guard import Guard
 from orchestrator.api.routes import artifacts, audit, jobs, keys, models, servers, templates, trainings
-from orchestrator.context import Context
+from orchestrator.bootstrap import Context, start_local_trainer
 from orchestrator.settings import Settings, get_settings
-from orchestrator.training.trainer import start_local
 
 
 def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastAPI:
@@ -30,7 +29,7 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
             ctx.start_pool()
             if dispatch:
                 ctx.start_dispatcher()
-                ctx.local_trainer = start_local(ctx)  # type: ignore[attr-defined]
+                ctx.local_trainer = start_local_trainer(ctx)  # type: ignore[attr-defined]
             yield
         finally:
             local = getattr(ctx, "local_trainer", None)

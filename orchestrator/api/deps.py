@@ -13,11 +13,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel import Session
 
-from orchestrator import auth
 from orchestrator.api.guard import check_key, key_from_headers
-from orchestrator.auth import Role
-from orchestrator.context import Context
-from orchestrator.models import ApiKey
+from orchestrator.bootstrap import Context
+from orchestrator.core import keys
+from orchestrator.core.keys import Role
+from orchestrator.db.tables import ApiKey
 
 
 def get_ctx(request: Request) -> Context:
@@ -43,7 +43,7 @@ def require(*roles: Role) -> Callable[..., ApiKey]:
         if key is None:
             headers = {k.lower(): v for k, v in request.headers.items()}
             key = request.state.api_key = check_key(get_ctx(request), key_from_headers(headers), roles)
-        auth.authorize(key, *roles)  # the guard checked this route's roles; this is what the route asks for
+        keys.authorize(key, *roles)  # the guard checked this route's roles; this is what the route asks for
         return key
 
     dep.medialab_roles = roles  # type: ignore[attr-defined]  # read by the guard

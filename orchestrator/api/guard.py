@@ -20,12 +20,13 @@ import anyio.to_thread
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator import auth
 from orchestrator.api.problems import send_problem
 from orchestrator.api.routing import RouteNeeds, api_routes, needs
-from orchestrator.errors import MediaLabError, TooLarge
-from orchestrator.limits import CONTROL
-from orchestrator.models import ApiKey
+from orchestrator.app import keys as key_app
+from orchestrator.core import keys
+from orchestrator.core.errors import MediaLabError, TooLarge
+from orchestrator.core.limits import CONTROL
+from orchestrator.db.tables import ApiKey
 
 Message = MutableMapping[str, Any]
 KEY_CHECKS = 4  # key checks at once (each a database connection for a moment): a burst of requests, such as
@@ -111,13 +112,13 @@ def control_character(scope: Scope) -> str | None:
     return None
 
 
-def check_key(ctx: Any, key: str | None, roles: tuple[auth.Role, ...]) -> ApiKey:
+def check_key(ctx: Any, key: str | None, roles: tuple[keys.Role, ...]) -> ApiKey:
     """Authenticate and authorize with a session of its own, closed before the route runs (a long request,
     such as an event stream, holds no database connection for its key)."""
     with ctx.db.session() as s:
-        row = auth.authenticate(s, key)
-        auth.authorize(row, *roles)
-        auth.touch(s, row)  # last_used_at, at most once a minute per key
+        row = key_app.authenticate(s, key)
+        keys.authorize(row, *roles)
+        key_app.touch(s, row)  # last_used_at, at most once a minute per key
         s.expunge(row)
         return row
 

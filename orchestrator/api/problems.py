@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import Send
 
 from orchestrator.api.routing import api_routes, route_roles
-from orchestrator.errors import MediaLabError
-from orchestrator.server_urls import redact_value
+from orchestrator.core.errors import MediaLabError
+from orchestrator.core.server_urls import redact_value
 from storage import StorageUnavailable
 
 PROBLEM = "application/problem+json"

@@ -12,7 +12,7 @@ from fastapi import params
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from orchestrator.auth import Role
+from orchestrator.core.keys import Role
 
 
 def api_routes(routes: list[Any]) -> Iterator[tuple[str, set[str], APIRoute]]:

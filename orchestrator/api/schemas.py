@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from orchestrator.jobs import JobState
-from orchestrator.limits import CONTROL_CHARS, MAX_PATH_LENGTH, MAX_QUERY_LENGTH, PRIORITY_RANGE
-from orchestrator.server_urls import MAX_SERVER_URL_LENGTH, redact, redact_value
-from orchestrator.training.dataset import MAX_IMAGES as MAX_DATASET_IMAGES
+from orchestrator.core.limits import CONTROL_CHARS, MAX_PATH_LENGTH, MAX_QUERY_LENGTH, PRIORITY_RANGE
+from orchestrator.core.server_urls import MAX_SERVER_URL_LENGTH, redact, redact_value
+from orchestrator.core.states import JobState
+from orchestrator.training.core.dataset import MAX_IMAGES as MAX_DATASET_IMAGES
 
 # What the API shows of a server URL, a message or an error: never the credentials of a URL in it.
 Shown = Annotated[str, AfterValidator(redact)]

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 import httpx
 import websocket
 
-from orchestrator.errors import MediaLabError
-from orchestrator.server_urls import redact
+from orchestrator.core.errors import MediaLabError
+from orchestrator.core.server_urls import redact
 
 
 class ComfyError(MediaLabError):

@@ -21,7 +21,7 @@ from typing import Any
 import websocket
 
 from orchestrator.comfy.client import ComfyUnreachable, Connect
-from orchestrator.server_urls import redact
+from orchestrator.core.server_urls import redact
 
 log = logging.getLogger(__name__)
 _DROPPED = object()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from orchestrator.errors import Unavailable
+from orchestrator.core.errors import Unavailable
 
 NODE_PACK = Path(__file__).resolve().parents[2] / "custom_nodes"
 MODEL_FOLDERS = ["checkpoints", "loras", "vae", "clip", "clip_vision", "upscale_models", "embeddings",

@@ -10,13 +10,19 @@ from typing import Any
 
 from sqlmodel import select
 
-from orchestrator import service
-from orchestrator import templates as tpl
-from orchestrator.db import Database
-from orchestrator.executor import Executor
-from orchestrator.jobs import JobState
-from orchestrator.models import Artifact, Attempt, Job, JobEvent
-from orchestrator.pool import Pool, Server
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import jobs as job_app
+from orchestrator.app import servers as server_app
+from orchestrator.app import templates as template_app
+from orchestrator.core import templates as tpl
+from orchestrator.core.states import JobState
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent
+from orchestrator.runtime.executor import Executor
+from orchestrator.runtime.pool import Pool, Server
 from orchestrator.settings import PROJECT_ROOT, Settings
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
@@ -44,10 +50,10 @@ class Engine:
     def job(self, model: str = "x4.pth", **fields: Any) -> str:
         """A QUEUED upscale-esrgan v1 job on a fresh input frame; ``fields`` are set on the row."""
         with self.db.session() as s:
-            row, t = service.get_template(s, "upscale-esrgan", 1)
-            frame = service.store_input(s, self.store, png_bytes(8, 8, (len(self.inputs) * 13 % 256, 0, 0)),
+            row, t = template_db.get_template(s, "upscale-esrgan", 1)
+            frame = artifact_app.store_input(s, self.store, png_bytes(8, 8, (len(self.inputs) * 13 % 256, 0, 0)),
                                         "frame.png")
-            job = service.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": model}))
+            job = job_app.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": model}))
             for name, value in fields.items():
                 setattr(job, name, value)
             s.add(job)
@@ -59,7 +65,7 @@ class Engine:
         """Claim the job for server ``index`` as the dispatcher does (owner: this executor's by default)."""
         srv = self.server(index)
         with self.db.session() as s:
-            attempt = service.start_attempt(s, service.get_job(s, job_id), srv.url, owner or self.executor.owner,
+            attempt = attempt_db.start_attempt(s, job_db.get_job(s, job_id), srv.url, owner or self.executor.owner,
                                             self.settings.lease_s if lease_s is None else lease_s,
                                             srv.comfy_version)
             assert attempt is not None
@@ -68,15 +74,15 @@ class Engine:
 
     def get(self, job_id: str) -> Job:
         with self.db.session() as s:
-            return service.get_job(s, job_id)
+            return job_db.get_job(s, job_id)
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.session() as s:
-            return service.job_attempts(s, job_id)
+            return attempt_db.job_attempts(s, job_id)
 
     def events(self, job_id: str) -> list[JobEvent]:
         with self.db.session() as s:
-            return service.events_after(s, job_id)
+            return job_db.events_after(s, job_id)
 
     def reasons(self, job_id: str) -> list[str]:
         return [e.reason for e in self.events(job_id)]
@@ -113,9 +119,9 @@ def start_engine(tmp_path: Path, servers: int = 1, scripts: list[Script] | None 
     shared: deque[Script] = deque(scripts or [])
     fakes = [FakeComfy(f"http://comfy-{chr(97 + i)}.test:8188", scripts=shared) for i in range(servers)]
     with db.session() as s:
-        service.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
+        template_app.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
         for fake in fakes:
-            service.register_server(s, fake.url, fake.url.split("//")[1].split(".")[0])
+            server_app.register_server(s, fake.url, fake.url.split("//")[1].split(".")[0])
     pool = Pool(db, "test", connect=pool_connect(*fakes))
     pool.sync()
     for srv in pool.servers:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator import auth
 from orchestrator.api.app import create_app
+from orchestrator.app import keys as key_app
 from orchestrator.settings import Settings
 
 
@@ -27,7 +27,7 @@ def make_api(settings: Settings, dispatch: bool) -> Iterator[Api]:
         headers = {}
         with app.state.ctx.db.session() as s:
             for role in ("admin", "run", "export"):
-                _row, key = auth.create_key(s, f"test-{role}", [role])
+                _row, key = key_app.create_key(s, f"test-{role}", [role])
                 headers[role] = {"X-API-Key": key}
         yield Api(client, headers["admin"], headers["run"], headers["export"])
 

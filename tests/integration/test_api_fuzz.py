@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from orchestrator import auth
+from orchestrator.app import keys as key_app
 from orchestrator.settings import Settings
 from tests.integration.conftest import make_api
 
@@ -39,7 +39,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory, comfy_url: str) -> Ite
     st = Settings(home=home / "home", templates_dir=PROJECT_ROOT / "comfy_workflows", event_timeout_s=5.0,
                   comfy_servers=[comfy_url])
     with make_api(st, dispatch=False) as api, api.client.app.state.ctx.db.session() as s:
-        _row, key = auth.create_key(s, "fuzz", ["admin"])
+        _row, key = key_app.create_key(s, "fuzz", ["admin"])
         yield api.client.app, key
 
 

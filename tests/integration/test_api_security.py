@@ -15,9 +15,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from orchestrator import auth, service
 from orchestrator.api.app import create_app
 from orchestrator.api.routing import api_routes
+from orchestrator.app import keys as key_app
+from orchestrator.db import jobs as job_db
 from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes
 from tests.integration.conftest import Api
@@ -85,7 +86,7 @@ def keys(api_paused: Api) -> dict[str, dict[str, str]]:
     out = {}
     with api_paused.client.app.state.ctx.db.session() as s:
         for role in ROLES:
-            _row, plain = auth.create_key(s, f"matrix-{role}", [role])
+            _row, plain = key_app.create_key(s, f"matrix-{role}", [role])
             out[role] = {"X-API-Key": plain}
     return out
 
@@ -133,7 +134,7 @@ def test_a_500_is_problem_json(api_paused: Api, monkeypatch: pytest.MonkeyPatch)
     def broken(*_a: Any, **_k: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(service, "list_jobs", broken)
+    monkeypatch.setattr(job_db, "list_jobs", broken)
     client = TestClient(api_paused.client.app, raise_server_exceptions=False)
     r = client.get("/v1/jobs", headers=api_paused.admin)
     assert r.status_code == 500
@@ -236,8 +237,8 @@ def test_the_key_and_the_size_are_checked_before_the_body(settings: Settings, co
     settings.max_upload_bytes = 1 << 20
     with serve(settings) as (port, app):
         with app.state.ctx.db.session() as s:
-            run = auth.create_key(s, "run", ["run"])[1]
-            export = auth.create_key(s, "export", ["export"])[1]
+            run = key_app.create_key(s, "run", ["run"])[1]
+            export = key_app.create_key(s, "export", ["export"])[1]
         upload = ("POST /v1/artifacts HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                   "Content-Length: 10737418240\r\n{auth}")
         # 10 GiB announced, not one byte of it sent: each answer comes at once
@@ -273,7 +274,7 @@ def test_a_multipart_header_does_not_lift_the_json_cap(settings: Settings, comfy
     settings.max_body_bytes = 4096
     with serve(settings) as (port, app):
         with app.state.ctx.db.session() as s:
-            run = auth.create_key(s, "run", ["run"])[1]
+            run = key_app.create_key(s, "run", ["run"])[1]
         status, body = raw_request(port, f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nX-API-Key: {run}\r\n"
                                    "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n")
         assert status == 413 and body["limit"] == "max_body_bytes"

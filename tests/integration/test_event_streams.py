@@ -27,10 +27,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from benchmarks.overhead import free_port
-from orchestrator import auth
 from orchestrator.api.app import create_app
 from orchestrator.api.routes import jobs as jobs_routes
-from orchestrator.context import Context
+from orchestrator.app import keys as key_app
+from orchestrator.bootstrap import Context
 from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes
 from tests.pg import scratch_postgres
@@ -52,7 +52,7 @@ def serve(settings: Settings, dispatch: bool) -> Iterator[tuple[str, dict[str, s
         assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
         time.sleep(0.05)
     with app.state.ctx.db.session() as s:
-        _row, key = auth.create_key(s, "streams", ["run"])
+        _row, key = key_app.create_key(s, "streams", ["run"])
     try:
         yield f"http://127.0.0.1:{port}", {"X-API-Key": key}, app
     finally:

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import event, update
 from sqlmodel import Session, col
 
-from orchestrator.db import Database
-from orchestrator.models import ApiKey, LoraModel, TemplateVersionRow, now
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import ApiKey, LoraModel, TemplateVersionRow, now
 from tests.conftest import FIXTURE_MODEL, png_bytes
 from tests.integration.conftest import Api
 from tests.integration.test_cli import medialab

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from sqlmodel import func, select
 
-from orchestrator import auth
-from orchestrator.models import Artifact, Job, ServerRow
+from orchestrator.app import keys as key_app
+from orchestrator.db.tables import Artifact, Job, ServerRow
 from orchestrator.settings import Settings
 from tests.conftest import mp4_bytes, png_bytes
 from tests.integration.conftest import Api, make_api
@@ -105,7 +105,7 @@ def test_videos_over_each_cap_are_413_by_their_container(capped: Api) -> None:
 # -- bodies, parameters and query strings ---------------------------------------------------------------
 def train_key(api: Api) -> dict[str, str]:
     with api.client.app.state.ctx.db.session() as s:
-        _row, plain = auth.create_key(s, "trainer-test", ["train"])
+        _row, plain = key_app.create_key(s, "trainer-test", ["train"])
     return {"X-API-Key": plain}
 
 

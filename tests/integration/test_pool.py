@@ -17,10 +17,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from orchestrator import service
-from orchestrator import templates as tpl
-from orchestrator.db import Database
-from orchestrator.models import Job
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.core import templates as tpl
+from orchestrator.db import artifacts as artifact_db
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Job
 from orchestrator.settings import Settings
 from storage import LocalDiskStore
 from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
@@ -78,7 +82,7 @@ def test_server_killed_mid_job_fails_over_with_one_set_of_outputs(fresh_pair: li
         (out,) = final["outputs"]
         assert out["attempt_id"] == a2["id"] and out["server"] == a2["server"]
         with api.client.app.state.ctx.db.session() as s:
-            assert len(service.job_outputs(s, job["id"])) == 1
+            assert len(artifact_db.job_outputs(s, job["id"])) == 1
         servers = {s["url"]: s for s in api.client.get("/v1/servers", headers=api.reader).json()}
         assert servers[victim.url]["healthy"] is False
 
@@ -198,8 +202,8 @@ def test_orchestrator_killed_mid_job_completes_it_exactly_once(comfy_url: str, t
 
 def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pair: list[str], pg_url: str,
                                                                        tmp_path: Path) -> None:
+    from orchestrator.bootstrap import Context
     from orchestrator.comfy.worker import free_port
-    from orchestrator.context import Context
 
     storage = tmp_path / "objects"
     settings = Settings(home=tmp_path / "seed", database_url=pg_url, storage_dir=storage, comfy_servers=comfy_pair)
@@ -209,8 +213,8 @@ def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pa
                    free_port(), tmp_path / f"serve{i}.log") for i in range(2)]
     db = Database(pg_url)
     with db.session() as s:  # 200 jobs appear at once, with both replicas up and polling
-        art = service.store_input(s, LocalDiskStore(storage), png_bytes(16, 16), "tiny.png")
-        row, t = service.get_template(s, "upscale-esrgan")
+        art = artifact_app.store_input(s, LocalDiskStore(storage), png_bytes(16, 16), "tiny.png")
+        row, t = template_db.get_template(s, "upscale-esrgan")
         jobs = [Job(template_version_id=row.id, template=t.name, version=t.version,
                     params=tpl.validate_params(t, {"image": art.id, "model": FIXTURE_MODEL})) for _ in range(200)]
         s.add_all(jobs)
@@ -219,8 +223,8 @@ def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pa
     try:
         def finished() -> bool:
             with db.session() as s:
-                return not service.list_jobs(s, limit=1, state=None, template=None) or all(
-                    service.get_job(s, i).state.terminal for i in ids)
+                return not job_db.list_jobs(s, limit=1, state=None, template=None) or all(
+                    job_db.get_job(s, i).state.terminal for i in ids)
         wait_until(finished, timeout=240, what="200 jobs finished")
     finally:
         for p in procs:
@@ -228,9 +232,9 @@ def test_two_orchestrators_on_postgresql_dispatch_each_job_exactly_once(comfy_pa
         for p in procs:
             p.wait(30)
     with db.session() as s:
-        jobs = [service.get_job(s, i) for i in ids]
-        attempts = [service.job_attempts(s, i) for i in ids]
-        outputs = [service.job_outputs(s, i) for i in ids]
+        jobs = [job_db.get_job(s, i) for i in ids]
+        attempts = [attempt_db.job_attempts(s, i) for i in ids]
+        outputs = [artifact_db.job_outputs(s, i) for i in ids]
     db.engine.dispose()
     assert {j.state.value for j in jobs} == {"SUCCEEDED"}
     assert all(len(a) == 1 for a in attempts), "a job was dispatched more than once"

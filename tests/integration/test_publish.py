@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from orchestrator import editor
+from orchestrator.core import editor
 from orchestrator.settings import Settings
 from tests.conftest import png_bytes
 from tests.integration.conftest import make_api
@@ -132,7 +132,7 @@ def test_cli_publishes_the_saved_file_and_opens_it(tmp_path: Path, comfy_url: st
 def test_a_version_opened_and_saved_keeps_its_manifest(comfy_url: str, settings: Settings) -> None:
     """A template written by hand (manifest, no parameter nodes) goes through the editor and back: the saved
     file keeps the parameters of the version it was opened from, with the defaults the artist left."""
-    from orchestrator import templates as tpl
+    from orchestrator.core import templates as tpl
     from orchestrator.settings import PROJECT_ROOT
     from tests.conftest import FIXTURE_MODEL
 

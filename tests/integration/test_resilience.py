@@ -16,12 +16,16 @@ import httpx
 import psycopg
 import pytest
 
-from orchestrator import service
-from orchestrator import templates as tpl
-from orchestrator.capabilities import Capabilities
+from orchestrator.app import servers as server_app
 from orchestrator.comfy.worker import LocalWorker, free_port
-from orchestrator.db import Database
-from orchestrator.models import Attempt, Job, ServerRow
+from orchestrator.core import templates as tpl
+from orchestrator.core.capabilities import Capabilities
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db import servers as server_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Attempt, Job, ServerRow
 from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
@@ -35,14 +39,14 @@ from tests.tcp_proxy import TcpProxy
 
 def db_attempts(api: Api, job_id: str) -> list[Attempt]:
     with api.client.app.state.ctx.db.session() as s:
-        return service.job_attempts(s, job_id)
+        return attempt_db.job_attempts(s, job_id)
 
 
 def db_job_final(api: Api, job_id: str, timeout: float = 30) -> Job:
     """The job once it ended, read from the database (the API cannot show a job whose params are no object)."""
     def ended() -> Job | None:
         with api.client.app.state.ctx.db.session() as s:
-            job = service.get_job(s, job_id)
+            job = job_db.get_job(s, job_id)
             return job if job.state.terminal else None
     return wait_until(ended, timeout=timeout, what=f"job {job_id} ended")
 
@@ -66,7 +70,7 @@ def test_impossible_and_broken_jobs_end_failed_while_good_ones_run(api: Api, cap
     ctx = api.client.app.state.ctx
     frame = upload(api, png_bytes(48, 32))
     with ctx.db.session() as s:
-        row, t = service.get_template(s, "upscale-esrgan")
+        row, t = template_db.get_template(s, "upscale-esrgan")
     bad = {  # older and more urgent than the good ones: each dispatch round meets them first
         "impossible": insert_job(api, template_version_id=row.id, template=t.name, version=t.version, priority=50,
                                  params=tpl.validate_params(t, {"image": frame["id"], "model": "absent.safetensors"})),
@@ -103,7 +107,7 @@ def test_medialab_submit_refuses_what_the_api_refuses(comfy_url: str, tmp_path: 
     assert f"{comfy_url} lacks upscale_models/missing.pth (it has: {FIXTURE_MODEL})" in r.stderr, r.stderr
     db = Database(f"sqlite:///{(home / 'medialab.db').resolve()}")
     with db.session() as s:
-        assert service.list_jobs(s) == []
+        assert job_db.list_jobs(s) == []
     db.engine.dispose()
 
 
@@ -124,7 +128,7 @@ def test_a_job_whose_only_capable_server_is_removed_fails_with_the_reason(comfy_
         ctx.pool.sync()
         frame = upload(api, png_bytes(40, 30))
         with ctx.db.session() as s:
-            row, t = service.get_template(s, "upscale-esrgan")
+            row, t = template_db.get_template(s, "upscale-esrgan")
         job_id = insert_job(api, template_version_id=row.id, template=t.name, version=t.version,
                             params=tpl.validate_params(t, {"image": frame["id"], "model": FIXTURE_MODEL}))
         time.sleep(3)  # several dispatch rounds
@@ -166,7 +170,7 @@ def test_one_comfyui_under_two_urls_and_bad_registry_rows(comfy_url: str, settin
             assert any(e["kind"] == "progress" for e in events), (f["attempts"][0]["server"], events)
         assert elapsed < 4 * settings.event_timeout_s + 30, elapsed
         with ctx.db.session() as s:
-            rows = {r.name: r for r in service.server_rows(s)}
+            rows = {r.name: r for r in server_db.server_rows(s)}
         for name in bad_urls:
             assert not rows[name].healthy and rows[name].last_error.startswith("unusable registry entry: ")
         reports = [r for r in caplog.records if "skipped until it is removed" in r.getMessage()]
@@ -242,8 +246,8 @@ def test_hung_server_woken_up_does_not_run_the_abandoned_prompts(frozen_worker: 
     with make_api(settings, dispatch=True) as api:
         ctx = api.client.app.state.ctx
         with ctx.db.session() as s:  # in the pool before anything runs, but no job goes to it yet
-            service.register_server(s, comfy_url, "spare")
-            service.set_server_state(s, "spare", "draining")
+            server_app.register_server(s, comfy_url, "spare")
+            server_app.set_server_state(s, "spare", "draining")
         ctx.pool.sync()
         wait_until(lambda: (srv := ctx.pool.get(comfy_url)) is not None and srv.healthy and not srv.active,
                    timeout=60, what="spare server in the pool, drained")
@@ -260,7 +264,7 @@ def test_hung_server_woken_up_does_not_run_the_abandoned_prompts(frozen_worker: 
         os.kill(frozen_worker.proc.pid, signal.SIGSTOP)  # hung, not dead: its sockets stay open
         try:
             with ctx.db.session() as s:
-                service.set_server_state(s, "spare", "active")
+                server_app.set_server_state(s, "spare", "active")
             ctx.pool.sync()
             finals = [wait(api, j["id"], timeout=300) for j in (running, pending)]
         finally:
@@ -325,7 +329,7 @@ def test_store_down_at_dispatch_makes_the_job_wait_without_spending_attempts(
         assert [a.counts for a in attempts] == [False] * (len(attempts) - 1) + [True]
         assert attempts[-1].state.value == "SUCCEEDED" and len(final["outputs"]) == 1
         with api.client.app.state.ctx.db.session() as s:
-            assert service.counted_attempts(s, job["id"]) == 1
+            assert attempt_db.counted_attempts(s, job["id"]) == 1
         assert all(a.error["dependency"] for a in attempts[:-1])
 
 

@@ -23,9 +23,12 @@ import pytest
 
 from custom_nodes import urls
 from custom_nodes.objects import ObjectError, fetch
-from orchestrator import auth, sandbox, service
+from orchestrator.app import jobs as job_app
+from orchestrator.app import keys as key_app
+from orchestrator.bootstrap import worker_env
 from orchestrator.comfy.client import ComfyClient
-from orchestrator.context import worker_env
+from orchestrator.core import sandbox
+from orchestrator.db import templates as template_db
 from orchestrator.settings import Settings
 from tests.conftest import png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
@@ -211,7 +214,7 @@ def test_the_node_pack_reads_its_rule_from_the_environment(sites: tuple[Site, Si
 # -- reading host files through the API --------------------------------------------------------------
 def publish_key(api: Api) -> dict[str, str]:
     with api.client.app.state.ctx.db.session() as s:
-        _row, key = auth.create_key(s, "test-publish", ["publish"])
+        _row, key = key_app.create_key(s, "test-publish", ["publish"])
         s.commit()
     return {"X-API-Key": key}
 
@@ -309,8 +312,8 @@ def test_a_run_key_cannot_pick_a_host_file_through_a_string_parameter(api: Api) 
     # a job queued past every check (written straight to the database) is still stopped before ComfyUI sees it
     ctx = api.client.app.state.ctx
     with ctx.db.session() as s:
-        row, t = service.get_template(s, "load-by-name")
-        job = service.create_job(s, row, t, {"path": HOST_FILE})
+        row, t = template_db.get_template(s, "load-by-name")
+        job = job_app.create_job(s, row, t, {"path": HOST_FILE})
     ctx.dispatcher.wake()
     final = wait(api, job.id)
     assert final["state"] == "FAILED" and "leaves ComfyUI's folders" in final["error"]["message"], final
@@ -323,7 +326,7 @@ def test_a_run_key_cannot_pick_a_host_file_through_a_string_parameter(api: Api) 
 
 def test_trainer_checkpoints_use_the_same_path_rule(api: Api) -> None:
     with api.client.app.state.ctx.db.session() as s:
-        _row, key = auth.create_key(s, "test-train", ["train"])
+        _row, key = key_app.create_key(s, "test-train", ["train"])
         s.commit()
     headers = {"X-API-Key": key}
     details = []

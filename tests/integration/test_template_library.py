@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import templates as tpl
-from orchestrator import transport
 from orchestrator.comfy.worker import LocalWorker
+from orchestrator.core import byte_path as transport
+from orchestrator.core import templates as tpl
+from orchestrator.core.validation import validate_graph
 from orchestrator.settings import PROJECT_ROOT, Settings
-from orchestrator.validation import validate_graph
 from tests.conftest import MODELS, mp4_bytes, png_bytes
 from tests.integration.conftest import make_api
 from tests.integration.test_jobs_api import submit, upload

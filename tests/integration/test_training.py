@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import auth
-from orchestrator.jobs import JobState
+from orchestrator.app import keys as key_app
+from orchestrator.core.states import JobState
 from orchestrator.settings import Settings
-from orchestrator.training.trainer import HttpBackend, Trainer
+from orchestrator.training.runtime.trainer import HttpBackend, Trainer
 from tests.conftest import MODELS, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_jobs_api import upload, wait
@@ -63,7 +63,7 @@ def training_settings(settings: Settings, lora_server: tuple[str, Path], tmp_pat
 
 def train_key(api: Api) -> dict[str, str]:
     with api.client.app.state.ctx.db.session() as s:
-        _row, key = auth.create_key(s, "trainer", ["train"])
+        _row, key = key_app.create_key(s, "trainer", ["train"])
     return {"X-API-Key": key}
 
 
@@ -238,8 +238,8 @@ def test_a_claim_taken_back_while_finishing_registers_nothing(training_settings:
     409, no LoRA registered for the job that is QUEUED again; the retry's outputs are its own."""
     from sqlalchemy import update
 
-    from orchestrator.models import Attempt, Job, LoraModel
-    from orchestrator.training import jobs as tj
+    from orchestrator.db.tables import Attempt, Job, LoraModel
+    from orchestrator.training.app import trainings as tj
     from tests.unit.test_registry import lora_file
 
     with make_api(training_settings, dispatch=True) as api:

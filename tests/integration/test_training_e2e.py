@@ -18,12 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.errors import TrainingFailed
+from orchestrator.core.errors import TrainingFailed
 from orchestrator.settings import Settings
-from orchestrator.training.dataset import DatasetImage, build_dataset
-from orchestrator.training.presets import spec_from
-from orchestrator.training.progress import TrainingEvent
-from orchestrator.training.runner import run_training
+from orchestrator.training.core.dataset import DatasetImage, build_dataset
+from orchestrator.training.core.presets import spec_from
+from orchestrator.training.core.progress import TrainingEvent
+from orchestrator.training.runtime.runner import run_training
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NEEDED_GB = 8

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import service
-from orchestrator.context import Context, configured_servers
-from orchestrator.errors import InvalidInput
+from orchestrator.bootstrap import Context, configured_servers
+from orchestrator.core.errors import InvalidInput
+from orchestrator.db import servers as server_db
 from orchestrator.settings import Settings
 
 
@@ -18,7 +18,7 @@ def test_servers_from_env_and_file_land_in_the_registry(tmp_path: Path) -> None:
     for _ in range(2):  # a restart registers nothing twice
         ctx = Context(settings)
         with ctx.db.session() as s:
-            rows = service.server_rows(s)
+            rows = server_db.server_rows(s)
         ctx.close()
         assert [(r.name, r.url, r.source) for r in rows] == [
             ("gpu0:8188", "http://gpu0:8188", "config"), ("gpu1", "http://gpu1:8188", "config"),

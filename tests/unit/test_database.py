@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 from alembic import command
 
-from orchestrator import service
-from orchestrator import templates as tpl
-from orchestrator.db import Database, alembic_config
-from orchestrator.jobs import JobState
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import jobs as job_app
+from orchestrator.app import templates as template_app
+from orchestrator.core import templates as tpl
+from orchestrator.core.states import JobState
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import Database, alembic_config
 from orchestrator.settings import PROJECT_ROOT
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
@@ -25,18 +30,18 @@ def db(any_db: Database) -> Database:
 def queue_jobs(db: Database, n: int, tmp_path: Path) -> list[str]:
     versions = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
     with db.session() as s:
-        service.sync_templates(s, versions)
-        row, t = service.get_template(s, "upscale-esrgan")
-        frame = service.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
-        return [service.create_job(s, row, t, {"image": frame.id, "model": "m"}, priority=i % 2).id
+        template_app.sync_templates(s, versions)
+        row, t = template_db.get_template(s, "upscale-esrgan")
+        frame = artifact_app.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
+        return [job_app.create_job(s, row, t, {"image": frame.id, "model": "m"}, priority=i % 2).id
                 for i in range(n)]
 
 
 def claim(db: Database, owner: str = "test") -> str | None:
     """One dispatch claim as the dispatcher makes it: lock a candidate, start its attempt, commit."""
     with db.session() as s:
-        for job in service.queued_candidates(s, limit=1):
-            if service.start_attempt(s, job, "http://server", owner, 30.0):
+        for job in job_db.queued_candidates(s, limit=1):
+            if attempt_db.start_attempt(s, job, "http://server", owner, 30.0):
                 s.commit()
                 return job.id
             s.rollback()
@@ -62,9 +67,9 @@ def test_each_job_is_claimed_exactly_once(db: Database, tmp_path: Path) -> None:
         t.join()
     assert sorted(claimed) == sorted(ids)
     with db.session() as s:
-        assert all(service.get_job(s, i).state == JobState.RUNNING for i in ids)
-        states = [e.state for e in service.events_after(s, ids[0]) if e.kind == "state"]
-        attempts = service.job_attempts(s, ids[0])
+        assert all(job_db.get_job(s, i).state == JobState.RUNNING for i in ids)
+        states = [e.state for e in job_db.events_after(s, ids[0]) if e.kind == "state"]
+        attempts = attempt_db.job_attempts(s, ids[0])
     assert states == [JobState.QUEUED, JobState.RUNNING]
     assert [(a.number, a.owner, a.state) for a in attempts] == [(1, "test", JobState.RUNNING)]
 
@@ -78,11 +83,11 @@ def test_priority_then_age(db: Database, tmp_path: Path) -> None:
 def test_transition_loses_the_race_cleanly(db: Database, tmp_path: Path) -> None:
     (job_id,) = queue_jobs(db, 1, tmp_path)
     with db.session() as s:
-        assert service.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "cancelled")
-        assert not service.transition(s, job_id, JobState.QUEUED, JobState.RUNNING, "too late")
-        job = service.get_job(s, job_id)
+        assert job_db.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "cancelled")
+        assert not job_db.transition(s, job_id, JobState.QUEUED, JobState.RUNNING, "too late")
+        job = job_db.get_job(s, job_id)
         assert job.state == JobState.CANCELLED and job.finished_at is not None
-        assert [e.reason for e in service.events_after(s, job_id)] == ["submitted", "cancelled"]
+        assert [e.reason for e in job_db.events_after(s, job_id)] == ["submitted", "cancelled"]
 
 
 def test_migrations_match_the_models(db: Database) -> None:

@@ -20,14 +20,18 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlmodel import Session, select
 
-from orchestrator import service
-from orchestrator import templates as tpl
-from orchestrator.db import DB_ERRORS, Database
-from orchestrator.executor import Executor
-from orchestrator.jobs import JobState
-from orchestrator.models import Attempt, Job, JobEvent, now
-from orchestrator.pool import Pool
-from orchestrator.scheduler import Dispatcher
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import jobs as job_app
+from orchestrator.app import templates as template_app
+from orchestrator.core import templates as tpl
+from orchestrator.core.states import JobState
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import DB_ERRORS, Database
+from orchestrator.db.tables import Attempt, Job, JobEvent, now
+from orchestrator.runtime.dispatcher import Dispatcher
+from orchestrator.runtime.executor import Executor
+from orchestrator.runtime.pool import Pool
 from orchestrator.settings import PROJECT_ROOT, Settings
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
@@ -47,7 +51,7 @@ ERRORS = {
 def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     with database.session() as s:
-        service.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
+        template_app.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
     yield database
     database.engine.dispose()
 
@@ -80,10 +84,10 @@ def fails_once(db: Database, at: str, error: Exception) -> Iterator[list[str]]:
 def _running_job(db: Database, tmp_path: Path) -> tuple[str, str]:
     """A job RUNNING with an attempt owned by ``OWNER``: (job id, attempt id)."""
     with db.session() as s:
-        row, t = service.get_template(s, "upscale-esrgan")
-        frame = service.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
-        job = service.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": "x4.pth"}))
-        attempt = service.start_attempt(s, job, "http://gpu1:8188", OWNER, 30.0)
+        row, t = template_db.get_template(s, "upscale-esrgan")
+        frame = artifact_app.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
+        job = job_app.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": "x4.pth"}))
+        attempt = attempt_db.start_attempt(s, job, "http://gpu1:8188", OWNER, 30.0)
         s.commit()
         return job.id, attempt.id
 
@@ -118,15 +122,15 @@ def test_a_database_error_leaves_the_attempt_to_crash_recovery(db: Database, tmp
                     if "internal error" in e.reason]
         attempt.lease_until = now() - timedelta(seconds=1)
         s.commit()
-        assert [a.id for a in service.adopt_orphans(s, "other-2-def", 30.0)] == [attempt_id]
+        assert [a.id for a in attempt_db.adopt_orphans(s, "other-2-def", 30.0)] == [attempt_id]
 
 
 @pytest.mark.parametrize("kind", list(ERRORS))
 def test_a_database_error_in_a_dispatch_round_fails_no_job(db: Database, tmp_path: Path, kind: str) -> None:
     with db.session() as s:
-        row, t = service.get_template(s, "upscale-esrgan")
-        frame = service.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
-        job_id = service.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": "x4.pth"})).id
+        row, t = template_db.get_template(s, "upscale-esrgan")
+        frame = artifact_app.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
+        job_id = job_app.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": "x4.pth"})).id
     settings = Settings(home=tmp_path / "home")
     executor = Executor(db, LocalDiskStore(tmp_path / "objects"), settings, OWNER)
     dispatcher = Dispatcher(db, Pool(db, "test"), executor, settings)

@@ -7,16 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import service
-from orchestrator import templates as tpl
-from orchestrator.capabilities import Capabilities, Requirements
-from orchestrator.context import process_owner
-from orchestrator.db import Database
-from orchestrator.jobs import JobState, check_transition
-from orchestrator.models import Attempt, ServerRow, now
-from orchestrator.placement import ServerView, impossible_reason
-from orchestrator.pool import MissingCapability
-from orchestrator.retry import RetryPolicy
+from orchestrator.app import admission
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import jobs as job_app
+from orchestrator.app import templates as template_app
+from orchestrator.bootstrap import process_owner
+from orchestrator.core import templates as tpl
+from orchestrator.core.capabilities import Capabilities, Requirements
+from orchestrator.core.placement import ServerView, impossible_reason
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.states import JobState, check_transition
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db import servers as server_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Attempt, ServerRow, now
+from orchestrator.runtime.pool import MissingCapability
 from orchestrator.settings import PROJECT_ROOT
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
@@ -64,31 +71,31 @@ def test_each_process_lifetime_has_its_own_identity() -> None:
 def db(tmp_path: Path) -> Database:
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     with database.session() as s:
-        service.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
+        template_app.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
     return database
 
 
 def _job(db: Database, tmp_path: Path, model: str = "x4.pth") -> str:
     with db.session() as s:
-        row, t = service.get_template(s, "upscale-esrgan")
-        frame = service.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
-        return service.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": model})).id
+        row, t = template_db.get_template(s, "upscale-esrgan")
+        frame = artifact_app.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
+        return job_app.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": model})).id
 
 
 def test_heartbeat_renews_only_the_attempts_this_lifetime_follows(db: Database, tmp_path: Path) -> None:
     ids = [_job(db, tmp_path) for _ in range(2)]
     with db.session() as s:
-        attempts = [service.start_attempt(s, service.get_job(s, i), "http://a", "me", 1.0) for i in ids]
+        attempts = [attempt_db.start_attempt(s, job_db.get_job(s, i), "http://a", "me", 1.0) for i in ids]
         s.commit()
         past = now() - timedelta(seconds=5)
         for a in attempts:
             s.get(Attempt, a.id).lease_until = past
         s.commit()
-        assert service.heartbeat(s, "me", 30.0, [attempts[0].id]) == 1
-        assert service.heartbeat(s, "me", 30.0, []) == 0
+        assert attempt_db.heartbeat(s, "me", 30.0, [attempts[0].id]) == 1
+        assert attempt_db.heartbeat(s, "me", 30.0, []) == 0
         s.expire_all()
         assert s.get(Attempt, attempts[0].id).lease_until.timestamp() > now().timestamp()
-        orphans = service.adopt_orphans(s, "me-again", 30.0)  # the one nobody followed is adopted
+        orphans = attempt_db.adopt_orphans(s, "me-again", 30.0)  # the one nobody followed is adopted
     assert [a.id for a in orphans] == [attempts[1].id]
 
 
@@ -97,43 +104,43 @@ def test_only_attempts_that_count_are_counted(db: Database, tmp_path: Path) -> N
     flags = [True, False, False]
     with db.session() as s:
         for counts in flags:
-            a = service.start_attempt(s, service.get_job(s, job_id), "http://a", "me", 30.0)
+            a = attempt_db.start_attempt(s, job_db.get_job(s, job_id), "http://a", "me", 30.0)
             s.commit()
-            assert service.finish_attempt(s, a.id, "me", JobState.FAILED, None, counts=counts)
-            assert service.requeue(s, job_id, "again", 0.0)
+            assert attempt_db.finish_attempt(s, a.id, "me", JobState.FAILED, None, counts=counts)
+            assert job_db.requeue(s, job_id, "again", 0.0)
             s.commit()
-        assert service.counted_attempts(s, job_id) == 1
-        assert service.waits_in_a_row(s, job_id, before=4) == 2
-        assert service.waits_in_a_row(s, job_id, before=3) == 1
-        assert service.waits_in_a_row(s, job_id, before=2) == 0
+        assert attempt_db.counted_attempts(s, job_id) == 1
+        assert attempt_db.waits_in_a_row(s, job_id, before=4) == 2
+        assert attempt_db.waits_in_a_row(s, job_id, before=3) == 1
+        assert attempt_db.waits_in_a_row(s, job_id, before=2) == 0
 
 
 def test_abandoned_attempts_are_listed_per_server_until_cleared(db: Database, tmp_path: Path) -> None:
     job_id = _job(db, tmp_path)
     with db.session() as s:
-        a = service.start_attempt(s, service.get_job(s, job_id), "http://a", "me", 30.0)
+        a = attempt_db.start_attempt(s, job_db.get_job(s, job_id), "http://a", "me", 30.0)
         s.commit()
-        assert service.abandoned_attempts(s, "http://a") == []  # a running one is not abandoned
-        assert service.finish_attempt(s, a.id, "me", JobState.FAILED, None, abandoned=True)
+        assert attempt_db.abandoned_attempts(s, "http://a") == []  # a running one is not abandoned
+        assert attempt_db.finish_attempt(s, a.id, "me", JobState.FAILED, None, abandoned=True)
         s.commit()
-        assert [x.id for x in service.abandoned_attempts(s, "http://a")] == [a.id]
-        assert service.abandoned_attempts(s, "http://b") == []
-        service.clear_abandoned(s, [a.id])
-        assert service.abandoned_attempts(s, "http://a") == []
+        assert [x.id for x in attempt_db.abandoned_attempts(s, "http://a")] == [a.id]
+        assert attempt_db.abandoned_attempts(s, "http://b") == []
+        attempt_db.clear_abandoned(s, [a.id])
+        assert attempt_db.abandoned_attempts(s, "http://a") == []
 
 
 def test_without_a_live_pool_the_recorded_capabilities_refuse_the_same_jobs(db: Database, tmp_path: Path) -> None:
     with db.session() as s:
-        frame = service.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
+        frame = artifact_app.store_input(s, LocalDiskStore(tmp_path / "objects"), png_bytes(8, 8), "f.png")
         params = {"image": frame.id, "model": "x4.pth"}
-        service.validate_job(s, None, "upscale-esrgan", params)  # nothing registered: serve/run start a worker
+        admission.validate_job(s, None, "upscale-esrgan", params)  # nothing registered: serve/run start a worker
         s.add(ServerRow(name="new", url="http://new:8188"))
         s.commit()
-        service.validate_job(s, None, "upscale-esrgan", params)  # not probed yet: the live pool will decide
-        s.delete(service.get_server(s, "new"))
+        admission.validate_job(s, None, "upscale-esrgan", params)  # not probed yet: the live pool will decide
+        s.delete(server_db.get_server(s, "new"))
         caps = Capabilities(node_classes=CORE | {"ImageScaleBy"}, models={"upscale_models": frozenset({"y.pth"})})
         s.add(ServerRow(name="gpu1", url="http://gpu1:8188", healthy=True, capabilities=caps.to_json()))
         s.commit()
         with pytest.raises(MissingCapability, match=r"http://gpu1:8188 lacks upscale_models/x4.pth \(it has: y.pth\)"):
-            service.validate_job(s, None, "upscale-esrgan", params)
-        service.validate_job(s, None, "upscale-esrgan", {**params, "model": "y.pth"})
+            admission.validate_job(s, None, "upscale-esrgan", params)
+        admission.validate_job(s, None, "upscale-esrgan", {**params, "model": "y.pth"})

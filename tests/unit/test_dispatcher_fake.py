@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import service
-from orchestrator import templates as tpl
 from orchestrator.comfy.client import ComfyClient
-from orchestrator.jobs import JobState
-from orchestrator.scheduler import Dispatcher
+from orchestrator.core import templates as tpl
+from orchestrator.core.states import JobState
+from orchestrator.db import jobs as job_db
+from orchestrator.db import templates as template_db
+from orchestrator.runtime.dispatcher import Dispatcher
 from tests.fakes.comfy import Script
 from tests.fakes.engine import Engine, start_engine
 
@@ -75,8 +76,8 @@ def _orphan(engine: Engine, index: int = 0) -> tuple[str, str]:
 def _submit_as_the_crashed_process(engine: Engine, job_id: str, attempt_id: str, index: int = 0) -> None:
     fake = engine.fakes[index]
     with engine.db.session() as s:
-        job = service.get_job(s, job_id)
-        _row, t = service.get_template(s, job.template, job.version)
+        job = job_db.get_job(s, job_id)
+        _row, t = template_db.get_template(s, job.template, job.version)
     client = ComfyClient(fake.url, transport=fake.transport, connect=fake.connect)
     client.submit(tpl.bind(t, job.params), attempt_id, "crashed-owner-client")  # its events went to that socket
     client.close()

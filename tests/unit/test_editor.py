@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import editor
-from orchestrator import templates as tpl
-from orchestrator.errors import InvalidInput
+from orchestrator.core import editor
+from orchestrator.core import templates as tpl
+from orchestrator.core.errors import InvalidInput
 from orchestrator.settings import PROJECT_ROOT
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "editor"

@@ -1,9 +1,9 @@
 import pytest
 
-from orchestrator.auth import Role, authorize
 from orchestrator.comfy.client import describe_node_errors, output_files
-from orchestrator.errors import Forbidden
-from orchestrator.models import ApiKey
+from orchestrator.core.errors import Forbidden
+from orchestrator.core.keys import Role, authorize
+from orchestrator.db.tables import ApiKey
 
 NODE_ERRORS = {"2": {"class_type": "ImageScaleBy", "dependent_outputs": ["3"], "errors": [
     {"type": "value_bigger_than_max", "message": "Value bigger than max", "details": "scale_by",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import service
-from orchestrator.jobs import JobState
+from orchestrator.app import jobs as job_app
+from orchestrator.core.states import JobState
 from tests.fakes.comfy import Script
 from tests.fakes.engine import Engine, start_engine
 
@@ -104,7 +104,7 @@ def test_cancel_interrupts_by_prompt_id(engine: Engine) -> None:
     runner.start()
     fake.wait_running(attempt_id)
     with engine.db.session() as s:
-        assert service.cancel_job(s, job_id).state == JobState.RUNNING  # flagged; the executor stops it
+        assert job_app.cancel_job(s, job_id).state == JobState.RUNNING  # flagged; the executor stops it
     runner.join(5)
     assert result == [JobState.CANCELLED] and engine.get(job_id).state == JobState.CANCELLED
     assert fake.interrupts == [attempt_id]  # never a bare interrupt

@@ -1,7 +1,7 @@
 import pytest
 
-from orchestrator.errors import Conflict
-from orchestrator.jobs import TERMINAL, TRANSITIONS, JobState, check_transition
+from orchestrator.core.errors import Conflict
+from orchestrator.core.states import TERMINAL, TRANSITIONS, JobState, check_transition
 
 
 def test_lifecycle() -> None:

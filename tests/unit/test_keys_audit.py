@@ -14,10 +14,15 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import Session, select
 
-from orchestrator import audit, auth, limits, service
-from orchestrator.db import Database
-from orchestrator.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from orchestrator.models import ApiKey, AuditEvent, TemplateVersionRow, now
+from orchestrator.app import keys as key_app
+from orchestrator.app import servers as server_app
+from orchestrator.app import templates as template_app
+from orchestrator.core import keys, limits
+from orchestrator.core.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from orchestrator.db import audit
+from orchestrator.db import keys as key_db
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import ApiKey, AuditEvent, TemplateVersionRow, now
 from tests.unit.test_publish import GRAPH
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -42,74 +47,74 @@ def events(db: Database, action: str | None = None) -> list[AuditEvent]:
 
 # -- pure rules --------------------------------------------------------------------------------------
 def test_key_states() -> None:
-    assert auth.key_state(key(), T0) == "active"
-    assert auth.key_state(key(expires_at=T0 + timedelta(seconds=1)), T0) == "active"
-    assert auth.key_state(key(expires_at=T0), T0) == "expired"
-    assert auth.key_state(key(revoked_at=T0 - timedelta(seconds=1)), T0) == "revoked"
-    assert auth.key_state(key(revoked_at=T0 + timedelta(hours=1)), T0) == "revoking"  # a rotation's grace
-    assert auth.key_state(key(revoked_at=T0, expires_at=T0 - timedelta(days=1)), T0) == "revoked"
+    assert keys.key_state(key(), T0) == "active"
+    assert keys.key_state(key(expires_at=T0 + timedelta(seconds=1)), T0) == "active"
+    assert keys.key_state(key(expires_at=T0), T0) == "expired"
+    assert keys.key_state(key(revoked_at=T0 - timedelta(seconds=1)), T0) == "revoked"
+    assert keys.key_state(key(revoked_at=T0 + timedelta(hours=1)), T0) == "revoking"  # a rotation's grace
+    assert keys.key_state(key(revoked_at=T0, expires_at=T0 - timedelta(days=1)), T0) == "revoked"
 
 
 def test_an_expired_key_is_refused_saying_so_a_revoked_one_like_an_unknown_one() -> None:
     with pytest.raises(Unauthorized, match="API key 'ci' expired at 2026-12-01T11:00:00"):
-        auth.check_usable(key(name="ci", expires_at=T0 - timedelta(hours=1)), T0)
+        keys.check_usable(key(name="ci", expires_at=T0 - timedelta(hours=1)), T0)
     for row in (None, key(revoked_at=T0)):
         with pytest.raises(Unauthorized, match="^unknown or revoked API key$"):
-            auth.check_usable(row, T0)
+            keys.check_usable(row, T0)
     grace = key(revoked_at=T0 + timedelta(minutes=5))
-    assert auth.check_usable(grace, T0) is grace
+    assert keys.check_usable(grace, T0) is grace
 
 
 def test_last_use_is_written_at_most_once_a_minute() -> None:
-    assert auth.needs_touch(None, T0)
-    assert not auth.needs_touch(T0 - timedelta(seconds=59), T0)
-    assert auth.needs_touch(T0 - timedelta(seconds=60), T0)
-    assert not auth.needs_touch(T0 - timedelta(seconds=5), T0, interval_s=10)
+    assert keys.needs_touch(None, T0)
+    assert not keys.needs_touch(T0 - timedelta(seconds=59), T0)
+    assert keys.needs_touch(T0 - timedelta(seconds=60), T0)
+    assert not keys.needs_touch(T0 - timedelta(seconds=5), T0, interval_s=10)
 
 
 def test_the_last_usable_admin_key_is_the_last_way_in() -> None:
     a1, a2 = key(["admin"], id="a1"), key(["admin"], id="a2")
     runner = key(["run"], id="r")
-    assert auth.leaves_no_admin([a1, runner], a1, T0)
-    assert not auth.leaves_no_admin([a1, a2, runner], a1, T0)
-    assert not auth.leaves_no_admin([a1, runner], runner, T0)  # not an admin key
+    assert keys.leaves_no_admin([a1, runner], a1, T0)
+    assert not keys.leaves_no_admin([a1, a2, runner], a1, T0)
+    assert not keys.leaves_no_admin([a1, runner], runner, T0)  # not an admin key
     expired = key(["admin"], id="x", expires_at=T0 - timedelta(days=1))
-    assert auth.leaves_no_admin([a1, expired], a1, T0)  # an expired admin key is no way in
-    assert not auth.leaves_no_admin([a1, expired], expired, T0)  # revoking it changes nothing
+    assert keys.leaves_no_admin([a1, expired], a1, T0)  # an expired admin key is no way in
+    assert not keys.leaves_no_admin([a1, expired], expired, T0)  # revoking it changes nothing
     leaving = key(["admin"], id="g", revoked_at=T0 + timedelta(hours=1))
-    assert auth.leaves_no_admin([a1, leaving], a1, T0)  # one in its grace period will be gone soon
+    assert keys.leaves_no_admin([a1, leaving], a1, T0)  # one in its grace period will be gone soon
 
 
 def test_expiry_forms_and_limits() -> None:
-    assert auth.parse_expiry("30d", T0) == T0 + timedelta(days=30)
-    assert auth.parse_expiry(" 12h", T0) == T0 + timedelta(hours=12)
-    assert auth.parse_expiry("2w", T0) == T0 + timedelta(weeks=2)
-    assert auth.parse_expiry("P3D", T0) == T0 + timedelta(days=3)
-    assert auth.parse_expiry("2027-01-31", T0) == datetime(2027, 1, 31, tzinfo=UTC)
-    assert auth.parse_expiry("2027-01-31T12:00:00+02:00", T0) == datetime(2027, 1, 31, 10, tzinfo=UTC)
+    assert keys.parse_expiry("30d", T0) == T0 + timedelta(days=30)
+    assert keys.parse_expiry(" 12h", T0) == T0 + timedelta(hours=12)
+    assert keys.parse_expiry("2w", T0) == T0 + timedelta(weeks=2)
+    assert keys.parse_expiry("P3D", T0) == T0 + timedelta(days=3)
+    assert keys.parse_expiry("2027-01-31", T0) == datetime(2027, 1, 31, tzinfo=UTC)
+    assert keys.parse_expiry("2027-01-31T12:00:00+02:00", T0) == datetime(2027, 1, 31, 10, tzinfo=UTC)
     for never in (None, "", "never"):
-        assert auth.parse_expiry(never, T0) is None
+        assert keys.parse_expiry(never, T0) is None
     with pytest.raises(InvalidInput, match="in the past"):
-        auth.parse_expiry("2026-11-30", T0)
+        keys.parse_expiry("2026-11-30", T0)
     with pytest.raises(InvalidInput, match="in the past"):
-        auth.parse_expiry("0d", T0)
+        keys.parse_expiry("0d", T0)
     for far in ("3651d", "999999999w", "9999-12-31"):
-        with pytest.raises(InvalidInput, match="auth.MAX_EXPIRY=3650d") as exc:
-            auth.parse_expiry(far, T0)
-        assert exc.value.extra == {"limit": "auth.MAX_EXPIRY", "value": "3650d"}
+        with pytest.raises(InvalidInput, match="keys.MAX_EXPIRY=3650d") as exc:
+            keys.parse_expiry(far, T0)
+        assert exc.value.extra == {"limit": "keys.MAX_EXPIRY", "value": "3650d"}
     for bad in ("soon", "30 days", "2027-13-45", "-5d"):
         with pytest.raises(InvalidInput, match="expiry"):
-            auth.parse_expiry(bad, T0)
-    with pytest.raises(InvalidInput, match="auth.MAX_GRACE=7d"):
-        auth.parse_grace("8d")
-    assert auth.parse_grace(None) == timedelta(0) and auth.parse_grace("90s") == timedelta(seconds=90)
-    assert auth.parse_since("1h", T0) == T0 - timedelta(hours=1)
-    assert auth.parse_since("2026-11-01", T0) == datetime(2026, 11, 1, tzinfo=UTC)
+            keys.parse_expiry(bad, T0)
+    with pytest.raises(InvalidInput, match="keys.MAX_GRACE=7d"):
+        keys.parse_grace("8d")
+    assert keys.parse_grace(None) == timedelta(0) and keys.parse_grace("90s") == timedelta(seconds=90)
+    assert keys.parse_since("1h", T0) == T0 - timedelta(hours=1)
+    assert keys.parse_since("2026-11-01", T0) == datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def test_key_names_and_roles_are_checked() -> None:
     def check(name: str, max_length: int) -> str:  # as create_key checks a key name: the one name rule
-        return limits.check_name(name, "key name", max_length, pattern=auth.NAME, rule=auth.NAME_RULE)
+        return limits.check_name(name, "key name", max_length, pattern=keys.NAME, rule=keys.NAME_RULE)
 
     with pytest.raises(InvalidInput, match="over the limit max_name_length=8") as exc:
         check("a" * 9, 8)
@@ -119,11 +124,11 @@ def test_key_names_and_roles_are_checked() -> None:
             check(bad, 128)
     assert check("gpu-host_1.a@b+c", 128) == "gpu-host_1.a@b+c"
     with pytest.raises(InvalidInput, match="key name 'a b': use letters"):
-        auth.create_key(Session(), "a b", ["run"])  # refused before the session is touched
+        key_app.create_key(Session(), "a b", ["run"])  # refused before the session is touched
     with pytest.raises(InvalidInput, match="unknown role"):
-        auth.parse_roles(["run", "wizard"])
+        keys.parse_roles(["run", "wizard"])
     with pytest.raises(InvalidInput, match="at least one role"):
-        auth.parse_roles([])
+        keys.parse_roles([])
 
 
 def test_audit_data_holds_no_secrets() -> None:
@@ -141,42 +146,42 @@ def test_audit_data_holds_no_secrets() -> None:
 # -- keys in the database ----------------------------------------------------------------------------
 def test_create_use_expire(db: Database) -> None:
     with db.session() as s:
-        row, plain = auth.create_key(s, "ci", ["run", "export"], "1h")
-        assert plain.startswith("mlk_") and row.key_hash == auth.hash_key(plain) and plain not in row.key_hash
+        row, plain = key_app.create_key(s, "ci", ["run", "export"], "1h")
+        assert plain.startswith("mlk_") and row.key_hash == keys.hash_key(plain) and plain not in row.key_hash
         assert row.roles == ["export", "run"] and row.created_by is None  # made on the host
         assert abs((row.expires_at - now()) - timedelta(hours=1)) < timedelta(seconds=5)
-        assert auth.authenticate(s, plain).id == row.id
+        assert key_app.authenticate(s, plain).id == row.id
         row.expires_at = now() - timedelta(seconds=1)
         s.add(row)
         s.commit()
         with pytest.raises(Unauthorized, match="API key 'ci' expired at"):
-            auth.authenticate(s, plain)
+            key_app.authenticate(s, plain)
         with pytest.raises(Unauthorized, match="unknown or revoked"):
-            auth.authenticate(s, plain + "x")
+            key_app.authenticate(s, plain + "x")
 
 
 def test_revoke_by_id_or_name_never_the_last_admin(db: Database) -> None:
     with db.session() as s:
-        admin, admin_plain = auth.create_key(s, "root", ["admin"])
+        admin, admin_plain = key_app.create_key(s, "root", ["admin"])
         s.info["actor"] = admin
-        runner, plain = auth.create_key(s, "ci", ["run"])
+        runner, plain = key_app.create_key(s, "ci", ["run"])
         assert runner.created_by == admin.id  # made by an admin key over the API
-        auth.revoke_key(s, "ci")
+        key_app.revoke_key(s, "ci")
         with pytest.raises(Unauthorized, match="unknown or revoked"):
-            auth.authenticate(s, plain)
+            key_app.authenticate(s, plain)
         with pytest.raises(Conflict, match="revoked already"):
-            auth.revoke_key(s, runner.id)
+            key_app.revoke_key(s, runner.id)
         with pytest.raises(Conflict, match="last admin key"):
-            auth.revoke_key(s, "root")
-        assert auth.authenticate(s, admin_plain).id == admin.id  # still there
-        other, _ = auth.create_key(s, "root2", ["admin", "run"])
-        auth.revoke_key(s, admin.id)  # another admin key exists now
+            key_app.revoke_key(s, "root")
+        assert key_app.authenticate(s, admin_plain).id == admin.id  # still there
+        other, _ = key_app.create_key(s, "root2", ["admin", "run"])
+        key_app.revoke_key(s, admin.id)  # another admin key exists now
         with pytest.raises(Conflict, match="last admin key"):
-            auth.revoke_key(s, other.id)
+            key_app.revoke_key(s, other.id)
         with pytest.raises(NotFound, match="unknown API key 'nobody'"):
-            auth.revoke_key(s, "nobody")
-        assert [k.name for k in auth.list_keys(s)] == ["root2"]
-        assert [k.name for k in auth.list_keys(s, include_revoked=True)] == ["root", "ci", "root2"]
+            key_app.revoke_key(s, "nobody")
+        assert [k.name for k in key_db.list_keys(s)] == ["root2"]
+        assert [k.name for k in key_db.list_keys(s, include_revoked=True)] == ["root", "ci", "root2"]
 
 
 
@@ -186,8 +191,8 @@ def test_two_concurrent_revokes_of_the_last_two_admin_keys_leave_one(any_db: Dat
     (its lock or its UPDATE); then the first commits. Exactly one revoke may win."""
     db = any_db
     with db.session() as s:
-        a, _ = auth.create_key(s, "a", ["admin"])
-        b, _ = auth.create_key(s, "b", ["admin", "run"])
+        a, _ = key_app.create_key(s, "a", ["admin"])
+        b, _ = key_app.create_key(s, "b", ["admin", "run"])
     first_at_commit, second_at_write, release = threading.Event(), threading.Event(), threading.Event()
 
     def on_commit(_conn: object) -> None:
@@ -205,7 +210,7 @@ def test_two_concurrent_revokes_of_the_last_two_admin_keys_leave_one(any_db: Dat
     def revoke(ref: str) -> None:
         try:
             with db.session() as s:
-                auth.revoke_key(s, ref)
+                key_app.revoke_key(s, ref)
             outcomes[threading.current_thread().name] = "revoked"
         except Conflict as exc:
             outcomes[threading.current_thread().name] = exc.message
@@ -229,68 +234,68 @@ def test_two_concurrent_revokes_of_the_last_two_admin_keys_leave_one(any_db: Dat
     assert outcomes["first"] == "revoked"
     assert "is the last admin key" in outcomes["second"]
     with db.session() as s:
-        assert [k.name for k in auth.list_keys(s)] == ["b"]
+        assert [k.name for k in key_db.list_keys(s)] == ["b"]
         assert [e.target for e in s.exec(select(AuditEvent).where(AuditEvent.action == "key.revoke"))] == [a.id]
 
 
 def test_a_name_held_by_several_live_keys_needs_the_id(db: Database) -> None:
     with db.session() as s:
-        a, _ = auth.create_key(s, "trainer", ["train"])
-        b, _ = auth.create_key(s, "trainer", ["train"])
+        a, _ = key_app.create_key(s, "trainer", ["train"])
+        b, _ = key_app.create_key(s, "trainer", ["train"])
         with pytest.raises(Conflict, match=f"2 keys are named 'trainer' \\({a.id}, {b.id}\\): give the id"):
-            auth.get_key(s, "trainer")
-        assert auth.get_key(s, b.id).id == b.id
-        auth.revoke_key(s, a.id)
-        assert auth.get_key(s, "trainer").id == b.id  # the only live one
+            key_db.get_key(s, "trainer")
+        assert key_db.get_key(s, b.id).id == b.id
+        key_app.revoke_key(s, a.id)
+        assert key_db.get_key(s, "trainer").id == b.id  # the only live one
 
 
 def test_rotate_keeps_name_roles_and_expiry_and_revokes_the_old_key(db: Database) -> None:
     with db.session() as s:
-        old, old_plain = auth.create_key(s, "ci", ["publish", "run"], "30d")
-        new, new_plain, previous = auth.rotate_key(s, "ci")
+        old, old_plain = key_app.create_key(s, "ci", ["publish", "run"], "30d")
+        new, new_plain, previous = key_app.rotate_key(s, "ci")
         assert previous.id == old.id and new.id != old.id and new_plain != old_plain
         assert (new.name, new.roles, new.expires_at) == ("ci", ["publish", "run"], old.expires_at)
-        assert auth.authenticate(s, new_plain).id == new.id
+        assert key_app.authenticate(s, new_plain).id == new.id
         with pytest.raises(Unauthorized, match="unknown or revoked"):
-            auth.authenticate(s, old_plain)
+            key_app.authenticate(s, old_plain)
         with pytest.raises(Conflict, match="is revoked"):
-            auth.rotate_key(s, old.id)
-        assert auth.get_key(s, "ci").id == new.id  # the name now means the new key
+            key_app.rotate_key(s, old.id)
+        assert key_db.get_key(s, "ci").id == new.id  # the name now means the new key
 
 
 def test_rotate_with_a_grace_period_and_a_new_expiry(db: Database) -> None:
     with db.session() as s:
-        old, old_plain = auth.create_key(s, "ci", ["run"], "1d")
-        new, new_plain, _ = auth.rotate_key(s, old.id, grace="1h", expires="never")
+        old, old_plain = key_app.create_key(s, "ci", ["run"], "1d")
+        new, new_plain, _ = key_app.rotate_key(s, old.id, grace="1h", expires="never")
         assert new.expires_at is None
-        assert auth.key_state(old, now()) == "revoking" and auth.authenticate(s, old_plain).id == old.id
-        assert auth.get_key(s, "ci").id == new.id  # the one not being revoked
+        assert keys.key_state(old, now()) == "revoking" and key_app.authenticate(s, old_plain).id == old.id
+        assert key_db.get_key(s, "ci").id == new.id  # the one not being revoked
         old.revoked_at = now() - timedelta(seconds=1)  # the grace period is over
         s.add(old)
         s.commit()
         with pytest.raises(Unauthorized):
-            auth.authenticate(s, old_plain)
-        expired, _ = auth.create_key(s, "old", ["run"], "1h")
+            key_app.authenticate(s, old_plain)
+        expired, _ = key_app.create_key(s, "old", ["run"], "1h")
         expired.expires_at = now() - timedelta(hours=1)
         s.add(expired)
         s.commit()
         with pytest.raises(InvalidInput, match="expired at .*give the new key an expiry"):
-            auth.rotate_key(s, "old")
-        renewed, plain, _ = auth.rotate_key(s, "old", expires="7d")
-        assert auth.authenticate(s, plain).id == renewed.id
-        with pytest.raises(InvalidInput, match="auth.MAX_GRACE=7d"):
-            auth.rotate_key(s, renewed.id, grace="30d")
+            key_app.rotate_key(s, "old")
+        renewed, plain, _ = key_app.rotate_key(s, "old", expires="7d")
+        assert key_app.authenticate(s, plain).id == renewed.id
+        with pytest.raises(InvalidInput, match="keys.MAX_GRACE=7d"):
+            key_app.rotate_key(s, renewed.id, grace="30d")
 
 
 def test_touch_writes_once_a_minute_and_once_among_concurrent_requests(db: Database) -> None:
     with db.session() as s:
-        row, _ = auth.create_key(s, "busy", ["run"])
+        row, _ = key_app.create_key(s, "busy", ["run"])
     with db.session() as s:
         row = s.get(ApiKey, row.id)
-        assert auth.touch(s, row, at=T0)
+        assert key_app.touch(s, row, at=T0)
         assert row.last_used_at == T0 and not s.dirty  # the object reads the new value, nothing left to flush
-        assert not auth.touch(s, row, at=T0 + timedelta(seconds=30))
-        assert auth.touch(s, row, at=T0 + timedelta(seconds=61))
+        assert not key_app.touch(s, row, at=T0 + timedelta(seconds=30))
+        assert key_app.touch(s, row, at=T0 + timedelta(seconds=61))
     with db.session() as s:
         assert s.get(ApiKey, row.id).last_used_at == T0 + timedelta(seconds=61)
     # many requests of one key read the same stale row at once: one conditional UPDATE wins
@@ -300,7 +305,7 @@ def test_touch_writes_once_a_minute_and_once_among_concurrent_requests(db: Datab
             stale.append((s, s.get(ApiKey, row.id)))
     later = T0 + timedelta(seconds=200)
     wrote: list[bool] = []
-    threads = [threading.Thread(target=lambda s=s, r=r: wrote.append(auth.touch(s, r, at=later))) for s, r in stale]
+    threads = [threading.Thread(target=lambda s=s, r=r: wrote.append(key_app.touch(s, r, at=later))) for s, r in stale]
     for t in threads:
         t.start()
     for t in threads:
@@ -313,7 +318,7 @@ def test_touch_writes_once_a_minute_and_once_among_concurrent_requests(db: Datab
 # -- the audit trail ---------------------------------------------------------------------------------
 def test_audit_rows_name_the_actor_and_go_with_their_transaction(db: Database) -> None:
     with db.session() as s:
-        admin, _ = auth.create_key(s, "root", ["admin"])
+        admin, _ = key_app.create_key(s, "root", ["admin"])
     with db.session() as s:
         s.info["actor"] = admin
         audit.record(s, "server.drain", "gpu1")
@@ -330,16 +335,16 @@ def test_audit_rows_name_the_actor_and_go_with_their_transaction(db: Database) -
 
 def test_service_changes_are_audited_once_and_not_when_rolled_back(db: Database, tmp_path: Path) -> None:
     with db.session() as s:
-        admin, _ = auth.create_key(s, "root", ["admin"])
+        admin, _ = key_app.create_key(s, "root", ["admin"])
     with db.session() as s:
         s.info["actor"] = admin
-        server = service.register_server(s, "http://user:pw@gpu1:8188", "gpu1")
-        service.register_server(s, "http://user:pw@gpu1:8188", "gpu1")  # registered already: no change
-        service.set_server_state(s, "gpu1", "draining")
-        service.set_server_state(s, "gpu1", "active")
-        service.remove_server(s, server.id)
-        v1 = service.publish_template(s, None, "scaler", GRAPH)
-        service.set_deprecated(s, "scaler", 1)
+        server = server_app.register_server(s, "http://user:pw@gpu1:8188", "gpu1")
+        server_app.register_server(s, "http://user:pw@gpu1:8188", "gpu1")  # registered already: no change
+        server_app.set_server_state(s, "gpu1", "draining")
+        server_app.set_server_state(s, "gpu1", "active")
+        server_app.remove_server(s, server.id)
+        v1 = template_app.publish_template(s, None, "scaler", GRAPH)
+        template_app.set_deprecated(s, "scaler", 1)
 
     raced: list[bool] = []
 
@@ -357,7 +362,7 @@ def test_service_changes_are_audited_once_and_not_when_rolled_back(db: Database,
         with db.session() as s:
             s.info["actor"] = admin
             with pytest.raises(Conflict, match="published by someone else"):
-                service.publish_template(s, None, "scaler", {**GRAPH, "5": {**GRAPH["5"], "inputs": {
+                template_app.publish_template(s, None, "scaler", {**GRAPH, "5": {**GRAPH["5"], "inputs": {
                     **GRAPH["5"]["inputs"], "filename_prefix": "v2"}}})
     finally:
         event.remove(Session, "before_flush", publish_collides)
@@ -373,7 +378,7 @@ def test_service_changes_are_audited_once_and_not_when_rolled_back(db: Database,
 
 def test_query_filters_and_bounds(db: Database) -> None:
     with db.session() as s:
-        admin, _ = auth.create_key(s, "root", ["admin"])
+        admin, _ = key_app.create_key(s, "root", ["admin"])
     with db.session() as s:
         s.info["actor"] = admin
         audit.record(s, "job.submit", "j1")

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from orchestrator import limits, media, service
-from orchestrator.db import Database
-from orchestrator.errors import Conflict, InvalidInput, NotFound, TooLarge
-from orchestrator.models import Artifact, ArtifactTag, LoraModel
-from orchestrator.server_urls import (
+from orchestrator.app import admission
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import servers as server_app
+from orchestrator.core import limits
+from orchestrator.core.errors import Conflict, InvalidInput, NotFound, TooLarge
+from orchestrator.core.server_urls import (
     canonical,
     duplicate_of,
     parse_server_url,
@@ -26,8 +27,13 @@ from orchestrator.server_urls import (
     resolve,
     same_server,
 )
+from orchestrator.db import artifacts as artifact_db
+from orchestrator.db import servers as server_db
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Artifact, ArtifactTag, LoraModel
+from orchestrator.runtime import media
 from orchestrator.settings import Settings
-from orchestrator.training.jobs import check_events, finite_measures
+from orchestrator.training.app.trainings import check_events, finite_measures
 from storage import LocalDiskStore
 from tests.conftest import mp4_bytes, png_bytes
 from tests.unit.test_database import db  # noqa: F401  (the SQLite + PostgreSQL fixture)
@@ -92,8 +98,8 @@ def test_every_bound_of_a_json_value_is_refused_naming_its_own_limit() -> None:
 
 
 def test_a_dataset_names_the_limits_of_its_captions(tmp_path: Path) -> None:
-    from orchestrator.training import dataset_store
-    from orchestrator.training.dataset import MAX_IMAGES
+    from orchestrator.training.app import datasets as dataset_store
+    from orchestrator.training.core.dataset import MAX_IMAGES
 
     store = LocalDiskStore(tmp_path / "objects")
     too_many = {f"a{i}": "x" for i in range(MAX_IMAGES + 1)}
@@ -165,12 +171,12 @@ def test_timeouts_are_finite_positive_and_capped() -> None:
 
 
 def test_priority_and_timeout_of_every_path_that_queues() -> None:
-    service.check_job_fields(100, 60.0, SETTINGS)
+    admission.check_job_fields(100, 60.0, SETTINGS)
     for bad in (101, -101, 2**64):
         with pytest.raises(InvalidInput, match="priority"):
-            service.check_job_fields(bad, None, SETTINGS)
+            admission.check_job_fields(bad, None, SETTINGS)
     with pytest.raises(InvalidInput, match="timeout_s must be a finite number"):
-        service.check_job_fields(0, 1e400, SETTINGS)
+        admission.check_job_fields(0, 1e400, SETTINGS)
 
 
 def test_heartbeat_events_are_counted_bounded_and_a_nan_loss_is_kept_as_null() -> None:
@@ -419,12 +425,12 @@ def test_a_refused_upload_leaves_no_object_and_no_row(db: Database, tmp_path: Pa
         for data, name, error in ((bomb_png(), "bomb.png", TooLarge), (png_bytes(200, 200), "big.png", TooLarge),
                                   (png_bytes(64, 48)[:60], "cut.png", InvalidInput)):
             with pytest.raises(error):
-                service.store_input(s, store, data, name, settings=caps)
+                artifact_app.store_input(s, store, data, name, settings=caps)
         with pytest.raises(InvalidInput, match="max_tags"):
-            service.store_input(s, store, png_bytes(8, 8), "ok.png", [f"t{i}" for i in range(40)], settings=caps)
+            artifact_app.store_input(s, store, png_bytes(8, 8), "ok.png", [f"t{i}" for i in range(40)], settings=caps)
         assert objects(tmp_path / "objects") == [] and s.exec(select(Artifact)).all() == []
         assert list((tmp_path / "home" / "spool").iterdir()) == []
-        art = service.store_input(s, store, png_bytes(8, 8), "ok.png", ["a"], settings=caps)
+        art = artifact_app.store_input(s, store, png_bytes(8, 8), "ok.png", ["a"], settings=caps)
         assert (art.content_type, art.width) == ("image/png", 8) and len(objects(tmp_path / "objects")) == 1
 
 
@@ -460,33 +466,33 @@ def test_no_database_connection_is_held_while_an_upload_is_read_or_stored(db: Da
     with db.session() as s:
         assert s.exec(select(Artifact)).all() == []  # a read of the caller (the CLI's, say): its transaction is open
         assert db.engine.pool.checkedout() == 1
-        art = service.store_input(s, store, WatchedUpload(data, db, reads), "a.png", ["x"])
+        art = artifact_app.store_input(s, store, WatchedUpload(data, db, reads), "a.png", ["x"])
         assert len(reads) > 2 and set(reads) == {0} and store.seen == [0]  # read in pieces, none holding one
-        again = service.store_input(s, store, WatchedUpload(data, db, reads), "b.png", ["y"])
+        again = artifact_app.store_input(s, store, WatchedUpload(data, db, reads), "b.png", ["y"])
         assert again.id == art.id and store.seen == [0] and set(reads) == {0}  # the same bytes: stored once
-        assert service.artifact_tags(s, art.id) == ["x", "y"]
+        assert artifact_db.artifact_tags(s, art.id) == ["x", "y"]
 
 
 def test_a_tagged_artifact_is_deleted_and_a_referenced_one_is_409(db: Database, tmp_path: Path) -> None:  # noqa: F811
     store = LocalDiskStore(tmp_path / "objects")
     with db.session() as s:
-        tagged = service.store_input(s, store, png_bytes(8, 8), "a.png", ["x", "y"])
-        service.delete_artifact(s, store, tagged.id)
+        tagged = artifact_app.store_input(s, store, png_bytes(8, 8), "a.png", ["x", "y"])
+        artifact_app.delete_artifact(s, store, tagged.id)
         assert s.get(Artifact, tagged.id) is None and s.exec(select(ArtifactTag)).all() == []
         assert objects(tmp_path / "objects") == []
-        image = service.store_input(s, store, png_bytes(9, 9), "b.png", ["x"])
+        image = artifact_app.store_input(s, store, png_bytes(9, 9), "b.png", ["x"])
         derived = Artifact(origin="dataset:test", key=image.key, sha256="0" * 64, size=1, content_type="x",
                            filename="hero-v1.tar", role="dataset", input_artifacts=[image.id])
-        lora_file = service.store_input(s, store, b"weights", "hero.safetensors")
+        lora_file = artifact_app.store_input(s, store, b"weights", "hero.safetensors")
         s.add(derived)
         s.add(LoraModel(sha256="1" * 64, name="hero", version=1, filename="hero-v1.safetensors",
                         trigger_words=[], artifact_id=lora_file.id, size=7))
         s.commit()
         with pytest.raises(Conflict, match=f"lineage of 1 artifact.*dataset {derived.id}"):
-            service.delete_artifact(s, store, image.id)
+            artifact_app.delete_artifact(s, store, image.id)
         with pytest.raises(Conflict, match="hero-v1.safetensors"):
-            service.delete_artifact(s, store, lora_file.id)
-        assert s.get(Artifact, image.id) is not None and service.artifact_tags(s, image.id) == ["x"]
+            artifact_app.delete_artifact(s, store, lora_file.id)
+        assert s.get(Artifact, image.id) is not None and artifact_db.artifact_tags(s, image.id) == ["x"]
 
 
 def test_an_object_the_store_lost_is_404_naming_the_artifact(tmp_path: Path) -> None:
@@ -496,37 +502,37 @@ def test_an_object_the_store_lost_is_404_naming_the_artifact(tmp_path: Path) -> 
                    filename="f.bin")
     store.delete(obj.key)
     with pytest.raises(NotFound, match="a1 .*missing from the object store") as exc:
-        service.open_artifact(store, art)
+        artifact_db.open_artifact(store, art)
     assert exc.value.extra == {"artifact": "a1"}
 
 
 # -- server registration on the database ---------------------------------------------------------------
 def test_registration_validates_before_saving_and_refuses_a_second_name(db: Database) -> None:  # noqa: F811
     with db.session() as s:
-        row = service.register_server(s, "http://127.0.0.1:8188/", settings=SETTINGS)
+        row = server_app.register_server(s, "http://127.0.0.1:8188/", settings=SETTINGS)
         assert (row.url, row.name) == ("http://127.0.0.1:8188", "127.0.0.1:8188")
         for url in ("http://127.0.0.1:8188\x00", "http://" + "h" * 3000, "ftp://127.0.0.1", "http://h/?q"):
             with pytest.raises(InvalidInput):
-                service.register_server(s, url, settings=SETTINGS)
+                server_app.register_server(s, url, settings=SETTINGS)
         with pytest.raises(Conflict, match="'127.0.0.1:8188' under another name") as exc:
-            service.register_server(s, "http://localhost:8188", "other", settings=SETTINGS)
+            server_app.register_server(s, "http://localhost:8188", "other", settings=SETTINGS)
         assert exc.value.extra == {"server": "127.0.0.1:8188"}
         with pytest.raises(InvalidInput, match="max_name_length=16"):
-            service.register_server(s, "http://127.0.0.1:9000", "n" * 17, settings=SETTINGS)
-        assert service.register_server(s, "HTTP://127.0.0.1:8188", settings=SETTINGS).id == row.id  # merged
-        assert service.get_server(s, "http://127.0.0.1:8188/").id == row.id  # any spelling finds it
-        secret = service.register_server(s, "http://alice:pw@127.0.0.1:9000", settings=SETTINGS)
+            server_app.register_server(s, "http://127.0.0.1:9000", "n" * 17, settings=SETTINGS)
+        assert server_app.register_server(s, "HTTP://127.0.0.1:8188", settings=SETTINGS).id == row.id  # merged
+        assert server_db.get_server(s, "http://127.0.0.1:8188/").id == row.id  # any spelling finds it
+        secret = server_app.register_server(s, "http://alice:pw@127.0.0.1:9000", settings=SETTINGS)
         assert secret.name == "127.0.0.1:9000"  # the default name holds no credentials
-        assert [r.url for r in service.server_rows(s)] == ["http://127.0.0.1:8188", "http://alice:pw@127.0.0.1:9000"]
+        assert [r.url for r in server_db.server_rows(s)] == ["http://127.0.0.1:8188", "http://alice:pw@127.0.0.1:9000"]
 
 
 def test_configured_servers_are_validated_and_a_duplicate_is_skipped(db: Database, tmp_path: Path,  # noqa: F811
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    from orchestrator.context import register_configured
+    from orchestrator.bootstrap import register_configured
 
     with db.session() as s:
         register_configured(s, Settings(comfy_servers=["http://127.0.0.1:8188", "http://localhost:8188/"]))
-        assert [r.url for r in service.server_rows(s)] == ["http://127.0.0.1:8188"]
+        assert [r.url for r in server_db.server_rows(s)] == ["http://127.0.0.1:8188"]
         assert "configured server http://localhost:8188/ skipped" in caplog.text
         with pytest.raises(InvalidInput, match="MEDIALAB_COMFY_SERVERS: server URL"):
             register_configured(s, Settings(comfy_servers=["http://a:pw@gpu\x00:8188"]))
@@ -534,4 +540,4 @@ def test_configured_servers_are_validated_and_a_duplicate_is_skipped(db: Databas
         servers_file.write_text('[[server]]\nname = "gpu"\nurl = 8188\n')
         with pytest.raises(InvalidInput, match="url and name are strings"):
             register_configured(s, Settings(servers_file=servers_file))
-        assert len(service.server_rows(s)) == 1
+        assert len(server_db.server_rows(s)) == 1

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from custom_nodes.packs import git_commit, git_remote, installed_packs
-from orchestrator.capabilities import Capabilities, Requirements
-from orchestrator.errors import InvalidInput
-from orchestrator.lock import DEFAULT_LOCK, check_server, commits_match, load_lock, lock_mismatch, parse_lock
-from orchestrator.placement import ServerView, place, unrunnable_reason
+from orchestrator.core.capabilities import Capabilities, Requirements
+from orchestrator.core.errors import InvalidInput
+from orchestrator.core.lock import check_server, commits_match, lock_mismatch, parse_lock
+from orchestrator.core.placement import ServerView, place, unrunnable_reason
+from orchestrator.runtime.worker_lock import DEFAULT_LOCK, load_lock
 from orchestrator.settings import PROJECT_ROOT
 
 RIFE = "26545cc2dd95bc3d27f056016300673bdeee78f5"

@@ -9,10 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator import service
-from orchestrator.db import Database
-from orchestrator.jobs import JobState
-from orchestrator.notify import QUEUED, AsyncWaiter, Bell, EventWatcher, behind, next_high
+from orchestrator.core.states import JobState
+from orchestrator.db import jobs as job_db
+from orchestrator.db.engine import Database
+from orchestrator.db.notify import QUEUED, AsyncWaiter, Bell, EventWatcher, behind, next_high
 from tests.unit.test_database import claim, queue_jobs
 
 
@@ -60,13 +60,13 @@ def test_rollback_rings_nothing(tmp_path: Path) -> None:
     (job_id,) = queue_jobs(db, 1, tmp_path)
     heard = listen(db.bell, job_id, QUEUED)
     with db.session() as s:
-        assert service.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "x", commit=False)
+        assert job_db.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "x", commit=False)
         s.flush()
         s.rollback()
         s.commit()  # nothing left to commit: nothing rings
     assert heard == []
     with db.session() as s:
-        service.add_event(s, job_id, "progress", "1/2")
+        job_db.add_event(s, job_id, "progress", "1/2")
     assert heard == [job_id]
 
 
@@ -107,7 +107,7 @@ def test_watcher_rings_for_events_committed_by_another_database_and_stops_when_i
     here, elsewhere = Database(url), Database(url)
     watched, other = queue_jobs(elsewhere, 2, tmp_path)
     with here.session() as s:
-        (queued,) = service.events_after(s, watched)
+        (queued,) = job_db.events_after(s, watched)
     watcher = EventWatcher(here.bell, here.latest_events, interval_s=0.05, idle_exit_s=0.2)
     rung = threading.Event()
     heard = listen(here.bell, watched, other)
@@ -119,8 +119,8 @@ def test_watcher_rings_for_events_committed_by_another_database_and_stops_when_i
         time.sleep(0.01)
     assert heard == []  # caught up: no ring
     with elsewhere.session() as s:
-        service.add_event(s, other, "progress", "not watched")
-        service.add_event(s, watched, "progress", "1/2")
+        job_db.add_event(s, other, "progress", "not watched")
+        job_db.add_event(s, watched, "progress", "1/2")
     assert rung.wait(2), "no ring for an event committed elsewhere"
     assert set(heard) == {watched}
     follower.close()
@@ -137,7 +137,7 @@ def test_watcher_rings_for_events_committed_by_another_database_and_stops_when_i
     again.position = queued.id
     rung.clear()
     with elsewhere.session() as s:
-        service.add_event(s, watched, "progress", "2/2")
+        job_db.add_event(s, watched, "progress", "2/2")
     assert rung.wait(2)
     again.close()
     watcher.close()

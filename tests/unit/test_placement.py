@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from orchestrator.capabilities import Capabilities, Requirements, missing
-from orchestrator.placement import Candidate, ServerView, fair_order, place, unrunnable_reason
-from orchestrator.retry import RetryPolicy
+from orchestrator.core.capabilities import Capabilities, Requirements, missing
+from orchestrator.core.placement import Candidate, ServerView, fair_order, place, unrunnable_reason
+from orchestrator.core.retry import RetryPolicy
 from orchestrator.settings import PROJECT_ROOT
 
 CORE = frozenset({"LoadImage", "SaveImage", "UpscaleModelLoader", "ImageUpscaleWithModel"})
@@ -79,7 +79,7 @@ def test_capabilities_from_a_real_object_info_and_back() -> None:
 
 
 def test_ip_adapter_preset_files_are_required_by_pattern() -> None:
-    from orchestrator import templates as tpl
+    from orchestrator.core import templates as tpl
 
     t = tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "restyle-ipadapter", 1)
     graph = tpl.bind(t, {"image": "a.png"})

@@ -2,8 +2,8 @@
 
 import pytest
 
-from orchestrator.capabilities import Capabilities, Requirements
-from orchestrator.placement import Placer, ServerView
+from orchestrator.core.capabilities import Capabilities, Requirements
+from orchestrator.core.placement import Placer, ServerView
 
 NODES = frozenset({"CheckpointLoaderSimple", "KSampler", "SaveImage"})
 MODELS = ("a.safetensors", "b.safetensors", "c.safetensors")
@@ -81,7 +81,7 @@ def test_fair_order_matches_the_plain_definition_on_random_queues() -> None:
     import random
     from collections import Counter
 
-    from orchestrator.placement import Candidate, fair_order
+    from orchestrator.core.placement import Candidate, fair_order
 
     def reference(cands: list[Candidate], running_by_key: dict) -> list[Candidate]:
         running, left, out = Counter(running_by_key), sorted(cands, key=lambda c: (-c.priority, c.order)), []

@@ -1,7 +1,7 @@
 import pytest
 
-from orchestrator import templates as tpl
-from orchestrator.errors import InvalidInput, NotFound
+from orchestrator.core import templates as tpl
+from orchestrator.core.errors import InvalidInput, NotFound
 
 GRAPH = {
     "1": {"class_type": "MediaLabParamImage", "inputs": {"name": "image", "image": "a.png", "help": "The frame."}},

@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import save_file
 from sqlalchemy import update as sa_update
 
-from orchestrator import limits, service
-from orchestrator.db import Database
-from orchestrator.errors import Conflict, InvalidInput, NotFound
-from orchestrator.models import Artifact
-from orchestrator.training import registry
-from orchestrator.training.registry import LoraState
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.core import limits
+from orchestrator.core.errors import Conflict, InvalidInput, NotFound
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Artifact
+from orchestrator.training.app import registry
+from orchestrator.training.app.registry import LoraState
 from storage import LocalDiskStore
 
 
@@ -101,8 +102,8 @@ def test_register_by_sha256_with_versions_and_states(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = LocalDiskStore(tmp_path / "objects")
     with db.session() as s:
-        a1 = service.store_input(s, store, lora_file(tmp_path / "1.safetensors", 1), "1.safetensors")
-        a2 = service.store_input(s, store, lora_file(tmp_path / "2.safetensors", 2), "2.safetensors")
+        a1 = artifact_app.store_input(s, store, lora_file(tmp_path / "1.safetensors", 1), "1.safetensors")
+        a2 = artifact_app.store_input(s, store, lora_file(tmp_path / "2.safetensors", 2), "2.safetensors")
         m1 = registry.register(s, store, a1, "hero", base_model="sd15.safetensors", trigger_words=["mlchar"],
                                training={"network_dim": 4})
         again = registry.register(s, store, a1, "hero", base_model=None, trigger_words=[])
@@ -127,14 +128,14 @@ def test_register_by_sha256_with_versions_and_states(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="hero-v1.safetensors is withdrawn"):
             registry.check_usable(s, {("loras", "hero-v1.safetensors")})
         assert [m.version for m in registry.list_models(s, state="approved")] == [2]
-        not_lora = service.store_input(s, store, b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "x.safetensors")
+        not_lora = artifact_app.store_input(s, store, b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "x.safetensors")
         with pytest.raises(InvalidInput, match="holds no tensors"):
             registry.register(s, store, not_lora, "hero", base_model=None, trigger_words=[])
     db.engine.dispose()
 
 
 def test_distribution_targets(tmp_path: Path) -> None:
-    from orchestrator.models import ServerRow
+    from orchestrator.db.tables import ServerRow
     from orchestrator.settings import Settings
 
     st = Settings(home=tmp_path, models_dir=tmp_path / "local-models")
@@ -151,8 +152,8 @@ def test_register_in_the_callers_transaction_retries_a_taken_version(tmp_path: P
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = LocalDiskStore(tmp_path / "objects")
     with db.session() as s:
-        a1 = service.store_input(s, store, lora_file(tmp_path / "1.safetensors", 1), "1.safetensors")
-        a2 = service.store_input(s, store, lora_file(tmp_path / "2.safetensors", 2), "2.safetensors")
+        a1 = artifact_app.store_input(s, store, lora_file(tmp_path / "1.safetensors", 1), "1.safetensors")
+        a2 = artifact_app.store_input(s, store, lora_file(tmp_path / "2.safetensors", 2), "2.safetensors")
         registry.register(s, store, a1, "hero", base_model=None, trigger_words=[])
         stale = iter([1])  # the first read of the next version misses v1 (a concurrent registration)
         real = registry.next_version

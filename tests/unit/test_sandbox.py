@@ -13,11 +13,12 @@ import pytest
 
 from custom_nodes import urls
 from custom_nodes.objects import ObjectError, fetch, local_name
-from orchestrator import sandbox
-from orchestrator import templates as tpl
-from orchestrator.capabilities import Capabilities
+from orchestrator.core import sandbox
+from orchestrator.core import templates as tpl
+from orchestrator.core.capabilities import Capabilities
+from orchestrator.runtime import graph_check
 from orchestrator.settings import PROJECT_ROOT
-from orchestrator.training.jobs import local_checkpoint
+from orchestrator.training.app.trainings import local_checkpoint
 from tests.unit.test_editor import INFO, RECORDED
 
 HEX = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
@@ -383,12 +384,11 @@ def test_presigned_urls_of_the_store_pass_as_the_sdk_makes_them() -> None:
 
 
 def test_the_orchestrators_url_policy_names_its_bucket() -> None:
-    from orchestrator import service
-    from orchestrator.context import worker_env
+    from orchestrator.bootstrap import worker_env
     from orchestrator.settings import Settings
 
     st = Settings(storage="s3", s3_endpoint="minio:9000", s3_bucket="media-b", s3_access_key="a", s3_secret_key="s")
-    for policy in (service.url_policy(st), urls.UrlPolicy.from_env(worker_env(st))):
+    for policy in (graph_check.url_policy(st), urls.UrlPolicy.from_env(worker_env(st))):
         assert policy.store == ("http", "minio", 9000) and policy.store_bucket == "media-b"
         assert urls.check_url(f"http://minio:9000/media-b/{KEY}?{SIGNED}", policy).is_store
 
@@ -465,7 +465,7 @@ def test_policies_from_settings_and_environment() -> None:
 
 
 def test_the_orchestrator_passes_its_url_rule_to_the_local_worker() -> None:
-    from orchestrator.context import worker_env
+    from orchestrator.bootstrap import worker_env
     from orchestrator.settings import Settings
 
     st = Settings(url_allowlist=["https://shots.example", "http://10.0.0.9:8080"], url_private_ok=True,

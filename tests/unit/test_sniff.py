@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from orchestrator import service
+from orchestrator.runtime import ingest
 from tests.conftest import png_bytes
 
 
@@ -23,12 +23,12 @@ class Stream:
 
 
 def test_a_big_video_is_recognised_by_its_head_only() -> None:
-    body = Stream(b"\0" * (8 * service.SNIFF_HEAD))
-    assert service.sniff(body, "clip.mp4") == ("video/mp4", None, None)  # type: ignore[arg-type]
-    assert body.read_bytes == service.SNIFF_HEAD
+    body = Stream(b"\0" * (8 * ingest.SNIFF_HEAD))
+    assert ingest.sniff(body, "clip.mp4") == ("video/mp4", None, None)  # type: ignore[arg-type]
+    assert body.read_bytes == ingest.SNIFF_HEAD
 
 
 def test_images_are_still_decoded_and_verified_from_a_stream() -> None:
     data = png_bytes(128, 96)
-    assert service.sniff(Stream(data), "frame.png") == ("image/png", 128, 96)  # type: ignore[arg-type]
-    assert service.sniff(Stream(data[:-20]), "frame.png")[0] == "application/octet-stream"  # type: ignore[arg-type]
+    assert ingest.sniff(Stream(data), "frame.png") == ("image/png", 128, 96)  # type: ignore[arg-type]
+    assert ingest.sniff(Stream(data[:-20]), "frame.png")[0] == "application/octet-stream"  # type: ignore[arg-type]

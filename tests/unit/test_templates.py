@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import templates as tpl
-from orchestrator.errors import InvalidInput, NotFound
+from orchestrator.core import templates as tpl
+from orchestrator.core.errors import InvalidInput, NotFound
 from orchestrator.settings import PROJECT_ROOT
 
 LIBRARY = PROJECT_ROOT / "comfy_workflows"

@@ -13,17 +13,22 @@ from PIL import Image
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from orchestrator import service
-from orchestrator.capabilities import Capabilities, Requirements
-from orchestrator.db import Database
-from orchestrator.errors import Conflict, Forbidden, InvalidInput, NotFound
-from orchestrator.jobs import JobState
-from orchestrator.models import Artifact, Attempt, Job
-from orchestrator.placement import ServerView, TrainerView, gpu_leases, place
-from orchestrator.retry import RetryPolicy
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import jobs as job_app
+from orchestrator.app import servers as server_app
+from orchestrator.core.capabilities import Capabilities, Requirements
+from orchestrator.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from orchestrator.core.placement import ServerView, TrainerView, gpu_leases, place
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.states import JobState
+from orchestrator.db import jobs as job_db
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Artifact, Attempt, Job
 from orchestrator.settings import Settings
-from orchestrator.training import claims, dataset_store
-from orchestrator.training import jobs as tj
+from orchestrator.training.app import datasets as dataset_store
+from orchestrator.training.app import trainings as tj
+from orchestrator.training.core import claims
+from orchestrator.training.db.leases import leased_gpus
 from storage import LocalDiskStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -95,7 +100,7 @@ def env(tmp_path: Path):  # noqa: ANN201
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = LocalDiskStore(tmp_path / "objects")
     with db.session() as s:
-        ids = [service.store_input(s, store, noise_png(i), f"f{i}.png").id for i in range(5)]
+        ids = [artifact_app.store_input(s, store, noise_png(i), f"f{i}.png").id for i in range(5)]
         ds = dataset_store.build(s, store, name="hero", trigger="mlchar", images=ids,
                                  caption_template="photo of {trigger}", resolution=64)
     yield db, store, settings, ds
@@ -145,7 +150,7 @@ def test_submit_validates_before_queueing(env) -> None:  # noqa: ANN001
         with pytest.raises(InvalidInput, match="unknown dataset"):
             tj.submit_training(s, store, settings, dataset=ds.input_artifacts[0], base="base.safetensors",
                                preset="sd15-character", trigger="mlchar")
-        assert not service.list_jobs(s)
+        assert not job_db.list_jobs(s)
 
 
 def test_claim_heartbeat_cancel_and_lost_claims(env) -> None:  # noqa: ANN001
@@ -154,7 +159,7 @@ def test_claim_heartbeat_cancel_and_lost_claims(env) -> None:  # noqa: ANN001
     with db.session() as s:
         job = submit(s, store, settings, ds)
         assert (job.kind, job.state, job.params["name"]) == ("training", JobState.QUEUED, "hero")
-        assert service.queued_candidates(s) == []  # never dispatched to ComfyUI
+        assert job_db.queued_candidates(s) == []  # never dispatched to ComfyUI
         got = tj.claim(s, "t1", 30, policy=policy)
         assert isinstance(got, tuple)
         claimed, attempt = got
@@ -163,10 +168,10 @@ def test_claim_heartbeat_cancel_and_lost_claims(env) -> None:  # noqa: ANN001
         reply = tj.heartbeat(s, attempt.id, "t1", 30, [{"kind": "progress", "step": 1, "total": 4, "loss": 0.5,
                                                          "eta_s": 3.0}])
         assert reply["cancel"] is False
-        assert service.get_job(s, job.id).progress == 0.25
+        assert job_db.get_job(s, job.id).progress == 0.25
         with pytest.raises(Conflict, match="no longer held by trainer t2"):
             tj.heartbeat(s, attempt.id, "t2", 30)
-        service.cancel_job(s, job.id)
+        job_app.cancel_job(s, job.id)
         assert tj.heartbeat(s, attempt.id, "t1", 30)["cancel"] is True
         done = tj.finish(s, store, settings, attempt.id, "t1", JobState.CANCELLED)
         assert done.state == JobState.CANCELLED
@@ -177,7 +182,7 @@ def test_claim_heartbeat_cancel_and_lost_claims(env) -> None:  # noqa: ANN001
         s.commit()
         assert tj.expire_claims(s, policy) == 1
         s.expire_all()
-        assert service.get_job(s, job2.id).state == JobState.QUEUED  # queued again
+        assert job_db.get_job(s, job2.id).state == JobState.QUEUED  # queued again
         _j, a2 = tj.claim(s, "t2", 30, policy=policy)
         assert a2.number == 2
         with pytest.raises(Conflict):
@@ -186,32 +191,32 @@ def test_claim_heartbeat_cancel_and_lost_claims(env) -> None:  # noqa: ANN001
         s.commit()
         tj.expire_claims(s, policy)
         s.expire_all()
-        final = service.get_job(s, job2.id)
+        final = job_db.get_job(s, job2.id)
         assert final.state == JobState.FAILED and "attempt(s) used up" in final.error["message"]
-        reasons = [e.reason for e in service.events_after(s, job2.id) if e.kind == "state"]
+        reasons = [e.reason for e in job_db.events_after(s, job2.id) if e.kind == "state"]
         assert reasons[0] == "submitted" and "queued again" in reasons[2]
 
 
 def test_a_trainer_sharing_a_gpu_waits_and_holds_it(env) -> None:  # noqa: ANN001
     db, store, settings, ds = env
     with db.session() as s:
-        gpu = service.register_server(s, "http://gpu1:8188", "gpu1")
+        gpu = server_app.register_server(s, "http://gpu1:8188", "gpu1")
         submit(s, store, settings, ds)
         busy = s.exec(select(Job)).first()
         s.add(Attempt(job_id=busy.id, number=9, server=gpu.url, owner="x"))  # inference in flight there
         s.commit()
-        assert tj.leased_gpus(s, 30) == set()
+        assert leased_gpus(s, 30) == set()
         got = tj.claim(s, "t1", 30, gpu_server="gpu1")
         assert isinstance(got, str) and "waiting for http://gpu1:8188" in got
-        assert tj.leased_gpus(s, 30) == {gpu.url}  # no new inference goes there
+        assert leased_gpus(s, 30) == {gpu.url}  # no new inference goes there
         s.execute(update(Attempt).where(col(Attempt.server) == gpu.url).values(state=JobState.SUCCEEDED))
         s.commit()
         got = tj.claim(s, "t1", 30, gpu_server="gpu1")
         assert isinstance(got, tuple)
-        assert tj.leased_gpus(s, 30) == {gpu.url}  # held while it trains
+        assert leased_gpus(s, 30) == {gpu.url}  # held while it trains
         tj.finish(s, store, settings, got[1].id, "t1", JobState.FAILED, {"message": "boom"})
         assert tj.claim(s, "t1", 30, gpu_server="gpu1") is None
-        assert tj.leased_gpus(s, 30) == set()
+        assert leased_gpus(s, 30) == set()
 
 
 def test_a_training_past_its_timeout_is_stopped_and_failed(env) -> None:  # noqa: ANN001
@@ -225,13 +230,13 @@ def test_a_training_past_its_timeout_is_stopped_and_failed(env) -> None:  # noqa
             "cancel": True, "timed_out": True, "lease_until": None}
         done = tj.finish(s, store, settings, attempt.id, "t1", JobState.CANCELLED)
         assert done.state == JobState.FAILED and done.error == {"message": "timed out after 0.001 s"}
-        assert service.get_job(s, job.id).state == JobState.FAILED
+        assert job_db.get_job(s, job.id).state == JobState.FAILED
 
 
 def test_sd_scripts_env_defaults_to_the_install_layout(tmp_path: Path) -> None:
     import sys
 
-    from orchestrator.training.trainer import sd_scripts_env
+    from orchestrator.training.runtime.trainer import sd_scripts_env
 
     assert sd_scripts_env(tmp_path) == (sys.executable, None)
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
@@ -242,8 +247,8 @@ def test_sd_scripts_env_defaults_to_the_install_layout(tmp_path: Path) -> None:
 
 
 def test_a_final_report_waits_out_a_moment_of_unavailability(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.errors import Unavailable
-    from orchestrator.training import trainer
+    from orchestrator.core.errors import Unavailable
+    from orchestrator.training.runtime import trainer
 
     monkeypatch.setattr(trainer.time, "sleep", lambda s: None)
     calls = iter([Unavailable("down"), Unavailable("down"), "art-1"])
@@ -309,4 +314,4 @@ def test_a_claim_is_bound_to_the_key_that_made_it(env) -> None:  # noqa: ANN001
                 tj.finish(s, store, settings, attempt.id, "t1", JobState.FAILED, {"message": "x"}, api_key_id=other)
         with pytest.raises(NotFound):  # an inference attempt is no training claim
             tj.held_attempt(s, "no-such-attempt", "t1", "key-a")
-        assert service.get_job(s, attempt.job_id).state == JobState.RUNNING
+        assert job_db.get_job(s, attempt.job_id).state == JobState.RUNNING

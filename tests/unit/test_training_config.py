@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.training.config import args_toml, command, dataset_toml, sample_prompts_text, toml_value
-from orchestrator.training.presets import PRESETS, spec_from
+from orchestrator.training.core.config import args_toml, command, dataset_toml, sample_prompts_text, toml_value
+from orchestrator.training.core.presets import PRESETS, spec_from
 
 ACCEPTED = json.loads((Path(__file__).parent.parent / "data" / "sd_scripts" / "accepted_keys.json").read_text())
 MINIMAL = dict(base="sd15", network_dim=4, network_alpha=1, learning_rate=1e-4, max_train_steps=2, resolution=64,

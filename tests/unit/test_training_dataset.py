@@ -7,8 +7,8 @@ import tarfile
 import pytest
 from PIL import Image
 
-from orchestrator.errors import InvalidInput
-from orchestrator.training.dataset import (
+from orchestrator.core.errors import InvalidInput
+from orchestrator.training.core.dataset import (
     Dataset,
     DatasetImage,
     build_dataset,
@@ -19,7 +19,7 @@ from orchestrator.training.dataset import (
     square_box,
     unique_names,
 )
-from orchestrator.training.presets import spec_from
+from orchestrator.training.core.presets import spec_from
 
 SPEC = dict(base="sd15", network_dim=4, network_alpha=1, learning_rate=1e-4, max_train_steps=2, resolution=64,
             trigger="annaxyz")

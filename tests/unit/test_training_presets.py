@@ -2,8 +2,8 @@
 
 import pytest
 
-from orchestrator.errors import InvalidInput
-from orchestrator.training.presets import OPTIMIZERS, PRESETS, TrainingSpec, spec_from
+from orchestrator.core.errors import InvalidInput
+from orchestrator.training.core.presets import OPTIMIZERS, PRESETS, TrainingSpec, spec_from
 
 MINIMAL = dict(base="sd15", network_dim=4, network_alpha=1, learning_rate=1e-4, max_train_steps=2, resolution=64,
                trigger="tinything")
@@ -101,7 +101,7 @@ def test_spec_is_immutable_and_serialisable():
 
 
 def test_a_short_run_keeps_the_presets_intervals_within_it():
-    from orchestrator.training.presets import PRESETS, spec_from
+    from orchestrator.training.core.presets import PRESETS, spec_from
 
     spec = spec_from("sd15-character", {"max_train_steps": 60, "trigger": "mlchar"})
     preset = PRESETS["sd15-character"]

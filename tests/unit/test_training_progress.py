@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.training.progress import ProgressParser, TrainingEvent, clock_s
+from orchestrator.training.core.progress import ProgressParser, TrainingEvent, clock_s
 
 DATA = Path(__file__).parent.parent / "data" / "sd_scripts"
 

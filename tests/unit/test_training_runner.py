@@ -10,9 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.errors import InvalidInput, TrainingFailed
-from orchestrator.training.presets import spec_from
-from orchestrator.training.runner import file_step, group_alive, run_training
+from orchestrator.core.errors import InvalidInput, TrainingFailed
+from orchestrator.training.core.presets import spec_from
+from orchestrator.training.runtime.runner import file_step, group_alive, run_training
 
 PROC_TREE = Path(__file__).parent.parent / "data" / "training" / "proc_tree.py"
 SPEC = spec_from(None, dict(base="sd15", network_dim=4, network_alpha=1, learning_rate=1e-4, max_train_steps=2,

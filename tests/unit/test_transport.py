@@ -1,9 +1,9 @@
 import pytest
 
-from orchestrator import templates as tpl
-from orchestrator import transport
-from orchestrator.capabilities import Capabilities
-from orchestrator.errors import InvalidInput
+from orchestrator.core import byte_path as transport
+from orchestrator.core import templates as tpl
+from orchestrator.core.capabilities import Capabilities
+from orchestrator.core.errors import InvalidInput
 from orchestrator.settings import PROJECT_ROOT
 
 LIBRARY = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")

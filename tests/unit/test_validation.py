@@ -1,4 +1,4 @@
-from orchestrator.validation import types_match, validate_graph
+from orchestrator.core.validation import types_match, validate_graph
 
 INFO = {
     "LoadImage": {"input": {"required": {"image": [["a.png"], {"image_upload": True}]}}, "output": ["IMAGE", "MASK"]},

@@ -6,12 +6,13 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from orchestrator import service
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, ExportKey, RunKey, SessionDep
 from orchestrator.api.schemas import ArtifactOut, QueryText
-from orchestrator.context import Context
-from orchestrator.limits import MAX_OFFSET
-from orchestrator.models import Artifact
+from orchestrator.app import artifacts as artifact_app
+from orchestrator.bootstrap import Context
+from orchestrator.core.limits import MAX_OFFSET
+from orchestrator.db import artifacts as artifact_db
+from orchestrator.db.tables import Artifact
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 
@@ -24,7 +25,7 @@ class DownloadUrl(BaseModel):
 
 def artifact_out(session: Session, art: Artifact) -> ArtifactOut:
     out = ArtifactOut.model_validate(art)
-    out.tags = service.artifact_tags(session, art.id)
+    out.tags = artifact_db.artifact_tags(session, art.id)
     return out
 
 
@@ -34,7 +35,7 @@ def upload(file: UploadFile, ctx: CtxDep, session: SessionDep, _: RunKey,
     """Upload an input (image, video, ...). The same bytes uploaded twice give the same artifact. Checked
     before it is stored: max_upload_bytes, max_image_pixels, max_video_seconds|frames|pixels (413), an image
     that does not decode (422), max_tags and max_name_length for the tags (422)."""
-    art = service.store_input(session, ctx.store, file.file, file.filename or "upload", (tags or "").split(","),
+    art = artifact_app.store_input(session, ctx.store, file.file, file.filename or "upload", (tags or "").split(","),
                               settings=ctx.settings)
     return artifact_out(session, art)
 
@@ -44,12 +45,13 @@ def list_artifacts(session: SessionDep, _: AnyKey, job: QueryText = None, templa
                    tag: QueryText = None, role: QueryText = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[ArtifactOut]:
-    return [artifact_out(session, a) for a in service.list_artifacts(session, job, template, tag, role, limit, offset)]
+    rows = artifact_db.list_artifacts(session, job, template, tag, role, limit, offset)
+    return [artifact_out(session, a) for a in rows]
 
 
 @router.get("/{artifact_id}", response_model=ArtifactOut)
 def get(artifact_id: str, session: SessionDep, _: AnyKey) -> ArtifactOut:
-    return artifact_out(session, service.get_artifact(session, artifact_id))
+    return artifact_out(session, artifact_db.get_artifact(session, artifact_id))
 
 
 @router.get("/{artifact_id}/url", response_model=DownloadUrl)
@@ -57,9 +59,9 @@ def download_url(artifact_id: str, request: Request, ctx: CtxDep, session: Sessi
                  expires_s: Annotated[int, Query(ge=60, le=7 * 86400)] = 3600) -> DownloadUrl:
     """A URL the frontend can download from: presigned by the object store (no key needed) when it has
     such URLs, else this API's content URL."""
-    art = service.get_artifact(session, artifact_id)
+    art = artifact_db.get_artifact(session, artifact_id)
     if not ctx.store.exists(art.key):
-        raise service.object_lost(art)
+        raise artifact_db.object_lost(art)
     url = ctx.store.presigned_get(art.key, expires_s, art.filename)
     if url:
         return DownloadUrl(url=url, expires_at=datetime.now(UTC) + timedelta(seconds=expires_s), presigned=True)
@@ -72,9 +74,9 @@ def bytes_response(ctx: Context, art: Artifact, attachment: bool = True) -> Resp
     path = ctx.store.local_path(art.key)
     if path is not None:
         if not path.is_file():
-            raise service.object_lost(art)
+            raise artifact_db.object_lost(art)
         return FileResponse(path, media_type=art.content_type, filename=art.filename)
-    f = service.open_artifact(ctx.store, art)
+    f = artifact_db.open_artifact(ctx.store, art)
 
     def chunks():  # noqa: ANN202
         try:
@@ -90,13 +92,13 @@ def bytes_response(ctx: Context, art: Artifact, attachment: bool = True) -> Resp
 
 @router.get("/{artifact_id}/content", response_class=StreamingResponse)
 def content(artifact_id: str, ctx: CtxDep, session: SessionDep, _: ExportKey):  # noqa: ANN201
-    return bytes_response(ctx, service.get_artifact(session, artifact_id))
+    return bytes_response(ctx, artifact_db.get_artifact(session, artifact_id))
 
 
 @router.delete("/{artifact_id}", response_model=ArtifactOut)
 def delete(artifact_id: str, ctx: CtxDep, session: SessionDep, _: AdminKey) -> ArtifactOut:
     """Delete an artifact (its tags with it); refused (409, naming them) while a job, a dataset, a registered
     LoRA or another artifact's lineage refers to it."""
-    out = artifact_out(session, service.get_artifact(session, artifact_id))
-    service.delete_artifact(session, ctx.store, artifact_id)
+    out = artifact_out(session, artifact_db.get_artifact(session, artifact_id))
+    artifact_app.delete_artifact(session, ctx.store, artifact_id)
     return out

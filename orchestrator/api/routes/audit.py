@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from orchestrator import audit, auth
 from orchestrator.api.deps import AdminKey, SessionDep
 from orchestrator.api.schemas import AuditEventOut
-from orchestrator.limits import MAX_OFFSET
-from orchestrator.models import now
+from orchestrator.core import keys
+from orchestrator.core.limits import MAX_OFFSET
+from orchestrator.db import audit
+from orchestrator.db.tables import now
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
@@ -27,5 +28,5 @@ def list_events(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[AuditEventOut]:
     return [AuditEventOut.model_validate(e) for e in audit.query(
-        session, action=action, key=key, target=target, since=auth.parse_since(since, now()), limit=limit,
+        session, action=action, key=key, target=target, since=keys.parse_since(since, now()), limit=limit,
         offset=offset)]

@@ -9,22 +9,25 @@ from fastapi import APIRouter, Header, Query, Request
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
-from orchestrator import service
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
 from orchestrator.api.schemas import EventOut, JobOut, JobSubmit, QueryText
-from orchestrator.context import Context
-from orchestrator.jobs import JobState
-from orchestrator.limits import INT64_MAX, MAX_OFFSET
-from orchestrator.models import Job
-from orchestrator.notify import AsyncWaiter
+from orchestrator.app import jobs as job_app
+from orchestrator.bootstrap import Context
+from orchestrator.core.limits import INT64_MAX, MAX_OFFSET
+from orchestrator.core.states import JobState
+from orchestrator.db import artifacts as artifact_db
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db.notify import AsyncWaiter
+from orchestrator.db.tables import Job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 def job_out(session: Session, job: Job) -> JobOut:
     out = JobOut.model_validate(job)
-    out.outputs = service.job_outputs(session, job.id)
-    out.attempts = service.job_attempts(session, job.id)
+    out.outputs = artifact_db.job_outputs(session, job.id)
+    out.attempts = attempt_db.job_attempts(session, job.id)
     return out
 
 
@@ -35,7 +38,7 @@ def submit(body: JobSubmit, ctx: CtxDep, session: SessionDep, key: RunKey,
                "key with another body is 422."))] = None) -> JobOut:
     request_hash = hashlib.sha256(
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest() if idempotency_key else None
-    job = service.submit_job(session, ctx.pool, body.template, body.params, body.version,
+    job = job_app.submit_job(session, ctx.pool, body.template, body.params, body.version,
                              api_key_id=key.id, priority=body.priority, timeout_s=body.timeout_s,
                              idempotency_key=idempotency_key, request_hash=request_hash, settings=ctx.settings)
     if ctx.dispatcher:
@@ -47,18 +50,18 @@ def submit(body: JobSubmit, ctx: CtxDep, session: SessionDep, key: RunKey,
 def list_jobs(session: SessionDep, _: AnyKey, state: JobState | None = None, template: QueryText = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[JobOut]:
-    return [JobOut.model_validate(j) for j in service.list_jobs(session, state, template, limit, offset)]
+    return [JobOut.model_validate(j) for j in job_db.list_jobs(session, state, template, limit, offset)]
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get(job_id: str, session: SessionDep, _: AnyKey) -> JobOut:
-    return job_out(session, service.get_job(session, job_id))
+    return job_out(session, job_db.get_job(session, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel(job_id: str, session: SessionDep, _: RunKey) -> JobOut:
     """Queued: CANCELLED at once. Running: interrupted by its prompt_id, CANCELLED once confirmed."""
-    return job_out(session, service.cancel_job(session, job_id))
+    return job_out(session, job_app.cancel_job(session, job_id))
 
 
 STREAM_READERS = 4  # stream reads of one process at once (threads, so database connections): never the pool
@@ -68,8 +71,8 @@ STREAM_LINGER_S = 0.2  # after the final state: one more look this long after it
 
 def _poll(ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState]:
     with ctx.db.session() as s:
-        events = [EventOut.model_validate(e) for e in service.events_after(s, job_id, after)]
-        return events, service.get_job(s, job_id).state
+        events = [EventOut.model_validate(e) for e in job_db.events_after(s, job_id, after)]
+        return events, job_db.get_job(s, job_id).state
 
 
 async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, PublishKey, SessionDep
 from orchestrator.api.schemas import LoraModelOut, QueryText
-from orchestrator.training import registry
+from orchestrator.training.app import registry
 
 router = APIRouter(prefix="/models", tags=["models"])
 

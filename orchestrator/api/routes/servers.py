@@ -3,13 +3,17 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import audit, service
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, SessionDep
-from orchestrator.capabilities import Capabilities
-from orchestrator.errors import NotFound
-from orchestrator.lock import WorkerLock, check_server, load_lock
-from orchestrator.models import ServerRow
-from orchestrator.server_urls import MAX_SERVER_URL_LENGTH, redact
+from orchestrator.app import servers as server_app
+from orchestrator.core.capabilities import Capabilities
+from orchestrator.core.errors import NotFound
+from orchestrator.core.lock import WorkerLock, check_server
+from orchestrator.core.server_urls import MAX_SERVER_URL_LENGTH, redact
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import audit
+from orchestrator.db import servers as server_db
+from orchestrator.db.tables import ServerRow
+from orchestrator.runtime.worker_lock import load_lock
 
 router = APIRouter(prefix="/servers", tags=["servers"])
 
@@ -38,8 +42,8 @@ def server_out(row: ServerRow, jobs: dict[str, list[str]]) -> dict[str, Any]:
 
 @router.get("")
 def list_servers(session: SessionDep, _: AnyKey) -> list[dict[str, Any]]:
-    jobs = service.current_jobs(session)
-    return [server_out(r, jobs) for r in service.server_rows(session)]
+    jobs = attempt_db.current_jobs(session)
+    return [server_out(r, jobs) for r in server_db.server_rows(session)]
 
 
 def check_out(row: ServerRow, lock: WorkerLock) -> dict[str, Any]:
@@ -54,17 +58,17 @@ def check_all(session: SessionDep, _: AnyKey) -> list[dict[str, Any]]:
     """Every server against worker.lock.toml: missing packs, node classes, models and Python packages, a
     ComfyUI version or pack commit that differs, what the server cannot report, packs the lock lacks."""
     lock = load_lock()
-    return [check_out(r, lock) for r in service.server_rows(session)]
+    return [check_out(r, lock) for r in server_db.server_rows(session)]
 
 
 @router.get("/{ref}/check")
 def check_one(ref: str, session: SessionDep, _: AnyKey) -> dict[str, Any]:
-    return check_out(service.get_server(session, ref), load_lock())
+    return check_out(server_db.get_server(session, ref), load_lock())
 
 
 @router.post("", status_code=201)
 def add(body: ServerAdd, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str, Any]:
-    row = service.register_server(session, body.url, body.name, settings=ctx.settings)
+    row = server_app.register_server(session, body.url, body.name, settings=ctx.settings)
     if ctx.pool:
         ctx.pool.sync()
         srv = ctx.pool.get(row.url)
@@ -77,23 +81,23 @@ def add(body: ServerAdd, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[
 @router.post("/{ref}/drain")
 def drain(ref: str, session: SessionDep, _: AdminKey) -> dict[str, Any]:
     """No new jobs go to the server; the ones on it finish."""
-    return server_out(service.set_server_state(session, ref, "draining"), service.current_jobs(session))
+    return server_out(server_app.set_server_state(session, ref, "draining"), attempt_db.current_jobs(session))
 
 
 @router.post("/{ref}/activate")
 def activate(ref: str, session: SessionDep, _: AdminKey) -> dict[str, Any]:
-    return server_out(service.set_server_state(session, ref, "active"), service.current_jobs(session))
+    return server_out(server_app.set_server_state(session, ref, "active"), attempt_db.current_jobs(session))
 
 
 @router.delete("/{ref}")
 def remove(ref: str, session: SessionDep, _: AdminKey) -> dict[str, Any]:
-    return server_out(service.remove_server(session, ref), {})
+    return server_out(server_app.remove_server(session, ref), {})
 
 
 @router.post("/{ref}/refresh")
 def refresh(ref: str, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str, Any]:
     """Read the server's health and capabilities now."""
-    row = service.get_server(session, ref)
+    row = server_db.get_server(session, ref)
     srv = ctx.pool.get(row.url) if ctx.pool else None
     if srv is None:
         raise NotFound(f"server {ref} is not in this process's pool yet; retry in a few seconds")
@@ -101,4 +105,4 @@ def refresh(ref: str, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str
     session.refresh(row)
     audit.record(session, "server.refresh", row.name, {"id": row.id, "healthy": row.healthy})
     session.commit()
-    return server_out(row, service.current_jobs(session))
+    return server_out(row, attempt_db.current_jobs(session))

@@ -2,12 +2,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from orchestrator import service
-from orchestrator import templates as tpl
 from orchestrator.api.deps import AnyKey, CtxDep, PublishKey, SessionDep
 from orchestrator.api.schemas import TemplateOut, TemplatePublish, TemplateVersionOut
-from orchestrator.errors import NotFound
-from orchestrator.models import TemplateVersionRow
+from orchestrator.app import templates as template_app
+from orchestrator.core import templates as tpl
+from orchestrator.core.errors import NotFound
+from orchestrator.db import templates as template_db
+from orchestrator.db.tables import TemplateVersionRow
 
 router = APIRouter(prefix="/templates", tags=["templates"])
 
@@ -18,7 +19,7 @@ def version_out(row: TemplateVersionRow, full: bool = False) -> TemplateVersionO
                              content_hash=row.content_hash, created_at=row.created_at, source=row.source,
                              deprecated=row.deprecated)
     if full:
-        out.params_schema = service.template_from_row(row).params_schema()
+        out.params_schema = template_db.template_from_row(row).params_schema()
         out.manifest, out.graph = row.manifest, row.graph
     return out
 
@@ -26,7 +27,7 @@ def version_out(row: TemplateVersionRow, full: bool = False) -> TemplateVersionO
 @router.get("", response_model=list[TemplateOut])
 def list_templates(session: SessionDep, _: AnyKey) -> list[TemplateOut]:
     by_name: dict[str, list[TemplateVersionRow]] = {}
-    for row in service.template_rows(session):
+    for row in template_db.template_rows(session):
         by_name.setdefault(row.name, []).append(row)
     return [TemplateOut(name=name, latest=version_out(next((r for r in reversed(rows) if not r.deprecated), rows[-1])),
                         versions=[r.version for r in rows])
@@ -36,7 +37,7 @@ def list_templates(session: SessionDep, _: AnyKey) -> list[TemplateOut]:
 @router.get("/{name}", response_model=TemplateVersionOut)
 def get_latest(name: str, session: SessionDep, _: AnyKey) -> TemplateVersionOut:
     """The newest version, with its parameter schema."""
-    row, _t = service.get_template(session, name)
+    row, _t = template_db.get_template(session, name)
     return version_out(row, full=True)
 
 
@@ -44,7 +45,7 @@ def get_latest(name: str, session: SessionDep, _: AnyKey) -> TemplateVersionOut:
 def get_version(name: str, version: int, session: SessionDep, _: AnyKey) -> TemplateVersionOut:
     if version < 1:
         raise NotFound(f"template '{name}' has no version {version}")
-    row, _t = service.get_template(session, name, version)
+    row, _t = template_db.get_template(session, name, version)
     return version_out(row, full=True)
 
 
@@ -54,14 +55,14 @@ def get_workflow(name: str, version: int, ctx: CtxDep, session: SessionDep, _: A
     definitions of a live pool server."""
     if version < 1:
         raise NotFound(f"template '{name}' has no version {version}")
-    return service.template_workflow(session, name, version, ctx.start_pool().object_info())
+    return template_app.template_workflow(session, name, version, ctx.start_pool().object_info())
 
 
 @router.post("/{name}/versions", status_code=201, response_model=TemplateVersionOut)
 def publish(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, key: PublishKey) -> TemplateVersionOut:
     """Publish the next version from an API-format graph or an editor-format workflow (converted and checked
     with a live pool server)."""
-    row = service.publish_template(session, ctx.pool, name, body.graph, body.manifest, title=body.title,
+    row = template_app.publish_template(session, ctx.pool, name, body.graph, body.manifest, title=body.title,
                                    kind=body.kind, description=body.description, api_key_id=key.id,
                                    settings=ctx.settings)
     return version_out(row, full=True)
@@ -70,12 +71,12 @@ def publish(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, 
 @router.post("/{name}/versions/{version}/deprecate", response_model=TemplateVersionOut)
 def deprecate(name: str, version: int, session: SessionDep, _: PublishKey, undo: bool = False) -> TemplateVersionOut:
     """Jobs that name no version stop taking this one (``undo=true`` brings it back)."""
-    return version_out(service.set_deprecated(session, name, version, not undo), full=True)
+    return version_out(template_app.set_deprecated(session, name, version, not undo), full=True)
 
 
 @router.get("/{name}/diff")
 def diff(name: str, a: int, b: int, session: SessionDep, _: AnyKey) -> dict:
     """Parameters and nodes added, removed and changed from version a to version b."""
-    _ra, ta = service.get_template(session, name, a)
-    _rb, tb = service.get_template(session, name, b)
+    _ra, ta = template_db.get_template(session, name, a)
+    _rb, tb = template_db.get_template(session, name, b)
     return tpl.diff(ta, tb)

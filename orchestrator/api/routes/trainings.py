@@ -13,7 +13,6 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
-from orchestrator import sandbox, service
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, TrainKey
 from orchestrator.api.routes.artifacts import artifact_out, bytes_response
 from orchestrator.api.routes.jobs import job_out
@@ -28,11 +27,14 @@ from orchestrator.api.schemas import (
     TrainerHello,
     TrainingSubmit,
 )
-from orchestrator.errors import InvalidInput, NotFound
-from orchestrator.jobs import JobState
-from orchestrator.limits import INT64_MAX, MAX_QUERY_LENGTH
-from orchestrator.training import dataset_store
-from orchestrator.training import jobs as tj
+from orchestrator.core import sandbox
+from orchestrator.core.errors import InvalidInput, NotFound
+from orchestrator.core.limits import INT64_MAX, MAX_QUERY_LENGTH
+from orchestrator.core.states import JobState
+from orchestrator.db import artifacts as artifact_db
+from orchestrator.db import jobs as job_db
+from orchestrator.training.app import datasets as dataset_store
+from orchestrator.training.app import trainings as tj
 
 router = APIRouter(tags=["training"])
 
@@ -66,7 +68,7 @@ def submit(body: TrainingSubmit, ctx: CtxDep, session: SessionDep, key: RunKey) 
 @router.get("/trainings", response_model=list[JobOut])
 def list_trainings(session: SessionDep, _: AnyKey, state: JobState | None = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobOut]:
-    return [JobOut.model_validate(j) for j in service.list_jobs(session, state, tj.TEMPLATE, limit)]
+    return [JobOut.model_validate(j) for j in job_db.list_jobs(session, state, tj.TEMPLATE, limit)]
 
 
 # -- the trainer protocol --------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def dataset(attempt_id: str, trainer: Annotated[str, Query(max_length=MAX_QUERY_
             session: SessionDep, key: TrainKey):
     """The dataset tar of the claimed job."""
     _attempt, job = tj.held_attempt(session, attempt_id, trainer, key.id)
-    return bytes_response(ctx, service.get_artifact(session, job.params["dataset"]), attachment=False)
+    return bytes_response(ctx, artifact_db.get_artifact(session, job.params["dataset"]), attachment=False)
 
 
 @router.get("/trainer/checkpoints/{name:path}", response_class=FileResponse)

@@ -190,7 +190,7 @@ async def main() -> int:
 
         if args.check_open:
             sys.path.insert(0, str(HERE.parents[2]))
-            from orchestrator.editor import to_editor
+            from orchestrator.core.editor import to_editor
             info = await run("const r = await fetch('/object_info'); return await r.json();")
             library = sorted((HERE.parents[2] / "comfy_workflows").glob("*/v*/graph.json"))
             for api_path in sorted(HERE.glob("*.api.json")) + library:

@@ -1,0 +1,483 @@
+"""Template format v1: ``<library>/<name>/v<N>/graph.json`` (API format) + ``manifest.json``.
+
+Pure logic only: reading a version, its content hash, the pydantic model of its parameters, and
+binding parameter values into a copy of the graph by node title (never by node id).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from orchestrator.core.errors import InvalidInput, NotFound
+
+VERSION_DIR = re.compile(r"^v(\d+)$")
+
+# Loader inputs that name a model file, by node class: (input name, models folder).
+MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
+    "UpscaleModelLoader": [("model_name", "upscale_models")],
+    "CheckpointLoaderSimple": [("ckpt_name", "checkpoints")],
+    "LoraLoader": [("lora_name", "loras")],
+    "LoraLoaderModelOnly": [("lora_name", "loras")],
+    "VAELoader": [("vae_name", "vae")],
+    "CLIPVisionLoader": [("clip_name", "clip_vision")],
+    "ControlNetLoader": [("control_net_name", "controlnet")],
+    "IPAdapterModelLoader": [("ipadapter_file", "ipadapter")],
+}
+
+
+# Files that IPAdapter_plus's unified loaders find by name pattern, by preset (SD1.5 or SDXL names; which
+# one a job needs depends on its checkpoint, so either satisfies the check): [(folder, regex, what)].
+_CLIP_H = ("clip_vision", r"(ViT.H.14.*s32B.b79K|ipadapter.*sd15|sd1.?5.*model)\.(bin|safetensors)",
+           "the ViT-H CLIP vision model")
+_FACE_LORA = ("loras", r"faceid.*lora\.safetensors$", "a FaceID LoRA")
+PRESET_FILES: dict[str, list[tuple[str, str, str]]] = {
+    "LIGHT - SD1.5 only (low strength)": [("ipadapter", r"sd15.light(.v11)?\.(safetensors|bin)$", "IP-Adapter LIGHT"),
+                                          _CLIP_H],
+    "STANDARD (medium strength)": [("ipadapter", r"ip.adapter.(sd15|sdxl.vit.h)\.(safetensors|bin)$",
+                                    "IP-Adapter STANDARD"), _CLIP_H],
+    "PLUS (high strength)": [("ipadapter", r"(ip.adapter.plus.sd15|plus.sdxl.vit.h)\.(safetensors|bin)$",
+                              "IP-Adapter PLUS"), _CLIP_H],
+    "PLUS FACE (portraits)": [("ipadapter", r"plus.face.(sd15|sdxl.vit.h)\.(safetensors|bin)$",
+                               "IP-Adapter PLUS FACE"), _CLIP_H],
+    "FULL FACE - SD1.5 only (portraits stronger)": [("ipadapter", r"full.face.sd15\.(safetensors|bin)$",
+                                                     "IP-Adapter FULL FACE"), _CLIP_H],
+    "FACEID": [("ipadapter", r"faceid.(sd15|sdxl)\.(safetensors|bin)$", "IP-Adapter FACEID"), _FACE_LORA],
+    "FACEID PLUS - SD1.5 only": [("ipadapter", r"faceid.plus.sd15\.(safetensors|bin)$", "IP-Adapter FACEID PLUS"),
+                                 _FACE_LORA, _CLIP_H],
+    "FACEID PLUS V2": [("ipadapter", r"faceid.plusv2.(sd15|sdxl)\.(safetensors|bin)$", "IP-Adapter FACEID PLUS V2"),
+                       _FACE_LORA, _CLIP_H],
+    "FACEID PORTRAIT (style transfer)": [("ipadapter", r"portrait(.v11)?.(sd15|sdxl)\.(safetensors|bin)$",
+                                          "IP-Adapter FACEID PORTRAIT")],
+}
+PRESET_NODES = {"IPAdapterUnifiedLoader", "IPAdapterUnifiedLoaderFaceID"}
+
+
+def model_patterns(graph: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(folder, regex, what) of the files a bound graph's loaders will look for by pattern."""
+    found = set()
+    for node in graph.values():
+        if node.get("class_type") in PRESET_NODES:
+            found.update(PRESET_FILES.get(str(node.get("inputs", {}).get("preset")), []))
+    return found
+
+
+class ParamType(StrEnum):
+    string = "string"
+    int = "int"
+    float = "float"
+    bool = "bool"
+    choice = "choice"
+    image = "image"
+    video = "video"
+    model = "model"
+
+
+ARTIFACT_TYPES = {ParamType.image, ParamType.video}
+
+
+class Binding(BaseModel):
+    node: str = Field(description="Title of the node (``_meta.title``) the value goes into.")
+    input: str
+
+
+class Parameter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    type: ParamType
+    default: Any = None
+    min: int | float | None = None
+    max: int | float | None = None
+    choices: list[Any] | None = None
+    folder: str | None = Field(None, description="Models folder, for type model.")
+    help: str = ""
+    bind: Binding
+    optional: bool = Field(False, description="May be left out (null) although it has no default.")
+    bypass: dict[str, str | None] = Field(default_factory=dict, description=(
+        "For an optional parameter left out: node title -> the input that stands in for the node. Each "
+        "consumer of the node takes that input's link instead (in the order given), or, for null, loses the "
+        "input (it must be optional there); nodes that then feed no output are dropped, so an optional branch "
+        "(e.g. an IP-Adapter reference) disappears whole."))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Parameter:
+        if self.type == ParamType.choice and not self.choices:
+            raise ValueError(f"parameter {self.name}: type choice needs choices")
+        if self.type == ParamType.model and not self.folder:
+            raise ValueError(f"parameter {self.name}: type model needs folder")
+        if self.bypass and not self.optional:
+            raise ValueError(f"parameter {self.name}: bypass is only for optional parameters")
+        return self
+
+    @property
+    def required(self) -> bool:
+        return self.default is None and not self.optional
+
+
+class Output(BaseModel):
+    node: str = Field(description="Title of an output node whose files are the job's results.")
+    name: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    description: str = ""
+    kind: Literal["image", "video", "audio", "model", "other"]
+    timeout_s: float | None = None
+    parameters: list[Parameter] = []
+    outputs: list[Output] = Field(min_length=1)
+
+
+class TemplateVersion(BaseModel):
+    """One immutable version as read from disk."""
+
+    name: str
+    version: int
+    manifest: Manifest
+    graph: dict[str, Any]
+    content_hash: str
+    deprecated: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def params_schema(self) -> dict[str, Any]:
+        return params_model(self).model_json_schema()
+
+
+def content_hash(manifest: dict[str, Any], graph: dict[str, Any]) -> str:
+    canon = json.dumps({"manifest": manifest, "graph": graph}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def nodes_by_title(graph: dict[str, Any]) -> dict[str, str]:
+    """Map node title -> node id; a title used twice cannot be bound and is left out."""
+    seen: dict[str, list[str]] = {}
+    for node_id, node in graph.items():
+        title = (node.get("_meta") or {}).get("title")
+        if title:
+            seen.setdefault(title, []).append(node_id)
+    return {t: ids[0] for t, ids in seen.items() if len(ids) == 1}
+
+
+def load_version(folder: Path, name: str, version: int) -> TemplateVersion:
+    where = f"template {name}@v{version} ({folder})"
+    try:
+        manifest_raw = json.loads((folder / "manifest.json").read_text())
+        graph = json.loads((folder / "graph.json").read_text())
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{where}: missing {Path(exc.filename).name}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}: bad JSON: {exc}") from exc
+    return from_dicts(name, version, manifest_raw, graph, where)
+
+
+def from_dicts(name: str, version: int, manifest_raw: dict[str, Any], graph: dict[str, Any],
+               where: str | None = None) -> TemplateVersion:
+    """A version from its manifest and API-format graph, checked for consistency."""
+    where = where or f"template {name}@v{version}"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name):
+        raise InvalidInput(f"{where}: a template name is lowercase letters, digits and '-'")
+    require_api_format(graph, where)
+    try:
+        manifest = Manifest.model_validate(manifest_raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"{where}: bad manifest: {exc}") from exc
+    check_graph(where, manifest, graph)
+    return TemplateVersion(name=name, version=version, manifest=manifest, graph=graph,
+                           content_hash=content_hash(manifest_raw, graph))
+
+
+def require_api_format(graph: Any, where: str) -> None:
+    if isinstance(graph, dict) and "nodes" in graph and "links" in graph:
+        raise InvalidInput(f"{where}: this is ComfyUI's editor format; export the workflow in API format "
+                           "(Workflow > Export (API)) and publish that")
+    if not isinstance(graph, dict) or not graph or \
+            not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+        raise InvalidInput(f"{where}: not an API-format graph (node id -> class_type, inputs)")
+
+
+def check_graph(where: str, manifest: Manifest, graph: dict[str, Any]) -> None:
+    """Every binding and output names a node title that exists exactly once in the graph."""
+    require_api_format(graph, where)
+    titles = nodes_by_title(graph)
+    for p in manifest.parameters:
+        if p.bind.node not in titles:
+            raise InvalidInput(f"{where}: parameter {p.name} binds to node title '{p.bind.node}', "
+                               "which is missing or not unique in the graph")
+    for p in manifest.parameters:
+        for node, input_name in p.bypass.items():
+            if node not in titles:
+                raise InvalidInput(f"{where}: parameter {p.name} bypasses node title '{node}', "
+                                   "which is missing or not unique in the graph")
+            if input_name is not None and not is_link(graph[titles[node]]["inputs"].get(input_name)):
+                raise InvalidInput(f"{where}: parameter {p.name} bypasses '{node}' through its input "
+                                   f"'{input_name}', which is not a link")
+    for o in manifest.outputs:
+        if o.node not in titles:
+            raise InvalidInput(f"{where}: output {o.name} names node title '{o.node}', "
+                               "which is missing or not unique in the graph")
+
+
+def scan_library(root: Path) -> list[TemplateVersion]:
+    """Every ``<name>/v<N>`` folder under root, sorted by name and version."""
+    found = []
+    for tdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        for vdir in tdir.iterdir():
+            m = VERSION_DIR.match(vdir.name)
+            if m and vdir.is_dir():
+                found.append(load_version(vdir, tdir.name, int(m.group(1))))
+    return sorted(found, key=lambda t: (t.name, t.version))
+
+
+def pick(versions: list[TemplateVersion], name: str, version: int | None = None) -> TemplateVersion:
+    """The named version, or the newest one when version is None."""
+    mine = [t for t in versions if t.name == name]
+    if not mine:
+        known = ", ".join(sorted({t.name for t in versions})) or "none"
+        raise NotFound(f"unknown template '{name}' (known: {known})")
+    if version is None:
+        current = [t for t in mine if not t.deprecated]
+        if not current:
+            raise NotFound(f"every version of template '{name}' is deprecated; name a version explicitly")
+        return current[-1]
+    for t in mine:
+        if t.version == version:
+            return t
+    raise NotFound(f"template '{name}' has no version {version} "
+                   f"(versions: {', '.join(f'v{t.version}' for t in mine)})")
+
+
+_PY_TYPES: dict[ParamType, type] = {
+    ParamType.string: str, ParamType.int: int, ParamType.float: float, ParamType.bool: bool,
+    ParamType.image: str, ParamType.video: str, ParamType.model: str,
+}
+
+
+_PARAMS_MODELS: dict[tuple[str, int, str, str], type[BaseModel]] = {}
+
+
+def params_model(t: TemplateVersion) -> type[BaseModel]:
+    """A pydantic model of the template's parameters; its JSON Schema draws the frontend's form.
+    Built once per version and parameter list (building one costs milliseconds, every submit needs it)."""
+    key = (t.name, t.version, t.manifest.title, repr(t.manifest.parameters))
+    model = _PARAMS_MODELS.get(key)
+    if model is None:
+        if len(_PARAMS_MODELS) >= 1024:
+            _PARAMS_MODELS.clear()
+        model = _PARAMS_MODELS[key] = _build_params_model(t)
+    return model
+
+
+def _build_params_model(t: TemplateVersion) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for p in t.manifest.parameters:
+        py: Any = Literal[tuple(p.choices)] if p.type == ParamType.choice else _PY_TYPES[p.type]  # type: ignore[misc]
+        if p.optional:
+            py = py | None
+        extra: dict[str, Any] = {"x-medialab-type": p.type.value}
+        if p.folder:
+            extra["x-medialab-folder"] = p.folder
+        if p.type in ARTIFACT_TYPES:
+            extra["x-medialab-artifact"] = p.type.value
+        numeric = p.type in (ParamType.int, ParamType.float)
+        fields[p.name] = (py, Field(
+            ... if p.required else p.default, description=p.help or None,
+            ge=p.min if numeric else None, le=p.max if numeric else None,
+            strict=None if p.type == ParamType.choice else True, json_schema_extra=extra))
+    model = create_model(f"Params_{t.name.replace('-', '_')}_v{t.version}",
+                         __config__=ConfigDict(extra="forbid"), **fields)
+    model.__doc__ = t.manifest.title
+    return model
+
+
+def validate_params(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:
+    """Validated parameters with defaults filled in; InvalidInput names each bad field."""
+    try:
+        return params_model(t).model_validate(values).model_dump()
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        raise InvalidInput(f"bad parameters for {t.ref}: " + "; ".join(problems),
+                           errors=[{"param": ".".join(map(str, e["loc"])), "message": e["msg"]}
+                                   for e in exc.errors()]) from exc
+
+
+def bind(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the graph with each parameter's value written into its bound node input.
+
+    An optional parameter given as None removes its branch (see ``Parameter.bypass``)."""
+    graph = copy.deepcopy(t.graph)
+    titles = nodes_by_title(graph)
+    left_out = [p for p in t.manifest.parameters if p.optional and p.name in values and values[p.name] is None]
+    for p in left_out:
+        for node, input_name in p.bypass.items():
+            _bypass(graph, titles[node], input_name)
+    for p in t.manifest.parameters:
+        if p.name in values and p not in left_out and titles[p.bind.node] in graph:
+            graph[titles[p.bind.node]]["inputs"][p.bind.input] = values[p.name]
+    if left_out:
+        keep = _feeding({titles[o.node] for o in t.manifest.outputs}, graph)
+        graph = {k: v for k, v in graph.items() if k in keep}
+    return graph
+
+
+def is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _bypass(graph: dict[str, Any], node_id: str, input_name: str | None) -> None:
+    """Every link from the node's outputs now comes from what feeds its ``input_name`` (None: is dropped)."""
+    source = graph[node_id]["inputs"][input_name] if input_name else None
+    for node in graph.values():
+        for name, value in list(node["inputs"].items()):
+            if is_link(value) and value[0] == node_id:
+                if source is None:
+                    del node["inputs"][name]
+                else:
+                    node["inputs"][name] = list(source)
+    del graph[node_id]
+
+
+def _feeding(outputs: set[str], graph: dict[str, Any]) -> set[str]:
+    """The output nodes and every node they depend on."""
+    seen, todo = set(), list(outputs)
+    while todo:
+        node_id = todo.pop()
+        if node_id in seen or node_id not in graph:
+            continue
+        seen.add(node_id)
+        todo.extend(v[0] for v in graph[node_id]["inputs"].values() if is_link(v))
+    return seen
+
+
+def defaults_from_graph(manifest: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with each parameter's default taken from the value its bound input has in the graph
+    (what the artist left in the editor); required parameters and linked inputs are left alone."""
+    titles = nodes_by_title(graph)
+    params = []
+    for p in manifest.get("parameters", []):
+        node = graph.get(titles.get(p["bind"]["node"], ""), {})
+        value = node.get("inputs", {}).get(p["bind"]["input"])
+        if p.get("default") is not None and value is not None and not is_link(value):
+            p = {**p, "default": value}
+        params.append(p)
+    return {**manifest, "parameters": params}
+
+
+def model_refs(graph: dict[str, Any]) -> set[tuple[str, str]]:
+    """(folder, file) of every model a bound graph loads by name."""
+    refs = set()
+    for node in graph.values():
+        for input_name, folder in MODEL_INPUTS.get(node.get("class_type", ""), []):
+            value = node.get("inputs", {}).get(input_name)
+            if isinstance(value, str):
+                refs.add((folder, value))
+    return refs
+
+
+def output_node_ids(t: TemplateVersion) -> dict[str, str]:
+    """Output node id -> output name."""
+    titles = nodes_by_title(t.graph)
+    return {titles[o.node]: o.name for o in t.manifest.outputs}
+
+
+# -- parameters from the node pack's parameter nodes -------------------------------------------------
+PARAM_NODES: dict[str, tuple[ParamType, str]] = {  # class -> (type, the input that carries the value)
+    "MediaLabParamText": (ParamType.string, "value"), "MediaLabParamInt": (ParamType.int, "value"),
+    "MediaLabParamFloat": (ParamType.float, "value"), "MediaLabParamBool": (ParamType.bool, "value"),
+    "MediaLabParamChoice": (ParamType.choice, "value"), "MediaLabParamModel": (ParamType.model, "value"),
+    "MediaLabParamImage": (ParamType.image, "image"), "MediaLabParamVideo": (ParamType.video, "file"),
+}
+OUTPUT_NODES = {"SaveImage", "SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveAudio",
+                "MediaLabSaveImage", "MediaLabSaveVideo"}
+
+
+def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, description: str = "",
+                        timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A manifest read from the graph: one parameter per parameter node (its ``name`` widget; default,
+    range, choices, folder and help from its widgets), one output per save node. Nodes are given titles
+    where they have none, so bindings survive renumbering; returns (manifest, titled graph)."""
+    require_api_format(graph, f"template {title!r}")
+    graph = copy.deepcopy(graph)
+    taken = {(n.get("_meta") or {}).get("title") for n in graph.values()}
+    params, outputs = [], []
+
+    def title_of(node: dict[str, Any], wanted: str) -> str:
+        current = (node.get("_meta") or {}).get("title")
+        if current and sum((n.get("_meta") or {}).get("title") == current for n in graph.values()) == 1:
+            return current
+        candidate, i = wanted, 2
+        while candidate in taken:
+            candidate, i = f"{wanted} {i}", i + 1
+        taken.add(candidate)
+        node.setdefault("_meta", {})["title"] = candidate
+        return candidate
+
+    for node_id in sorted(graph, key=lambda k: (len(k), k)):
+        node = graph[node_id]
+        cls, inputs = node.get("class_type"), node.get("inputs") or {}
+        if cls in PARAM_NODES:
+            ptype, carrier = PARAM_NODES[cls]
+            name = str(inputs.get("name") or "").strip()
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                raise InvalidInput(f"parameter node #{node_id} ({cls}) has name {name!r}: use lowercase "
+                                   "letters, digits and _")
+            param: dict[str, Any] = {"name": name, "type": ptype.value, "help": inputs.get("help") or "",
+                                     "bind": {"node": title_of(node, f"param {name}"), "input": carrier}}
+            if ptype not in ARTIFACT_TYPES:
+                param["default"] = inputs.get(carrier)
+            if ptype in (ParamType.int, ParamType.float):
+                param |= {k: inputs[k] for k in ("min", "max") if isinstance(inputs.get(k), int | float)}
+            if ptype == ParamType.choice:
+                param["choices"] = [c.strip() for c in str(inputs.get("choices") or "").split(",") if c.strip()]
+            if ptype == ParamType.model:
+                param["folder"] = inputs.get("folder") or "checkpoints"
+            params.append(param)
+        elif cls in OUTPUT_NODES:
+            outputs.append({"node": title_of(node, "Output"), "name": f"output{len(outputs) + 1}"
+                            if outputs else "output"})
+    names = [p["name"] for p in params]
+    if len(names) != len(set(names)):
+        raise InvalidInput(f"two parameter nodes share a name: {sorted({n for n in names if names.count(n) > 1})}")
+    if not outputs:
+        raise InvalidInput("the graph has no save node (SaveImage, SaveVideo, ...): nothing would be stored")
+    manifest = {"title": title, "description": description, "kind": kind, "parameters": params, "outputs": outputs}
+    if timeout_s:
+        manifest["timeout_s"] = timeout_s
+    return manifest, graph
+
+
+def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
+    """What changed from a to b: parameters (by name) and nodes (by title, else id)."""
+    pa = {p.name: p.model_dump(mode="json") for p in a.manifest.parameters}
+    pb = {p.name: p.model_dump(mode="json") for p in b.manifest.parameters}
+
+    def keyed(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {(n.get("_meta") or {}).get("title") or f"#{i}": n for i, n in graph.items()}
+
+    na, nb = keyed(a.graph), keyed(b.graph)
+
+    def changed(k: str) -> bool:
+        return (na[k]["class_type"], _literals(na[k])) != (nb[k]["class_type"], _literals(nb[k]))
+
+    return {
+        "parameters": {"added": sorted(pb.keys() - pa.keys()), "removed": sorted(pa.keys() - pb.keys()),
+                       "changed": sorted(k for k in pa.keys() & pb.keys() if pa[k] != pb[k])},
+        "nodes": {"added": sorted(nb.keys() - na.keys()), "removed": sorted(na.keys() - nb.keys()),
+                  "changed": sorted(k for k in na.keys() & nb.keys() if changed(k))},
+    }
+
+
+def _literals(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (node.get("inputs") or {}).items() if not isinstance(v, list)}

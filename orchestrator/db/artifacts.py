@@ -1,0 +1,61 @@
+"""Artifact rows and their bytes: reads (never commits)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, BinaryIO
+
+from sqlmodel import Session, col, select
+
+from orchestrator.core.errors import NotFound
+from orchestrator.db.tables import (
+    Artifact,
+    ArtifactTag,
+)
+from storage import ObjectStore
+
+if TYPE_CHECKING:
+    pass
+
+
+def artifact_tags(session: Session, artifact_id: str) -> list[str]:
+    return sorted(session.exec(select(ArtifactTag.tag).where(ArtifactTag.artifact_id == artifact_id)))
+
+
+def list_artifacts(session: Session, job: str | None = None, template: str | None = None, tag: str | None = None,
+                   role: str | None = None, limit: int = 50, offset: int = 0) -> list[Artifact]:
+    q = select(Artifact).order_by(col(Artifact.created_at).desc()).limit(limit).offset(offset)
+    if job:
+        q = q.where(Artifact.job_id == job)
+    if template:
+        q = q.where(Artifact.template == template)
+    if role:
+        q = q.where(Artifact.role == role)
+    if tag:
+        q = q.where(col(Artifact.id).in_(select(ArtifactTag.artifact_id).where(ArtifactTag.tag == tag)))
+    return list(session.exec(q))
+
+
+def get_artifact(session: Session, artifact_id: str) -> Artifact:
+    art = session.get(Artifact, artifact_id)
+    if art is None:
+        raise NotFound(f"unknown artifact {artifact_id[:200]}")
+    return art
+
+
+def object_lost(art: Artifact) -> NotFound:
+    """The error of an artifact whose object the store no longer has (deleted or lost behind our back)."""
+    return NotFound(f"artifact {art.id} ({art.filename}): its bytes are missing from the object store "
+                    f"(key {art.key})", artifact=art.id)
+
+
+def open_artifact(store: ObjectStore, art: Artifact) -> BinaryIO:
+    """The artifact's bytes for reading; NotFound (404, naming it) when the store has lost its object."""
+    try:
+        return store.open(art.key)
+    except FileNotFoundError as exc:
+        raise object_lost(art) from exc
+
+
+def job_outputs(session: Session, job_id: str) -> list[Artifact]:
+    return list(session.exec(select(Artifact).where(Artifact.job_id == job_id, Artifact.role == "output")
+                             .order_by(Artifact.output_name, Artifact.filename)))

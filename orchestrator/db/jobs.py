@@ -1,0 +1,104 @@
+"""Job rows and their events: reads and conditional updates (the caller commits)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, or_, update
+from sqlmodel import Session, col, select
+
+from orchestrator.core.errors import InvalidInput, NotFound
+from orchestrator.core.states import JobState, check_transition
+from orchestrator.db.tables import (
+    Job,
+    JobEvent,
+    now,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def idempotent_job(session: Session, api_key_id: str | None, idempotency_key: str, request_hash: str) -> Job | None:
+    """The job an earlier submit with this key's ``Idempotency-Key`` made, if any; the same key with another
+    body is refused (as Comfy API v2 does)."""
+    job = session.exec(select(Job).where(Job.api_key_id == api_key_id, Job.idempotency_key == idempotency_key)).first()
+    if job is not None and job.request_hash != request_hash:
+        raise InvalidInput(f"Idempotency-Key {idempotency_key!r} was used for job {job.id} with another request "
+                           "body; use a new key for a new request")
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"unknown job {job_id}")
+    return job
+
+
+def list_jobs(session: Session, state: JobState | None = None, template: str | None = None,
+              limit: int = 50, offset: int = 0) -> list[Job]:
+    q = select(Job).order_by(col(Job.created_at).desc()).limit(limit).offset(offset)
+    if state:
+        q = q.where(Job.state == state)
+    if template:
+        q = q.where(Job.template == template)
+    return list(session.exec(q))
+
+
+def transition(session: Session, job_id: str, current: JobState, new: JobState, reason: str,
+               data: dict[str, Any] | None = None, commit: bool = True, **fields: Any) -> bool:
+    """Move a job from ``current`` to ``new`` if nobody else moved it first, with its event.
+
+    The conditional UPDATE makes this safe between threads and between orchestrator replicas. With
+    ``commit=False`` the caller commits (several changes in one transaction).
+    """
+    check_transition(current, new)
+    values: dict[str, Any] = {"state": new, **fields}
+    if new == JobState.RUNNING:
+        values.setdefault("started_at", now())
+    if new.terminal:
+        values.setdefault("finished_at", now())
+    res = session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == current).values(**values))
+    if res.rowcount != 1:
+        if commit:
+            session.rollback()
+        return False
+    session.add(JobEvent(job_id=job_id, kind="state", state=new, reason=reason, data=data))
+    if commit:
+        session.commit()
+    return True
+
+
+def add_event(session: Session, job_id: str, kind: str, reason: str = "", data: dict[str, Any] | None = None,
+              **job_fields: Any) -> None:
+    if job_fields:
+        session.execute(update(Job).where(col(Job.id) == job_id).values(**job_fields))
+    session.add(JobEvent(job_id=job_id, kind=kind, reason=reason, data=data))
+    session.commit()
+
+
+def events_after(session: Session, job_id: str, after_id: int = 0) -> list[JobEvent]:
+    return list(session.exec(select(JobEvent).where(JobEvent.job_id == job_id, col(JobEvent.id) > after_id)
+                             .order_by(col(JobEvent.id))))
+
+
+def queued_candidates(session: Session, limit: int = 100) -> list[Job]:
+    """QUEUED jobs that may be dispatched now, locked for this transaction (PostgreSQL: FOR UPDATE SKIP
+    LOCKED, so replicas never consider the same job; SQLite has one writer and ignores the clause)."""
+    q = (select(Job).where(Job.kind == "comfy", Job.state == JobState.QUEUED,
+                           or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
+         .order_by(col(Job.priority).desc(), col(Job.queued_at)).limit(limit).with_for_update(skip_locked=True))
+    return list(session.exec(q))
+
+
+def running_by_key(session: Session) -> dict[str | None, int]:
+    q = select(Job.api_key_id, func.count()).where(Job.state == JobState.RUNNING).group_by(Job.api_key_id)
+    return dict(session.exec(q).all())
+
+
+def requeue(session: Session, job_id: str, reason: str, delay_s: float) -> bool:
+    """A RUNNING job back to QUEUED after a transient failure, not dispatched before ``delay_s``."""
+    return transition(session, job_id, JobState.RUNNING, JobState.QUEUED, reason, {"retry_in_s": delay_s},
+                      commit=False, run_after=now() + timedelta(seconds=delay_s), queued_at=now(), progress=0.0)

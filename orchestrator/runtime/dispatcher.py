@@ -1,0 +1,271 @@
+"""Dispatch: fair job order, placement on capable servers, runners, leases and crash recovery.
+
+One dispatch loop per orchestrator process. Each round it counts the prompts in flight per server
+(from the database, so replicas see each other's), locks a batch of ready QUEUED jobs (SKIP LOCKED on
+PostgreSQL), orders them (priority, fair share across API keys, age), places each on the best server
+with a free slot, and claims it with its attempt in the same transaction. Runners (threads) then
+execute the attempts. A lease loop renews the leases of the attempts this process lifetime follows
+(started or adopted, and still followed by a runner) and adopts attempts whose process stopped renewing
+(crashed): those are reconciled with their server, never run twice.
+
+One job never stalls a round: a job whose requirements cannot even be computed (its template row gone,
+parameters that no longer bind) and a job that no registered server could ever run end FAILED with the
+reason; every other job of the round is placed as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
+
+from orchestrator.core import requirements as reqs
+from orchestrator.core import templates as tpl
+from orchestrator.core.capabilities import Requirements
+from orchestrator.core.errors import MediaLabError
+from orchestrator.core.placement import Candidate, Placer, ServerView, fair_order, impossible_reason
+from orchestrator.core.server_urls import redact
+from orchestrator.core.states import JobState
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import DB_ERRORS, Database
+from orchestrator.db.notify import QUEUED
+from orchestrator.db.tables import Job, ServerRow, TemplateVersionRow, now
+from orchestrator.runtime.executor import Executor
+from orchestrator.runtime.metrics import Metrics
+from orchestrator.runtime.pool import Pool, Server
+from orchestrator.runtime.worker_lock import load_lock
+from orchestrator.settings import Settings
+from orchestrator.training.db.leases import leased_gpus
+
+log = logging.getLogger(__name__)
+BATCH = 100  # queued jobs a dispatch round considers (the window warm-model affinity chooses from)
+SWEEP_S = 5.0  # while no server has a free slot, a round still runs this often to end impossible jobs
+
+
+class Dispatcher:
+    def __init__(self, db: Database, pool: Pool, executor: Executor, settings: Settings,
+                 metrics: Metrics | None = None, poll_s: float = 0.5,
+                 lease_hooks: Sequence[Callable[[Session], object]] = ()) -> None:
+        """``lease_hooks``: run in the lease loop of a recovering dispatcher, each in a session of its own
+        (the composition root registers the expiry of training claims whose trainer went silent)."""
+        self.db = db
+        self.pool = pool
+        self.executor = executor
+        self.settings = settings
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.lease_hooks = list(lease_hooks)
+        self.lock = load_lock() if settings.require_lock else None  # MEDIALAB_REQUIRE_LOCK: worker.lock.toml
+        self.owner = executor.owner
+        self._runners = ThreadPoolExecutor(max_workers=settings.runner_threads, thread_name_prefix="attempt")
+        self.placer = Placer(settings.placement, settings.max_inflight, settings.placement_max_bypass, self.lock)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._unsubscribe: Callable[[], None] = lambda: None
+        self._requirements: dict[tuple[int, str], Requirements] = {}
+        self._job_requirements: dict[str, Requirements] = {}  # a job's parameters never change
+        self._more = False  # the last round filled its whole batch: more jobs may be waiting behind it
+        self._swept = 0.0  # when the last full round ran
+        self._templates: dict[int, tpl.TemplateVersion] = {}
+
+    def start(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
+        """``dispatch=False, recover=False`` only renews this process's leases (``medialab run``)."""
+        self.recovering = recover
+        if dispatch:  # a job queued by this process (API, retry) wakes the loop; others' jobs: the poll
+            self._unsubscribe = self.db.bell.subscribe(QUEUED, self.wake)
+        loops = [(self._lease_loop, "leases")] + ([(self._dispatch_loop, "dispatch")] if dispatch else [])
+        for target, name in loops:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def wake(self) -> None:
+        """A job was queued or a slot freed: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._unsubscribe()
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._runners.shutdown(wait=False, cancel_futures=True)
+
+    # -- dispatch ----------------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                launched = self.dispatch_once()
+            except Exception:
+                log.exception("dispatch round")
+                launched = 0
+            if not launched or not self._more:  # look again at once only when the batch was full and all placed
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def requirements(self, session: Session, job: Job) -> Requirements:
+        """What the job needs from a server (cached per job, and per template version and non-input parameters)."""
+        if job.id in self._job_requirements:
+            return self._job_requirements[job.id]
+        if len(self._job_requirements) > 65536:
+            self._job_requirements.clear()
+        t = self._templates.get(job.template_version_id)
+        if t is None:
+            row = session.get(TemplateVersionRow, job.template_version_id) if job.template_version_id else None
+            if row is None:
+                raise MediaLabError(f"its template version ({job.template}@v{job.version}, id "
+                                    f"{job.template_version_id}) no longer exists")
+            t = self._templates[job.template_version_id] = template_db.template_from_row(row)
+        inputs = {p.name for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES}
+        key = (job.template_version_id, json.dumps({k: v for k, v in job.params.items() if k not in inputs},
+                                                   sort_keys=True))
+        if key not in self._requirements:
+            if len(self._requirements) > 4096:
+                self._requirements.clear()
+            self._requirements[key] = reqs.requirements(t, job.params)
+        self._job_requirements[job.id] = self._requirements[key]
+        return self._requirements[key]
+
+    def dispatch_once(self) -> int:
+        """One round; returns how many attempts it started."""
+        with self.db.session() as s:
+            if not self._anything_ready(s):  # the common wake-up (a slot freed, a poll): one cheap query
+                return 0
+            views = self.pool.views(attempt_db.inflight_by_server(s))
+            leased = leased_gpus(s, self.settings.trainer_lease_s)
+        for v in views:
+            v.gpu_leased = v.url in leased  # a trainer holds its GPU
+        max_inflight = self.settings.max_inflight
+        if (not any(v.healthy and v.active and v.inflight < max_inflight for v in views)
+                and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
+            return 0
+        self._swept = time.monotonic()
+        launched = []
+        with self.db.session() as s:
+            jobs = {j.id: j for j in job_db.queued_candidates(s, limit=BATCH)}
+            order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
+                               job_db.running_by_key(s))
+            reqs: dict[str, Requirements] = {}
+            for c in order:
+                try:
+                    reqs[c.id] = self.requirements(s, jobs[c.id])
+                except DB_ERRORS:
+                    raise  # the database, not the job: the round is retried
+                except Exception as exc:  # the job's own data is broken: it ends, the round goes on
+                    self._fail_queued(s, c.id, f"cannot be dispatched: {_describe(exc)}")
+            order = [c for c in order if c.id in reqs]
+            plan = self.placer.plan([(c.id, c.priority, reqs[c.id]) for c in order], views)
+            placed = {job_id for job_id, _view in plan}
+            self._more = len(jobs) >= BATCH and len(placed) == len(jobs)
+            waiting = [c for c in order if c.id not in placed]
+            registry = self._registry_views(s, views) if waiting else None
+            if registry is not None:
+                reasons: dict[Requirements, str | None] = {}
+                for c in waiting:
+                    if reqs[c.id] not in reasons:
+                        reasons[reqs[c.id]] = impossible_reason(reqs[c.id], registry, self.lock)
+                    if reasons[reqs[c.id]]:
+                        self._fail_queued(s, c.id, reasons[reqs[c.id]])
+            for job_id, view in plan:
+                job, server = jobs[job_id], self.pool.get(view.url)
+                if server is None:  # removed from the pool since the views were taken: next round
+                    continue
+                attempt = attempt_db.start_attempt(s, job, view.url, self.owner, self.settings.lease_s,
+                                                server.comfy_version)
+                if attempt is None:
+                    continue
+                launched.append((job, attempt.id, server, reqs[job_id]))
+            s.commit()
+        for job, attempt_id, server, req in launched:
+            self.executor.hold(attempt_id)  # its lease is renewed from now on, while it waits for a runner too
+            self.pool.note_dispatch(server, req.models)
+            if self.metrics:
+                self.metrics.dispatch_latency.observe(max(time.time() - job.queued_at.timestamp(), 0.0))
+            self._runners.submit(self._run, attempt_id, server, False)
+        return len(launched)
+
+    def _registry_views(self, session: Session, views: list[ServerView]) -> list[ServerView] | None:
+        """The views of every registered server, as candidates for "could this job ever run": a draining
+        server counts (it may be activated again). None while the live pool has not caught up with the
+        registry (a server added a moment ago may be the one the job needs): nothing is decided then."""
+        registered = set(session.exec(select(ServerRow.id)).all())
+        if not registered - self.pool.unusable() <= {v.id for v in views}:
+            return None
+        return [dataclasses.replace(v, active=True) for v in views if v.id in registered]
+
+    def _fail_queued(self, session: Session, job_id: str, reason: str) -> None:
+        """A queued job that can never run ends FAILED with the reason (in the round's transaction)."""
+        log.warning("job %s failed before dispatch: %s", job_id, redact(reason))
+        self._job_requirements.pop(job_id, None)
+        job_db.transition(session, job_id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
+                           error={"message": reason})
+
+    @staticmethod
+    def _anything_ready(session: Session) -> bool:
+        q = select(Job.id).where(Job.kind == "comfy", Job.state == JobState.QUEUED,
+                                 or_(col(Job.run_after).is_(None), col(Job.run_after) <= now())).limit(1)
+        return session.exec(q).first() is not None
+
+    def _run(self, attempt_id: str, server: Server, resume: bool) -> None:
+        try:
+            self.executor.execute(attempt_id, server, resume=resume)
+        except Exception:
+            log.exception("attempt %s", attempt_id)
+        finally:
+            self.wake()  # a slot is free
+
+    # -- leases and recovery -------------------------------------------------------------------------
+    def _lease_loop(self) -> None:
+        if self.recovering:
+            self.recover()
+        while not self._stop.wait(max(self.settings.lease_s / 3, 0.5)):
+            try:
+                with self.db.session() as s:  # only the attempts a runner of this lifetime follows
+                    attempt_db.heartbeat(s, self.owner, self.settings.lease_s, self.executor.held())
+                if self.recovering:
+                    self.recover()
+                    for hook in self.lease_hooks:
+                        with self.db.session() as s:
+                            hook(s)
+            except Exception:
+                log.exception("lease loop")
+
+    def recover(self) -> int:
+        """Adopt attempts whose orchestrator stopped (crash, kill -9) and reconcile each with its server:
+        finished -> ingest its outputs; still queued or running -> follow it; unknown -> queue the job
+        again. Attempts on a server no longer in the pool count as lost."""
+        with self.db.session() as s:
+            orphans = attempt_db.adopt_orphans(s, self.owner, self.settings.lease_s)
+        for attempt in orphans:
+            server = self.pool.get(attempt.server)
+            log.warning("adopting attempt %s of job %s on %s", attempt.id, attempt.job_id, redact(attempt.server))
+            self.executor.hold(attempt.id)
+            if server is None:
+                self._runners.submit(self._lost, attempt.id, attempt.server)
+            else:
+                self._runners.submit(self._run, attempt.id, server, True)
+        return len(orphans)
+
+    def _lost(self, attempt_id: str, url: str) -> None:
+        try:
+            self.executor.lost(attempt_id, f"server {redact(url)} left the pool")
+        except Exception:
+            log.exception("attempt %s", attempt_id)
+        finally:
+            self.executor.release(attempt_id)
+            self.wake()
+
+
+def _describe(exc: Exception) -> str:
+    return exc.message if isinstance(exc, MediaLabError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,491 @@
+"""Runs one attempt of a job on one ComfyUI server, start to finish, or re-attaches to it after a crash.
+
+Upload inputs, submit with the attempt id as prompt_id, follow the server's shared websocket (asking
+/history and /queue whenever it goes quiet or drops), then stream every output into the object store and
+mark the job SUCCEEDED in the same transaction that records the artifacts. A server that disappears is
+a transient failure: the job goes back to the queue with backoff (bounded attempts); anything
+deterministic (validation, missing model, bad input, an error inside a node, a timeout) ends it FAILED.
+A dependency of ours that is down (the object store before the prompt was sent) makes the job wait with
+growing backoff and spends no attempt; a database error leaves the attempt to crash recovery (its lease
+lapses, it is adopted and reconciled with its server), so it never loses or fails a job. A server that
+stopped answering mid-prompt leaves its attempt ``abandoned``: the pool removes the prompt once it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import select
+
+from orchestrator.comfy.client import ComfyClient, ComfyUnreachable, ComfyValidationError, output_files
+from orchestrator.comfy.monitor import Subscription
+from orchestrator.core import byte_path as transport
+from orchestrator.core import requirements as reqs
+from orchestrator.core import sandbox
+from orchestrator.core import templates as tpl
+from orchestrator.core.capabilities import missing
+from orchestrator.core.errors import MediaLabError
+from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.server_urls import redact
+from orchestrator.core.states import JobState
+from orchestrator.db import artifacts as artifact_db
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import jobs as job_db
+from orchestrator.db import templates as template_db
+from orchestrator.db.engine import DB_ERRORS, Database
+from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent, TemplateVersionRow
+from orchestrator.runtime import ingest
+from orchestrator.runtime.graph_check import check_sandbox
+from orchestrator.settings import Settings
+from storage import ObjectStore, StorageUnavailable, key_for
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.pool import Pool, Server
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message (database errors append the statement and parameters)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+class ExecutionFailed(MediaLabError):
+    title = "Execution failed"
+
+
+class Interrupted(MediaLabError):
+    title = "Interrupted"
+
+
+class ServerLost(ComfyUnreachable):
+    title = "Server lost the prompt"
+
+
+class Executor:
+    def __init__(self, db: Database, store: ObjectStore, settings: Settings, owner: str,
+                 pool: Pool | None = None) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+        self.owner = owner
+        self.pool = pool
+        self.policy = RetryPolicy(settings.max_attempts, settings.retry_base_delay_s)
+        self.status_timeout_s = max(settings.event_timeout_s, 5.0)  # a server silent this long on /history is hung
+        self.bytes_through = 0  # media bytes this process moved between ComfyUI and the store
+        self._templates: dict[int, tpl.TemplateVersion] = {}
+        self._live: set[str] = set()
+        self._live_lock = threading.Lock()
+
+    # -- the attempts this process follows (only their leases are renewed) ---------------------------
+    def hold(self, attempt_id: str) -> None:
+        """This process follows the attempt from now on (the dispatcher calls it before a runner starts)."""
+        with self._live_lock:
+            self._live.add(attempt_id)
+
+    def release(self, attempt_id: str) -> None:
+        with self._live_lock:
+            self._live.discard(attempt_id)
+
+    def held(self) -> list[str]:
+        with self._live_lock:
+            return list(self._live)
+
+    def execute(self, attempt_id: str, server: Server, resume: bool = False) -> JobState:
+        """Run (or, with ``resume``, re-attach to) an attempt this process owns; returns the job's state.
+        Never raises for a job's own failures. When the database fails, the attempt is let go as it is
+        (RUNNING): its lease lapses and crash recovery adopts it and reconciles it with its server."""
+        self.hold(attempt_id)
+        try:
+            return self._execute(attempt_id, server, resume)
+        except DB_ERRORS as exc:
+            log.warning("attempt %s: database error (%s); leaving it to crash recovery once its lease lapses",
+                        attempt_id, _first_line(exc))
+            return JobState.RUNNING
+        finally:
+            self.release(attempt_id)
+
+    def template(self, job: Job) -> tpl.TemplateVersion:
+        """The job's template version (versions are immutable: each is parsed once)."""
+        t = self._templates.get(job.template_version_id)
+        if t is None:
+            with self.db.session() as s:
+                row = s.get(TemplateVersionRow, job.template_version_id) if job.template_version_id else None
+            if row is None:
+                raise ExecutionFailed(f"the template version of job {job.id} ({job.template}@v{job.version}, "
+                                      f"id {job.template_version_id}) no longer exists")
+            t = self._templates[job.template_version_id] = template_db.template_from_row(row)
+        return t
+
+    def _execute(self, attempt_id: str, server: Server, resume: bool) -> JobState:
+        with self.db.session() as s:
+            attempt = s.get(Attempt, attempt_id)
+            job = job_db.get_job(s, attempt.job_id)
+        try:
+            t = self.template(job)
+            history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
+            artifacts = self._ingest(job, t, attempt, server, history)
+        except DB_ERRORS:
+            raise  # not the job's failure: see execute
+        except StorageUnavailable as exc:  # inputs could not be read: nothing ran yet
+            return self.wait_for_dependency(job, attempt, str(exc))
+        except Interrupted as exc:
+            return self._finish(attempt, JobState.CANCELLED, exc.message, None)
+        except ComfyValidationError as exc:
+            return self._finish(attempt, JobState.FAILED, exc.message,
+                                {"message": exc.message, "comfy_error": exc.error, "node_errors": exc.node_errors})
+        except ComfyUnreachable as exc:
+            return self._transient(job, attempt, server, exc)
+        except MediaLabError as exc:
+            return self._finish(attempt, JobState.FAILED, exc.message, {"message": exc.message, **exc.extra})
+        except Exception as exc:  # a bug or an unexpected server answer: the job must still end
+            log.exception("job %s failed", job.id)
+            return self._finish(attempt, JobState.FAILED, f"internal error: {exc!r}",
+                                {"message": f"internal error: {exc!r}"})
+        return self._finish(attempt, JobState.SUCCEEDED, f"{len(artifacts)} output(s) stored", None, artifacts)
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _run(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
+        lacks = missing(server.caps, reqs.requirements(t, job.params)) if server.caps else []
+        if lacks:  # placement checked it; this catches capabilities that changed since
+            raise ExecutionFailed(f"{redact(server.url)} lacks {', '.join(lacks)}")
+        inputs = self._inputs(job, t)
+        path, why = transport.choose(self.settings.byte_path, server.caps, self.store.bucket, t,
+                                     max((a.size for a in inputs.values()), default=0))
+        # both notes are written in one commit once the prompt is submitted: none on the way to the GPU
+        notes: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("info", f"byte path: {path.value} ({why})", {"byte_path": path.value})]
+        try:
+            if path == transport.BytePath.direct:
+                self._check_stored(inputs)  # the server reads them: a store that is down is a wait, not a failure
+                graph = transport.direct_graph(t, {**job.params, **{name: a.key for name, a in inputs.items()}})
+            else:
+                graph = tpl.bind(t, self._upload_inputs(job, inputs, server))
+            # the graph as sent, whatever path queued the job: nothing may leave the server's folders
+            check_sandbox(graph, sandbox.Definitions.merge([server.caps]), self.settings, resolve=False)
+            extra = {"extra_pnginfo": {"medialab": {"job": job.id, "attempt": attempt.id, "template": t.ref,
+                                                    "template_hash": t.content_hash}}}
+            with server.monitor.subscribe(attempt.id) as events:
+                server.client.submit(graph, attempt.id, server.monitor.client_id, extra_data=extra)
+                notes.append(("info", "submitted", {"prompt_id": attempt.id, "server": server.url}))
+                self._events(job.id, notes)
+                notes = []
+                return self._follow(events, job, graph, attempt, server, outputs_of=set(tpl.output_node_ids(t)))
+        finally:
+            if notes:  # the upload or the submit failed: the byte path is still worth knowing
+                self._events(job.id, notes)
+
+    def _reattach(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
+        """After an orchestrator crash: finished -> its history; still queued or running -> follow it;
+        unknown to the server -> lost (the job is queued again)."""
+        entry = self._ask(server.client, attempt.id, self.status_timeout_s)
+        if entry:
+            self._event(job.id, "info", "re-attached: finished while the orchestrator was down")
+            return self._check_history(entry, attempt.id, None)
+        self._event(job.id, "info", "re-attached to the running prompt")
+        with server.monitor.subscribe(attempt.id) as events:
+            return self._follow(events, job, tpl.bind(t, {}), attempt, server, poll_s=1.0)
+
+    def _inputs(self, job: Job, t: tpl.TemplateVersion) -> dict[str, Artifact]:
+        """The input artifacts of the job, by parameter name."""
+        with self.db.session() as s:
+            return {p.name: artifact_db.get_artifact(s, job.params[p.name]) for p in t.manifest.parameters
+                    if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)}
+
+    def _check_stored(self, inputs: dict[str, Artifact]) -> None:
+        """Every input is in the store (StorageUnavailable when the store does not answer)."""
+        for name, art in inputs.items():
+            if self.store.size(art.key) is None:
+                raise ExecutionFailed(f"input {name}: artifact {art.id} ({art.key}) is missing from the object store")
+
+    def _upload_inputs(self, job: Job, inputs: dict[str, Artifact], server: Server) -> dict[str, Any]:
+        """Through path: upload each input to the server; returns the values to bind."""
+        values = dict(job.params)
+        for name, art in inputs.items():
+            with self.store.open(art.key) as f:
+                values[name] = server.client.upload(f, art.sha256 + Path(art.filename).suffix.lower(),
+                                                    subfolder="medialab")
+            self.bytes_through += art.size
+        return values
+
+    def _follow(self, events: Subscription, job: Job, graph: dict[str, Any], attempt: Attempt, server: Server,
+                poll_s: float | None = None, outputs_of: set[str] | None = None) -> dict[str, Any]:
+        """Follow the prompt to its end; returns its /history entry.
+
+        Events come from the server's websocket. When they stop for ``poll_s`` seconds, or the socket
+        drops, the server is asked directly (/history is {} for running and unknown alike, so /queue
+        decides), and from a drop on it is polled every second. When the socket saw the prompt succeed and
+        an ``executed`` event of every node in ``outputs_of``, those outputs stand in for /history (one
+        round trip less between the GPU finishing and the outputs moving).
+        """
+        pid, client = attempt.id, server.client
+        titles = {k: (v.get("_meta") or {}).get("title") or v["class_type"] for k, v in graph.items()}
+        timeout = job.timeout_s or self.settings.job_timeout_s
+        deadline = time.monotonic() + timeout if timeout else None
+        quiet_limit = poll_s or self.settings.event_timeout_s
+        quiet_since = time.monotonic()
+        last_progress = 0.0
+        checked_at = time.monotonic()  # cancel and timeout are checked every 0.5 s, not on the way to the GPU
+        done: set[str] = set()
+        seen: dict[str, Any] = {}  # node id -> ui output, from executed events
+        succeeded = False
+        interrupting: str | None = None  # why, once the prompt is being interrupted
+        try:
+            while True:
+                try:
+                    event = events.recv(timeout=min(1.0, quiet_limit))
+                except ComfyUnreachable:
+                    event, quiet_limit, quiet_since = None, 1.0, 0.0  # poll from now on, starting now
+                if not interrupting and time.monotonic() - checked_at > 0.5:
+                    checked_at = time.monotonic()
+                    reason = ("cancelled" if self._cancel_requested(job.id, tolerant=True) else
+                              f"timed out after {timeout:.0f}s" if deadline and time.monotonic() > deadline else None)
+                    if reason:
+                        interrupting, quiet_limit = reason, 1.0
+                        client.delete_queued(pid)
+                        client.interrupt(pid)  # only ever by prompt_id: never someone else's job
+                        self._event(job.id, "info", f"interrupting: {reason}")
+                if event is None:
+                    if time.monotonic() - quiet_since >= quiet_limit:
+                        try:
+                            entry = self._ask(client, pid, self.status_timeout_s)
+                        except ServerLost:
+                            if interrupting:  # removed from the queue before it ran
+                                raise Interrupted("cancelled; removed from the server's queue") from None
+                            raise
+                        if entry:
+                            return self._check_history(entry, pid, interrupting)
+                        quiet_since = time.monotonic()
+                    continue
+                quiet_since = time.monotonic()
+                data = event.get("data") or {}
+                kind = event.get("type")
+                if kind == "execution_cached":
+                    done.update(data.get("nodes") or [])
+                elif kind == "executed" and data.get("output") is not None:
+                    seen[str(data.get("node"))] = data["output"]
+                elif kind == "execution_success":
+                    succeeded = True
+                elif kind == "executing" and data.get("node") is None:
+                    if succeeded and not interrupting and outputs_of and outputs_of <= seen.keys():
+                        return {"outputs": seen, "status": {"status_str": "success", "completed": True}}
+                    return self._check_history(client.history(pid, self.status_timeout_s) or {}, pid, interrupting)
+                elif kind == "executing":
+                    done.add(data["node"])
+                elif kind == "progress" and (data["value"] >= data["max"] or time.monotonic() - last_progress > 0.2):
+                    last_progress = time.monotonic()
+                    fraction = round(max((len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph), 0.0), 4)
+                    node = str(data.get("node"))
+                    try:  # progress is worth a database blip's loss, the prompt is not
+                        self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
+                                    {"node": node, "title": titles.get(node), "value": data["value"],
+                                     "max": data["max"], "fraction": fraction}, progress=fraction)
+                    except DB_ERRORS as exc:
+                        log.warning("job %s: progress event not recorded: %s", job.id, _first_line(exc))
+                elif kind == "execution_error":
+                    node = str(data.get("node_id"))
+                    raise ExecutionFailed(
+                        f"node '{titles.get(node, node)}' (#{node} {data.get('node_type')}) failed: "
+                        f"{data.get('exception_type')}: {data.get('exception_message', '').strip()}",
+                        node_id=node, node_type=data.get("node_type"), exception_type=data.get("exception_type"),
+                        exception_message=data.get("exception_message"))
+                elif kind == "execution_interrupted":
+                    raise Interrupted("cancelled; ComfyUI confirmed the interruption")
+        except Interrupted:
+            if interrupting and interrupting != "cancelled":
+                raise ExecutionFailed(f"job {interrupting}; interrupted on {redact(server.url)}") from None
+            raise
+
+    @staticmethod
+    def _ask(client: ComfyClient, pid: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """The prompt's /history entry once finished, None while queued or running; ServerLost when the
+        server does not know it (/history is {} for running and unknown alike, so /queue decides);
+        ComfyUnreachable when it does not answer within ``timeout`` (hung)."""
+        entry = client.history(pid, timeout)
+        if entry:
+            return entry
+        if client.queue_position(pid, timeout) is not None:
+            return None
+        entry = client.history(pid, timeout)  # it may have finished between the two calls
+        if entry:
+            return entry
+        raise ServerLost(f"{redact(client.base_url)} does not know prompt {pid} (it never arrived, or the server "
+                         "restarted)")
+
+    @staticmethod
+    def _check_history(entry: dict[str, Any], pid: str, interrupting: str | None) -> dict[str, Any]:
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error":
+            msgs = [m for m in status.get("messages", []) if m[0] in ("execution_error", "execution_interrupted")]
+            if interrupting or any(m[0] == "execution_interrupted" for m in msgs):
+                raise Interrupted("cancelled; ComfyUI confirmed the interruption")
+            detail = msgs[-1][1] if msgs else {}
+            raise ExecutionFailed(f"prompt {pid} failed: {detail.get('exception_type', '')}: "
+                                  f"{detail.get('exception_message', '').strip()}", node_id=detail.get("node_id"))
+        if not entry:
+            raise ExecutionFailed(f"prompt {pid} finished but its history is missing")
+        return entry
+
+    def _ingest(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
+                history: dict[str, Any]) -> list[Artifact]:
+        """Store the outputs; while the object store is unreachable, wait and try again (the outputs wait
+        on the ComfyUI server: the GPU work is never run again for this)."""
+        delay = 1.0
+        while True:
+            try:
+                return self._collect(job, t, attempt, server, history)
+            except StorageUnavailable as exc:
+                if self._cancel_requested(job.id):
+                    raise Interrupted(f"cancelled while the object store was unreachable ({exc})") from exc
+                self._event(job.id, "info", f"object store unreachable; retrying the ingest in {delay:.0f}s",
+                            {"error": str(exc)})
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _collect(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
+                 history: dict[str, Any]) -> list[Artifact]:
+        """Stream every file of the template's output nodes (any kind: images, gifs, video, audio) into
+        the store. Origins are per job, so whichever attempt made them, a job has one set of outputs."""
+        artifacts = []
+        input_ids = [job.params[p.name] for p in t.manifest.parameters
+                     if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)]
+        outputs = history.get("outputs") or {}
+        for node_id, name in tpl.output_node_ids(t).items():
+            ui = outputs.get(node_id) or {}
+            for index, stored in enumerate(self._direct_objects(ui) if "medialab_objects" in ui
+                                           else self._stream_outputs(ui, server)):
+                artifacts.append(Artifact(
+                    origin=f"output:{job.id}:{node_id}:{index}", role="output", job_id=job.id,
+                    attempt_id=attempt.id, output_name=name, template=t.name, template_version=t.version,
+                    template_hash=t.content_hash, params=job.params, input_artifacts=input_ids, server=server.url,
+                    comfy_version=attempt.comfy_version or server.comfy_version, **stored))
+        if not artifacts:
+            raise ExecutionFailed(f"{t.ref} finished without files on its output nodes "
+                                  f"({', '.join(o.node for o in t.manifest.outputs)})")
+        return artifacts
+
+    def _stream_outputs(self, ui: dict[str, Any], server: Server) -> Iterator[dict[str, Any]]:
+        """Through path: stream each file from /view into the store (never whole in memory)."""
+        for ref in output_files(ui):
+            obj = self.store.put_stream(server.client.stream_view(ref))
+            self.bytes_through += obj.size
+            with self.store.open(obj.key) as f:
+                content_type, w, h = ingest.sniff(f, ref.filename)
+            yield {"key": obj.key, "sha256": obj.sha256, "size": obj.size, "content_type": content_type,
+                   "filename": ref.filename, "width": w, "height": h}
+
+    def _direct_objects(self, ui: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Direct path: the pack stored the objects; check each is there, whole, under its own hash."""
+        for obj in ui["medialab_objects"]:
+            key, sha, size = obj.get("key"), obj.get("sha256", ""), obj.get("size")
+            if key != key_for(sha):
+                raise ExecutionFailed(f"the server reported object {key!r}, which is not the key of sha256 {sha}")
+            stored = self.store.size(key)
+            if stored != size:
+                raise ExecutionFailed(f"output object {key} is {'missing' if stored is None else f'{stored} bytes'}"
+                                      f" in the store; the server reported {size} bytes")
+            yield {"key": key, "sha256": sha, "size": size, "content_type": obj.get("content_type") or
+                   "application/octet-stream", "filename": obj.get("filename") or sha,
+                   "width": obj.get("width"), "height": obj.get("height")}
+
+    # -- outcomes ----------------------------------------------------------------------------------
+    def _transient(self, job: Job, attempt: Attempt, server: Server, exc: ComfyUnreachable) -> JobState:
+        """The server went away. Unless it answered that it does not know the prompt (ServerLost), the prompt
+        may still be there and run when the server wakes up: the attempt is left ``abandoned``, and the pool
+        removes or interrupts that prompt once the server answers again (never the work done twice)."""
+        abandoned = not isinstance(exc, ServerLost)
+        if self.pool is not None:
+            self.pool.mark_down(server, exc.message)
+        state = self.retry_or_fail(job, attempt, exc.message, server.url, abandoned=abandoned)
+        if abandoned and self.pool is not None:
+            self.pool.note_abandoned(server)
+        return state
+
+    def lost(self, attempt_id: str, message: str) -> JobState:
+        """An adopted attempt whose server left the pool: retry the job elsewhere."""
+        with self.db.session() as s:
+            attempt = s.get(Attempt, attempt_id)
+            job = job_db.get_job(s, attempt.job_id)
+        return self.retry_or_fail(job, attempt, message, attempt.server)
+
+    def retry_or_fail(self, job: Job, attempt: Attempt, message: str, server_url: str,
+                      abandoned: bool = False) -> JobState:
+        """The server went away: queue the job again with backoff while attempts are left (only attempts that
+        count are counted: not those that waited for a dependency of ours)."""
+        error = {"message": message, "server": server_url, "transient": True}
+        if self._cancel_requested(job.id):
+            return self._finish(attempt, JobState.CANCELLED, f"cancelled; {message}", error, abandoned=abandoned)
+        with self.db.session() as s:
+            spent = attempt_db.counted_attempts(s, job.id)  # this one included: it is still RUNNING and counts
+        delay = self.policy.delay(spent)
+        if delay is None:
+            return self._finish(attempt, JobState.FAILED, f"gave up after {spent} attempts; last: {message}",
+                                error, abandoned=abandoned)
+        return self._finish(attempt, JobState.QUEUED, f"attempt {attempt.number} lost ({message}); "
+                            f"retrying in {delay:.0f}s", error, requeue_in=delay, abandoned=abandoned)
+
+    def wait_for_dependency(self, job: Job, attempt: Attempt, message: str) -> JobState:
+        """A dependency of ours (the object store) is down before anything ran: the job waits, queued again
+        with growing backoff (capped) and the reason in its events; the attempt does not count."""
+        error = {"message": message, "dependency": True}
+        if self._cancel_requested(job.id):
+            return self._finish(attempt, JobState.CANCELLED, f"cancelled while waiting; {message}", error,
+                                counts=False)
+        with self.db.session() as s:
+            waits = attempt_db.waits_in_a_row(s, job.id, attempt.number) + 1
+        delay = self.policy.wait_delay(waits)
+        return self._finish(attempt, JobState.QUEUED, f"waiting: {message}; looking again in {delay:g}s",
+                            error, requeue_in=delay, counts=False)
+
+    def _finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
+                artifacts: list[Artifact] | None = None, requeue_in: float | None = None, *,
+                counts: bool = True, abandoned: bool = False) -> JobState:
+        with self.db.session() as s:
+            attempt_state = JobState.FAILED if state == JobState.QUEUED else state
+            if not attempt_db.finish_attempt(s, attempt.id, self.owner, attempt_state, error, counts=counts,
+                                          abandoned=abandoned):
+                s.rollback()
+                log.warning("attempt %s is no longer ours; leaving job %s alone", attempt.id, attempt.job_id)
+                return job_db.get_job(s, attempt.job_id).state
+            known = {a.origin for a in s.exec(select(Artifact).where(Artifact.job_id == attempt.job_id))}
+            s.add_all(a for a in artifacts or [] if a.origin not in known)
+            if requeue_in is not None:
+                moved = job_db.requeue(s, attempt.job_id, reason, requeue_in)
+            else:
+                data = {"outputs": [a.id for a in artifacts]} if artifacts else error
+                extra: dict[str, Any] = {"progress": 1.0} if state == JobState.SUCCEEDED else {}
+                moved = job_db.transition(s, attempt.job_id, JobState.RUNNING, state, reason, data, commit=False,
+                                           error=error, **extra)
+            if not moved:
+                s.rollback()
+                log.warning("job %s was no longer RUNNING when attempt %s ended", attempt.job_id, attempt.id)
+                return job_db.get_job(s, attempt.job_id).state
+            s.commit()
+        return state
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _cancel_requested(self, job_id: str, tolerant: bool = False) -> bool:
+        """``tolerant``: a database error reads as "not (yet)" (asked again soon) instead of raising."""
+        try:
+            with self.db.session() as s:
+                return bool(job_db.get_job(s, job_id).cancel_requested)
+        except DB_ERRORS as exc:
+            if not tolerant:
+                raise
+            log.warning("job %s: cancel flag not read: %s", job_id, _first_line(exc))
+            return False
+
+    def _events(self, job_id: str, events: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """Several (kind, reason, data) events of a job in one commit."""
+        with self.db.session() as s:
+            s.add_all(JobEvent(job_id=job_id, kind=kind, reason=reason, data=data) for kind, reason, data in events)
+            s.commit()
+
+    def _event(self, job_id: str, kind: str, reason: str, data: dict[str, Any] | None = None, **fields: Any) -> None:
+        with self.db.session() as s:
+            job_db.add_event(s, job_id, kind, reason, data, **fields)
