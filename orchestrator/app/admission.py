@@ -10,14 +10,14 @@ from orchestrator.core import limits, sandbox
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import Capabilities, Requirements
 from orchestrator.core.errors import InvalidInput
+from orchestrator.core.graph import nodes_by_title
 from orchestrator.core.placement import unrunnable_reason
-from orchestrator.core.requirements import requirements
 from orchestrator.db.servers import recorded_views, server_rows
 from orchestrator.db.tables import (
     Artifact,
     TemplateVersionRow,
 )
-from orchestrator.db.templates import get_template
+from orchestrator.db.templates import get_template, requirements
 from orchestrator.runtime.graph_check import check_sandbox
 from orchestrator.settings import Settings, get_settings
 
@@ -44,7 +44,7 @@ def sandbox_definitions(session: Session, pool: Pool | None) -> sandbox.Definiti
 
 def bound_inputs(t: tpl.TemplateVersion, which: Any) -> set[tuple[str, str]]:
     """(node id, input) of the parameters ``which(p)`` selects."""
-    titles = tpl.nodes_by_title(t.graph)
+    titles = nodes_by_title(t.graph)
     return {(titles[p.bind.node], p.bind.input) for p in t.manifest.parameters if which(p)}
 
 

@@ -1,4 +1,4 @@
-"""Artifact use cases: store an uploaded input, tag, delete."""
+"""Artifact use cases: store an uploaded input (with its tags), delete."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from sqlmodel import Session, col, select
 
 from orchestrator.core import limits
 from orchestrator.core.errors import Conflict
+from orchestrator.db import artifacts as artifact_db
 from orchestrator.db import audit
-from orchestrator.db.artifacts import artifact_tags, get_artifact
+from orchestrator.db.artifacts import get_artifact
 from orchestrator.db.tables import (
     Artifact,
     ArtifactTag,
     JobInput,
     LoraModel,
 )
-from orchestrator.runtime import media
-from orchestrator.runtime.ingest import checked_upload
+from orchestrator.runtime import ingest, media
 from orchestrator.settings import Settings, get_settings
 from storage import ObjectStore
 
@@ -42,31 +42,24 @@ def store_input(session: Session, store: ObjectStore, data: bytes | Iterable[byt
     tags = limits.check_tags(tags, settings or get_settings())
     filename = media.check_filename(filename) or "upload"
     session.commit()  # the caller's reads end here: their connection goes back to the pool
-    with checked_upload(data, filename, settings) as (spool, info):
+    with ingest.checked_upload(data, filename, settings) as (spool, info):
         origin = f"input:{spool.sha256}"
         existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
         session.commit()  # a short read: the same bytes are not stored twice, and no connection is held below
         if existing:
-            add_tags(session, existing.id, tags)
+            artifact_db.add_tags(session, existing.id, tags)
+            session.commit()
             return existing
-        obj = store.put_file(spool.path, spool.sha256)
-    art = Artifact(origin=origin, key=obj.key, sha256=obj.sha256, size=obj.size, content_type=info.content_type,
-                   filename=filename, role="input", width=info.width, height=info.height)
+        art = ingest.store_checked(store, spool, info, origin=origin, role="input", filename=filename)
     session.add(art)
     try:
         session.flush()
     except IntegrityError:  # the same bytes uploaded at the same moment: theirs is the artifact
         session.rollback()
         art = session.exec(select(Artifact).where(Artifact.origin == origin)).one()
-    add_tags(session, art.id, tags)
-    return art
-
-
-def add_tags(session: Session, artifact_id: str, tags: Iterable[str]) -> None:
-    have = set(artifact_tags(session, artifact_id))
-    for tag in {t.strip() for t in tags if t.strip()} - have:
-        session.add(ArtifactTag(artifact_id=artifact_id, tag=tag))
+    artifact_db.add_tags(session, art.id, tags)
     session.commit()
+    return art
 
 
 def delete_artifact(session: Session, store: ObjectStore, artifact_id: str) -> Artifact:

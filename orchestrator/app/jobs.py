@@ -70,12 +70,11 @@ def cancel_job(session: Session, job_id: str) -> Job:
     if job.state.terminal:
         raise Conflict(f"job {job_id} is already {job.state.value}")
     cancelled = job.state == JobState.QUEUED and transition(session, job_id, JobState.QUEUED, JobState.CANCELLED,
-                                                            "cancelled while queued", commit=False)
+                                                            "cancelled while queued")
     audit.record(session, "job.cancel", job_id, {"kind": job.kind, "outcome": "cancelled" if cancelled
                                                  else "cancel requested"})
-    if cancelled:
-        session.commit()
-    else:  # running (or taken by a dispatcher just now): its dispatcher or trainer stops it
+    if not cancelled:  # running (or taken by a dispatcher just now): its dispatcher or trainer stops it
         add_event(session, job_id, "info", "cancel requested", cancel_requested=True)
+    session.commit()
     session.expire_all()
     return get_job(session, job_id)

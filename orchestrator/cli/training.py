@@ -1,4 +1,4 @@
-"""The training commands of ``medialab``: datasets, train, trainer, models (registered in cli.py)."""
+"""The training commands of ``medialab``: datasets, train, trainer, models."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 
 from orchestrator.app import artifacts as artifact_app
-from orchestrator.cli import main as cli
+from orchestrator.bootstrap import Context
+from orchestrator.cli.common import console, context, err, fail, follow, parse_sets, session
 from orchestrator.core.errors import InvalidInput, MediaLabError
 from orchestrator.core.states import JobState
 from orchestrator.settings import get_settings
@@ -26,7 +27,7 @@ datasets_app = typer.Typer(help="Training datasets (stored, checked, versioned b
 models_app = typer.Typer(help="The model registry: trained LoRAs.", no_args_is_help=True)
 
 
-def _artifact(ctx: cli.Context, ref: str) -> str:
+def _artifact(ctx: Context, ref: str) -> str:
     """An artifact id, or a file here that is uploaded as an input first."""
     path = Path(ref)
     if path.is_file():
@@ -50,7 +51,7 @@ def datasets_build(
     face_centred: bool = False,
 ) -> None:
     """Build a dataset from images and/or video frames, check it against the preset and store it."""
-    ctx = cli.context()
+    ctx = context()
     try:
         images = [_artifact(ctx, ref) for ref in image]
         captions = {}
@@ -66,22 +67,22 @@ def datasets_build(
                                       every_n=every_n, preset=preset, resolution=resolution,
                                       face_centred=face_centred)
     except MediaLabError as exc:
-        cli.fail(exc)
+        fail(exc)
     p = art.params or {}
-    cli.console.print(f"dataset [bold]{art.id}[/bold] {p.get('name')} v{p.get('version')}: {p.get('images')} "
+    console.print(f"dataset [bold]{art.id}[/bold] {p.get('name')} v{p.get('version')}: {p.get('images')} "
                       f"images at {p.get('resolution')} px, sha256 {art.sha256[:12]}")
 
 
 @datasets_app.command("list")
 def datasets_list(name: str | None = None) -> None:
     table = Table("id", "name", "version", "images", "resolution", "trigger", "sha256", "created")
-    with cli.session() as s:
+    with session() as s:
         for a in dataset_store.list_datasets(s, name):
             p = a.params or {}
             table.add_row(a.id, str(p.get("name")), f"v{p.get('version')}", str(p.get("images")),
                           str(p.get("resolution")), str(p.get("trigger")), a.sha256[:12],
                           a.created_at.strftime("%Y-%m-%d %H:%M:%S"))
-    cli.console.print(table)
+    console.print(table)
 
 
 def train(
@@ -95,24 +96,24 @@ def train(
     watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
 ) -> None:
     """Queue a LoRA training (every option checked first) for a trainer; follow it with live progress."""
-    ctx = cli.context()
+    ctx = context()
     try:
         with ctx.db.session() as s:
             job = tj.submit_training(s, ctx.store, ctx.settings, dataset=dataset, base=base, preset=preset,
-                                     trigger=trigger, name=name, overrides=cli.parse_sets(set_), priority=priority)
-        cli.console.print(f"queued training job [bold]{job.id}[/bold] (medialab jobs watch|cancel {job.id})")
+                                     trigger=trigger, name=name, overrides=parse_sets(set_), priority=priority)
+        console.print(f"queued training job [bold]{job.id}[/bold] (medialab jobs watch|cancel {job.id})")
         if watch:
-            final = cli.follow(ctx, job.id)
+            final = follow(ctx, job.id)
             if final.state != JobState.SUCCEEDED:
-                cli.err.print(f"[red]job {final.id} {final.state.value}[/red] {(final.error or {}).get('message', '')}")
+                err.print(f"[red]job {final.id} {final.state.value}[/red] {(final.error or {}).get('message', '')}")
                 raise typer.Exit(1)
             with ctx.db.session() as s:
                 model = tj.latest_model(s, job.id)
             if model:
-                cli.console.print(f"[green]registered[/green] {model.filename} ({model.state}), sha256 "
+                console.print(f"[green]registered[/green] {model.filename} ({model.state}), sha256 "
                                   f"{model.sha256[:12]}: use it with --set lora={model.filename}")
     except MediaLabError as exc:
-        cli.fail(exc)
+        fail(exc)
 
 
 def trainer(
@@ -138,71 +139,71 @@ def trainer(
     st = get_settings()
     scripts = sd_scripts or st.sd_scripts_dir
     if scripts is None or not (scripts / "train_network.py").is_file():
-        cli.fail(f"no sd-scripts checkout at {scripts}: give --sd-scripts or MEDIALAB_SD_SCRIPTS_DIR "
+        fail(f"no sd-scripts checkout at {scripts}: give --sd-scripts or MEDIALAB_SD_SCRIPTS_DIR "
                  "(scripts/install_sd_scripts.sh installs the pinned commit)")
     backend = HttpBackend(url, key, name or f"{socket.gethostname()}-{os.getpid()}", gpu_server)
     t = Trainer(backend, workdir=workdir or st.home / "trainer", sd_scripts_dir=scripts,
                 python=python or st.trainer_python, tokenizer_cache_dir=st.tokenizer_cache_dir,
                 models_dir=models_dir or st.models_dir, cpu=cpu, accelerate=st.trainer_accelerate)
-    cli.console.print(f"trainer [bold]{backend.name}[/bold] pulling from {url}"
+    console.print(f"trainer [bold]{backend.name}[/bold] pulling from {url}"
                       + (f", sharing the GPU of {gpu_server}" if gpu_server else ""))
     if once:
         while (job := t.run_once()) is None:
             time.sleep(t.poll_s)
-        cli.console.print(f"job {job} done")
+        console.print(f"job {job} done")
         return
     signal.signal(signal.SIGTERM, lambda *_: t.stop(0))
     try:
         t.run_forever()
     except KeyboardInterrupt:
-        cli.err.print("stopping (a job in training is taken back by the orchestrator when its lease ends)")
+        err.print("stopping (a job in training is taken back by the orchestrator when its lease ends)")
 
 
 @models_app.command("list")
 def models_list(name: str | None = None, state: str | None = None) -> None:
     table = Table("name", "version", "file", "state", "base model", "trigger", "sha256", "created")
-    with cli.session() as s:
+    with session() as s:
         for m in registry.list_models(s, name, state):
             style = {"approved": "green", "withdrawn": "red"}.get(m.state, "yellow")
             table.add_row(m.name, f"v{m.version}", m.filename, f"[{style}]{m.state}[/]", m.base_model or "",
                           ", ".join(m.trigger_words), m.sha256[:12], m.created_at.strftime("%Y-%m-%d %H:%M:%S"))
-    cli.console.print(table)
+    console.print(table)
 
 
 @models_app.command("show")
 def models_show(ref: str) -> None:
     """By name (newest version), name@vN, file name, id or sha256 prefix."""
-    with cli.session() as s:
+    with session() as s:
         m = registry.get_model(s, ref)
-    cli.console.print_json(json.dumps(m.model_dump(mode="json")))
+    console.print_json(json.dumps(m.model_dump(mode="json")))
 
 
 @models_app.command("approve")
 def models_approve(ref: str) -> None:
-    with cli.session() as s:
+    with session() as s:
         m = registry.set_state(s, ref, registry.LoraState.approved)
-    cli.console.print(f"{m.filename} approved: jobs may use it")
+    console.print(f"{m.filename} approved: jobs may use it")
 
 
 @models_app.command("withdraw")
 def models_withdraw(ref: str) -> None:
-    with cli.session() as s:
+    with session() as s:
         m = registry.set_state(s, ref, registry.LoraState.withdrawn)
-    cli.console.print(f"{m.filename} withdrawn: jobs naming it are refused")
+    console.print(f"{m.filename} withdrawn: jobs naming it are refused")
 
 
 @models_app.command("distribute")
 def models_distribute(ref: str) -> None:
     """Copy it to every pool server again and refresh their capabilities."""
-    ctx = cli.context()
+    ctx = context()
     try:
         with ctx.db.session() as s:
             m = registry.get_model(s, ref)
             result = registry.distribute(s, ctx.store, ctx.settings, m)
     except MediaLabError as exc:
-        cli.fail(exc)
+        fail(exc)
     for server, r in sorted(result.items()):
-        cli.console.print(f"{server}: " + ("[green]has it[/]" if r.get("ok") else f"[red]no[/] {r.get('error')}"))
+        console.print(f"{server}: " + ("[green]has it[/]" if r.get("ok") else f"[red]no[/] {r.get('error')}"))
 
 
 def register(app: typer.Typer) -> None:

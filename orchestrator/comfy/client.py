@@ -16,6 +16,7 @@ import httpx
 import websocket
 
 from orchestrator.core.errors import MediaLabError
+from orchestrator.core.graph import title_of
 from orchestrator.core.server_urls import redact
 
 
@@ -143,7 +144,7 @@ class ComfyClient:
         data = r.json() if r.content else {}
         if r.status_code == 400 or data.get("node_errors") and r.status_code >= 400:
             error = data.get("error") or {}
-            titles = {k: (v.get("_meta") or {}).get("title", "") for k, v in graph.items()}
+            titles = {k: title_of(v) or "" for k, v in graph.items()}
             raise ComfyValidationError(error.get("message", "invalid prompt"), error,
                                        data.get("node_errors") or {}, titles)
         if r.status_code >= 400:

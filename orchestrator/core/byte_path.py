@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import InvalidInput
+from orchestrator.core.graph import nodes_by_title
 
 LOADERS = {"LoadImage": ("image", "MediaLabLoadImage"), "LoadVideo": ("file", "MediaLabLoadVideo"),
            "MediaLabParamImage": ("image", "MediaLabLoadImage"), "MediaLabParamVideo": ("file", "MediaLabLoadVideo")}
@@ -42,7 +43,7 @@ def why_not_direct(caps: Capabilities | None, bucket: str | None, t: tpl.Templat
         return "the server has no object storage configured (MEDIALAB_S3_ENDPOINT)"
     if storage.get("bucket") != bucket:
         return f"the server stores in bucket {storage.get('bucket')!r}, not {bucket!r}"
-    titles = tpl.nodes_by_title(t.graph)
+    titles = nodes_by_title(t.graph)
     for p in t.manifest.parameters:
         if p.type in tpl.ARTIFACT_TYPES:
             node = t.graph[titles[p.bind.node]]
@@ -71,7 +72,7 @@ def choose(policy: str, caps: Capabilities | None, bucket: str | None, t: tpl.Te
 def direct_graph(t: tpl.TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:
     """The bound graph for the direct path: ``values`` hold object keys for the input parameters."""
     graph = tpl.bind(t, values)
-    titles = tpl.nodes_by_title(graph)
+    titles = nodes_by_title(graph)
     for p in t.manifest.parameters:
         if p.type in tpl.ARTIFACT_TYPES and values.get(p.name):
             node = graph[titles[p.bind.node]]

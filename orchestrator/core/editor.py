@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.errors import InvalidInput
+from orchestrator.core.graph import is_link, sources, title_of
 
 MUTED, BYPASSED = 2, 4
 REROUTE, PRIMITIVE = "Reroute", "PrimitiveNode"
@@ -320,7 +321,7 @@ def to_editor(graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
         values = []
         for w in widgets:
             value = given.get(w.input, w.default) if w.input else w.default
-            if _is_link(value):
+            if is_link(value):
                 value = w.default
             values.append(value["__value__"] if isinstance(value, dict) and "__value__" in value else value)
         outputs = [{"name": (info.get("output_name") or info["output"])[i], "type": _slot_type(t), "links": None}
@@ -332,7 +333,7 @@ def to_editor(graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
         column_y[col] = y + height + GAP
         node: dict[str, Any] = {"id": ids[key], "type": cls, "pos": [40 + col * COLUMN_W, y], "size": [320, height],
                                 "flags": {}, "order": position, "mode": 0, "inputs": inputs, "outputs": outputs}
-        title = (api_node.get("_meta") or {}).get("title")
+        title = title_of(api_node)
         if title and title != display_name(info, cls):
             node["title"] = title
         node["properties"] = {"Node name for S&R": cls} | ({UNSET: unset} if unset else {})
@@ -341,7 +342,7 @@ def to_editor(graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
     for key in order:
         for slot, inp in enumerate(nodes[key]["inputs"]):
             value = (graph[key].get("inputs") or {}).get(inp["name"])
-            if not _is_link(value) or str(value[0]) not in nodes:
+            if not is_link(value) or str(value[0]) not in nodes:
                 continue
             source = nodes[str(value[0])]
             out_slot = int(value[1])
@@ -362,10 +363,6 @@ def to_editor(graph: dict[str, Any], object_info: dict[str, Any]) -> dict[str, A
     if dropped:
         workflow["extra"]["medialab"] = {"dropped_inputs": dropped}
     return workflow
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str | int) and isinstance(value[1], int)
 
 
 def _slot_type(kind: Any) -> Any:
@@ -394,8 +391,8 @@ def _depths(graph: dict[str, Any]) -> dict[str, int]:
         if key in visiting:
             raise InvalidInput(f"the graph has a cycle through node #{key}")
         visiting.add(key)
-        sources = [str(v[0]) for v in (graph[key].get("inputs") or {}).values() if _is_link(v) and str(v[0]) in graph]
-        depth[key] = 1 + max(map(walk, sources)) if sources else 0
+        feeding = [source for source in sources(graph[key]) if source in graph]
+        depth[key] = 1 + max(map(walk, feeding)) if feeding else 0
         visiting.discard(key)
         return depth[key]
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote
 
 from custom_nodes import urls
+from orchestrator.core.graph import is_link, title_of
 
 MAX_FILE_NAME = 1024  # characters in a file input's value
 MAX_SEGMENT = 255  # bytes in one path segment (NAME_MAX)
@@ -205,19 +206,13 @@ class GraphCheck:
 
 def _where(graph: Mapping[str, Any], nid: str, name: str) -> str:
     node = graph.get(nid) or {}
-    meta = node.get("_meta")
-    title = (meta.get("title") if isinstance(meta, dict) else None) or nid
-    return f"node '{title}' (#{nid} {node.get('class_type', '?')}) input '{name}'"
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+    return f"node '{title_of(node) or nid}' (#{nid} {node.get('class_type', '?')}) input '{name}'"
 
 
 def _resolve(graph: Mapping[str, Any], value: Any) -> tuple[Any, str | None]:
     """Follow a link through pass-through nodes: (the literal, None), or (None, the computing node's id)."""
     seen: set[str] = set()
-    while _is_link(value):
+    while is_link(value):
         nid = value[0]
         node = graph.get(nid)
         if not isinstance(node, dict) or nid in seen:

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from orchestrator.core.errors import InvalidInput, NotFound
+from orchestrator.core.graph import is_link, nodes_by_title, sources, title_of
 
 VERSION_DIR = re.compile(r"^v(\d+)$")
 
@@ -161,16 +163,6 @@ def content_hash(manifest: dict[str, Any], graph: dict[str, Any]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def nodes_by_title(graph: dict[str, Any]) -> dict[str, str]:
-    """Map node title -> node id; a title used twice cannot be bound and is left out."""
-    seen: dict[str, list[str]] = {}
-    for node_id, node in graph.items():
-        title = (node.get("_meta") or {}).get("title")
-        if title:
-            seen.setdefault(title, []).append(node_id)
-    return {t: ids[0] for t, ids in seen.items() if len(ids) == 1}
-
-
 def load_version(folder: Path, name: str, version: int) -> TemplateVersion:
     where = f"template {name}@v{version} ({folder})"
     try:
@@ -245,8 +237,7 @@ def pick(versions: list[TemplateVersion], name: str, version: int | None = None)
     """The named version, or the newest one when version is None."""
     mine = [t for t in versions if t.name == name]
     if not mine:
-        known = ", ".join(sorted({t.name for t in versions})) or "none"
-        raise NotFound(f"unknown template '{name}' (known: {known})")
+        raise unknown_template(name, (t.name for t in versions))
     if version is None:
         current = [t for t in mine if not t.deprecated]
         if not current:
@@ -257,6 +248,11 @@ def pick(versions: list[TemplateVersion], name: str, version: int | None = None)
             return t
     raise NotFound(f"template '{name}' has no version {version} "
                    f"(versions: {', '.join(f'v{t.version}' for t in mine)})")
+
+
+def unknown_template(name: str, known: Iterable[str]) -> NotFound:
+    """The error for a name no version has (``pick``'s, for a caller that read only that name's versions)."""
+    return NotFound(f"unknown template '{name}' (known: {', '.join(sorted(set(known))) or 'none'})")
 
 
 _PY_TYPES: dict[ParamType, type] = {
@@ -332,16 +328,12 @@ def bind(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:
     return graph
 
 
-def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
 def _bypass(graph: dict[str, Any], node_id: str, input_name: str | None) -> None:
     """Every link from the node's outputs now comes from what feeds its ``input_name`` (None: is dropped)."""
     source = graph[node_id]["inputs"][input_name] if input_name else None
     for node in graph.values():
         for name, value in list(node["inputs"].items()):
-            if is_link(value) and value[0] == node_id:
+            if is_link(value) and str(value[0]) == node_id:
                 if source is None:
                     del node["inputs"][name]
                 else:
@@ -357,7 +349,7 @@ def _feeding(outputs: set[str], graph: dict[str, Any]) -> set[str]:
         if node_id in seen or node_id not in graph:
             continue
         seen.add(node_id)
-        todo.extend(v[0] for v in graph[node_id]["inputs"].values() if is_link(v))
+        todo.extend(sources(graph[node_id]))
     return seen
 
 
@@ -410,12 +402,12 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
     where they have none, so bindings survive renumbering; returns (manifest, titled graph)."""
     require_api_format(graph, f"template {title!r}")
     graph = copy.deepcopy(graph)
-    taken = {(n.get("_meta") or {}).get("title") for n in graph.values()}
+    taken = {title_of(n) for n in graph.values()}
     params, outputs = [], []
 
-    def title_of(node: dict[str, Any], wanted: str) -> str:
-        current = (node.get("_meta") or {}).get("title")
-        if current and sum((n.get("_meta") or {}).get("title") == current for n in graph.values()) == 1:
+    def titled(node: dict[str, Any], wanted: str) -> str:
+        current = title_of(node)
+        if current and sum(title_of(n) == current for n in graph.values()) == 1:
             return current
         candidate, i = wanted, 2
         while candidate in taken:
@@ -434,7 +426,7 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
                 raise InvalidInput(f"parameter node #{node_id} ({cls}) has name {name!r}: use lowercase "
                                    "letters, digits and _")
             param: dict[str, Any] = {"name": name, "type": ptype.value, "help": inputs.get("help") or "",
-                                     "bind": {"node": title_of(node, f"param {name}"), "input": carrier}}
+                                     "bind": {"node": titled(node, f"param {name}"), "input": carrier}}
             if ptype not in ARTIFACT_TYPES:
                 param["default"] = inputs.get(carrier)
             if ptype in (ParamType.int, ParamType.float):
@@ -445,7 +437,7 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
                 param["folder"] = inputs.get("folder") or "checkpoints"
             params.append(param)
         elif cls in OUTPUT_NODES:
-            outputs.append({"node": title_of(node, "Output"), "name": f"output{len(outputs) + 1}"
+            outputs.append({"node": titled(node, "Output"), "name": f"output{len(outputs) + 1}"
                             if outputs else "output"})
     names = [p["name"] for p in params]
     if len(names) != len(set(names)):
@@ -464,7 +456,7 @@ def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
     pb = {p.name: p.model_dump(mode="json") for p in b.manifest.parameters}
 
     def keyed(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {(n.get("_meta") or {}).get("title") or f"#{i}": n for i, n in graph.items()}
+        return {title_of(n) or f"#{i}": n for i, n in graph.items()}
 
     na, nb = keyed(a.graph), keyed(b.graph)
 
@@ -480,4 +472,4 @@ def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
 
 
 def _literals(node: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in (node.get("inputs") or {}).items() if not isinstance(v, list)}
+    return {k: v for k, v in (node.get("inputs") or {}).items() if not is_link(v)}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.templates import MODEL_INPUTS, is_link
+from orchestrator.core.graph import is_link, title_of
+from orchestrator.core.templates import MODEL_INPUTS
 
 FILE_CHOICES = {("LoadImage", "image"), ("LoadVideo", "file"), ("LoadImageMask", "image")}
 
@@ -58,7 +59,7 @@ def validate_graph(graph: dict[str, Any], object_info: dict[str, Any]) -> list[s
     problems = []
     for nid, node in graph.items():
         cls = node.get("class_type", "?")
-        where = f"node '{(node.get('_meta') or {}).get('title') or nid}' (#{nid} {cls})"
+        where = f"node '{title_of(node) or nid}' (#{nid} {cls})"
         info = object_info.get(cls)
         if info is None:
             problems.append(f"{where}: unknown node class (is its node pack installed?)")

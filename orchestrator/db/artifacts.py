@@ -1,7 +1,8 @@
-"""Artifact rows and their bytes: reads (never commits)."""
+"""Artifact rows and their bytes: reads, and tags added (never commits)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, BinaryIO
 
 from sqlmodel import Session, col, select
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
 
 def artifact_tags(session: Session, artifact_id: str) -> list[str]:
     return sorted(session.exec(select(ArtifactTag.tag).where(ArtifactTag.artifact_id == artifact_id)))
+
+
+def add_tags(session: Session, artifact_id: str, tags: Iterable[str]) -> None:
+    """Tag the artifact with those of ``tags`` it lacks (stripped; blank ones skipped); the caller commits."""
+    have = set(artifact_tags(session, artifact_id))
+    for tag in {t.strip() for t in tags if t.strip()} - have:
+        session.add(ArtifactTag(artifact_id=artifact_id, tag=tag))
 
 
 def list_artifacts(session: Session, job: str | None = None, template: str | None = None, tag: str | None = None,

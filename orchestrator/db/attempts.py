@@ -1,4 +1,4 @@
-"""Attempt rows: claims, leases, adoption (the caller commits)."""
+"""Attempt rows: claims, leases, adoption (never commits: the caller owns the transaction)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ def start_attempt(session: Session, job: Job, server: str, owner: str | None, le
     attempt = Attempt(job_id=job.id, number=number, server=server, owner=owner, comfy_version=comfy_version,
                       lease_until=now() + timedelta(seconds=lease_s))
     if not transition(session, job.id, JobState.QUEUED, JobState.RUNNING, reason,
-                      {"attempt": attempt.id, "number": number, "server": server}, commit=False,
-                      cancel_requested=False):
+                      {"attempt": attempt.id, "number": number, "server": server}, cancel_requested=False):
         return None
     session.add(attempt)
     return attempt
@@ -73,7 +72,7 @@ def waits_in_a_row(session: Session, job_id: str, before: int) -> int:
 def heartbeat(session: Session, owner: str, lease_s: float, attempt_ids: Iterable[str] | None = None) -> int:
     """Renew the leases of this process's RUNNING attempts; with ``attempt_ids`` only of those (the ones a
     runner of this process is following: an attempt whose runner ended without ending it lapses and is
-    adopted and reconciled like a crashed process's)."""
+    adopted and reconciled like a crashed process's). The caller commits."""
     q = update(Attempt).where(col(Attempt.owner) == owner, col(Attempt.state) == JobState.RUNNING)
     if attempt_ids is not None:
         ids = list(attempt_ids)
@@ -81,7 +80,6 @@ def heartbeat(session: Session, owner: str, lease_s: float, attempt_ids: Iterabl
             return 0
         q = q.where(col(Attempt.id).in_(ids))
     res = session.execute(q.values(lease_until=now() + timedelta(seconds=lease_s)))
-    session.commit()
     return res.rowcount
 
 
@@ -92,15 +90,16 @@ def abandoned_attempts(session: Session, server: str) -> list[Attempt]:
 
 
 def clear_abandoned(session: Session, attempt_ids: Iterable[str]) -> None:
+    """The prompts of these attempts are gone from their server: nothing left to clean up. The caller commits."""
     ids = list(attempt_ids)
     if ids:
         session.execute(update(Attempt).where(col(Attempt.id).in_(ids)).values(abandoned=False))
-        session.commit()
 
 
 def adopt_orphans(session: Session, owner: str, lease_s: float) -> list[Attempt]:
     """RUNNING attempts whose owner stopped renewing its lease (crashed), taken over by ``owner``.
-    Training claims (server ``trainer:<name>``) are not adopted: the training lease loop takes them back."""
+    Training claims (server ``trainer:<name>``) are not adopted: the training lease loop takes them back.
+    The caller commits (before it follows them: until then they are not its own)."""
     adopted = []
     stale = session.exec(select(Attempt).where(Attempt.state == JobState.RUNNING,
                                                ~col(Attempt.server).startswith("trainer:"),
@@ -114,7 +113,6 @@ def adopt_orphans(session: Session, owner: str, lease_s: float) -> list[Attempt]
             session.add(JobEvent(job_id=a.job_id, kind="info", reason=f"attempt {a.number} adopted after its "
                                  f"orchestrator stopped", data={"attempt": a.id, "previous_owner": a.owner}))
             adopted.append(a)
-    session.commit()
     return adopted
 
 

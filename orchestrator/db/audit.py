@@ -1,4 +1,4 @@
-"""The audit trail: which API key did what.
+"""The audit trail: which API key did what (never commits).
 
 ``record`` adds one ``AuditEvent`` to the session of the change it describes, so the row is committed with
 that change or rolled back with it. The actor travels on the session: the API's request session carries the

@@ -1,4 +1,9 @@
-"""Engine and sessions. SQLite is the embedded default; PostgreSQL for production and replicas."""
+"""Engine and sessions. SQLite is the embedded default; PostgreSQL for production and replicas.
+
+Never commits: a session opened here is committed by whoever owns its transaction (a use case in
+``orchestrator.app``, a loop in ``orchestrator.runtime``, the composition root); only the schema migration
+(``init_db``) commits, its own.
+"""
 
 from __future__ import annotations
 

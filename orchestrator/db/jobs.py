@@ -1,4 +1,4 @@
-"""Job rows and their events: reads and conditional updates (the caller commits)."""
+"""Job rows and their events: reads and conditional updates (never commits: the caller owns the transaction)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from orchestrator.core.errors import InvalidInput, NotFound
 from orchestrator.core.states import JobState, check_transition
@@ -48,11 +49,12 @@ def list_jobs(session: Session, state: JobState | None = None, template: str | N
 
 
 def transition(session: Session, job_id: str, current: JobState, new: JobState, reason: str,
-               data: dict[str, Any] | None = None, commit: bool = True, **fields: Any) -> bool:
-    """Move a job from ``current`` to ``new`` if nobody else moved it first, with its event.
+               data: dict[str, Any] | None = None, **fields: Any) -> bool:
+    """Move a job from ``current`` to ``new`` if nobody else moved it first, with its event; True when the
+    conditional UPDATE matched.
 
-    The conditional UPDATE makes this safe between threads and between orchestrator replicas. With
-    ``commit=False`` the caller commits (several changes in one transaction).
+    The conditional UPDATE makes this safe between threads and between orchestrator replicas. The caller
+    commits (or, on False, rolls back what else its transaction holds, where that matters).
     """
     check_transition(current, new)
     values: dict[str, Any] = {"state": new, **fields}
@@ -62,21 +64,17 @@ def transition(session: Session, job_id: str, current: JobState, new: JobState, 
         values.setdefault("finished_at", now())
     res = session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == current).values(**values))
     if res.rowcount != 1:
-        if commit:
-            session.rollback()
         return False
     session.add(JobEvent(job_id=job_id, kind="state", state=new, reason=reason, data=data))
-    if commit:
-        session.commit()
     return True
 
 
 def add_event(session: Session, job_id: str, kind: str, reason: str = "", data: dict[str, Any] | None = None,
               **job_fields: Any) -> None:
+    """Add an event to the job (and set ``job_fields`` on its row); the caller commits."""
     if job_fields:
         session.execute(update(Job).where(col(Job.id) == job_id).values(**job_fields))
     session.add(JobEvent(job_id=job_id, kind=kind, reason=reason, data=data))
-    session.commit()
 
 
 def events_after(session: Session, job_id: str, after_id: int = 0) -> list[JobEvent]:
@@ -84,13 +82,24 @@ def events_after(session: Session, job_id: str, after_id: int = 0) -> list[JobEv
                              .order_by(col(JobEvent.id))))
 
 
+def ready(kind: str) -> SelectOfScalar[Job]:
+    """The one query of "queued and ready": the QUEUED jobs of ``kind`` (comfy, training) whose ``run_after``
+    (a retry's backoff) has passed, highest priority first, then in queue order. The caller adds its limit
+    and, to take one, the lock (FOR UPDATE SKIP LOCKED)."""
+    return (select(Job).where(Job.kind == kind, Job.state == JobState.QUEUED,
+                              or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
+            .order_by(col(Job.priority).desc(), col(Job.queued_at)))
+
+
+def any_ready(session: Session, kind: str) -> bool:
+    """Whether some job of ``kind`` is ready (a cheap check: no order, no lock)."""
+    return session.exec(ready(kind).order_by(None).limit(1)).first() is not None
+
+
 def queued_candidates(session: Session, limit: int = 100) -> list[Job]:
     """QUEUED jobs that may be dispatched now, locked for this transaction (PostgreSQL: FOR UPDATE SKIP
     LOCKED, so replicas never consider the same job; SQLite has one writer and ignores the clause)."""
-    q = (select(Job).where(Job.kind == "comfy", Job.state == JobState.QUEUED,
-                           or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
-         .order_by(col(Job.priority).desc(), col(Job.queued_at)).limit(limit).with_for_update(skip_locked=True))
-    return list(session.exec(q))
+    return list(session.exec(ready("comfy").limit(limit).with_for_update(skip_locked=True)))
 
 
 def running_by_key(session: Session) -> dict[str | None, int]:
@@ -101,4 +110,4 @@ def running_by_key(session: Session) -> dict[str | None, int]:
 def requeue(session: Session, job_id: str, reason: str, delay_s: float) -> bool:
     """A RUNNING job back to QUEUED after a transient failure, not dispatched before ``delay_s``."""
     return transition(session, job_id, JobState.RUNNING, JobState.QUEUED, reason, {"retry_in_s": delay_s},
-                      commit=False, run_after=now() + timedelta(seconds=delay_s), queued_at=now(), progress=0.0)
+                      run_after=now() + timedelta(seconds=delay_s), queued_at=now(), progress=0.0)

@@ -5,7 +5,7 @@ The database stays the truth: a ring only says "look now". A commit by another p
 rings nothing here by itself; for job events the process's one ``EventWatcher`` covers that: while any job
 has a follower here, it looks for new events of all of them with one query per tick and rings their bells.
 So a follower holds no database connection while it waits: it reads (a session per read) when rung, and at
-a long safety interval.
+a long safety interval. Never commits: it only hears of commits.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Server rows: reads and recorded health (the caller commits)."""
+"""Server rows: reads and recorded health (never commits: the caller owns the transaction)."""
 
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ def get_server(session: Session, ref: str) -> ServerRow:
 
 
 def record_probe(session: Session, server_id: str, caps: Capabilities) -> None:
+    """The capabilities a probe just read, and the server healthy; the caller commits."""
     session.execute(update(ServerRow).where(col(ServerRow.id) == server_id).values(
         capabilities=caps.to_json(), refreshed_at=now(), healthy=True, last_seen=now(), last_error=None))
-    session.commit()
 
 
 def record_health(session: Session, server_id: str, healthy: bool, error: str | None) -> None:
+    """The outcome of a health check; the caller commits."""
     values: dict[str, Any] = {"healthy": healthy, "last_error": error}
     if healthy:
         values["last_seen"] = now()
     session.execute(update(ServerRow).where(col(ServerRow.id) == server_id).values(**values))
-    session.commit()

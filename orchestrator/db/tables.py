@@ -1,4 +1,4 @@
-"""Database tables (SQLModel). The database is the system of record for state."""
+"""Database tables (SQLModel). The database is the system of record for state. Never commits."""
 
 from __future__ import annotations
 

@@ -16,21 +16,19 @@ reason; every other job of the round is placed as usual.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import or_
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
-from orchestrator.core import requirements as reqs
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import Requirements
 from orchestrator.core.errors import MediaLabError
-from orchestrator.core.placement import Candidate, Placer, ServerView, fair_order, impossible_reason
+from orchestrator.core.placement import Candidate, Placer, ServerView, fair_order, impossible_reason, place
 from orchestrator.core.server_urls import redact
 from orchestrator.core.states import JobState
 from orchestrator.db import attempts as attempt_db
@@ -38,7 +36,7 @@ from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import DB_ERRORS, Database
 from orchestrator.db.notify import QUEUED
-from orchestrator.db.tables import Job, ServerRow, TemplateVersionRow, now
+from orchestrator.db.tables import Job, ServerRow
 from orchestrator.runtime.executor import Executor
 from orchestrator.runtime.metrics import Metrics
 from orchestrator.runtime.pool import Pool, Server
@@ -49,6 +47,16 @@ from orchestrator.training.db.leases import leased_gpus
 log = logging.getLogger(__name__)
 BATCH = 100  # queued jobs a dispatch round considers (the window warm-model affinity chooses from)
 SWEEP_S = 5.0  # while no server has a free slot, a round still runs this often to end impossible jobs
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """A job placed on a server, with its attempt started (RUNNING) and held by this process."""
+
+    job: Job
+    attempt_id: str
+    server: Server
+    req: Requirements
 
 
 class Dispatcher:
@@ -72,11 +80,8 @@ class Dispatcher:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unsubscribe: Callable[[], None] = lambda: None
-        self._requirements: dict[tuple[int, str], Requirements] = {}
-        self._job_requirements: dict[str, Requirements] = {}  # a job's parameters never change
         self._more = False  # the last round filled its whole batch: more jobs may be waiting behind it
         self._swept = 0.0  # when the last full round ran
-        self._templates: dict[int, tpl.TemplateVersion] = {}
 
     def start(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
         """``dispatch=False, recover=False`` only renews this process's leases (``medialab run``)."""
@@ -114,52 +119,42 @@ class Dispatcher:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
 
-    def requirements(self, session: Session, job: Job) -> Requirements:
-        """What the job needs from a server (cached per job, and per template version and non-input parameters)."""
-        if job.id in self._job_requirements:
-            return self._job_requirements[job.id]
-        if len(self._job_requirements) > 65536:
-            self._job_requirements.clear()
-        t = self._templates.get(job.template_version_id)
+    def requirements(self, session: Session, job: Job,
+                     known: dict[int, tpl.TemplateVersion] | None = None) -> Requirements:
+        """What the job needs from a server (versions and requirements are cached process-wide, in
+        ``db.templates``); ``known``: the versions a round has found so far (``template_db.parsed_versions``;
+        one read here joins them)."""
+        t = (known or {}).get(job.template_version_id) if job.template_version_id is not None else None
         if t is None:
-            row = session.get(TemplateVersionRow, job.template_version_id) if job.template_version_id else None
-            if row is None:
-                raise MediaLabError(f"its template version ({job.template}@v{job.version}, id "
-                                    f"{job.template_version_id}) no longer exists")
-            t = self._templates[job.template_version_id] = template_db.template_from_row(row)
-        inputs = {p.name for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES}
-        key = (job.template_version_id, json.dumps({k: v for k, v in job.params.items() if k not in inputs},
-                                                   sort_keys=True))
-        if key not in self._requirements:
-            if len(self._requirements) > 4096:
-                self._requirements.clear()
-            self._requirements[key] = reqs.requirements(t, job.params)
-        self._job_requirements[job.id] = self._requirements[key]
-        return self._requirements[key]
+            t = template_db.template_version(session, job.template_version_id)
+            if t is not None and known is not None and job.template_version_id is not None:
+                known[job.template_version_id] = t
+        if t is None:
+            raise MediaLabError(f"its template version ({job.template}@v{job.version}, id "
+                                f"{job.template_version_id}) no longer exists")
+        return template_db.requirements(t, job.params)
 
     def dispatch_once(self) -> int:
         """One round; returns how many attempts it started."""
         with self.db.session() as s:
-            if not self._anything_ready(s):  # the common wake-up (a slot freed, a poll): one cheap query
+            if not job_db.any_ready(s, "comfy"):  # the common wake-up (a slot freed, a poll): one cheap query
                 return 0
-            views = self.pool.views(attempt_db.inflight_by_server(s))
-            leased = leased_gpus(s, self.settings.trainer_lease_s)
-        for v in views:
-            v.gpu_leased = v.url in leased  # a trainer holds its GPU
+            views = self.views(s)
         max_inflight = self.settings.max_inflight
         if (not any(v.healthy and v.active and v.inflight < max_inflight for v in views)
                 and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
             return 0
         self._swept = time.monotonic()
-        launched = []
+        launched: list[Placement] = []
         with self.db.session() as s:
             jobs = {j.id: j for j in job_db.queued_candidates(s, limit=BATCH)}
             order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
                                job_db.running_by_key(s))
+            known = template_db.parsed_versions(s, {j.template_version_id for j in jobs.values()})
             reqs: dict[str, Requirements] = {}
             for c in order:
                 try:
-                    reqs[c.id] = self.requirements(s, jobs[c.id])
+                    reqs[c.id] = self.requirements(s, jobs[c.id], known)
                 except DB_ERRORS:
                     raise  # the database, not the job: the round is retried
                 except Exception as exc:  # the job's own data is broken: it ends, the round goes on
@@ -178,22 +173,57 @@ class Dispatcher:
                     if reasons[reqs[c.id]]:
                         self._fail_queued(s, c.id, reasons[reqs[c.id]])
             for job_id, view in plan:
-                job, server = jobs[job_id], self.pool.get(view.url)
-                if server is None:  # removed from the pool since the views were taken: next round
-                    continue
-                attempt = attempt_db.start_attempt(s, job, view.url, self.owner, self.settings.lease_s,
-                                                server.comfy_version)
-                if attempt is None:
-                    continue
-                launched.append((job, attempt.id, server, reqs[job_id]))
+                if (placement := self._claim(s, jobs[job_id], view, reqs[job_id])) is not None:
+                    launched.append(placement)
             s.commit()
-        for job, attempt_id, server, req in launched:
-            self.executor.hold(attempt_id)  # its lease is renewed from now on, while it waits for a runner too
-            self.pool.note_dispatch(server, req.models)
-            if self.metrics:
-                self.metrics.dispatch_latency.observe(max(time.time() - job.queued_at.timestamp(), 0.0))
-            self._runners.submit(self._run, attempt_id, server, False)
+        for placement in launched:
+            self._launched(placement)
+            self._runners.submit(self._run, placement.attempt_id, placement.server, False)
         return len(launched)
+
+    def views(self, session: Session) -> list[ServerView]:
+        """The pool's servers as placement sees them now: the prompts in flight on each (from the database,
+        so replicas see each other's) and whether a trainer holds its GPU (no inference goes there meanwhile)."""
+        views = self.pool.views(attempt_db.inflight_by_server(session))
+        leased = leased_gpus(session, self.settings.trainer_lease_s)
+        for v in views:
+            v.gpu_leased = v.url in leased
+        return views
+
+    def place_now(self, job_id: str, reason: str = "dispatched") -> Placement | None:
+        """Place one queued job at once and start its attempt, for a caller that runs it itself (``medialab
+        run`` follows it in the foreground). The views, requirements, worker lock and claim of a dispatch
+        round, but on the best server that can run the job however busy it is (ComfyUI queues the prompt
+        behind the work there) rather than waiting for a free slot. None when no healthy server can run it
+        now (it stays QUEUED) or another dispatcher took it first."""
+        with self.db.session() as s:
+            job = job_db.get_job(s, job_id)
+            req = self.requirements(s, job)
+            view = place(req, self.views(s), max_inflight=sys.maxsize, lock=self.lock)
+            placement = self._claim(s, job, view, req, reason) if view is not None else None
+            s.commit()
+        if placement is not None:
+            self._launched(placement)
+        return placement
+
+    def _claim(self, session: Session, job: Job, view: ServerView, req: Requirements,
+               reason: str = "dispatched") -> Placement | None:
+        """Start the job's attempt on the chosen server in ``session`` (the caller commits); None when the
+        server left the pool since the views were taken or another dispatcher got the job first."""
+        server = self.pool.get(view.url)
+        if server is None:  # removed from the pool since the views were taken: next round
+            return None
+        attempt = attempt_db.start_attempt(session, job, view.url, self.owner, self.settings.lease_s,
+                                           server.comfy_version, reason=reason)
+        return None if attempt is None else Placement(job, attempt.id, server, req)
+
+    def _launched(self, placement: Placement) -> None:
+        """After the commit: this process follows the attempt (its lease is renewed from now on, while it
+        waits for a runner too) and the server is noted as holding the job's models."""
+        self.executor.hold(placement.attempt_id)
+        self.pool.note_dispatch(placement.server, placement.req.models)
+        if self.metrics:
+            self.metrics.dispatch_latency.observe(max(time.time() - placement.job.queued_at.timestamp(), 0.0))
 
     def _registry_views(self, session: Session, views: list[ServerView]) -> list[ServerView] | None:
         """The views of every registered server, as candidates for "could this job ever run": a draining
@@ -207,15 +237,7 @@ class Dispatcher:
     def _fail_queued(self, session: Session, job_id: str, reason: str) -> None:
         """A queued job that can never run ends FAILED with the reason (in the round's transaction)."""
         log.warning("job %s failed before dispatch: %s", job_id, redact(reason))
-        self._job_requirements.pop(job_id, None)
-        job_db.transition(session, job_id, JobState.QUEUED, JobState.FAILED, reason, commit=False,
-                           error={"message": reason})
-
-    @staticmethod
-    def _anything_ready(session: Session) -> bool:
-        q = select(Job.id).where(Job.kind == "comfy", Job.state == JobState.QUEUED,
-                                 or_(col(Job.run_after).is_(None), col(Job.run_after) <= now())).limit(1)
-        return session.exec(q).first() is not None
+        job_db.transition(session, job_id, JobState.QUEUED, JobState.FAILED, reason, error={"message": reason})
 
     def _run(self, attempt_id: str, server: Server, resume: bool) -> None:
         try:
@@ -233,6 +255,7 @@ class Dispatcher:
             try:
                 with self.db.session() as s:  # only the attempts a runner of this lifetime follows
                     attempt_db.heartbeat(s, self.owner, self.settings.lease_s, self.executor.held())
+                    s.commit()
                 if self.recovering:
                     self.recover()
                     for hook in self.lease_hooks:
@@ -247,6 +270,7 @@ class Dispatcher:
         again. Attempts on a server no longer in the pool count as lost."""
         with self.db.session() as s:
             orphans = attempt_db.adopt_orphans(s, self.owner, self.settings.lease_s)
+            s.commit()  # adopted (and said so in their events) before anything follows them
         for attempt in orphans:
             server = self.pool.get(attempt.server)
             log.warning("adopting attempt %s of job %s on %s", attempt.id, attempt.job_id, redact(attempt.server))

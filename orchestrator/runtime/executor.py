@@ -25,12 +25,12 @@ from sqlmodel import select
 from orchestrator.comfy.client import ComfyClient, ComfyUnreachable, ComfyValidationError, output_files
 from orchestrator.comfy.monitor import Subscription
 from orchestrator.core import byte_path as transport
-from orchestrator.core import requirements as reqs
 from orchestrator.core import sandbox
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import missing
 from orchestrator.core.errors import MediaLabError
-from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.graph import title_of
+from orchestrator.core.retry import RetryPolicy, outcome
 from orchestrator.core.server_urls import redact
 from orchestrator.core.states import JobState
 from orchestrator.db import artifacts as artifact_db
@@ -38,11 +38,12 @@ from orchestrator.db import attempts as attempt_db
 from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import DB_ERRORS, Database
-from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent, TemplateVersionRow
+from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent
 from orchestrator.runtime import ingest
 from orchestrator.runtime.graph_check import check_sandbox
+from orchestrator.runtime.media import MediaInfo
 from orchestrator.settings import Settings
-from storage import ObjectStore, StorageUnavailable, key_for
+from storage import ObjectStore, StorageUnavailable, StoredObject, key_for
 
 if TYPE_CHECKING:
     from orchestrator.runtime.pool import Pool, Server
@@ -78,7 +79,6 @@ class Executor:
         self.policy = RetryPolicy(settings.max_attempts, settings.retry_base_delay_s)
         self.status_timeout_s = max(settings.event_timeout_s, 5.0)  # a server silent this long on /history is hung
         self.bytes_through = 0  # media bytes this process moved between ComfyUI and the store
-        self._templates: dict[int, tpl.TemplateVersion] = {}
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
 
@@ -111,15 +111,12 @@ class Executor:
             self.release(attempt_id)
 
     def template(self, job: Job) -> tpl.TemplateVersion:
-        """The job's template version (versions are immutable: each is parsed once)."""
-        t = self._templates.get(job.template_version_id)
+        """The job's template version (parsed once per process: ``db.templates``)."""
+        with self.db.session() as s:
+            t = template_db.template_version(s, job.template_version_id)
         if t is None:
-            with self.db.session() as s:
-                row = s.get(TemplateVersionRow, job.template_version_id) if job.template_version_id else None
-            if row is None:
-                raise ExecutionFailed(f"the template version of job {job.id} ({job.template}@v{job.version}, "
-                                      f"id {job.template_version_id}) no longer exists")
-            t = self._templates[job.template_version_id] = template_db.template_from_row(row)
+            raise ExecutionFailed(f"the template version of job {job.id} ({job.template}@v{job.version}, "
+                                  f"id {job.template_version_id}) no longer exists")
         return t
 
     def _execute(self, attempt_id: str, server: Server, resume: bool) -> JobState:
@@ -151,7 +148,7 @@ class Executor:
 
     # -- steps -------------------------------------------------------------------------------------
     def _run(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
-        lacks = missing(server.caps, reqs.requirements(t, job.params)) if server.caps else []
+        lacks = missing(server.caps, template_db.requirements(t, job.params)) if server.caps else []
         if lacks:  # placement checked it; this catches capabilities that changed since
             raise ExecutionFailed(f"{redact(server.url)} lacks {', '.join(lacks)}")
         inputs = self._inputs(job, t)
@@ -224,7 +221,7 @@ class Executor:
         round trip less between the GPU finishing and the outputs moving).
         """
         pid, client = attempt.id, server.client
-        titles = {k: (v.get("_meta") or {}).get("title") or v["class_type"] for k, v in graph.items()}
+        titles = {k: title_of(v) or v["class_type"] for k, v in graph.items()}
         timeout = job.timeout_s or self.settings.job_timeout_s
         deadline = time.monotonic() + timeout if timeout else None
         quiet_limit = poll_s or self.settings.event_timeout_s
@@ -357,31 +354,31 @@ class Executor:
         outputs = history.get("outputs") or {}
         for node_id, name in tpl.output_node_ids(t).items():
             ui = outputs.get(node_id) or {}
-            for index, stored in enumerate(self._direct_objects(ui) if "medialab_objects" in ui
-                                           else self._stream_outputs(ui, server)):
-                artifacts.append(Artifact(
-                    origin=f"output:{job.id}:{node_id}:{index}", role="output", job_id=job.id,
-                    attempt_id=attempt.id, output_name=name, template=t.name, template_version=t.version,
-                    template_hash=t.content_hash, params=job.params, input_artifacts=input_ids, server=server.url,
-                    comfy_version=attempt.comfy_version or server.comfy_version, **stored))
+            origin = f"output:{job.id}:{node_id}"  # and the file's index on the node
+            lineage: dict[str, Any] = dict(
+                role="output", job_id=job.id, attempt_id=attempt.id, output_name=name, template=t.name,
+                template_version=t.version, template_hash=t.content_hash, params=job.params,
+                input_artifacts=input_ids, server=server.url,
+                comfy_version=attempt.comfy_version or server.comfy_version)
+            artifacts += (self._direct_objects(ui, origin, lineage) if "medialab_objects" in ui
+                          else self._stream_outputs(ui, server, origin, lineage))
         if not artifacts:
             raise ExecutionFailed(f"{t.ref} finished without files on its output nodes "
                                   f"({', '.join(o.node for o in t.manifest.outputs)})")
         return artifacts
 
-    def _stream_outputs(self, ui: dict[str, Any], server: Server) -> Iterator[dict[str, Any]]:
-        """Through path: stream each file from /view into the store (never whole in memory)."""
-        for ref in output_files(ui):
-            obj = self.store.put_stream(server.client.stream_view(ref))
-            self.bytes_through += obj.size
-            with self.store.open(obj.key) as f:
-                content_type, w, h = ingest.sniff(f, ref.filename)
-            yield {"key": obj.key, "sha256": obj.sha256, "size": obj.size, "content_type": content_type,
-                   "filename": ref.filename, "width": w, "height": h}
+    def _stream_outputs(self, ui: dict[str, Any], server: Server, origin: str,
+                        lineage: dict[str, Any]) -> Iterator[Artifact]:
+        """Through path: stream each file from /view into the store (never whole in memory), sniffed there."""
+        for index, ref in enumerate(output_files(ui)):
+            art = ingest.store_stream(self.store, server.client.stream_view(ref), origin=f"{origin}:{index}",
+                                      filename=ref.filename, **lineage)
+            self.bytes_through += art.size
+            yield art
 
-    def _direct_objects(self, ui: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _direct_objects(self, ui: dict[str, Any], origin: str, lineage: dict[str, Any]) -> Iterator[Artifact]:
         """Direct path: the pack stored the objects; check each is there, whole, under its own hash."""
-        for obj in ui["medialab_objects"]:
+        for index, obj in enumerate(ui["medialab_objects"]):
             key, sha, size = obj.get("key"), obj.get("sha256", ""), obj.get("size")
             if key != key_for(sha):
                 raise ExecutionFailed(f"the server reported object {key!r}, which is not the key of sha256 {sha}")
@@ -389,9 +386,10 @@ class Executor:
             if stored != size:
                 raise ExecutionFailed(f"output object {key} is {'missing' if stored is None else f'{stored} bytes'}"
                                       f" in the store; the server reported {size} bytes")
-            yield {"key": key, "sha256": sha, "size": size, "content_type": obj.get("content_type") or
-                   "application/octet-stream", "filename": obj.get("filename") or sha,
-                   "width": obj.get("width"), "height": obj.get("height")}
+            info = MediaInfo(obj.get("content_type") or "application/octet-stream", obj.get("width"),
+                             obj.get("height"))  # recognised by the pack, next to the bytes
+            yield ingest.artifact(StoredObject(key, sha, size), info, origin=f"{origin}:{index}",
+                                  filename=obj.get("filename") or sha, **lineage)
 
     # -- outcomes ----------------------------------------------------------------------------------
     def _transient(self, job: Job, attempt: Attempt, server: Server, exc: ComfyUnreachable) -> JobState:
@@ -416,31 +414,31 @@ class Executor:
     def retry_or_fail(self, job: Job, attempt: Attempt, message: str, server_url: str,
                       abandoned: bool = False) -> JobState:
         """The server went away: queue the job again with backoff while attempts are left (only attempts that
-        count are counted: not those that waited for a dependency of ours)."""
+        count are counted: not those that waited for a dependency of ours); the rule is ``retry.outcome``."""
         error = {"message": message, "server": server_url, "transient": True}
-        if self._cancel_requested(job.id):
-            return self._finish(attempt, JobState.CANCELLED, f"cancelled; {message}", error, abandoned=abandoned)
+        cancel = self._cancel_requested(job.id)
         with self.db.session() as s:
             spent = attempt_db.counted_attempts(s, job.id)  # this one included: it is still RUNNING and counts
-        delay = self.policy.delay(spent)
-        if delay is None:
-            return self._finish(attempt, JobState.FAILED, f"gave up after {spent} attempts; last: {message}",
-                                error, abandoned=abandoned)
-        return self._finish(attempt, JobState.QUEUED, f"attempt {attempt.number} lost ({message}); "
-                            f"retrying in {delay:.0f}s", error, requeue_in=delay, abandoned=abandoned)
+        out = outcome(self.policy, cancel_requested=cancel, spent=spent)
+        if out.state == JobState.CANCELLED:
+            reason = f"cancelled; {message}"
+        elif out.state == JobState.FAILED:
+            reason = f"gave up after {spent} attempts; last: {message}"
+        else:
+            reason = f"attempt {attempt.number} lost ({message}); retrying in {out.delay_s:.0f}s"
+        return self._finish(attempt, out.state, reason, error, requeue_in=out.delay_s, abandoned=abandoned)
 
     def wait_for_dependency(self, job: Job, attempt: Attempt, message: str) -> JobState:
         """A dependency of ours (the object store) is down before anything ran: the job waits, queued again
         with growing backoff (capped) and the reason in its events; the attempt does not count."""
         error = {"message": message, "dependency": True}
-        if self._cancel_requested(job.id):
-            return self._finish(attempt, JobState.CANCELLED, f"cancelled while waiting; {message}", error,
-                                counts=False)
+        cancel = self._cancel_requested(job.id)
         with self.db.session() as s:
             waits = attempt_db.waits_in_a_row(s, job.id, attempt.number) + 1
-        delay = self.policy.wait_delay(waits)
-        return self._finish(attempt, JobState.QUEUED, f"waiting: {message}; looking again in {delay:g}s",
-                            error, requeue_in=delay, counts=False)
+        out = outcome(self.policy, cancel_requested=cancel, waits=waits)
+        reason = (f"cancelled while waiting; {message}" if out.state == JobState.CANCELLED
+                  else f"waiting: {message}; looking again in {out.delay_s:g}s")
+        return self._finish(attempt, out.state, reason, error, requeue_in=out.delay_s, counts=False)
 
     def _finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
                 artifacts: list[Artifact] | None = None, requeue_in: float | None = None, *,
@@ -459,8 +457,8 @@ class Executor:
             else:
                 data = {"outputs": [a.id for a in artifacts]} if artifacts else error
                 extra: dict[str, Any] = {"progress": 1.0} if state == JobState.SUCCEEDED else {}
-                moved = job_db.transition(s, attempt.job_id, JobState.RUNNING, state, reason, data, commit=False,
-                                           error=error, **extra)
+                moved = job_db.transition(s, attempt.job_id, JobState.RUNNING, state, reason, data, error=error,
+                                          **extra)
             if not moved:
                 s.rollback()
                 log.warning("job %s was no longer RUNNING when attempt %s ended", attempt.job_id, attempt.id)
@@ -489,3 +487,4 @@ class Executor:
     def _event(self, job_id: str, kind: str, reason: str, data: dict[str, Any] | None = None, **fields: Any) -> None:
         with self.db.session() as s:
             job_db.add_event(s, job_id, kind, reason, data, **fields)
+            s.commit()

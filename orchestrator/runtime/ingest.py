@@ -1,22 +1,27 @@
-"""Bytes in: an upload spooled, inspected and sniffed before it is stored."""
+"""Bytes in: the one path from bytes to an Artifact row (store -> recognise -> row).
+
+Two ways in, one row: bytes already spooled and inspected against the limits (an upload, a trainer's output:
+``checked_upload`` then ``store_checked``), or a stream stored as it arrives and recognised afterwards from the
+stored object's head (a ComfyUI output, a built dataset: ``store_stream``). Both store first and return the
+row built from the stored object (``artifact``), never added: the caller owns the transaction and its dedup
+rule (by origin), and nothing here touches the database.
+"""
 
 from __future__ import annotations
 
 import io
 import mimetypes
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from orchestrator.db.tables import Artifact
 from orchestrator.runtime import media
 from orchestrator.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    pass
-
+from storage import ObjectStore, StoredObject
 
 SNIFF_HEAD = 1 << 20  # bytes read to recognise an image by its header
 
@@ -51,8 +56,42 @@ def checked_upload(data: bytes | Iterable[bytes] | BinaryIO | Path, filename: st
                    ) -> Iterator[tuple[media.Spooled, media.MediaInfo]]:
     """An upload spooled to a local file while it is hashed, then inspected against the limits (``media``):
     refused (413 over a limit, 422 for an image that does not decode) before anything is stored. Every path
-    that stores uploaded bytes (inputs, a trainer's outputs) goes through here, then ``store.put_file``.
+    that stores uploaded bytes (inputs, a trainer's outputs) goes through here, then ``store_checked``.
     Spooled under ``<home>/spool`` (without ``settings``: the system's temporary folder, default limits)."""
     caps = media.MediaLimits.of(settings or get_settings())
     with media.spooled(data, caps, settings.home / "spool" if settings else None) as spool:
         yield spool, media.inspect(spool.path, filename, caps)
+
+
+def artifact(obj: StoredObject, info: media.MediaInfo, *, origin: str | Callable[[StoredObject], str], role: str,
+             filename: str, **fields: Any) -> Artifact:
+    """The row that names a stored object: what the store answered (key, sha256, size) and what was recognised
+    in the bytes (content type, width, height), with what the caller sets: ``origin`` (or how it follows from
+    the object, for an origin named by its hash), ``role``, ``filename`` and the lineage ``fields`` (job,
+    attempt, output name, template, params, input artifacts, server...). Built, not added to a session."""
+    return Artifact(origin=origin(obj) if callable(origin) else origin, key=obj.key, sha256=obj.sha256,
+                    size=obj.size, content_type=info.content_type, filename=filename, role=role, width=info.width,
+                    height=info.height, **fields)
+
+
+def store_checked(store: ObjectStore, spool: media.Spooled, info: media.MediaInfo, *,
+                  origin: str | Callable[[StoredObject], str], role: str, filename: str, **fields: Any) -> Artifact:
+    """Bytes already spooled and inspected (``checked_upload``): stored from the spool under the hash it was
+    spooled with, then the row (``artifact``). No database connection is used: the bytes may be gigabytes."""
+    return artifact(store.put_file(spool.path, spool.sha256), info, origin=origin, role=role, filename=filename,
+                    **fields)
+
+
+def store_stream(store: ObjectStore, chunks: Iterable[bytes], *, origin: str | Callable[[StoredObject], str],
+                 role: str, filename: str, content_type: str | None = None, **fields: Any) -> Artifact:
+    """Bytes stored as they arrive (never whole in memory), then recognised by their stored head (``sniff``,
+    with ``filename`` for what is not an image) unless the caller names the ``content_type``; then the row
+    (``artifact``). The object is stored before the row that names it exists: the same bytes stored again
+    (a retried ingest) land on the same content-addressed object."""
+    obj = store.put_stream(chunks)
+    if content_type is None:
+        with store.open(obj.key) as f:
+            info = media.MediaInfo(*sniff(f, filename))
+    else:
+        info = media.MediaInfo(content_type)
+    return artifact(obj, info, origin=origin, role=role, filename=filename, **fields)

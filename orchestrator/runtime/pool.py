@@ -139,6 +139,7 @@ class Pool:
             log.error("server %s (%r): %s; skipped until it is removed", row.name[:100], redact(row.url)[:100], why)
             with self.db.session() as s:
                 server_db.record_health(s, row.id, False, why)
+                s.commit()
 
     def _make(self, row: ServerRow) -> Server:
         parse_server_url(row.url)  # the registration rule (InvalidInput naming it): a row written around it
@@ -175,9 +176,11 @@ class Pool:
             srv.caps, srv.refreshed = caps, time.time()
             with self.db.session() as s:
                 server_db.record_probe(s, srv.id, caps)  # records it healthy too
+                s.commit()
         elif was_down:
             with self.db.session() as s:
                 server_db.record_health(s, srv.id, True, None)
+                s.commit()
         srv.healthy = True
         if was_down:
             srv.warm = frozenset()  # a restarted server has nothing loaded
@@ -208,6 +211,7 @@ class Pool:
         gone = [pid for pid in ids if pid not in held]
         with self.db.session() as s:
             attempt_db.clear_abandoned(s, gone)
+            s.commit()
         srv.cleanup_due = len(gone) < len(ids)
         log.info("server %s: removed %d abandoned prompt(s)%s", redact(srv.url), len(ids),
                  f", {len(ids) - len(gone)} still being interrupted" if srv.cleanup_due else "")
@@ -230,6 +234,7 @@ class Pool:
             log.warning("server %s is down: %s", redact(srv.url), redact(error))
             with self.db.session() as s:
                 server_db.record_health(s, srv.id, False, error)
+                s.commit()
 
     def note_dispatch(self, srv: Server, models: frozenset[ModelRef]) -> None:
         """Remember what the server will have loaded (warm-model affinity); report model loads."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
+from sqlalchemy import update
+from sqlmodel import col
 
 from orchestrator.app import artifacts as artifact_app
 from orchestrator.app import jobs as job_app
@@ -17,6 +20,7 @@ from orchestrator.db import attempts as attempt_db
 from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import Database, alembic_config
+from orchestrator.db.tables import Job, now
 from orchestrator.settings import PROJECT_ROOT
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
@@ -80,11 +84,34 @@ def test_priority_then_age(db: Database, tmp_path: Path) -> None:
     assert order == [ids[1], ids[3], ids[0], ids[2]]
 
 
+def test_ready_means_queued_of_its_kind_past_its_backoff_in_priority_then_queue_order(db: Database,
+                                                                                     tmp_path: Path) -> None:
+    ids = queue_jobs(db, 6, tmp_path)  # priorities 0, 1, 0, 1, 0, 1
+    with db.session() as s:
+        for i, values in [(1, {"run_after": now() + timedelta(hours=1)}),  # still backing off
+                          (2, {"run_after": now() - timedelta(seconds=1)}),  # its backoff is over
+                          (3, {"kind": "training"}), (4, {"state": JobState.CANCELLED})]:
+            s.execute(update(Job).where(col(Job.id) == ids[i]).values(**values))
+        s.commit()
+        assert [j.id for j in s.exec(job_db.ready("comfy"))] == [ids[5], ids[0], ids[2]]
+        assert [j.id for j in s.exec(job_db.ready("training"))] == [ids[3]]
+        assert [j.id for j in job_db.queued_candidates(s)] == [ids[5], ids[0], ids[2]]
+        assert [j.id for j in job_db.queued_candidates(s, limit=1)] == [ids[5]]
+        assert job_db.any_ready(s, "comfy") and job_db.any_ready(s, "training")
+        s.commit()
+        s.execute(update(Job).where(col(Job.id).in_([ids[0], ids[2], ids[3], ids[5]])).values(state=JobState.FAILED))
+        s.commit()
+        assert not job_db.any_ready(s, "comfy") and not job_db.any_ready(s, "training")
+        assert job_db.queued_candidates(s) == []
+
+
 def test_transition_loses_the_race_cleanly(db: Database, tmp_path: Path) -> None:
     (job_id,) = queue_jobs(db, 1, tmp_path)
     with db.session() as s:
         assert job_db.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "cancelled")
+        s.commit()
         assert not job_db.transition(s, job_id, JobState.QUEUED, JobState.RUNNING, "too late")
+        s.commit()  # the miss wrote nothing: no event, the state is the winner's
         job = job_db.get_job(s, job_id)
         assert job.state == JobState.CANCELLED and job.finished_at is not None
         assert [e.reason for e in job_db.events_after(s, job_id)] == ["submitted", "cancelled"]

@@ -93,9 +93,11 @@ def test_heartbeat_renews_only_the_attempts_this_lifetime_follows(db: Database, 
         s.commit()
         assert attempt_db.heartbeat(s, "me", 30.0, [attempts[0].id]) == 1
         assert attempt_db.heartbeat(s, "me", 30.0, []) == 0
+        s.commit()
         s.expire_all()
         assert s.get(Attempt, attempts[0].id).lease_until.timestamp() > now().timestamp()
         orphans = attempt_db.adopt_orphans(s, "me-again", 30.0)  # the one nobody followed is adopted
+        s.commit()
     assert [a.id for a in orphans] == [attempts[1].id]
 
 
@@ -126,6 +128,7 @@ def test_abandoned_attempts_are_listed_per_server_until_cleared(db: Database, tm
         assert [x.id for x in attempt_db.abandoned_attempts(s, "http://a")] == [a.id]
         assert attempt_db.abandoned_attempts(s, "http://b") == []
         attempt_db.clear_abandoned(s, [a.id])
+        s.commit()
         assert attempt_db.abandoned_attempts(s, "http://a") == []
 
 

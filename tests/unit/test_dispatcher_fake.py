@@ -44,7 +44,17 @@ def test_dispatch_places_runs_and_stores(engine: Engine, dispatcher: Dispatcher)
     assert dispatcher.dispatch_once() == 0  # nothing left
 
 
-def test_server_death_mid_prompt_moves_the_job_to_another_server(engine: Engine, dispatcher: Dispatcher) -> None:
+def test_server_death_mid_prompt_moves_the_job_to_another_server(tmp_path: Path) -> None:
+    engine = start_engine(tmp_path, servers=2, retry_base_delay_s=0.5)  # a backoff a loaded machine cannot skip
+    dispatcher = Dispatcher(engine.db, engine.pool, engine.executor, engine.settings)
+    try:
+        _server_death_mid_prompt(engine, dispatcher)
+    finally:
+        dispatcher.stop(timeout=2)
+        engine.close()
+
+
+def _server_death_mid_prompt(engine: Engine, dispatcher: Dispatcher) -> None:
     engine.fakes[0].script(Script(die_at=4))  # the shared script queue: whichever server gets it first dies
     job_id = engine.job()
     assert dispatcher.dispatch_once() == 1
@@ -54,7 +64,7 @@ def test_server_death_mid_prompt_moves_the_job_to_another_server(engine: Engine,
     assert first.state == JobState.FAILED and first.abandoned
     assert engine.get(job_id).run_after is not None
     assert dispatcher.dispatch_once() == 0  # the backoff holds it for now
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 5
     while not dispatcher.dispatch_once():
         assert time.monotonic() < deadline, "the job was not dispatched again after its backoff"
         time.sleep(0.01)
@@ -66,6 +76,30 @@ def test_server_death_mid_prompt_moves_the_job_to_another_server(engine: Engine,
     dead = next(f for f in engine.fakes if f.url == first.server)
     assert not dead.alive and not engine.pool.get(dead.url).healthy
 
+
+
+def test_place_now_puts_a_job_behind_busy_servers_for_its_caller_to_run(engine: Engine,
+                                                                        dispatcher: Dispatcher) -> None:
+    """`medialab run`: the dispatcher's views, requirements and claim, on a server however busy (ComfyUI
+    queues the prompt there), where a dispatch round waits for a free slot."""
+    for index in (0, 1, 0, 1):  # every slot of both servers taken
+        engine.attempt(engine.job(), index)
+    job_id = engine.job()
+    assert dispatcher.dispatch_once() == 0  # a round waits for a free slot
+    placed = dispatcher.place_now(job_id, reason="dispatched by medialab run")
+    assert placed is not None and placed.job.id == job_id and placed.server.url in {f.url for f in engine.fakes}
+    assert engine.get(job_id).state == JobState.RUNNING and "dispatched by medialab run" in engine.reasons(job_id)
+    assert placed.attempt_id in engine.executor.held()  # its lease is renewed from the claim on
+    assert placed.server.warm == placed.req.models  # noted for warm-model affinity, as a round does
+    assert engine.executor.execute(placed.attempt_id, placed.server) == JobState.SUCCEEDED
+    [attempt] = engine.attempts(job_id)
+    assert attempt.id == placed.attempt_id and attempt.server == placed.server.url
+
+
+def test_place_now_leaves_a_job_no_server_can_run_queued(engine: Engine, dispatcher: Dispatcher) -> None:
+    job_id = engine.job(model="not-on-any-server.pth")
+    assert dispatcher.place_now(job_id) is None
+    assert engine.get(job_id).state == JobState.QUEUED and engine.attempts(job_id) == []
 
 def _orphan(engine: Engine, index: int = 0) -> tuple[str, str]:
     """A job whose attempt a crashed orchestrator left RUNNING on server ``index``, its lease lapsed."""

@@ -16,6 +16,7 @@ import pytest
 from orchestrator.core import editor
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import InvalidInput
+from orchestrator.core.graph import is_link
 from orchestrator.settings import PROJECT_ROOT
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "editor"
@@ -128,7 +129,7 @@ def test_to_editor_layout_seeds_and_titles() -> None:
     nodes = {n["id"]: n for n in workflow["nodes"]}
     assert nodes[5]["widgets_values"][:3] == [123456789, "fixed", 25] and nodes[5]["title"] == "sampler"
     assert "title" not in nodes[4]  # the display name is the default title
-    assert len(workflow["links"]) == sum(editor._is_link(v) for n in api.values() for v in n["inputs"].values())
+    assert len(workflow["links"]) == sum(is_link(v) for n in api.values() for v in n["inputs"].values())
     for _id, origin, _slot, target, _tslot, _type in workflow["links"]:
         assert nodes[origin]["pos"][0] < nodes[target]["pos"][0]  # sources sit in columns to the left
     loader = editor.to_editor(load("esrgan")[1], INFO)["nodes"][0]

@@ -60,13 +60,15 @@ def test_rollback_rings_nothing(tmp_path: Path) -> None:
     (job_id,) = queue_jobs(db, 1, tmp_path)
     heard = listen(db.bell, job_id, QUEUED)
     with db.session() as s:
-        assert job_db.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "x", commit=False)
+        assert job_db.transition(s, job_id, JobState.QUEUED, JobState.CANCELLED, "x")
         s.flush()
         s.rollback()
         s.commit()  # nothing left to commit: nothing rings
     assert heard == []
     with db.session() as s:
         job_db.add_event(s, job_id, "progress", "1/2")
+        assert heard == []  # added, not committed yet
+        s.commit()
     assert heard == [job_id]
 
 
@@ -120,7 +122,9 @@ def test_watcher_rings_for_events_committed_by_another_database_and_stops_when_i
     assert heard == []  # caught up: no ring
     with elsewhere.session() as s:
         job_db.add_event(s, other, "progress", "not watched")
+        s.commit()
         job_db.add_event(s, watched, "progress", "1/2")
+        s.commit()
     assert rung.wait(2), "no ring for an event committed elsewhere"
     assert set(heard) == {watched}
     follower.close()
@@ -138,6 +142,7 @@ def test_watcher_rings_for_events_committed_by_another_database_and_stops_when_i
     rung.clear()
     with elsewhere.session() as s:
         job_db.add_event(s, watched, "progress", "2/2")
+        s.commit()
     assert rung.wait(2)
     again.close()
     watcher.close()

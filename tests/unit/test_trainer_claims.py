@@ -19,7 +19,7 @@ from orchestrator.app import servers as server_app
 from orchestrator.core.capabilities import Capabilities, Requirements
 from orchestrator.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from orchestrator.core.placement import ServerView, TrainerView, gpu_leases, place
-from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.retry import RetryPolicy, outcome
 from orchestrator.core.states import JobState
 from orchestrator.db import jobs as job_db
 from orchestrator.db.engine import Database
@@ -67,13 +67,16 @@ def test_may_start_only_on_an_empty_gpu() -> None:
     assert not claims.may_start("http://gpu1", {"http://gpu1": 1})
 
 
-@pytest.mark.parametrize(("number", "cancel", "state", "delay"), [
-    (1, False, JobState.QUEUED, 1.0), (2, False, JobState.QUEUED, 2.0), (3, False, JobState.FAILED, None),
-    (1, True, JobState.CANCELLED, None)])
-def test_lost_claim_outcome(number: int, cancel: bool, state: JobState, delay: float | None) -> None:
-    out = claims.lost_claim_outcome(number, cancel, "t1", RetryPolicy(3, 1.0))
+@pytest.mark.parametrize(("number", "cancel", "state", "delay", "reason"), [
+    (1, False, JobState.QUEUED, 1.0, "trainer t1 stopped reporting (lease expired); queued again"),
+    (2, False, JobState.QUEUED, 2.0, "trainer t1 stopped reporting (lease expired); queued again"),
+    (3, False, JobState.FAILED, None, "trainer t1 stopped reporting (lease expired); 3 attempt(s) used up"),
+    (1, True, JobState.CANCELLED, None, "cancelled; trainer t1 stopped reporting")])
+def test_lost_claim_outcome_and_reason(number: int, cancel: bool, state: JobState, delay: float | None,
+                                       reason: str) -> None:
+    out = outcome(RetryPolicy(3, 1.0), cancel_requested=cancel, spent=number)
     assert (out.state, out.delay_s) == (state, delay)
-    assert "trainer t1 stopped reporting" in out.reason
+    assert claims.lost_claim_reason(out, "t1", number) == reason
 
 
 def test_timeout() -> None:

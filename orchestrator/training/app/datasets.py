@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from orchestrator.app import artifacts as artifact_app
 from orchestrator.core import limits
 from orchestrator.core.errors import InvalidInput
 from orchestrator.db import artifacts as artifact_db
 from orchestrator.db.tables import Artifact, ArtifactTag
+from orchestrator.runtime import ingest
 from orchestrator.settings import Settings, get_settings
 from orchestrator.training.app import registry as reg
 from orchestrator.training.core.dataset import (
@@ -106,21 +106,23 @@ def build(session: Session, store: ObjectStore, *, name: str, trigger: str, imag
 
 def store_dataset(session: Session, store: ObjectStore, dataset: Dataset, name: str, inputs: list[str],
                   preset: str | None) -> Artifact:
+    """The dataset's tar stored, and its artifact (the one already there for the same tar: origin by sha256)."""
     data = dataset.to_tar()
-    obj = store.put_stream([data])
-    existing = session.exec(select(Artifact).where(Artifact.origin == f"{ROLE}:{obj.sha256}")).first()
+    version = len(list(session.exec(select(ArtifactTag.artifact_id).where(ArtifactTag.tag == f"dataset:{name}")))) + 1
+    art = ingest.store_stream(store, [data], origin=lambda obj: f"{ROLE}:{obj.sha256}", role=ROLE,
+                              filename=f"{name}-v{version}.tar", content_type=CONTENT_TYPE,
+                              params={"name": name, "version": version, "images": len(dataset.items),
+                                      "resolution": dataset.resolution, "trigger": dataset.trigger,
+                                      "crop": dataset.crop, "preset": preset,
+                                      "captions": {it.name: it.caption for it in dataset.items}},
+                              input_artifacts=inputs)
+    existing = session.exec(select(Artifact).where(Artifact.origin == art.origin)).first()
     if existing:
         return existing
-    version = len(list(session.exec(select(ArtifactTag.artifact_id).where(ArtifactTag.tag == f"dataset:{name}")))) + 1
-    art = Artifact(origin=f"{ROLE}:{obj.sha256}", key=obj.key, sha256=obj.sha256, size=obj.size,
-                   content_type=CONTENT_TYPE, filename=f"{name}-v{version}.tar", role=ROLE,
-                   params={"name": name, "version": version, "images": len(dataset.items),
-                           "resolution": dataset.resolution, "trigger": dataset.trigger, "crop": dataset.crop,
-                           "preset": preset, "captions": {it.name: it.caption for it in dataset.items}},
-                   input_artifacts=inputs)
     session.add(art)
     session.flush()
-    artifact_app.add_tags(session, art.id, [f"dataset:{name}", "dataset"])
+    artifact_db.add_tags(session, art.id, [f"dataset:{name}", "dataset"])
+    session.commit()
     return art
 
 

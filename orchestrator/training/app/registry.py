@@ -35,6 +35,7 @@ from sqlmodel import Session, col, or_, select
 
 from orchestrator.comfy.client import ComfyClient
 from orchestrator.core import limits
+from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import Conflict, InvalidInput, MediaLabError, NotFound
 from orchestrator.db import artifacts as artifact_db
 from orchestrator.db import audit
@@ -263,11 +264,22 @@ def distribute(session: Session, store: ObjectStore, settings: Settings, model: 
 
     Returns (and records on the model) per server: the folder it was written to and whether the server
     lists it now, or why it was not distributed there."""
+    result = copy_to_servers(session, store, settings, model, pool)
+    session.commit()
+    return result
+
+
+def copy_to_servers(session: Session, store: ObjectStore, settings: Settings, model: LoraModel,
+                    pool: Pool | None = None) -> dict[str, Any]:
+    """``distribute`` in the caller's transaction (the caller commits). The capabilities probed here are
+    recorded after the last server is done: no write is held while the files are copied and the servers
+    are asked (a live pool server's check writes in a session of its own)."""
     from orchestrator.runtime.pool import probe
 
     art = artifact_db.get_artifact(session, model.artifact_id)
     written: dict[Path, str | None] = {}
     result: dict[str, Any] = {}
+    probed: list[tuple[str, Capabilities]] = []
     for server in server_db.server_rows(session):
         folder = target_folder(server, settings)
         if folder is None:
@@ -295,7 +307,7 @@ def distribute(session: Session, store: ObjectStore, settings: Settings, model: 
                     caps = probe(client)
                 finally:
                     client.close()
-                server_db.record_probe(session, server.id, caps)
+                probed.append((server.id, caps))
         except MediaLabError as exc:
             result[server.name] = {"ok": False, "folder": str(folder), "error": f"not reachable: {exc.message}"}
             continue
@@ -303,7 +315,8 @@ def distribute(session: Session, store: ObjectStore, settings: Settings, model: 
         result[server.name] = {"ok": listed, "folder": str(folder),
                                **({} if listed else {"error": "written, but the server does not list it: is the "
                                                      "folder in its extra_model_paths.yaml?"})}
+    for server_id, caps in probed:
+        server_db.record_probe(session, server_id, caps)
     model.distribution = {"at": now().isoformat(), "servers": result}
     session.add(model)
-    session.commit()
     return result

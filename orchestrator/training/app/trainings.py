@@ -21,7 +21,7 @@ from orchestrator.app import admission
 from orchestrator.core import limits, sandbox
 from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.retry import RetryPolicy, outcome
 from orchestrator.core.states import JobState
 from orchestrator.db import attempts as attempt_db
 from orchestrator.db import audit
@@ -143,13 +143,11 @@ def claim(session: Session, name: str, lease_s: float, gpu_server: str | None = 
     (str) when there is one but the trainer must wait for its GPU to empty. The claim is bound to the API key
     that made it (None: the embedded trainer): only that key may act on it."""
     limits.check_json(info, "info")
-    expire_claims(session, policy or RetryPolicy())
+    _take_back(session, policy or RetryPolicy())
+    session.commit()  # the expired claims are taken back in a transaction of their own, whatever this claim gets
     trainer = touch_trainer(session, name, gpu_server, info)
     owner = claims.trainer_owner(name)
-    job = session.exec(select(Job).where(Job.kind == KIND, Job.state == JobState.QUEUED,
-                                         or_(col(Job.run_after).is_(None), col(Job.run_after) <= now()))
-                       .order_by(col(Job.priority).desc(), col(Job.queued_at)).limit(1)
-                       .with_for_update(skip_locked=True)).first()
+    job = session.exec(job_db.ready(KIND).limit(1).with_for_update(skip_locked=True)).first()
     if job is None:
         trainer.waiting_since = None
         session.commit()
@@ -274,24 +272,22 @@ def store_output(session: Session, store: ObjectStore, attempt_id: str, name: st
     attempt, job = held_attempt(session, attempt_id, name, api_key_id)
     filename = media.check_filename(filename) or kind
     origin = f"output:{job.id}:{attempt.id}:{kind}:{filename}"  # a retry's files are its own
+    lineage: dict[str, Any] = dict(job_id=job.id, attempt_id=attempt.id, output_name=kind, template=TEMPLATE,
+                                   template_version=1, params=job.params, input_artifacts=[job.params["dataset"]],
+                                   server=attempt.server)  # read before the reads end
     existing = session.exec(select(Artifact).where(Artifact.origin == origin)).first()
     session.commit()  # the reads end here: no connection is held while the bytes are read and stored
     if existing:
         return existing
     with ingest.checked_upload(data, filename, settings) as (spool, info):
-        obj = store.put_file(spool.path, spool.sha256)
+        art = ingest.store_checked(store, spool, info, origin=origin, role="output", filename=filename, **lineage)
     if not lock_claim(session, attempt.id, name):
         session.rollback()
         raise Conflict(f"attempt {attempt_id} is no longer held by trainer {name}; its {kind} is not taken")
-    art = Artifact(origin=origin, key=obj.key, sha256=obj.sha256, size=obj.size, content_type=info.content_type,
-                   filename=filename, role="output", job_id=job.id, attempt_id=attempt.id, output_name=kind,
-                   template=TEMPLATE, template_version=1, params=job.params,
-                   input_artifacts=[job.params["dataset"]], server=attempt.server, width=info.width,
-                   height=info.height)
     session.add(art)
     session.add(JobEvent(job_id=job.id, kind="info", reason=f"{kind} stored: {filename}" +
                          (f" (step {step})" if step is not None else ""),
-                         data={"artifact": art.id, "kind": kind, "step": step, "sha256": obj.sha256}))
+                         data={"artifact": art.id, "kind": kind, "step": step, "sha256": art.sha256}))
     try:
         session.commit()
     except IntegrityError:  # the same output uploaded twice at once (a retried request): theirs is the artifact
@@ -335,8 +331,8 @@ def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id:
             session.add(JobEvent(job_id=job.id, kind="info", reason=f"registered {model.filename} ({model.state})",
                                  data={"model": model.id, "sha256": model.sha256, "filename": model.filename}))
     message = (error or {}).get("message", "")
-    if not job_db.transition(session, job.id, JobState.RUNNING, state, message or "training finished", commit=False,
-                              error=error, progress=1.0 if state == JobState.SUCCEEDED else job.progress):
+    if not job_db.transition(session, job.id, JobState.RUNNING, state, message or "training finished",
+                             error=error, progress=1.0 if state == JobState.SUCCEEDED else job.progress):
         session.rollback()
         raise Conflict(f"job {job.id} is no longer RUNNING; the result of attempt {attempt_id} is not taken")
     session.commit()
@@ -344,7 +340,14 @@ def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id:
 
 
 def expire_claims(session: Session, policy: RetryPolicy) -> int:
-    """Take back the claims whose trainer stopped renewing them (crashed, cut off)."""
+    """Take back the claims whose trainer stopped renewing them (crashed, cut off); returns how many."""
+    taken = _take_back(session, policy)
+    session.commit()
+    return taken
+
+
+def _take_back(session: Session, policy: RetryPolicy) -> int:
+    """``expire_claims`` in the caller's transaction (the caller commits)."""
     stale = session.exec(select(Attempt).where(Attempt.state == JobState.RUNNING,
                                                col(Attempt.server).startswith(claims.TRAINER_PREFIX),
                                                or_(col(Attempt.lease_until).is_(None),
@@ -352,17 +355,18 @@ def expire_claims(session: Session, policy: RetryPolicy) -> int:
     taken = 0
     for a in stale:
         job = session.get(Job, a.job_id)
-        out = claims.lost_claim_outcome(a.number, bool(job and job.cancel_requested),
-                                        a.server.removeprefix(claims.TRAINER_PREFIX), policy)
-        if not attempt_db.finish_attempt(session, a.id, a.owner, JobState.FAILED, {"message": out.reason}):
+        # every training attempt counts (none ends with counts=False) and is numbered 1, 2, ... in order:
+        # its number is the attempts spent, as ``attempt_db.counted_attempts`` would count them
+        out = outcome(policy, cancel_requested=bool(job and job.cancel_requested), spent=a.number)
+        reason = claims.lost_claim_reason(out, a.server.removeprefix(claims.TRAINER_PREFIX), a.number)
+        if not attempt_db.finish_attempt(session, a.id, a.owner, JobState.FAILED, {"message": reason}):
             continue
         if out.state == JobState.QUEUED:
-            job_db.requeue(session, a.job_id, out.reason, out.delay_s or 0.0)
+            job_db.requeue(session, a.job_id, reason, out.delay_s or 0.0)
         else:
-            job_db.transition(session, a.job_id, JobState.RUNNING, out.state, out.reason, commit=False,
-                               error={"message": out.reason} if out.state == JobState.FAILED else None)
+            job_db.transition(session, a.job_id, JobState.RUNNING, out.state, reason,
+                              error={"message": reason} if out.state == JobState.FAILED else None)
         taken += 1
-    session.commit()
     return taken
 
 
@@ -378,7 +382,7 @@ def distribute_result(session: Session, store: ObjectStore, settings: Settings, 
     model = latest_model(session, job_id)
     if model is None:
         return None
-    result = reg.distribute(session, store, settings, model, pool)
+    result = reg.copy_to_servers(session, store, settings, model, pool)
     ok = sorted(n for n, r in result.items() if r.get("ok"))
     bad = {n: r.get("error") for n, r in result.items() if not r.get("ok")}
     reason = f"{model.filename} on {', '.join(ok) or 'no server'}" + (f"; not on {bad}" if bad else "")

@@ -4,15 +4,14 @@ A trainer claims a QUEUED training job with a lease (an attempt owned by ``train
 it with every heartbeat. A trainer that shares its GPU with a pool server starts only once that server
 has no prompt in flight (until then it waits, and holds the GPU so no new inference goes there). A claim
 whose lease ran out is taken back: the job is queued again with backoff, or FAILED once its attempts are
-used up, or CANCELLED when a cancel was requested meanwhile.
+used up, or CANCELLED when a cancel was requested meanwhile (the same ``retry.outcome`` as inference attempts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
-from orchestrator.core.retry import RetryPolicy
+from orchestrator.core.retry import Outcome
 from orchestrator.core.states import JobState
 
 TRAINER_PREFIX = "trainer:"
@@ -37,23 +36,14 @@ def timed_out(started_at: datetime | None, timeout_s: float | None, now: datetim
     return bool(timeout_s and started_at and (now - started_at).total_seconds() > timeout_s)
 
 
-@dataclass(frozen=True)
-class LostClaim:
-    state: JobState  # QUEUED (again), FAILED or CANCELLED
-    delay_s: float | None
-    reason: str
-
-
-def lost_claim_outcome(attempt_number: int, cancel_requested: bool, trainer: str,
-                       policy: RetryPolicy) -> LostClaim:
-    """What becomes of a job whose trainer stopped renewing its claim."""
-    if cancel_requested:
-        return LostClaim(JobState.CANCELLED, None, f"cancelled; trainer {trainer} stopped reporting")
-    delay = policy.delay(attempt_number)
-    if delay is None:
-        return LostClaim(JobState.FAILED, None, f"trainer {trainer} stopped reporting (lease expired); "
-                         f"{attempt_number} attempt(s) used up")
-    return LostClaim(JobState.QUEUED, delay, f"trainer {trainer} stopped reporting (lease expired); queued again")
+def lost_claim_reason(out: Outcome, trainer: str, spent: int) -> str:
+    """The reason a job's event gives when its trainer stopped renewing its claim: ``out`` is what
+    ``retry.outcome`` decided, ``spent`` the job's attempts that count, this claim included."""
+    if out.state == JobState.CANCELLED:
+        return f"cancelled; trainer {trainer} stopped reporting"
+    if out.state == JobState.FAILED:
+        return f"trainer {trainer} stopped reporting (lease expired); {spent} attempt(s) used up"
+    return f"trainer {trainer} stopped reporting (lease expired); queued again"
 
 
 def progress_reason(step: int | None, total: int | None, loss: float | None, eta_s: float | None) -> str:

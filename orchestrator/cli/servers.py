@@ -1,0 +1,201 @@
+"""``medialab servers``: the pool of ComfyUI servers (list, check against the worker lock, add, drain,
+activate, remove, refresh)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from orchestrator.app import servers as server_app
+from orchestrator.bootstrap import Context
+from orchestrator.cli.common import console, context, fail, session
+from orchestrator.comfy.client import ComfyClient
+from orchestrator.core.capabilities import Capabilities
+from orchestrator.core.errors import MediaLabError
+from orchestrator.core.lock import LockReport, check_server
+from orchestrator.core.server_urls import redact
+from orchestrator.db import attempts as attempt_db
+from orchestrator.db import audit
+from orchestrator.db import servers as server_db
+from orchestrator.db.tables import ServerRow
+from orchestrator.runtime.pool import probe
+from orchestrator.runtime.worker_lock import DEFAULT_LOCK, load_lock
+
+servers_app = typer.Typer(help="The pool of ComfyUI servers.", no_args_is_help=True)
+
+
+def probe_and_record(ctx: Context, row: ServerRow) -> str | None:
+    """Probe one server now and record the result; returns the error, if any."""
+    client = ComfyClient(row.url, timeout=10)
+    try:
+        caps = probe(client)
+    except MediaLabError as exc:
+        with ctx.db.session() as s:
+            server_db.record_health(s, row.id, False, exc.message)
+            s.commit()
+        return exc.message
+    finally:
+        client.close()
+    with ctx.db.session() as s:
+        server_db.record_probe(s, row.id, caps)
+        s.commit()
+    return None
+
+
+def _ago(when: datetime | None) -> str:
+    if when is None:
+        return "never"
+    seconds = (datetime.now(UTC) - when.replace(tzinfo=when.tzinfo or UTC)).total_seconds()
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+@servers_app.command("list")
+def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server now first.")] = False) -> None:
+    """Each server's health, version, node packs, models and current job."""
+    ctx = context()
+    with ctx.db.session() as s:
+        rows = server_db.server_rows(s)
+    if refresh:
+        for row in rows:
+            probe_and_record(ctx, row)
+    with ctx.db.session() as s:
+        rows, jobs = server_db.server_rows(s), attempt_db.current_jobs(s)
+    if not rows:
+        console.print("no servers registered: `medialab run` and `medialab serve` start a local ComfyUI worker; "
+                      "`medialab servers add URL` registers one")
+        return
+    table = Table("name", "url", "state", "health", "ComfyUI", "device", "node packs", "models", "current job",
+                  show_lines=True)
+    for row in rows:
+        caps = Capabilities.from_json(row.capabilities)
+        health = ("[green]healthy[/]" if row.healthy else f"[red]down[/] {redact(row.last_error or '')}"[:80]) + \
+            f"\nseen {_ago(row.last_seen)}"
+        device = ""
+        if caps and caps.device:
+            device = f"{caps.device}\n{(caps.vram_free or 0) / 2**30:.1f}/{(caps.vram_total or 0) / 2**30:.1f} GiB"
+        models = "\n".join(f"{f}: {', '.join(sorted(v)[:4])}{' ...' if len(v) > 4 else ''}"
+                           for f, v in sorted(caps.models.items()) if v) if caps else "(not probed)"
+        packs = "\n".join(caps.packs) if caps and caps.packs else ("core only" if caps else "")
+        table.add_row(row.name, redact(row.url), row.state, health, caps.comfy_version if caps else "", device, packs,
+                      models or "none", "\n".join(jobs.get(row.url, [])) or "idle")
+    console.print(table)
+
+
+def _report_cells(report: LockReport) -> tuple[str, str, str, str]:
+    missing = [f"pack {p}" for p in report.missing_packs]
+    missing += [f"{pack} nodes: {', '.join(nodes[:6])}{' ...' if len(nodes) > 6 else ''}"
+                for pack, nodes in report.missing_nodes.items()]
+    missing += report.missing_models + [f"pip {p}" for p in report.missing_python]
+    return ("\n".join(missing) or "[green]nothing[/]", "\n".join(report.mismatches) or "[green]none[/]",
+            "\n".join(report.unverified), "\n".join(report.extra))
+
+
+@servers_app.command("check")
+def servers_check(
+    server: Annotated[str | None, typer.Argument(help="Name, id or URL; default: all.")] = None,
+    lock_file: Annotated[Path, typer.Option("--lock", help="The worker lock.")] = DEFAULT_LOCK,
+    refresh: Annotated[bool, typer.Option(help="Probe the servers now (else: their recorded capabilities).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """What each server lacks or does differently from the worker lock; exit status 1 when anything does."""
+    ctx = context()
+    try:
+        lock = load_lock(lock_file)
+        with ctx.db.session() as s:
+            rows = [server_db.get_server(s, server)] if server else server_db.server_rows(s)
+    except MediaLabError as exc:
+        fail(exc)
+    if not rows:
+        console.print("no servers registered: `medialab servers add URL` registers one")
+        return
+    errors = {row.id: probe_and_record(ctx, row) for row in rows} if refresh else {}
+    with ctx.db.session() as s:
+        rows = [server_db.get_server(s, row.id) for row in rows]
+    reports = {row.id: check_server(Capabilities.from_json(row.capabilities), lock) for row in rows}
+    if as_json:
+        console.print_json(json.dumps([{"name": r.name, "url": redact(r.url), "healthy": r.healthy,
+                                        "probe_error": redact(errors.get(r.id) or "") or None,
+                                        **reports[r.id].to_json()} for r in rows]))
+    else:
+        table = Table(title=f"worker lock {lock_file} (ComfyUI {lock.comfyui.version})", show_lines=True)
+        for column in ("server", "ComfyUI", "missing (packs, nodes, models, pip)", f"differs from {lock_file.name}",
+                       "cannot verify", "not in the lock"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            report = reports[row.id]
+            name = f"{row.name}\n{redact(row.url)}\n" + ("[green]matches[/]" if report.ok else "[red]does not match[/]")
+            if errors.get(row.id):
+                name += f"\n[red]down[/] {redact(errors[row.id] or '')}"[:120] + "\n(recorded capabilities)"
+            table.add_row(name, report.comfy_version or "?", *_report_cells(report))
+        console.print(table)
+        bad = [row.name for row in rows if not reports[row.id].ok]
+        console.print(f"{len(rows) - len(bad)} of {len(rows)} server(s) match the lock"
+                      + (f"; not: {', '.join(bad)}" if bad else ""))
+    if any(not r.ok for r in reports.values()):
+        raise typer.Exit(1)
+
+
+@servers_app.command("add")
+def servers_add(url: str, name: str | None = None) -> None:
+    """Register a server (probed now; a server that is down is added and retried by the pool)."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            row = server_app.register_server(s, url, name, settings=ctx.settings)
+    except MediaLabError as exc:
+        fail(exc)
+    error = probe_and_record(ctx, row)
+    console.print(f"server {row.name} ({redact(row.url)}) added"
+                  + (f"; [red]not reachable now[/]: {redact(error)}" if error else ""))
+
+
+@servers_app.command("drain")
+def servers_drain(server: str) -> None:
+    """No new jobs go to the server; the ones on it finish."""
+    with session() as s:
+        row = server_app.set_server_state(s, server, "draining")
+        busy = attempt_db.current_jobs(s).get(row.url, [])
+    console.print(f"server {row.name} draining; {len(busy)} job(s) still on it")
+
+
+@servers_app.command("activate")
+def servers_activate(server: str) -> None:
+    """Take a drained server back into the pool."""
+    with session() as s:
+        row = server_app.set_server_state(s, server, "active")
+    console.print(f"server {row.name} active")
+
+
+@servers_app.command("remove")
+def servers_remove(server: str) -> None:
+    with session() as s:
+        row = server_app.remove_server(s, server)
+    console.print(f"server {row.name} removed")
+
+
+@servers_app.command("refresh")
+def servers_refresh(
+    server: Annotated[str | None, typer.Argument(help="Name, id or URL; default: all.")] = None,
+) -> None:
+    """Probe health and capabilities (node classes, models, VRAM, version) now."""
+    ctx = context()
+    try:
+        with ctx.db.session() as s:
+            rows = [server_db.get_server(s, server)] if server else server_db.server_rows(s)
+    except MediaLabError as exc:
+        fail(exc)
+    for row in rows:
+        error = probe_and_record(ctx, row)
+        with ctx.db.session() as s:
+            audit.record(s, "server.refresh", row.name, {"id": row.id, "healthy": error is None})
+            s.commit()
+        console.print(f"{row.name}: " + (f"[red]down[/] {error}" if error else "[green]healthy[/], capabilities read"))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(servers_app, name="servers")
