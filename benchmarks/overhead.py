@@ -45,9 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.api.app import create_app  # noqa: E402
 from orchestrator.app import keys as key_app
-from orchestrator.comfy.client import ComfyClient, EventStream, output_files  # noqa: E402
+from orchestrator.comfy.client import ComfyClient, output_files  # noqa: E402
+from orchestrator.comfy.monitor import ServerMonitor  # noqa: E402
 from orchestrator.comfy.worker import LocalWorker  # noqa: E402
 from orchestrator.core import templates as tpl  # noqa: E402
+from orchestrator.runtime import library  # noqa: E402
 from orchestrator.settings import PROJECT_ROOT, Settings  # noqa: E402
 
 MODEL = "tiny_x4.safetensors"
@@ -74,31 +76,32 @@ def frame(i: int) -> bytes:
 
 # -- (a) the direct client -------------------------------------------------------------------------
 class DirectClient:
-    """What a careful script does against one ComfyUI: one websocket for its client id, kept open."""
+    """What a careful script does against one ComfyUI: one websocket for its client id, kept open (the
+    orchestrator's own ``ServerMonitor``; each prompt's events through a subscription made before its submit)."""
 
     def __init__(self, url: str) -> None:
         self.client = ComfyClient(url)
-        self.client_id = uuid.uuid4().hex
-        self.ws: EventStream = self.client.events(self.client_id)
-        self.template = tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "upscale-esrgan")
+        self.monitor = ServerMonitor(url, uuid.uuid4().hex).start()
+        if not self.monitor.connected.wait(30):
+            raise RuntimeError(f"no websocket to {url} within 30 s")
+        self.template = tpl.pick(library.scan_library(PROJECT_ROOT / "comfy_workflows"), "upscale-esrgan")
 
     def job(self, data: bytes) -> tuple[float, float]:
         """(seconds from upload to the output's bytes in hand, ComfyUI's execution seconds)."""
         start = time.perf_counter()
         pid = str(uuid.uuid4())
         name = self.client.upload(data, f"{pid}.png", subfolder="bench")
-        self.client.submit(tpl.bind(self.template, {"image": name, "model": MODEL}), pid, self.client_id)
-        while True:
-            e = self.ws.recv(120)
-            if e is None:
-                raise TimeoutError(f"prompt {pid}: no event for 120 s")
-            d = e.get("data") or {}
-            if d.get("prompt_id") != pid:
-                continue
-            if e["type"] == "executing" and d.get("node") is None:
-                break
-            if e["type"] == "execution_error":
-                raise RuntimeError(f"prompt {pid} failed: {d.get('exception_message')}")
+        with self.monitor.subscribe(pid) as events:  # only this prompt's events
+            self.client.submit(tpl.bind(self.template, {"image": name, "model": MODEL}), pid, self.monitor.client_id)
+            while True:
+                e = events.recv(120)
+                if e is None:
+                    raise TimeoutError(f"prompt {pid}: no event for 120 s")
+                d = e.get("data") or {}
+                if e["type"] == "executing" and d.get("node") is None:
+                    break
+                if e["type"] == "execution_error":
+                    raise RuntimeError(f"prompt {pid} failed: {d.get('exception_message')}")
         entry = self.client.history(pid) or {}
         size = sum(len(b) for ui in entry["outputs"].values() for ref in output_files(ui)
                    for b in self.client.stream_view(ref))
@@ -107,7 +110,7 @@ class DirectClient:
         return elapsed, comfy_exec_s(entry)
 
     def close(self) -> None:
-        self.ws.close()
+        self.monitor.stop()
         self.client.close()
 
 

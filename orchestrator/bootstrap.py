@@ -18,11 +18,10 @@ from orchestrator.app import templates as template_app
 from orchestrator.comfy.worker import LocalWorker, has_gpu
 from orchestrator.core.errors import Conflict, InvalidInput
 from orchestrator.core.server_urls import redact
-from orchestrator.core.templates import scan_library
 from orchestrator.db import servers as server_db
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import ServerRow
-from orchestrator.runtime import media
+from orchestrator.runtime import library, media
 from orchestrator.runtime.dispatcher import Dispatcher
 from orchestrator.runtime.executor import Executor
 from orchestrator.runtime.metrics import Metrics
@@ -113,7 +112,7 @@ class Context:
         self.db = Database(settings.database)
         self.store = make_store(settings)
         with self.db.session() as s:
-            template_app.sync_templates(s, scan_library(settings.templates))
+            template_app.sync_templates(s, library.scan_library(settings.templates))
             register_configured(s, settings)
         self.executor = Executor(self.db, self.store, settings, self.owner)
         self.worker: LocalWorker | None = None

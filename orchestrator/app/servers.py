@@ -1,4 +1,4 @@
-"""Server use cases: register, drain/activate, remove."""
+"""Server use cases: register, drain/activate, remove, refresh (probe now and record what was read)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,23 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from orchestrator.comfy.client import ComfyClient
 from orchestrator.core import limits, server_urls
-from orchestrator.core.errors import Conflict, InvalidInput
+from orchestrator.core.errors import Conflict, InvalidInput, MediaLabError, NotFound
 from orchestrator.db import audit
 from orchestrator.db.attempts import inflight_by_server
-from orchestrator.db.servers import get_server, server_rows
+from orchestrator.db.servers import get_server, record_health, record_probe, server_rows
 from orchestrator.db.tables import (
     ServerRow,
 )
+from orchestrator.runtime import dns
+from orchestrator.runtime.pool import probe
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    pass
+    from orchestrator.core.capabilities import Capabilities
+    from orchestrator.db.engine import Database
+    from orchestrator.runtime.pool import Pool
 
 
 def register_server(session: Session, url: str, name: str | None = None, source: str = "api",
@@ -49,13 +54,13 @@ def register_server(session: Session, url: str, name: str | None = None, source:
     if registered:
         resolved: dict[str, frozenset[str]] = {}
 
-        def addresses(host: str) -> frozenset[str]:
-            if host not in resolved:
-                resolved[host] = server_urls.resolve(host)
-            return resolved[host]
+        def addresses(u: server_urls.ServerUrl) -> frozenset[str]:
+            if u.host not in resolved:
+                resolved[u.host] = dns.server_addresses(u)
+            return resolved[u.host]
 
-        same = server_urls.duplicate_of(su, addresses(su.host), [(n, u, addresses(u.host)) for n, u in registered
-                                                                 if (u.port, u.path) == (su.port, su.path)])
+        same = server_urls.duplicate_of(su, addresses(su), [(n, u, addresses(u)) for n, u in registered
+                                                            if (u.port, u.path) == (su.port, su.path)])
         if same is not None:
             raise Conflict(f"{su.shown} is server {same!r} under another name (the same address, port and path); "
                            f"use {same!r}, or remove it first", server=same)
@@ -93,3 +98,48 @@ def remove_server(session: Session, ref: str) -> ServerRow:
     audit.record(session, "server.remove", row.name, {"id": row.id, "url": row.url})
     session.commit()
     return row
+
+
+# -- refresh: health and capabilities read now ------------------------------------------------------
+def refresh_server(session: Session, ref: str, pool: Pool | None) -> ServerRow:
+    """Read the server's health and capabilities now through this process's pool (which records them in its
+    own transaction), then record ``server.refresh``. NotFound when the pool does not hold the server yet."""
+    row = get_server(session, ref)
+    srv = pool.get(row.url) if pool else None
+    if pool is None or srv is None:
+        raise NotFound(f"server {ref} is not in this process's pool yet; retry in a few seconds")
+    pool.check(srv, refresh=True)
+    session.refresh(row)
+    audit.record(session, "server.refresh", row.name, {"id": row.id, "healthy": row.healthy})
+    session.commit()
+    return row
+
+
+def record_probe_result(session: Session, row: ServerRow, caps: Capabilities | None, error: str | None,
+                        refresh: bool = False) -> None:
+    """Record one probe of the server: the capabilities it read (and the server healthy), or, with ``error``,
+    the server down; with ``refresh`` also the ``server.refresh`` audit row, in the same transaction."""
+    if caps is None:
+        record_health(session, row.id, False, error)
+    else:
+        record_probe(session, row.id, caps)
+    if refresh:
+        audit.record(session, "server.refresh", row.name, {"id": row.id, "healthy": error is None})
+    session.commit()
+
+
+def probe_server(db: Database, row: ServerRow, refresh: bool = False, timeout_s: float = 10) -> str | None:
+    """Probe one server now, without a pool (the CLI), and record the result (``record_probe_result``);
+    returns the error, if any. No session is open while the server is asked."""
+    client = ComfyClient(row.url, timeout=timeout_s)
+    caps: Capabilities | None = None
+    error: str | None = None
+    try:
+        caps = probe(client)
+    except MediaLabError as exc:
+        error = exc.message
+    finally:
+        client.close()
+    with db.session() as s:
+        record_probe_result(s, row, caps, error, refresh)
+    return error

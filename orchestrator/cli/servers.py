@@ -12,39 +12,16 @@ import typer
 from rich.table import Table
 
 from orchestrator.app import servers as server_app
-from orchestrator.bootstrap import Context
 from orchestrator.cli.common import console, context, fail, session
-from orchestrator.comfy.client import ComfyClient
 from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import MediaLabError
 from orchestrator.core.lock import LockReport, check_server
 from orchestrator.core.server_urls import redact
 from orchestrator.db import attempts as attempt_db
-from orchestrator.db import audit
 from orchestrator.db import servers as server_db
-from orchestrator.db.tables import ServerRow
-from orchestrator.runtime.pool import probe
 from orchestrator.runtime.worker_lock import DEFAULT_LOCK, load_lock
 
 servers_app = typer.Typer(help="The pool of ComfyUI servers.", no_args_is_help=True)
-
-
-def probe_and_record(ctx: Context, row: ServerRow) -> str | None:
-    """Probe one server now and record the result; returns the error, if any."""
-    client = ComfyClient(row.url, timeout=10)
-    try:
-        caps = probe(client)
-    except MediaLabError as exc:
-        with ctx.db.session() as s:
-            server_db.record_health(s, row.id, False, exc.message)
-            s.commit()
-        return exc.message
-    finally:
-        client.close()
-    with ctx.db.session() as s:
-        server_db.record_probe(s, row.id, caps)
-        s.commit()
-    return None
 
 
 def _ago(when: datetime | None) -> str:
@@ -62,7 +39,7 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
         rows = server_db.server_rows(s)
     if refresh:
         for row in rows:
-            probe_and_record(ctx, row)
+            server_app.probe_server(ctx.db, row)
     with ctx.db.session() as s:
         rows, jobs = server_db.server_rows(s), attempt_db.current_jobs(s)
     if not rows:
@@ -113,7 +90,7 @@ def servers_check(
     if not rows:
         console.print("no servers registered: `medialab servers add URL` registers one")
         return
-    errors = {row.id: probe_and_record(ctx, row) for row in rows} if refresh else {}
+    errors = {row.id: server_app.probe_server(ctx.db, row) for row in rows} if refresh else {}
     with ctx.db.session() as s:
         rows = [server_db.get_server(s, row.id) for row in rows]
     reports = {row.id: check_server(Capabilities.from_json(row.capabilities), lock) for row in rows}
@@ -149,7 +126,7 @@ def servers_add(url: str, name: str | None = None) -> None:
             row = server_app.register_server(s, url, name, settings=ctx.settings)
     except MediaLabError as exc:
         fail(exc)
-    error = probe_and_record(ctx, row)
+    error = server_app.probe_server(ctx.db, row)
     console.print(f"server {row.name} ({redact(row.url)}) added"
                   + (f"; [red]not reachable now[/]: {redact(error)}" if error else ""))
 
@@ -190,10 +167,7 @@ def servers_refresh(
     except MediaLabError as exc:
         fail(exc)
     for row in rows:
-        error = probe_and_record(ctx, row)
-        with ctx.db.session() as s:
-            audit.record(s, "server.refresh", row.name, {"id": row.id, "healthy": error is None})
-            s.commit()
+        error = server_app.probe_server(ctx.db, row, refresh=True)
         console.print(f"{row.name}: " + (f"[red]down[/] {error}" if error else "[green]healthy[/], capabilities read"))
 
 

@@ -1,4 +1,4 @@
-"""A typed client for one ComfyUI server (HTTP + websocket).
+"""A typed client for one ComfyUI server's HTTP API (its websocket events are followed by comfy/monitor.py).
 
 Every call that names a prompt uses our own ``prompt_id`` (the attempt id), so after any crash the
 orchestrator can ask the server about exactly that run.
@@ -6,9 +6,7 @@ orchestrator can ask the server about exactly that run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -72,53 +70,21 @@ class FileRef:
 
 
 Connect = Callable[..., websocket.WebSocket]
-"""Opens a websocket: ``connect(url, timeout=...)`` like ``websocket.create_connection`` (the default); tests
-pass one that returns an in-process fake with the same ``recv``/``settimeout``/``close``/``abort``."""
-
-
-class EventStream:
-    """The websocket of one client id; ``recv`` returns a JSON event, or None when ``timeout`` passes."""
-
-    def __init__(self, ws: websocket.WebSocket) -> None:
-        self._ws = ws
-
-    def recv(self, timeout: float) -> dict[str, Any] | None:
-        self._ws.settimeout(timeout)
-        while True:
-            try:
-                frame = self._ws.recv()
-            except websocket.WebSocketTimeoutException:
-                return None
-            except (websocket.WebSocketException, OSError) as exc:
-                raise ComfyUnreachable(f"websocket closed: {exc}") from exc
-            if isinstance(frame, str):
-                return json.loads(frame)
-            # binary frames are previews (4-byte event type + image); the orchestrator ignores them
-
-    def close(self) -> None:
-        with suppress(Exception):
-            self._ws.close()
-
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+"""Opens a websocket (``ServerMonitor``'s): ``connect(url, timeout=...)`` like ``websocket.create_connection`` (the
+default); tests pass one that returns an in-process fake with the same ``recv``/``settimeout``/``close``/``abort``."""
 
 
 class ComfyClient:
-    """``transport`` (any httpx.BaseTransport, e.g. httpx.MockTransport) and ``connect`` (see ``Connect``) replace
-    the network for tests, as httpx's own ``transport`` does; by default the real HTTP and websocket are used."""
+    """``transport`` (any httpx.BaseTransport, e.g. httpx.MockTransport) replaces the network for tests, as
+    httpx's own ``transport`` does; by default the real HTTP is used."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
-                 connect: Connect | None = None) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
         # Credentials of the URL (http://user:password@host) go in a Basic auth header, never in the URLs
         # of requests: httpx logs every request's URL.
         url = httpx.URL(base_url.rstrip("/"))
         auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
         self.base_url = str(url.copy_with(userinfo=b"")).rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=auth, transport=transport)
-        self._connect = connect or websocket.create_connection
 
     def close(self) -> None:
         self._http.close()
@@ -174,13 +140,6 @@ class ComfyClient:
 
     def delete_queued(self, *prompt_ids: str) -> None:
         self._json("POST", "/queue", json={"delete": list(prompt_ids)})
-
-    def events(self, client_id: str, timeout: float = 10.0) -> EventStream:
-        url = self.base_url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
-        try:
-            return EventStream(self._connect(url, timeout=timeout))
-        except (websocket.WebSocketException, OSError) as exc:
-            raise ComfyUnreachable(redact(f"{url}: {exc}")) from exc
 
     # -- files -------------------------------------------------------------------------------------
     def upload(self, data: BinaryIO | bytes, filename: str, subfolder: str = "", kind: str = "input") -> str:

@@ -1,4 +1,4 @@
-"""The worker environment lock (``worker.lock.toml``) and how a server compares with it (no I/O but load_lock).
+"""The worker environment lock (``worker.lock.toml``) and how a server compares with it (no I/O).
 
 The lock pins what a pool server needs: the ComfyUI version, the custom node packs (git URL + commit and
 the node classes each provides, or this project's own pack by path and version), extra Python packages,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -140,16 +139,10 @@ def redact_value(value: Any) -> Any:
 
 
 # -- one server under two names ----------------------------------------------------------------------
-def resolve(host: str) -> frozenset[str]:
-    """The addresses a host name resolves to (an IP literal: itself; unresolvable: none). Does DNS."""
-    ip = _ip(host)
-    if ip is not None:
-        return frozenset({_norm(ip)})
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return frozenset()
-    return frozenset(_norm(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])) for info in infos)
+def comparable_addresses(addresses: Iterable[str]) -> frozenset[str]:
+    """Addresses (what a host name resolved to, ``runtime.dns``) as ``same_server`` compares them: without an
+    IPv6 zone (``%eth0``), an IPv4-mapped IPv6 address as its IPv4 address."""
+    return frozenset(_norm(ipaddress.ip_address(str(a).split("%", 1)[0])) for a in addresses)
 
 
 def _norm(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:

@@ -1,7 +1,9 @@
-"""Template format v1: ``<library>/<name>/v<N>/graph.json`` (API format) + ``manifest.json``.
+"""Template format v1: a manifest (``manifest.json``) and an API-format graph (``graph.json``); in the library
+on disk they lie in ``<library>/<name>/v<N>/``, read by ``runtime.library``.
 
-Pure logic only: reading a version, its content hash, the pydantic model of its parameters, and
-binding parameter values into a copy of the graph by node title (never by node id).
+Pure logic only, no files: a version built and checked from its two dicts (``from_dicts``), its content hash,
+the pydantic model of its parameters, binding parameter values into a copy of the graph by node title (never
+by node id), the models a graph loads, a manifest read from the node pack's parameter nodes, and diffs.
 """
 
 from __future__ import annotations
@@ -12,15 +14,12 @@ import json
 import re
 from collections.abc import Iterable
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from orchestrator.core.errors import InvalidInput, NotFound
 from orchestrator.core.graph import is_link, nodes_by_title, sources, title_of
-
-VERSION_DIR = re.compile(r"^v(\d+)$")
 
 # Loader inputs that name a model file, by node class: (input name, models folder).
 MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
@@ -163,18 +162,6 @@ def content_hash(manifest: dict[str, Any], graph: dict[str, Any]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def load_version(folder: Path, name: str, version: int) -> TemplateVersion:
-    where = f"template {name}@v{version} ({folder})"
-    try:
-        manifest_raw = json.loads((folder / "manifest.json").read_text())
-        graph = json.loads((folder / "graph.json").read_text())
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"{where}: missing {Path(exc.filename).name}") from exc
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{where}: bad JSON: {exc}") from exc
-    return from_dicts(name, version, manifest_raw, graph, where)
-
-
 def from_dicts(name: str, version: int, manifest_raw: dict[str, Any], graph: dict[str, Any],
                where: str | None = None) -> TemplateVersion:
     """A version from its manifest and API-format graph, checked for consistency."""
@@ -220,17 +207,6 @@ def check_graph(where: str, manifest: Manifest, graph: dict[str, Any]) -> None:
         if o.node not in titles:
             raise InvalidInput(f"{where}: output {o.name} names node title '{o.node}', "
                                "which is missing or not unique in the graph")
-
-
-def scan_library(root: Path) -> list[TemplateVersion]:
-    """Every ``<name>/v<N>`` folder under root, sorted by name and version."""
-    found = []
-    for tdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        for vdir in tdir.iterdir():
-            m = VERSION_DIR.match(vdir.name)
-            if m and vdir.is_dir():
-                found.append(load_version(vdir, tdir.name, int(m.group(1))))
-    return sorted(found, key=lambda t: (t.name, t.version))
 
 
 def pick(versions: list[TemplateVersion], name: str, version: int | None = None) -> TemplateVersion:

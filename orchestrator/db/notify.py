@@ -144,11 +144,13 @@ class EventWatcher:
         self._high: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.ticks = 0  # queries made (for tests and curiosity)
+        # queries made: what the tests read to prove one query per tick for every job and none while idle
+        self.ticks = 0
 
     @property
     def watched(self) -> dict[str, int]:
-        """{job id: number of followers}."""
+        """{job id: number of followers}: what the tests read to prove one watch per job (however many streams
+        follow it) and that a stream that ended, or whose client went away, is no longer watched."""
         with self._lock:
             return {key: len(ws) for key, ws in self._watches.items()}
 

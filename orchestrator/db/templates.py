@@ -73,7 +73,7 @@ _IDENTITY = (TemplateVersionRow.id, TemplateVersionRow.name, TemplateVersionRow.
 
 
 def clear_cache() -> None:
-    """Forget every parsed version and computed requirements (tests and measurements)."""
+    """Forget every parsed version and computed requirements (test support: tests reset the process-wide cache)."""
     _VERSIONS.clear()
     _REQUIREMENTS.clear()
     _COUNTING.clear()

@@ -89,7 +89,7 @@ class Prompt:
 
 
 class FakeSocket:
-    """One websocket as ``websocket.WebSocket`` behaves for the monitor and EventStream."""
+    """One websocket as ``websocket.WebSocket`` behaves for the monitor."""
 
     def __init__(self, server: FakeComfy, client_id: str) -> None:
         self.server = server
@@ -505,7 +505,7 @@ def pool_connect(*fakes: FakeComfy) -> Callable[[str, str], tuple[ComfyClient, S
 
     def connect(url: str, client_id: str) -> tuple[ComfyClient, ServerMonitor]:
         fake = by_url[url.rstrip("/")]
-        return (ComfyClient(url, timeout=5, transport=fake.transport, connect=fake.connect),
+        return (ComfyClient(url, timeout=5, transport=fake.transport),
                 ServerMonitor(url, client_id, connect=fake.connect, max_backoff_s=0.5))
 
     return connect

@@ -21,6 +21,7 @@ from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent
+from orchestrator.runtime import library
 from orchestrator.runtime.executor import Executor
 from orchestrator.runtime.pool import Pool, Server
 from orchestrator.settings import PROJECT_ROOT, Settings
@@ -119,7 +120,7 @@ def start_engine(tmp_path: Path, servers: int = 1, scripts: list[Script] | None 
     shared: deque[Script] = deque(scripts or [])
     fakes = [FakeComfy(f"http://comfy-{chr(97 + i)}.test:8188", scripts=shared) for i in range(servers)]
     with db.session() as s:
-        template_app.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
+        template_app.sync_templates(s, library.scan_library(PROJECT_ROOT / "comfy_workflows"))
         for fake in fakes:
             server_app.register_server(s, fake.url, fake.url.split("//")[1].split(".")[0])
     pool = Pool(db, "test", connect=pool_connect(*fakes))

@@ -7,6 +7,7 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import av
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.comfy.client import ComfyClient
+from orchestrator.comfy.monitor import ServerMonitor
 from orchestrator.comfy.worker import LocalWorker
 from orchestrator.settings import Settings
 from storage import MinioStore, key_for
@@ -107,6 +109,21 @@ def test_direct_path_that_cannot_be_fails_clearly(comfy_url: str, s3mod: S3Serve
                                            "the server has no object storage configured (MEDIALAB_S3_ENDPOINT)")
 
 
+def run_prompt(client: ComfyClient, monitor: ServerMonitor, graph: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Run ``graph`` as the executor does (subscribed before the submit, on the monitor's client id): the prompt
+    id and its events up to its end (``executing`` of no node, sent once /history holds the prompt)."""
+    pid = str(uuid.uuid4())
+    seen: list[dict[str, Any]] = []
+    with monitor.subscribe(pid) as events:
+        client.submit(graph, pid, monitor.client_id)
+        while (e := events.recv(60)) is not None:
+            seen.append(e)
+            if e["type"] == "executing" and e["data"].get("node") is None:
+                break
+    assert seen and seen[-1]["type"] == "executing" and seen[-1]["data"].get("node") is None, seen
+    return pid, seen
+
+
 def test_node_pack_inside_comfyui(direct_worker: LocalWorker, s3mod: S3Server) -> None:
     """A graph of pack nodes only: load by presigned URL, parameter nodes feeding core inputs (also a
     COMBO), save to storage; the ui output names the stored object."""
@@ -122,25 +139,25 @@ def test_node_pack_inside_comfyui(direct_worker: LocalWorker, s3mod: S3Server) -
         "5": {"class_type": "MediaLabSaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "t"}},
     }
     client = ComfyClient(direct_worker.url)
-    pid = str(uuid.uuid4())
-    with client.events(pid) as events:
-        client.submit(graph, pid, pid)
-        while (e := events.recv(60)) and not (e["type"] == "executing" and e["data"].get("node") is None):
-            pass
-    (obj,) = client.history(pid)["outputs"]["5"]["medialab_objects"]
-    assert obj["key"] == key_for(obj["sha256"]) and (obj["width"], obj["height"]) == (60, 40)
-    with store.open(obj["key"]) as f:
-        assert len(f.read()) == obj["size"] == store.size(obj["key"])
-    info = httpx.get(f"{direct_worker.url}/medialab/info").json()
-    assert info["storage"]["bucket"] == BUCKET and info["max_upload_mb"] == 1
-    # a size limit that the object is over fails the node, naming the limit
-    graph["1"]["inputs"].update(max_mb=1, source=store.put_stream([b"x" * (2 << 20)]).key)
-    pid = str(uuid.uuid4())
-    with client.events(pid) as events:
-        client.submit(graph, pid, pid)
-        while (e := events.recv(60)) and e["type"] not in ("execution_error", "execution_success"):
-            pass
-    assert e["type"] == "execution_error" and "over the limit" in e["data"]["exception_message"]
+    monitor = ServerMonitor(direct_worker.url, uuid.uuid4().hex).start()
+    try:
+        assert monitor.connected.wait(30), "no websocket to the server"
+        pid, _ = run_prompt(client, monitor, graph)
+        (obj,) = client.history(pid)["outputs"]["5"]["medialab_objects"]
+        assert obj["key"] == key_for(obj["sha256"]) and (obj["width"], obj["height"]) == (60, 40)
+        with store.open(obj["key"]) as f:
+            assert len(f.read()) == obj["size"] == store.size(obj["key"])
+        info = httpx.get(f"{direct_worker.url}/medialab/info").json()
+        assert info["storage"]["bucket"] == BUCKET and info["max_upload_mb"] == 1
+        # a size limit that the object is over fails the node, naming the limit
+        graph["1"]["inputs"].update(max_mb=1, source=store.put_stream([b"x" * (2 << 20)]).key)
+        _, seen = run_prompt(client, monitor, graph)
+        ends = [e for e in seen if e["type"] in ("execution_error", "execution_success")]
+        assert [e["type"] for e in ends] == ["execution_error"], seen
+        assert "over the limit" in ends[0]["data"]["exception_message"]
+    finally:
+        monitor.stop()
+        client.close()
 
 
 def test_store_outage_on_the_direct_path_waits_and_stores_once(settings: Settings,

@@ -133,10 +133,11 @@ def test_a_version_opened_and_saved_keeps_its_manifest(comfy_url: str, settings:
     """A template written by hand (manifest, no parameter nodes) goes through the editor and back: the saved
     file keeps the parameters of the version it was opened from, with the defaults the artist left."""
     from orchestrator.core import templates as tpl
+    from orchestrator.runtime import library
     from orchestrator.settings import PROJECT_ROOT
     from tests.conftest import FIXTURE_MODEL
 
-    t = tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "upscale-esrgan", 2)
+    t = tpl.pick(library.scan_library(PROJECT_ROOT / "comfy_workflows"), "upscale-esrgan", 2)
     manifest = t.manifest.model_dump(mode="json", exclude_defaults=True)
     for p in manifest["parameters"]:
         if p["name"] == "model":

@@ -20,13 +20,14 @@ from orchestrator.comfy.worker import LocalWorker
 from orchestrator.core import byte_path as transport
 from orchestrator.core import templates as tpl
 from orchestrator.core.validation import validate_graph
+from orchestrator.runtime import library
 from orchestrator.settings import PROJECT_ROOT, Settings
 from tests.conftest import MODELS, mp4_bytes, png_bytes
 from tests.integration.conftest import make_api
 from tests.integration.test_jobs_api import submit, upload
 
 RECORDED = PROJECT_ROOT.parent / "shared" / "comfy" / "object_info-0.3.75.json"
-LIBRARY = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
+LIBRARY = library.scan_library(PROJECT_ROOT / "comfy_workflows")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from orchestrator.settings import Settings
 from orchestrator.training.core.dataset import DatasetImage, build_dataset
 from orchestrator.training.core.presets import spec_from
 from orchestrator.training.core.progress import TrainingEvent
+from orchestrator.training.runtime.dataset_files import write_dataset
 from orchestrator.training.runtime.runner import run_training
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -79,7 +80,7 @@ def dataset(folder: Path) -> Path:
         img.save(buf, format="PNG")
         pictures.append(DatasetImage(f"frame{i}.png", buf.getvalue(), f"a square number {i}"))
     ds = build_dataset(pictures, resolution=64, caption_template="photo of {trigger}, {caption}", trigger="tinything")
-    return ds.write(folder)
+    return write_dataset(ds, folder)
 
 
 def spec(**extra):

@@ -14,13 +14,13 @@ from sqlmodel import col
 from orchestrator.app import artifacts as artifact_app
 from orchestrator.app import jobs as job_app
 from orchestrator.app import templates as template_app
-from orchestrator.core import templates as tpl
 from orchestrator.core.states import JobState
 from orchestrator.db import attempts as attempt_db
 from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import Database, alembic_config
 from orchestrator.db.tables import Job, now
+from orchestrator.runtime import library
 from orchestrator.settings import PROJECT_ROOT
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
@@ -32,7 +32,7 @@ def db(any_db: Database) -> Database:
 
 
 def queue_jobs(db: Database, n: int, tmp_path: Path) -> list[str]:
-    versions = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
+    versions = library.scan_library(PROJECT_ROOT / "comfy_workflows")
     with db.session() as s:
         template_app.sync_templates(s, versions)
         row, t = template_db.get_template(s, "upscale-esrgan")

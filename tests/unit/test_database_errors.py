@@ -29,6 +29,7 @@ from orchestrator.db import attempts as attempt_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import DB_ERRORS, Database
 from orchestrator.db.tables import Attempt, Job, JobEvent, now
+from orchestrator.runtime import library
 from orchestrator.runtime.dispatcher import Dispatcher
 from orchestrator.runtime.executor import Executor
 from orchestrator.runtime.pool import Pool
@@ -51,7 +52,7 @@ ERRORS = {
 def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     with database.session() as s:
-        template_app.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
+        template_app.sync_templates(s, library.scan_library(PROJECT_ROOT / "comfy_workflows"))
     yield database
     database.engine.dispose()
 

@@ -1,6 +1,7 @@
 """The database layer never ends a transaction: no function in ``orchestrator/db`` or ``orchestrator/training/db``
 calls ``.commit()`` or ``.rollback()``. Whoever owns the transaction (a use case in ``orchestrator/app``, a
-runtime loop, the composition root, a CLI command) commits it, or rolls it back."""
+runtime loop, the composition root) commits it, or rolls it back. The faces (API routes, CLI commands) do not
+either: they call a use case."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_FOLDERS = (ROOT / "orchestrator" / "db", ROOT / "orchestrator" / "training" / "db")
+FACES = (ROOT / "orchestrator" / "api", ROOT / "orchestrator" / "cli")  # thin: they call the use cases
 ENDS = frozenset({"commit", "rollback"})
 
 
@@ -42,3 +44,12 @@ def test_no_database_function_commits_or_rolls_back() -> None:
                  for p in files for where, line, method in transaction_ends(p.read_text(encoding="utf-8"))]
     assert offenders == [], "the database layer never commits; the caller owns the transaction:\n" + "\n".join(
         offenders)
+
+
+def test_faces_leave_transactions_to_the_use_cases() -> None:
+    """Routes and CLI commands call a use case (``orchestrator/app``) that owns the commit; none commits."""
+    files = sorted(p for folder in FACES for p in folder.rglob("*.py"))
+    assert any(p.name == "servers.py" and p.parent.name == "routes" for p in files)
+    offenders = [f"{p.relative_to(ROOT)}:{line} {where}() calls .{method}()"
+                 for p in files for where, line, method in transaction_ends(p.read_text(encoding="utf-8"))]
+    assert offenders == [], "a face calls a use case, which owns the transaction:\n" + "\n".join(offenders)

@@ -23,6 +23,7 @@ from orchestrator.db import servers as server_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import Attempt, ServerRow, now
+from orchestrator.runtime import library
 from orchestrator.runtime.pool import MissingCapability
 from orchestrator.settings import PROJECT_ROOT
 from storage import LocalDiskStore
@@ -71,7 +72,7 @@ def test_each_process_lifetime_has_its_own_identity() -> None:
 def db(tmp_path: Path) -> Database:
     database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     with database.session() as s:
-        template_app.sync_templates(s, tpl.scan_library(PROJECT_ROOT / "comfy_workflows"))
+        template_app.sync_templates(s, library.scan_library(PROJECT_ROOT / "comfy_workflows"))
     return database
 
 

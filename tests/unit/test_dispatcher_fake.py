@@ -112,7 +112,7 @@ def _submit_as_the_crashed_process(engine: Engine, job_id: str, attempt_id: str,
     with engine.db.session() as s:
         job = job_db.get_job(s, job_id)
         _row, t = template_db.get_template(s, job.template, job.version)
-    client = ComfyClient(fake.url, transport=fake.transport, connect=fake.connect)
+    client = ComfyClient(fake.url, transport=fake.transport)
     client.submit(tpl.bind(t, job.params), attempt_id, "crashed-owner-client")  # its events went to that socket
     client.close()
 

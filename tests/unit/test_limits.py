@@ -24,14 +24,13 @@ from orchestrator.core.server_urls import (
     parse_server_url,
     redact,
     redact_value,
-    resolve,
     same_server,
 )
 from orchestrator.db import artifacts as artifact_db
 from orchestrator.db import servers as server_db
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import Artifact, ArtifactTag, LoraModel
-from orchestrator.runtime import media
+from orchestrator.runtime import dns, media
 from orchestrator.settings import Settings
 from orchestrator.training.app.trainings import check_events, finite_measures
 from storage import LocalDiskStore
@@ -399,9 +398,29 @@ def test_credentials_are_redacted_wherever_a_url_appears() -> None:
     assert redact("http://gpu1:8188") == "http://gpu1:8188"
 
 
+def test_server_addresses_are_compared_in_one_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One lookup (the node pack's ``urls.resolve``); zones dropped, IPv4-mapped as IPv4; unresolvable: none."""
+    from custom_nodes import urls
+
+    asked = []
+
+    def lookup(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        if host == "gone.lab":
+            raise urls.UrlRefused("host 'gone.lab' cannot be resolved")
+        return ["fe80::1%eth0", "::ffff:10.0.0.5", "10.0.0.5"]
+
+    monkeypatch.setattr(urls, "resolve", lookup)
+    assert dns.server_addresses(parse_server_url("http://gpu1.lab:8188")) == {"fe80::1", "10.0.0.5"}
+    assert dns.server_addresses(parse_server_url("http://gone.lab")) == frozenset()
+    assert dns.server_addresses(parse_server_url("http://[::ffff:127.0.0.1]:8188")) == {"127.0.0.1"}  # no lookup
+    assert asked == [("gpu1.lab", 8188), ("gone.lab", 80)]
+
+
 def test_one_server_under_two_names_is_found_by_address() -> None:
     local, ip = parse_server_url("http://localhost:8188"), parse_server_url("http://127.0.0.1:8188")
-    assert same_server(local, resolve("localhost"), ip, resolve("127.0.0.1"))
+    assert same_server(local, dns.server_addresses(local), ip, dns.server_addresses(ip))
+    assert dns.server_addresses(parse_server_url("http://[::ffff:127.0.0.1]:8188")) == {"127.0.0.1"}  # as IPv4
     assert not same_server(local, ALL, parse_server_url("http://127.0.0.1:8189"), ALL)  # another port
     assert not same_server(ip, ALL, parse_server_url("http://127.0.0.1:8188/other"), ALL)  # another path
     shared = frozenset({"10.0.0.5"})  # two DNS names on one address: virtual hosts of one proxy

@@ -80,8 +80,9 @@ def test_capabilities_from_a_real_object_info_and_back() -> None:
 
 def test_ip_adapter_preset_files_are_required_by_pattern() -> None:
     from orchestrator.core import templates as tpl
+    from orchestrator.runtime import library
 
-    t = tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "restyle-ipadapter", 1)
+    t = tpl.pick(library.scan_library(PROJECT_ROOT / "comfy_workflows"), "restyle-ipadapter", 1)
     graph = tpl.bind(t, {"image": "a.png"})
     req = Requirements.of_graph(graph, tpl.model_refs(graph), tpl.model_patterns(graph))
     caps = Capabilities(node_classes=frozenset(n["class_type"] for n in graph.values()),
@@ -93,6 +94,6 @@ def test_ip_adapter_preset_files_are_required_by_pattern() -> None:
     caps.models["ipadapter"] = frozenset({"ip-adapter-plus_sd15.safetensors"})
     caps.models["clip_vision"] = frozenset({"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"})
     assert missing(caps, req) == []
-    faceid = tpl.bind(tpl.pick(tpl.scan_library(PROJECT_ROOT / "comfy_workflows"), "blend-faceid", 1), {})
+    faceid = tpl.bind(tpl.pick(library.scan_library(PROJECT_ROOT / "comfy_workflows"), "blend-faceid", 1), {})
     assert {w for _f, _p, w in tpl.model_patterns(faceid)} == {
         "IP-Adapter FACEID PLUS V2", "a FaceID LoRA", "the ViT-H CLIP vision model", "IP-Adapter PLUS"}

@@ -109,6 +109,7 @@ def test_register_by_sha256_with_versions_and_states(tmp_path: Path) -> None:
         again = registry.register(s, store, a1, "hero", base_model=None, trigger_words=[])
         m2 = registry.register(s, store, a2, "hero", base_model="sd15.safetensors", trigger_words=["mlchar"],
                                initial_state="candidate")
+        s.commit()  # register never commits: the caller does
         assert again.id == m1.id
         assert (m1.version, m1.filename, m1.state) == (1, "hero-v1.safetensors", "approved")
         assert (m2.version, m2.filename, m2.state) == (2, "hero-v2.safetensors", "candidate")
@@ -146,6 +147,23 @@ def test_distribution_targets(tmp_path: Path) -> None:
     assert registry.target_folder(remote, st) == tmp_path / "shared" / "loras"
 
 
+def test_register_never_commits(any_db: Database, tmp_path: Path) -> None:
+    """The caller owns the transaction: rolled back, nothing is registered; committed, it is. On SQLite too,
+    where a savepoint taken before any write would be the whole transaction and releasing it a commit."""
+    store = LocalDiskStore(tmp_path / "objects")
+    with any_db.session() as s:
+        art = artifact_app.store_input(s, store, lora_file(tmp_path / "1.safetensors", 1), "1.safetensors")
+        assert registry.register(s, store, art, "hero", base_model=None, trigger_words=[]).version == 1
+        with any_db.session() as other:
+            assert registry.list_models(other) == []  # not committed
+        s.rollback()
+        assert registry.list_models(s) == []
+        registry.register(s, store, art, "hero", base_model=None, trigger_words=[])
+        s.commit()
+    with any_db.session() as other:
+        assert [(m.name, m.version) for m in registry.list_models(other)] == [("hero", 1)]
+
+
 def test_register_in_the_callers_transaction_retries_a_taken_version(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Another registration took the version number meanwhile: the next one, and the caller's own writes stay."""
@@ -159,7 +177,7 @@ def test_register_in_the_callers_transaction_retries_a_taken_version(tmp_path: P
         real = registry.next_version
         monkeypatch.setattr(registry, "next_version", lambda session, name: next(stale, None) or real(session, name))
         s.execute(sa_update(Artifact).where(Artifact.id == a2.id).values(filename="renamed.safetensors"))
-        m2 = registry.register(s, store, a2, "hero", base_model=None, trigger_words=[], commit=False)
+        m2 = registry.register(s, store, a2, "hero", base_model=None, trigger_words=[])
         s.commit()
         assert (m2.version, m2.filename) == (2, "hero-v2.safetensors")
         assert s.get(Artifact, a2.id).filename == "renamed.safetensors"

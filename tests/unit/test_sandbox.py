@@ -16,7 +16,7 @@ from custom_nodes.objects import ObjectError, fetch, local_name
 from orchestrator.core import sandbox
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import Capabilities
-from orchestrator.runtime import graph_check
+from orchestrator.runtime import graph_check, library
 from orchestrator.settings import PROJECT_ROOT
 from orchestrator.training.app.trainings import local_checkpoint
 from tests.unit.test_editor import INFO, RECORDED
@@ -140,7 +140,7 @@ def test_file_inputs_from_node_definitions() -> None:
 
 def test_every_library_template_stays_in_the_sandbox() -> None:
     defs = sandbox.Definitions.from_object_info(recorded())
-    for t in tpl.scan_library(PROJECT_ROOT / "comfy_workflows"):
+    for t in library.scan_library(PROJECT_ROOT / "comfy_workflows"):
         graph = tpl.bind(t, {p.name: p.default for p in t.manifest.parameters if p.default is not None})
         for d in (defs, None):  # with definitions, and with none known (every value checked)
             assert sandbox.check_graph(graph, d, urls.UrlPolicy()).problems == [], t.ref

@@ -19,9 +19,10 @@ from orchestrator.core.errors import NotFound
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import TemplateVersionRow
+from orchestrator.runtime import library
 from orchestrator.settings import PROJECT_ROOT
 
-LIBRARY = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
+LIBRARY = library.scan_library(PROJECT_ROOT / "comfy_workflows")
 
 
 @pytest.fixture

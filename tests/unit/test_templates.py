@@ -5,6 +5,7 @@ import pytest
 
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import InvalidInput, NotFound
+from orchestrator.runtime import library
 from orchestrator.settings import PROJECT_ROOT
 
 LIBRARY = PROJECT_ROOT / "comfy_workflows"
@@ -12,7 +13,7 @@ LIBRARY = PROJECT_ROOT / "comfy_workflows"
 
 @pytest.fixture
 def esrgan() -> tpl.TemplateVersion:
-    return tpl.pick(tpl.scan_library(LIBRARY), "upscale-esrgan", 1)
+    return tpl.pick(library.scan_library(LIBRARY), "upscale-esrgan", 1)
 
 
 def write(folder: Path, manifest: dict, graph: dict) -> Path:
@@ -52,7 +53,7 @@ def test_numeric_ranges_and_choices(tmp_path: Path) -> None:
         {"name": "steps", "type": "int", "default": 4, "min": 1, "max": 50, "bind": {"node": "In", "input": "s"}},
         {"name": "mode", "type": "choice", "default": "a", "choices": ["a", "b"], "bind": {"node": "In", "input": "m"}},
     ])
-    t = tpl.load_version(write(tmp_path / "v1", manifest, GRAPH), "t", 1)
+    t = library.load_version(write(tmp_path / "v1", manifest, GRAPH), "t", 1)
     assert tpl.validate_params(t, {"image": "i", "steps": 50, "mode": "b"})["steps"] == 50
     for bad in ({"steps": 51}, {"steps": 0}, {"steps": 2.5}, {"steps": "3"}, {"mode": "c"}):
         with pytest.raises(InvalidInput):
@@ -65,33 +66,34 @@ def test_numeric_ranges_and_choices(tmp_path: Path) -> None:
 def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
     bad_bind = dict(MANIFEST, parameters=[{"name": "image", "type": "image", "bind": {"node": "Nope", "input": "x"}}])
     with pytest.raises(InvalidInput, match="binds to node title 'Nope'"):
-        tpl.load_version(write(tmp_path / "a", bad_bind, GRAPH), "a", 1)
+        library.load_version(write(tmp_path / "a", bad_bind, GRAPH), "a", 1)
     with pytest.raises(InvalidInput, match="output o names node title 'Gone'"):
-        tpl.load_version(write(tmp_path / "b", dict(MANIFEST, outputs=[{"node": "Gone", "name": "o"}]), GRAPH), "b", 1)
+        library.load_version(write(tmp_path / "b", dict(MANIFEST, outputs=[{"node": "Gone", "name": "o"}]), GRAPH),
+                             "b", 1)
     with pytest.raises(InvalidInput, match="type choice needs choices"):
         choice = dict(MANIFEST, parameters=[{"name": "c", "type": "choice", "bind": {"node": "In", "input": "x"}}])
-        tpl.load_version(write(tmp_path / "c", choice, GRAPH), "c", 1)
+        library.load_version(write(tmp_path / "c", choice, GRAPH), "c", 1)
     with pytest.raises(InvalidInput, match="editor format; export the workflow in API format"):
-        tpl.load_version(write(tmp_path / "d", MANIFEST, {"nodes": [], "links": []}), "d", 1)
+        library.load_version(write(tmp_path / "d", MANIFEST, {"nodes": [], "links": []}), "d", 1)
     with pytest.raises(InvalidInput, match="not an API-format graph"):
-        tpl.load_version(write(tmp_path / "f", MANIFEST, {"1": {"inputs": {}}}), "f", 1)
+        library.load_version(write(tmp_path / "f", MANIFEST, {"1": {"inputs": {}}}), "f", 1)
     dup = {**GRAPH, "3": {"class_type": "LoadImage", "inputs": {}, "_meta": {"title": "In"}}}
     with pytest.raises(InvalidInput, match="missing or not unique"):
-        tpl.load_version(write(tmp_path / "e", MANIFEST, dup), "e", 1)
+        library.load_version(write(tmp_path / "e", MANIFEST, dup), "e", 1)
 
 
 def test_content_hash_is_stable_and_sensitive(esrgan: tpl.TemplateVersion, tmp_path: Path) -> None:
-    again = tpl.pick(tpl.scan_library(LIBRARY), "upscale-esrgan", 1)
+    again = tpl.pick(library.scan_library(LIBRARY), "upscale-esrgan", 1)
     assert again.content_hash == esrgan.content_hash
-    a = tpl.load_version(write(tmp_path / "v1", MANIFEST, GRAPH), "t", 1)
-    b = tpl.load_version(write(tmp_path / "v2", dict(MANIFEST, title="t2"), GRAPH), "t", 2)
+    a = library.load_version(write(tmp_path / "v1", MANIFEST, GRAPH), "t", 1)
+    b = library.load_version(write(tmp_path / "v2", dict(MANIFEST, title="t2"), GRAPH), "t", 2)
     assert a.content_hash != b.content_hash
 
 
 def test_pick_versions(tmp_path: Path) -> None:
     write(tmp_path / "t" / "v1", MANIFEST, GRAPH)
     write(tmp_path / "t" / "v2", dict(MANIFEST, title="second"), GRAPH)
-    versions = tpl.scan_library(tmp_path)
+    versions = library.scan_library(tmp_path)
     assert tpl.pick(versions, "t").version == 2
     assert tpl.pick(versions, "t", 1).manifest.title == "t"
     with pytest.raises(NotFound, match="no version 3"):
@@ -106,7 +108,7 @@ def test_model_refs(esrgan: tpl.TemplateVersion) -> None:
 
 
 def test_optional_branch_is_bypassed_and_pruned_when_left_out() -> None:
-    t = tpl.pick(tpl.scan_library(LIBRARY), "generate-lora", 1)
+    t = tpl.pick(library.scan_library(LIBRARY), "generate-lora", 1)
     values = tpl.validate_params(t, {"lora": "c.safetensors"})
     assert values["reference"] is None and "reference" not in t.params_schema().get("required", [])
     core = tpl.bind(t, values)
@@ -122,7 +124,7 @@ def test_optional_branch_is_bypassed_and_pruned_when_left_out() -> None:
 
 
 def test_optional_input_dropped_from_its_consumer() -> None:
-    t = tpl.pick(tpl.scan_library(LIBRARY), "blend-faceid", 1)
+    t = tpl.pick(library.scan_library(LIBRARY), "blend-faceid", 1)
     values = tpl.validate_params(t, {"face": "f", "inspiration_1": "a", "inspiration_3": "c"})
     graph = tpl.bind(t, values)
     blend = next(n for n in graph.values() if n["class_type"] == "IPAdapterCombineEmbeds")
@@ -133,10 +135,10 @@ def test_optional_input_dropped_from_its_consumer() -> None:
 def test_bypass_errors_name_the_problem(tmp_path: Path) -> None:
     bad = dict(MANIFEST, parameters=[dict(MANIFEST["parameters"][0], optional=True, bypass={"Nope": "x"})])
     with pytest.raises(InvalidInput, match="bypasses node title 'Nope'"):
-        tpl.load_version(write(tmp_path / "v1", bad, GRAPH), "t", 1)
+        library.load_version(write(tmp_path / "v1", bad, GRAPH), "t", 1)
     literal = dict(MANIFEST, parameters=[dict(MANIFEST["parameters"][0], optional=True, bypass={"In": "image"})])
     with pytest.raises(InvalidInput, match="not a link"):
-        tpl.load_version(write(tmp_path / "v2", literal, GRAPH), "t", 1)
+        library.load_version(write(tmp_path / "v2", literal, GRAPH), "t", 1)
     required = dict(MANIFEST, parameters=[dict(MANIFEST["parameters"][0], bypass={"Out": None})])
     with pytest.raises(InvalidInput, match="only for optional"):
-        tpl.load_version(write(tmp_path / "v3", required, GRAPH), "t", 1)
+        library.load_version(write(tmp_path / "v3", required, GRAPH), "t", 1)

@@ -15,11 +15,11 @@ from orchestrator.training.core.dataset import (
     check_dataset,
     frame_indices,
     make_caption,
-    sample_frames,
     square_box,
     unique_names,
 )
 from orchestrator.training.core.presets import spec_from
+from orchestrator.training.runtime.dataset_files import sample_frames, write_dataset
 
 SPEC = dict(base="sd15", network_dim=4, network_alpha=1, learning_rate=1e-4, max_train_steps=2, resolution=64,
             trigger="annaxyz")
@@ -81,6 +81,8 @@ def test_face_centred_crop_uses_the_face_box():
     assert "no face found (centre crop used) in: a" in check_dataset(missed, spec_from(None, SPEC))
     with pytest.raises(InvalidInput, match="face_centred needs crop 'centre'"):
         build(images(), face_centred=True, crop="none")
+    with pytest.raises(ValueError, match="face_centred needs a face_finder"):  # the caller passes one (I/O)
+        build(images(), face_centred=True)
 
 
 @pytest.mark.parametrize(("user", "template", "expected"), [
@@ -142,7 +144,7 @@ def test_from_tar_refuses_other_archives():
 
 def test_write_lays_out_images_and_captions(tmp_path):
     ds = build(images(3) + [DatasetImage("nocap.png", picture(90, 90, 9))])
-    img = ds.write(tmp_path / "data")
+    img = write_dataset(ds, tmp_path / "data")
     assert img == tmp_path / "data" / "img"
     assert sorted(p.name for p in img.iterdir()) == ["frame_0.png", "frame_0.txt", "frame_1.png", "frame_1.txt",
                                                       "frame_2.png", "frame_2.txt", "nocap.png"]

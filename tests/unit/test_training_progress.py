@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.training.core.progress import ProgressParser, TrainingEvent, clock_s
+from orchestrator.training.runtime.runner import failure_text
 
 DATA = Path(__file__).parent.parent / "data" / "sd_scripts"
 
@@ -100,7 +101,8 @@ def test_traceback_is_kept_and_the_launcher_error_passed_over():
             "status 1.\n")
     events, parser = parse(text)
     assert parser.traceback[-1] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    assert parser.failure_message().startswith("Traceback (most recent call last):")
+    assert failure_text(parser, ProgressParser()).startswith("Traceback (most recent call last):")
+    assert failure_text(ProgressParser(), parser).endswith(parser.traceback[-1])  # whichever stream has it
     assert "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in [e.message for e in of(events, "log")]
 
 
@@ -116,7 +118,16 @@ def test_chained_tracebacks_stay_together():
 def test_empty_dataset_message_is_a_log_event():
     events, parser = parse("No data found. Please verify arguments (train_data_dir must be the parent)\n")
     assert events[0].kind == "log" and events[0].message.startswith("No data found")
-    assert parser.failure_message().startswith("No data found")
+    assert failure_text(parser, ProgressParser()).startswith("No data found")
+
+
+def test_failure_text_prefers_a_traceback_then_the_last_lines_of_both_streams():
+    _, out = parse("epoch 1/1\nTraceback (most recent call last):\n  x\nValueError: out\n")
+    _, err = parse("Traceback (most recent call last):\n  y\nKeyError: 'err'\n")
+    assert failure_text(out, err).endswith("KeyError: 'err'")  # stderr's traceback first
+    assert failure_text(out, ProgressParser()).endswith("ValueError: out")
+    (_, a), (_, b) = parse("line a\n"), parse("line b\n")
+    assert failure_text(a, b) == "line a\nline b"
 
 
 def test_clock():

@@ -4,9 +4,10 @@ from orchestrator.core import byte_path as transport
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import InvalidInput
+from orchestrator.runtime import library
 from orchestrator.settings import PROJECT_ROOT
 
-LIBRARY = tpl.scan_library(PROJECT_ROOT / "comfy_workflows")
+LIBRARY = library.scan_library(PROJECT_ROOT / "comfy_workflows")
 ESRGAN = tpl.pick(LIBRARY, "upscale-esrgan", 1)
 VIDEO = tpl.pick(LIBRARY, "video-retime")
 PACK = {"pack": "medialab", "storage": {"endpoint": "s3:9000", "bucket": "media"}, "max_upload_mb": 100}

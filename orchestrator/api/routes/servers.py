@@ -6,11 +6,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, SessionDep
 from orchestrator.app import servers as server_app
 from orchestrator.core.capabilities import Capabilities
-from orchestrator.core.errors import NotFound
 from orchestrator.core.lock import WorkerLock, check_server
 from orchestrator.core.server_urls import MAX_SERVER_URL_LENGTH, redact
 from orchestrator.db import attempts as attempt_db
-from orchestrator.db import audit
 from orchestrator.db import servers as server_db
 from orchestrator.db.tables import ServerRow
 from orchestrator.runtime.worker_lock import load_lock
@@ -97,12 +95,5 @@ def remove(ref: str, session: SessionDep, _: AdminKey) -> dict[str, Any]:
 @router.post("/{ref}/refresh")
 def refresh(ref: str, ctx: CtxDep, session: SessionDep, _: AdminKey) -> dict[str, Any]:
     """Read the server's health and capabilities now."""
-    row = server_db.get_server(session, ref)
-    srv = ctx.pool.get(row.url) if ctx.pool else None
-    if srv is None:
-        raise NotFound(f"server {ref} is not in this process's pool yet; retry in a few seconds")
-    ctx.pool.check(srv, refresh=True)
-    session.refresh(row)
-    audit.record(session, "server.refresh", row.name, {"id": row.id, "healthy": row.healthy})
-    session.commit()
+    row = server_app.refresh_server(session, ref, ctx.pool)
     return server_out(row, attempt_db.current_jobs(session))

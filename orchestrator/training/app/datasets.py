@@ -28,9 +28,9 @@ from orchestrator.training.core.dataset import (
     DatasetImage,
     build_dataset,
     check_dataset,
-    sample_frames,
 )
 from orchestrator.training.core.presets import TrainingSpec, spec_from
+from orchestrator.training.runtime.dataset_files import opencv_face_finder, sample_frames
 from storage import ObjectStore
 
 ROLE = "dataset"
@@ -97,7 +97,8 @@ def build(session: Session, store: ObjectStore, *, name: str, trigger: str, imag
                 shutil.copyfileobj(src, dst, 1 << 20)
             pictures += sample_frames(path, every_n=every_n, count=frames if every_n is None else None)
     dataset = build_dataset(pictures, resolution=spec.resolution, caption_template=caption_template,
-                            trigger=spec.trigger, face_centred=face_centred, crop=crop)  # type: ignore[arg-type]
+                            trigger=spec.trigger, face_centred=face_centred, crop=crop,  # type: ignore[arg-type]
+                            face_finder=opencv_face_finder)
     problems = check_dataset(dataset, spec)
     if problems:
         raise InvalidInput("the dataset is not fit for training: " + "; ".join(problems), problems=problems)

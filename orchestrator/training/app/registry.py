@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
 import shutil
 import struct
@@ -46,8 +45,6 @@ from storage import ObjectStore
 
 if TYPE_CHECKING:
     from orchestrator.runtime.pool import Pool
-
-log = logging.getLogger(__name__)
 
 LORA_FOLDER = "loras"
 # A LoRA's registry name (its files are <name>-v<N>.safetensors), checked with limits.check_name
@@ -99,23 +96,6 @@ def unusable(refs: Iterable[tuple[str, str]], states: dict[str, str]) -> list[st
     return problems
 
 
-def read_header(f: IO[bytes]) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor index plus ``__metadata__``)."""
-    raw = f.read(8)
-    if len(raw) != 8:
-        raise InvalidInput("not a safetensors file: shorter than its header length")
-    (length,) = struct.unpack("<Q", raw)
-    if length > MAX_HEADER:
-        raise InvalidInput(f"not a safetensors file: header length {length} is implausible")
-    try:
-        header = json.loads(f.read(length))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"not a safetensors file: header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise InvalidInput("not a safetensors file: header is not a JSON object")
-    return header
-
-
 def training_metadata(header: dict[str, Any]) -> dict[str, Any]:
     """The ``ss_*`` and ``modelspec.*`` entries of a header, JSON-encoded values decoded."""
     meta = header.get("__metadata__") or {}
@@ -132,6 +112,24 @@ def training_metadata(header: dict[str, Any]) -> dict[str, Any]:
 
 def lora_keys(header: dict[str, Any]) -> list[str]:
     return [k for k in header if k != "__metadata__"]
+
+
+# -- reading a file (I/O on the handle it is given) ------------------------------------------------
+def read_header(f: IO[bytes]) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor index plus ``__metadata__``)."""
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise InvalidInput("not a safetensors file: shorter than its header length")
+    (length,) = struct.unpack("<Q", raw)
+    if length > MAX_HEADER:
+        raise InvalidInput(f"not a safetensors file: header length {length} is implausible")
+    try:
+        header = json.loads(f.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"not a safetensors file: header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise InvalidInput("not a safetensors file: header is not a JSON object")
+    return header
 
 
 # -- database --------------------------------------------------------------------------------------
@@ -154,12 +152,12 @@ def check_usable(session: Session, refs: Iterable[tuple[str, str]]) -> None:
 def register(session: Session, store: ObjectStore, artifact: Artifact, name: str, *, base_model: str | None,
              trigger_words: list[str], training: dict[str, Any] | None = None,
              dataset_artifact_id: str | None = None, job_id: str | None = None,
-             initial_state: str = LoraState.approved, commit: bool = True) -> LoraModel:
+             initial_state: str = LoraState.approved) -> LoraModel:
     """Register a LoRA artifact (the same bytes twice: the existing entry). Reads its safetensors header.
 
-    With ``commit=False`` the row goes in through a savepoint of the caller's transaction (which the caller
-    commits; on SQLite it must already have written something, so that the savepoint is nested). A version
-    number taken meanwhile by another registration of the same name is retried with the next one."""
+    Never commits: the row goes in through a savepoint of the caller's transaction, which the caller commits
+    (or rolls back: then nothing is registered). A version number taken meanwhile by another registration of
+    the same name is retried with the next one (only the savepoint is rolled back; the caller's writes stay)."""
     limits.check_name(name, "model name", MAX_NAME_LENGTH, NAME_LIMIT, pattern=NAME, rule=NAME_RULE)
     existing = session.exec(select(LoraModel).where(LoraModel.sha256 == artifact.sha256)).first()
     if existing:
@@ -175,16 +173,12 @@ def register(session: Session, store: ObjectStore, artifact: Artifact, name: str
                         state=state, base_model=base_model, trigger_words=trigger_words, training=training,
                         ss_metadata=training_metadata(header), artifact_id=artifact.id,
                         dataset_artifact_id=dataset_artifact_id, job_id=job_id, size=artifact.size)
+        _begin(session)
         try:
-            if commit:
+            with session.begin_nested():
                 session.add(row)
-                session.commit()
-            else:
-                with session.begin_nested():
-                    session.add(row)
         except IntegrityError:  # (name, version) or the same bytes, registered by someone else meanwhile
-            if commit:  # (a savepoint rolled back has already dropped the row)
-                session.rollback()
+            # the savepoint rolled back has dropped the row
             existing = session.exec(select(LoraModel).where(LoraModel.sha256 == artifact.sha256)).first()
             if existing:
                 return existing
@@ -194,6 +188,19 @@ def register(session: Session, store: ObjectStore, artifact: Artifact, name: str
 
 
 REGISTER_TRIES = 5
+
+
+def _begin(session: Session) -> None:
+    """Make sure the caller's transaction has begun in the database, so that a savepoint nests in it.
+
+    SQLite's driver (pysqlite) sends BEGIN only before the first write: a savepoint taken before any write
+    would itself be the outermost transaction, and releasing it would commit the row behind the caller's
+    back. PostgreSQL's driver sends BEGIN before any first statement, the SAVEPOINT too."""
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        if raw is not None and not raw.in_transaction:
+            conn.exec_driver_sql("BEGIN")
 
 
 def next_version(session: Session, name: str) -> int:

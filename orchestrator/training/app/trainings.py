@@ -323,7 +323,7 @@ def finish(session: Session, store: ObjectStore, settings: Settings, attempt_id:
             model = reg.register(session, store, art, job.params["name"], base_model=job.params["base_model"],
                                  trigger_words=[spec.trigger], training=job.params,
                                  dataset_artifact_id=job.params["dataset"], job_id=job.id,
-                                 initial_state=settings.lora_initial_state, commit=False)
+                                 initial_state=settings.lora_initial_state)
         except InvalidInput as exc:
             state, error = JobState.FAILED, {"message": f"the trained file cannot be registered: {exc.message}"}
             session.execute(update(Attempt).where(col(Attempt.id) == attempt.id).values(state=state, error=error))

@@ -27,10 +27,6 @@ def may_start(gpu_server: str | None, inflight: dict[str, int]) -> bool:
     return gpu_server is None or inflight.get(gpu_server, 0) == 0
 
 
-def lease_expired(lease_until: datetime | None, now: datetime) -> bool:
-    return lease_until is None or lease_until < now
-
-
 def timed_out(started_at: datetime | None, timeout_s: float | None, now: datetime) -> bool:
     """A training with a timeout is stopped (then FAILED) once it has run that long."""
     return bool(timeout_s and started_at and (now - started_at).total_seconds() > timeout_s)

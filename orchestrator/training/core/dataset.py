@@ -1,8 +1,9 @@
 """Training datasets: images cropped and resized for one resolution, a caption per image, a deterministic tar.
 
-``build_dataset`` and ``check_dataset`` are pure (bytes in, bytes out). ``Dataset.to_tar`` gives the same bytes
-for the same input, so the stored dataset artifact is content-addressed and versioned by its sha256.
-``Dataset.write`` lays it out for sd-scripts; ``sample_frames`` pulls frames out of a video with PyAV.
+No I/O: ``build_dataset`` and ``check_dataset`` take bytes and give bytes (a face-centred crop asks the
+``face_finder`` it is given). ``Dataset.to_tar`` gives the same bytes for the same input, so the stored dataset
+artifact is content-addressed and versioned by its sha256. The files (laying a dataset out for sd-scripts,
+frames out of a video, OpenCV's face finder) are ``training/runtime/dataset_files.py``'s.
 """
 
 from __future__ import annotations
@@ -111,16 +112,6 @@ class Dataset:
         except (tarfile.TarError, KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"not a dataset archive: {exc}") from exc
 
-    def write(self, folder: Path) -> Path:
-        """Lay the dataset out as ``folder/img/<name>.png`` + ``<name>.txt``; returns the image folder."""
-        img = Path(folder) / "img"
-        img.mkdir(parents=True, exist_ok=True)
-        for it in self.items:
-            (img / f"{it.name}.png").write_bytes(it.png)
-            if it.caption is not None:
-                (img / f"{it.name}.txt").write_text(it.caption, encoding="utf-8")
-        return img
-
 
 def safe_stem(name: str) -> str:
     """A file stem from a user's name: letters, digits, '.', '_', '-' only, at most 80 characters."""
@@ -184,22 +175,6 @@ def square_box(width: int, height: int, centre: tuple[float, float] | None = Non
     return left, top, left + side, top + side
 
 
-def opencv_face_finder(img: Image.Image) -> Box | None:
-    """The largest frontal face found by OpenCV's Haar cascade (needs opencv-python-headless)."""
-    try:
-        import cv2
-        import numpy as np
-    except ImportError as exc:
-        raise InvalidInput("a face-centred crop needs OpenCV: pip install 'medialab[faces]'") from exc
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    grey = np.asarray(img.convert("L"))
-    found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-    if len(found) == 0:
-        return None
-    x, y, w, h = max(found, key=lambda f: f[2] * f[3])
-    return int(x), int(y), int(x + w), int(y + h)
-
-
 def difference_hash(img: Image.Image) -> int:
     """64-bit dHash: brightness gradients of a 9x8 greyscale thumbnail."""
     px = img.convert("L").resize((9, 8), Image.Resampling.BILINEAR).tobytes()
@@ -228,7 +203,9 @@ def prepare(img: Image.Image, resolution: int, crop: Crop, face: Box | None) -> 
 def build_dataset(images: Sequence[DatasetImage], *, resolution: int, caption_template: str | None, trigger: str,
                   face_centred: bool = False, crop: Crop = "centre",
                   face_finder: FaceFinder | None = None) -> Dataset:
-    """Decode, crop, resize and caption every image; InvalidInput names an image that cannot be read."""
+    """Decode, crop, resize and caption every image; InvalidInput names an image that cannot be read.
+    ``face_finder`` (needed with ``face_centred``) finds the face box of an image, e.g.
+    ``training.runtime.dataset_files.opencv_face_finder``."""
     if resolution < 64 or resolution > 4096:
         raise InvalidInput(f"resolution {resolution} is outside 64..4096")
     if crop not in ("centre", "none"):
@@ -242,7 +219,8 @@ def build_dataset(images: Sequence[DatasetImage], *, resolution: int, caption_te
     if len(images) > MAX_IMAGES:
         raise InvalidInput(f"{len(images)} images, over the limit dataset.MAX_IMAGES={MAX_IMAGES}",
                            limit="dataset.MAX_IMAGES", value=MAX_IMAGES)
-    finder = face_finder or opencv_face_finder
+    if face_centred and face_finder is None:
+        raise ValueError("face_centred needs a face_finder")
     items = []
     for image, name in zip(images, unique_names(i.name for i in images), strict=True):
         try:
@@ -251,7 +229,7 @@ def build_dataset(images: Sequence[DatasetImage], *, resolution: int, caption_te
                 img = ImageOps.exif_transpose(raw).convert("RGB")
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise InvalidInput(f"image {image.name!r} cannot be read: {exc}") from exc
-        face = finder(img) if face_centred else None
+        face = face_finder(img) if face_centred and face_finder is not None else None
         out = prepare(img, resolution, crop, face)
         buf = io.BytesIO()
         out.save(buf, format="PNG")
@@ -314,37 +292,6 @@ def _same_pixels(items: Iterable[DatasetItem], names: list[str]) -> bool:
     """True when the look-alike group is already reported as exact duplicates."""
     hashes = {it.pixel_hash for it in items if it.name in names}
     return len(hashes) == 1
-
-
-def sample_frames(video_path: Path | str, *, every_n: int | None = None,
-                  count: int | None = None) -> list[DatasetImage]:
-    """Frames of a video as PNG dataset images: every ``every_n``-th frame, or ``count`` frames evenly spread."""
-    import av
-
-    if (every_n is None) == (count is None):
-        raise InvalidInput("give every_n or count")
-    if (every_n is not None and every_n < 1) or (count is not None and count < 1):
-        raise InvalidInput("every_n and count must be at least 1")
-    path = Path(video_path)
-    try:
-        with av.open(str(path)) as box:
-            if not box.streams.video:
-                raise InvalidInput(f"{path.name} has no video stream")
-            total = sum(1 for p in box.demux(box.streams.video[0]) if p.size)
-        wanted = frame_indices(total, every_n=every_n, count=count)
-        out = []
-        with av.open(str(path)) as box:
-            stream = box.streams.video[0]
-            for idx, frame in enumerate(box.decode(stream)):
-                if idx in wanted:
-                    buf = io.BytesIO()
-                    frame.to_image().save(buf, format="PNG")
-                    out.append(DatasetImage(name=f"{safe_stem(path.name)}_f{idx:06d}", data=buf.getvalue()))
-                if len(out) == len(wanted):
-                    break
-        return out
-    except av.FFmpegError as exc:
-        raise InvalidInput(f"{path.name} cannot be decoded: {exc}") from exc
 
 
 def frame_indices(total: int, *, every_n: int | None = None, count: int | None = None) -> set[int]:

@@ -163,7 +163,8 @@ class TrainingSpec(BaseModel):
 
     @property
     def required_module(self) -> str:
-        """The Python module the optimizer needs in sd-scripts' environment."""
+        """The Python module the optimizer needs in sd-scripts' environment (bitsandbytes is installed only on
+        request). Not checked yet: ``runner.preflight`` is where a run would be refused when it is missing."""
         return OPTIMIZERS[self.optimizer]
 
     def prompts(self) -> list[str]:

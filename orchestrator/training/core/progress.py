@@ -1,7 +1,7 @@
 """Live progress out of sd-scripts' stdout/stderr: tqdm bars redrawn with \\r, epoch and checkpoint lines, errors.
 
 Pure: ``ProgressParser.feed`` takes text chunks as they arrive (cut anywhere) and returns the events they
-complete; the last lines (a traceback above all) are kept for the failure message.
+complete; the last lines and tracebacks are kept for the failure message (``runner.failure_text``).
 """
 
 from __future__ import annotations
@@ -118,11 +118,6 @@ class ProgressParser:
             if not tb[-1].startswith("subprocess.CalledProcessError"):
                 return tb
         return self._tracebacks[-1] if self._tracebacks else []
-
-    def failure_message(self, lines: int = 20) -> str:
-        """The last traceback if there was one, else the last lines."""
-        chosen = self.traceback or list(self._tail)
-        return "\n".join(chosen[-lines:])
 
     def _bars(self, segment: str, already: str) -> list[TrainingEvent]:
         if segment == already:

@@ -35,7 +35,6 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 TOKENIZER_FOLDERS = {"sd15": ["openai_clip-vit-large-patch14"],
                      "sdxl": ["openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"]}
 STEP_FILE = re.compile(r"-step(\d+)\.safetensors$")
-EPOCH_FILE = re.compile(r"-(\d{6})\.safetensors$")
 SAMPLE_FILE = re.compile(r"_(e?)(\d{6})_\d{2}_")
 OFFLINE_ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_DATASETS_OFFLINE": "1", "DIFFUSERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -54,10 +53,6 @@ class TrainingResult:
     cancelled: bool = False
     duration_s: float = 0.0
     workdir: Path | None = None
-
-    @property
-    def lora_path(self) -> Path | None:
-        return self.lora
 
 
 @dataclass(frozen=True)
@@ -92,7 +87,8 @@ class RunFiles:
 
 
 def image_dir_of(dataset_dir: Path) -> Path:
-    """The folder holding the images: ``dataset_dir/img`` as ``Dataset.write`` lays it out, else dataset_dir."""
+    """The folder holding the images: ``dataset_dir/img`` as ``dataset_files.write_dataset`` lays it out, else
+    dataset_dir."""
     return dataset_dir / "img" if (dataset_dir / "img").is_dir() else dataset_dir
 
 

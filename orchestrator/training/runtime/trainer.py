@@ -32,6 +32,7 @@ from orchestrator.core.states import JobState
 from orchestrator.training.core.dataset import Dataset
 from orchestrator.training.core.presets import TrainingSpec
 from orchestrator.training.core.progress import TrainingEvent
+from orchestrator.training.runtime.dataset_files import write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ class Trainer:
             run_dir.mkdir(parents=True)
             tar = run_dir / "dataset.tar"
             self.backend.download_dataset(claim, tar)
-            images = Dataset.from_tar(tar.read_bytes()).write(run_dir / "dataset")
+            images = write_dataset(Dataset.from_tar(tar.read_bytes()), run_dir / "dataset")
             base = self.base_checkpoint(claim)
             run = self.runner or default_runner()
             result = run(claim.spec, dataset_dir=images, pretrained_model=base, workdir=run_dir / "work",
