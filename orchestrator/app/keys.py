@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import datetime, timedelta
 
@@ -25,7 +26,6 @@ from orchestrator.core.keys import (
     is_admin,
     key_state,
     leaves_no_admin,
-    log,
     needs_touch,
     parse_expiry,
     parse_grace,
@@ -35,6 +35,8 @@ from orchestrator.core.keys import (
 from orchestrator.db import audit
 from orchestrator.db.keys import _holds_admin, get_key
 from orchestrator.db.tables import ApiKey, now
+
+log = logging.getLogger(__name__)
 
 
 def _new(session: Session, name: str, roles: list[str], expires_at: datetime | None) -> tuple[ApiKey, str]:

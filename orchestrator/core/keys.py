@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.core.errors import Forbidden, InvalidInput, Unauthorized
 
-if TYPE_CHECKING:
-    from orchestrator.db.tables import ApiKey
 
-log = logging.getLogger(__name__)
+class ApiKey(Protocol):
+    """What the rules read of a key (``db.tables.ApiKey`` is one)."""
+
+    id: str
+    name: str
+    roles: list[str]
+    revoked_at: datetime | None
+    expires_at: datetime | None
+
+
+K = TypeVar("K", bound=ApiKey)
 
 
 KEY_PREFIX = "mlk_"
@@ -83,7 +90,7 @@ def usable(row: ApiKey, at: datetime) -> bool:
     return key_state(row, at) in ("active", "revoking")
 
 
-def check_usable(row: ApiKey | None, at: datetime) -> ApiKey:
+def check_usable(row: K | None, at: datetime) -> K:
     """The key when it may be used at ``at``; Unauthorized otherwise (unknown and revoked read the same)."""
     if row is None or key_state(row, at) == "revoked":
         raise Unauthorized("unknown or revoked API key")

@@ -10,15 +10,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 # The one control-character rule (C0, DEL, C1) is custom_nodes/urls.py's; re-exported for the API's checks.
 from custom_nodes.urls import CONTROL as CONTROL
 from custom_nodes.urls import CONTROL_CHARS as CONTROL_CHARS
 from orchestrator.core.errors import InvalidInput
 
-if TYPE_CHECKING:
-    from orchestrator.settings import Settings
+
+class Settings(Protocol):
+    """The limits this module reads of ``orchestrator.settings.Settings`` (``Limit.setting`` reads any ``max_*``)."""
+
+    max_name_length: int
+    max_params: int
+    max_tags: int
+    max_timeout_s: float
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the database stores in an integer column
 MAX_OFFSET = 10**9  # offset= of every listing (jobs, artifacts, the audit trail)

@@ -26,6 +26,7 @@ from orchestrator.db import servers as server_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import Attempt, Job, ServerRow
+from orchestrator.runtime import dispatcher as dispatcher_module
 from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
@@ -61,7 +62,8 @@ def insert_job(api: Api, **fields: Any) -> str:
 
 
 def dispatch_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "orchestrator.scheduler" and r.levelno >= logging.ERROR]
+    return [r.getMessage() for r in caplog.records
+            if r.name == dispatcher_module.__name__ and r.levelno >= logging.ERROR]
 
 
 # -- one bad job never stops the queue ------------------------------------------------------------------
