@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_string_length: int = Field(20_000, ge=1, description="Longest string parameter (prompts).")
     max_name_length: int = Field(128, ge=1, description="Longest name (template, server, key, dataset, tag).")
     max_tags: int = Field(32, ge=1, description="Most tags on one upload.")
+    max_batch_items: int = Field(10_000, ge=1, description="Most jobs (items) in one batch.")
     max_heartbeat_events: int = Field(500, ge=1, description="Most progress events in one trainer heartbeat.")
     max_timeout_s: float = Field(7 * 86400.0, gt=0, description="Largest timeout_s a job may ask for.")
 
@@ -99,6 +100,15 @@ class Settings(BaseSettings):
                                  "addresses (an internal screenshot server); link-local never is.")
     url_max_bytes: int = Field(2 << 30, ge=1, description="Largest file fetched from a URL input.")
     url_timeout_s: float = Field(60.0, gt=0, description="Time limit for fetching a URL input.")
+
+    # -- the CLI as a client of a running service (medialab submit); the service itself never reads these --
+    url: str | None = Field(None, description="The service the CLI talks to (default http://127.0.0.1:8000, or "
+                            "a profile's url).")
+    api_key: str | None = Field(None, repr=False, description="The API key the CLI sends (or a profile's "
+                                "api_key).")
+    profile: str | None = Field(None, description="Profile of config_file to connect with (--profile wins).")
+    config_file: Path | None = Field(None, description="The CLI's profiles ([profiles.<name>] url, api_key); "
+                                     "default: ~/.config/medialab/config.toml.")
 
     @property
     def database(self) -> str:

@@ -4,6 +4,7 @@ Usage: python scripts/fixtures.py MODELS_DIR                 (ESRGAN x4, shallow
        python scripts/fixtures.py --rife FRAME_INTERPOLATION_PACK_DIR   (needs the pack: ckpts/rife/rife47.pth)
        python scripts/fixtures.py --ipadapter MODELS_DIR   (full SD1.5, CLIP ViT-H, IP-Adapter PLUS: 3.5 GB)
        python scripts/fixtures.py --faceid MODELS_DIR IPADAPTER_PACK_DIR   (FACEID PLUS V2 + buffalo_l stand-ins)
+       python scripts/fixtures.py --training-images DIR   (f1.png .. f6.png: pictures to try a dataset with)
 
 Deterministic: a rebuild is byte-identical (one seeded generator per tensor, at most one metadata key),
 so a model's sha256 is stable across machines. Existing files are left alone.
@@ -286,7 +287,44 @@ def rife47(pack: Path) -> Path:
     return dest
 
 
+def training_images(folder: Path, count: int = 6, size: int = 1024) -> list[Path]:
+    """``f1.png`` .. ``f<count>.png``: a figure (head and body) in a different place, size and colour on each of
+    distinct backgrounds, ``size`` px square (big enough for both presets: no upscaling). They are no faces and
+    no character, but they pass every dataset check, so the training walkthrough runs as written."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(1, count + 1):
+        path = folder / f"f{i}.png"
+        if path.exists():
+            continue
+        rnd = random.Random(SEED + i)
+        img = Image.new("RGB", (size, size))
+        draw = ImageDraw.Draw(img)
+        top, bottom = [tuple(rnd.randrange(256) for _ in range(3)) for _ in range(2)]
+        for y in range(size):  # a vertical gradient, its own per picture
+            t = y / (size - 1)
+            draw.line([(0, y), (size, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
+        x, y, r = rnd.randrange(size // 5, 4 * size // 5), rnd.randrange(size // 5, size // 2), rnd.randrange(60, 160)
+        colour = tuple(rnd.randrange(256) for _ in range(3))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        draw.rectangle([x - 2 * r, y + r, x + 2 * r, min(size, y + 5 * r)], fill=colour[::-1])
+        for _ in range(8):  # a few shapes around it, so no two pictures look alike
+            cx, cy, cr = rnd.randrange(size), rnd.randrange(size), rnd.randrange(20, 120)
+            draw.rectangle([cx, cy, cx + cr, cy + cr], fill=tuple(rnd.randrange(256) for _ in range(3)))
+        img.save(path, format="PNG")
+        made.append(path)
+    return made
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--training-images":
+        for p in training_images(Path(sys.argv[2])):
+            print(f"built {p}")
+        sys.exit(0)
     if len(sys.argv) == 3 and sys.argv[1] == "--rife":
         print(f"built {rife47(Path(sys.argv[2]).resolve())}")
     elif len(sys.argv) == 4 and sys.argv[1] == "--faceid":

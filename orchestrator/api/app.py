@@ -13,7 +13,7 @@ from orchestrator import __version__
 from orchestrator.api import problems
 from orchestrator.api.deps import AnyKey, CtxDep
 from orchestrator.api.guard import Guard
-from orchestrator.api.routes import artifacts, audit, jobs, keys, models, servers, templates, trainings
+from orchestrator.api.routes import artifacts, audit, batches, jobs, keys, models, servers, templates, trainings
 from orchestrator.bootstrap import Context, start_local_trainer
 from orchestrator.settings import Settings, get_settings
 
@@ -41,16 +41,18 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
     app.add_middleware(Guard)  # the key and the body size, before a route reads the body
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> dict[str, str | bool]:
+        """No key needed. ``dispatching``: false when served with ``--no-dispatch`` (queued jobs stay QUEUED
+        unless another process dispatches them); the CLI's submit says so at once."""
+        return {"status": "ok", "dispatching": dispatch}
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(ctx: CtxDep, _: AnyKey) -> Response:
         """Prometheus text format (scrape with an API key as bearer token)."""
         return Response(ctx.metrics.render() if ctx.metrics else b"", media_type=CONTENT_TYPE_LATEST)
 
-    for router in (artifacts.router, jobs.router, servers.router, templates.router, trainings.router, models.router,
-                   keys.router, audit.router):
+    for router in (artifacts.router, jobs.router, batches.router, servers.router, templates.router, trainings.router,
+                   models.router, keys.router, audit.router):
         app.include_router(router, prefix="/v1")
     problems.install(app)  # after the routes: it declares their error responses
     return app

@@ -275,3 +275,55 @@ class AuditEventOut(Out):
     action: str = Field(description="e.g. job.submit, job.cancel, template.publish, server.add, key.rotate.")
     target: str = Field(description="The id or name acted on.")
     data: ShownJson
+
+
+class BatchItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field(description="Template name (at most max_name_length characters).")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION, description="Template version; default: the newest.")
+    params: dict[str, Any] = Field({}, description="At most max_params; strings at most max_string_length.")
+    key: Label | None = Field(None, description="The item's idempotency key: an item whose key this API key "
+                              "already used is not submitted again (the batch's answer names its job).")
+
+
+class BatchSubmit(BaseModel):
+    """Either ``items`` (explicit), or ``template`` with ``inputs``/``input_param``, ``grid`` and ``params``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label | None = None
+    items: list[BatchItemIn] | None = Field(None, description="Explicit items; at most max_batch_items.")
+    template: str | None = Field(None, description="One template for every item (with inputs and a grid).")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION)
+    inputs: list[Label] = Field([], description="Artifact ids, one item each, bound to input_param.")
+    input_param: str | None = Field(None, description="The image (or video) parameter the inputs are bound to.")
+    grid: dict[str, list[Any]] = Field({}, description="{name: [values]}: every combination (cartesian product, "
+                                       "the last name varying fastest) for every input.")
+    params: dict[str, Any] = Field({}, description="Fixed values of every item.")
+    priority: int = Field(0, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])
+    timeout_s: FiniteSeconds = None
+
+
+class BatchOut(Out):
+    id: str
+    label: str | None
+    template: str | None
+    items: int
+    request: dict[str, Any] | None
+    cancel_requested: bool
+    created_at: datetime
+    total: int = Field(0, description="Jobs of the batch (a retried item counts each of its jobs).")
+    counts: dict[str, int] = Field({}, description="Jobs by state.")
+    done: int = 0
+    progress: float = Field(0.0, description="Share of the jobs in a final state.")
+    eta_s: float | None = Field(None, description="Seconds left at the recent rate; null before the first finish.")
+    finished: bool = False
+    outputs: list[ArtifactOut] = []
+    skipped: dict[int, str] = Field({}, description="On create: items not submitted again (item -> its job).")
+
+
+class BatchEventOut(BaseModel):
+    event: EventOut
+    batch_item: int | None
+    counts: dict[str, int]

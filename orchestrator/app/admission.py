@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
@@ -73,23 +75,44 @@ def validate_job(session: Session, pool: Pool | None, template: str, params: dic
     The graph bound with the caller's values must stay in the sandbox (a string parameter bound to a file
     input is how a caller would pick a path; URL values are checked by the URL rule).
     """
-    from orchestrator.training.app.registry import check_usable
-
     caps = settings or get_settings()
     limits.check_name(template, "template name", caps.max_name_length)
     limits.check_params(params, caps)  # counts, lengths and numbers before pydantic sees them
     row, t = get_template(session, template, version)
+    return row, t, validate_values(session, pool, t, params, settings)
+
+
+def validate_values(session: Session, pool: Pool | None, t: tpl.TemplateVersion, params: dict[str, Any],
+                    settings: Settings | None = None, defs: sandbox.Definitions | None = None,
+                    checked: set[Hashable] | None = None) -> dict[str, Any]:
+    """``validate_job``'s checks of parameters against a template already found: the validated values.
+
+    A batch finds each of its templates once, passes the pool's ``defs`` once, and its ``checked`` (added to):
+    what passed already, not checked again: the sandbox of a version with the same values but for its input
+    artifacts (whose bound inputs the sandbox check skips), and requirements found usable and runnable."""
+    from orchestrator.training.app.registry import check_usable
+
     values = tpl.validate_params(t, params)
     check_artifact_params(session, t, values)
-    check_sandbox(tpl.bind(t, values), sandbox_definitions(session, pool), settings,
-                  skip=bound_inputs(t, lambda p: p.type in tpl.ARTIFACT_TYPES))
+    artifacts = {p.name for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES}
+    shape = ("sandbox", t.content_hash, json.dumps({k: (v is not None) if k in artifacts else v
+                                                     for k, v in values.items()}, sort_keys=True, default=str))
+    if checked is None or shape not in checked:
+        check_sandbox(tpl.bind(t, values), defs if defs is not None else sandbox_definitions(session, pool),
+                      settings, skip=bound_inputs(t, lambda p: p.type in tpl.ARTIFACT_TYPES))
+        if checked is not None:
+            checked.add(shape)
     req = requirements(t, values)
+    if checked is not None and req in checked:
+        return values
     check_usable(session, req.models)  # a registered LoRA must be approved
     if pool is not None:
         pool.check_runnable(req)
     else:
         check_runnable_recorded(session, req)
-    return row, t, values
+    if checked is not None:
+        checked.add(req)
+    return values
 
 
 def check_runnable_recorded(session: Session, req: Requirements) -> None:

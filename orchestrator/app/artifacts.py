@@ -66,6 +66,7 @@ def delete_artifact(session: Session, store: ObjectStore, artifact_id: str) -> A
     """Delete an artifact (and its bytes when no other artifact has the same content). An artifact that a
     job reads is kept: its lineage would break."""
     art = get_artifact(session, artifact_id)
+    artifact_id = art.id  # the full id (a prefix was given, maybe)
     readers = list(session.exec(select(JobInput.job_id).where(JobInput.artifact_id == artifact_id).limit(6)))
     if readers:
         raise Conflict(f"artifact {artifact_id} is an input of job(s) {', '.join(readers[:5])}"

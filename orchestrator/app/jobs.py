@@ -67,6 +67,7 @@ def submit_job(session: Session, pool: Pool | None, template: str, params: dict[
 def cancel_job(session: Session, job_id: str) -> Job:
     """QUEUED -> CANCELLED at once; a RUNNING job is flagged and its dispatcher interrupts it by prompt_id."""
     job = get_job(session, job_id)
+    job_id = job.id  # the full id (a prefix was given, maybe)
     if job.state.terminal:
         raise Conflict(f"job {job_id} is already {job.state.value}")
     cancelled = job.state == JobState.QUEUED and transition(session, job_id, JobState.QUEUED, JobState.CANCELLED,

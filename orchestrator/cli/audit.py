@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.cli.common import console, session, utc
+from orchestrator.api.schemas import AuditEventOut
+from orchestrator.cli.common import JsonOption, console, print_json, session, utc
 from orchestrator.core import keys
 from orchestrator.db import audit
 from orchestrator.db.tables import now
@@ -20,13 +21,13 @@ def audit_list(action: Annotated[str | None, typer.Option(help="e.g. job.cancel,
                target: Annotated[str | None, typer.Option(help="The id or name acted on.")] = None,
                since: Annotated[str | None, typer.Option(help="ISO date-time, or back from now: 1h, 7d.")] = None,
                limit: int = 50, offset: int = 0,
-               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The audit trail, newest first: which key did what."""
+               as_json: JsonOption = False) -> None:
+    """The audit trail, newest first: which key did what (``--json``: as GET /v1/audit)."""
     with session() as s:
         rows = audit.query(s, action=action, key=key, target=target, since=keys.parse_since(since, now()),
                            limit=limit, offset=offset)
     if as_json:
-        console.print_json(json.dumps([r.model_dump(mode="json") for r in rows]))
+        print_json([AuditEventOut.model_validate(r) for r in rows])
         return
     table = Table("at", "key", "action", "target", "data")
     for r in rows:

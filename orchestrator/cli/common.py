@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
+from pydantic_core import to_jsonable_python
+from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlmodel import Session
 
+from orchestrator.api.schemas import EventOut, JobOut
 from orchestrator.app import artifacts as artifact_app
 from orchestrator.bootstrap import Context
 from orchestrator.core import templates as tpl
@@ -28,8 +30,31 @@ from orchestrator.db import templates as template_db
 from orchestrator.db.tables import Job
 from orchestrator.settings import get_settings
 
-console = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from orchestrator.cli.remote import Remote
+
+PIPED_WIDTH = 100_000
+"""The width when the output is no terminal (piped, redirected, captured): rich would cut tables to 80 columns
+(or the terminal's) and so lose ids and values; a table only takes the width its cells need."""
+
+
+class _Console(Console):
+    """A rich Console as wide as its content when not writing to a terminal (``COLUMNS`` still wins)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and not self.is_terminal and "COLUMNS" not in self._environ:
+            return ConsoleDimensions(PIPED_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = _Console()
+err = _Console(stderr=True)
 STATE_STYLE = {"QUEUED": "yellow", "RUNNING": "cyan", "SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "magenta"}
 
 
@@ -56,6 +81,17 @@ def session() -> Iterator[Session]:
             yield s
     except MediaLabError as exc:
         fail(exc)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the data as JSON (the API's shapes) instead of a "
+                                                       "table.")]
+"""The ``--json`` flag every list and show command takes; the command then calls ``print_json``."""
+
+
+def print_json(data: Any) -> None:
+    """``data`` (API schema models, table rows, lists and dicts of them, datetimes) as indented JSON on stdout:
+    plain text, no markup or highlighting, so ``| jq`` reads it."""
+    typer.echo(json.dumps(to_jsonable_python(data), indent=2))
 
 
 def utc(at: datetime | None) -> str:
@@ -94,7 +130,9 @@ def job_params(ctx: Context, template: str, version: int | None, input: Path | N
 
 
 def follow(ctx: Context, job_id: str, poll_s: float = 0.2) -> Job:
-    """Show the job's events with a live progress bar until it ends."""
+    """Show the job's events with a live progress bar until it ends (``job_id``: its id or a unique prefix)."""
+    with ctx.db.session() as s:
+        job_id = job_db.get_job(s, job_id).id  # events are read by the full id
     after = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -137,4 +175,38 @@ def report(ctx: Context, job: Job, out: Path | None = None) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             with ctx.store.open(art.key) as src, dest.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
+            console.print(f"  copy:   {dest.resolve()}", soft_wrap=True)
+
+
+def follow_remote(events: Iterable[EventOut], job_id: str) -> None:
+    """``follow`` for a job of a remote service: the same live display, fed by its event stream (which
+    ends after the final state)."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(f"job {job_id[:8]} QUEUED", total=1.0)
+        for e in events:
+            state = e.state.value if e.state else ""
+            if e.kind == "progress" and e.data:
+                bar.update(task, completed=e.data.get("fraction", 0.0), description=f"{e.reason}")
+            elif e.kind == "state":
+                bar.console.print(f"[{STATE_STYLE.get(state, '')}]{state}[/] {e.reason}")
+                bar.update(task, description=f"job {job_id[:8]} {state}")
+                if state == JobState.SUCCEEDED.value:
+                    bar.update(task, completed=1.0)
+            else:
+                bar.console.print(f"[dim]{e.reason}[/dim]")
+
+
+def report_remote(remote: Remote, job: JobOut, out: Path | None = None) -> None:
+    """``report`` for a job of a remote service: its outputs, downloaded into ``out/<job id[:8]>/`` when
+    ``out`` is given; exit status 1 when the job did not succeed."""
+    if job.state != JobState.SUCCEEDED:
+        msg = (job.error or {}).get("message", "")
+        err.print(f"[red]job {job.id} {job.state.value}[/red] {msg}")
+        raise typer.Exit(1)
+    for art in job.outputs:
+        size = f"{art.width}x{art.height} " if art.width else ""
+        console.print(f"[green]{art.output_name}[/green] {size}{art.content_type} artifact {art.id}")
+        if out:
+            dest = remote.download(art.id, out / job.id[:8] / Path(art.filename).name)
             console.print(f"  copy:   {dest.resolve()}", soft_wrap=True)

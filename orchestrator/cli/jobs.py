@@ -12,15 +12,35 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from orchestrator.api.routes.jobs import job_out
+from orchestrator.api.schemas import JobOut
 from orchestrator.app import admission
 from orchestrator.app import jobs as job_app
 from orchestrator.bootstrap import configured_servers
-from orchestrator.cli.common import STATE_STYLE, console, context, err, fail, follow, job_params, report, session
-from orchestrator.core.errors import MediaLabError, Unavailable
+from orchestrator.cli.common import (
+    STATE_STYLE,
+    JsonOption,
+    console,
+    context,
+    err,
+    fail,
+    follow,
+    follow_remote,
+    job_params,
+    parse_sets,
+    print_json,
+    report,
+    report_remote,
+    session,
+)
+from orchestrator.cli.remote import Remote, nothing_dispatches
+from orchestrator.core import templates as tpl
+from orchestrator.core.errors import InvalidInput, MediaLabError, Unavailable
 from orchestrator.core.states import JobState
 from orchestrator.db import artifacts as artifact_db
 from orchestrator.db import attempts as attempt_db
 from orchestrator.db import jobs as job_db
+from orchestrator.settings import get_settings
 
 jobs_app = typer.Typer(help="List, show, watch and cancel jobs.", no_args_is_help=True)
 
@@ -67,29 +87,55 @@ def run(template: str,
 
 
 def submit(template: str,
-           input: Annotated[Path | None, typer.Option("--input", "-i")] = None,
-           set_: Annotated[list[str], typer.Option("--set", "-s")] = [],  # noqa: B006
+           input: Annotated[Path | None, typer.Option("--input", "-i", help="Local file for the image/video "
+                                                       "input; uploaded first.")] = None,
+           set_: Annotated[list[str], typer.Option("--set", "-s", help="name=value parameter.")] = [],  # noqa: B006
            version: int | None = None, priority: int = 0,
            watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = True,
-           out: Annotated[Path | None, typer.Option(help="Folder for copies of the outputs.")] = None) -> None:
-    """Queue a job for the running server (medialab serve) to dispatch."""
-    ctx = context()
+           out: Annotated[Path | None, typer.Option(help="Folder to download the outputs into.")] = None,
+           profile: Annotated[str | None, typer.Option(help="Profile of ~/.config/medialab/config.toml; "
+                                                       "default: MEDIALAB_PROFILE.")] = None,
+           idempotency_key: Annotated[str | None, typer.Option(help="The same key and request give the same "
+                                                               "job (a retried submit never queues twice).")] = None,
+           ) -> None:
+    """Queue a job on a running service (medialab serve, MEDIALAB_URL) over its API and follow it."""
+    values = parse_sets(set_)
     try:
-        values = job_params(ctx, template, version, input, set_)
-        with ctx.db.session() as s:
-            job = job_app.submit_job(s, None, template, values, version, priority=priority)
-        console.print(f"queued job [bold]{job.id}[/bold]")
-        if watch:
-            report(ctx, follow(ctx, job.id), out)
+        with Remote.connect(get_settings(), profile) as remote:
+            if input is not None:
+                if not input.is_file():
+                    raise InvalidInput(f"--input {input}: no such file")
+                manifest = remote.template(template, version).manifest or {}
+                kinds = {t.value for t in tpl.ARTIFACT_TYPES}
+                target = next((p for p in manifest.get("parameters", []) if p.get("type") in kinds), None)
+                if target is None:
+                    raise InvalidInput(f"template '{template}' takes no image or video input")
+                values[target["name"]] = remote.upload(input).id
+            job = remote.submit(template, values, version, priority, idempotency_key=idempotency_key)
+            console.print(f"queued job [bold]{job.id}[/bold] on {remote.url}")
+            why = None if job.state.terminal else nothing_dispatches(remote)  # terminal: an idempotent replay
+            if why is not None:
+                fail(f"{why}: job {job.id} stays QUEUED until something dispatches it")
+            if watch:
+                try:
+                    follow_remote(remote.events(job.id), job.id)
+                except KeyboardInterrupt:  # the job is the service's: it goes on without this process
+                    err.print(f"stopped following: job {job.id} keeps going on {remote.url}")
+                    raise typer.Exit(130) from None
+                report_remote(remote, remote.job(job.id), out)
     except MediaLabError as exc:
         fail(exc)
 
 
 @jobs_app.command("list")
-def jobs_list(state: JobState | None = None, template: str | None = None, limit: int = 20) -> None:
+def jobs_list(state: JobState | None = None, template: str | None = None, limit: int = 20,
+              as_json: JsonOption = False) -> None:
     ctx = context()
     with ctx.db.session() as s:
         rows = job_db.list_jobs(s, state, template, limit)
+    if as_json:  # as GET /v1/jobs
+        print_json([JobOut.model_validate(j) for j in rows])
+        return
     table = Table("id", "template", "state", "progress", "created", "error")
     for j in rows:
         table.add_row(j.id, f"{j.template}@v{j.version}", f"[{STATE_STYLE[j.state]}]{j.state.value}[/]",
@@ -99,9 +145,15 @@ def jobs_list(state: JobState | None = None, template: str | None = None, limit:
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: str) -> None:
+def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's id or a unique prefix of it (4+ characters).")],
+              as_json: JsonOption = False) -> None:
+    """The job, its attempts, outputs and events (``--json``: the job as GET /v1/jobs/{id} gives it)."""
     with session() as s:
         job = job_db.get_job(s, job_id)
+        job_id = job.id  # the full id (a prefix was given, maybe)
+        if as_json:
+            print_json(job_out(s, job))
+            return
         data = {"job": job.model_dump(mode="json"),
                 "attempts": [a.model_dump(mode="json") for a in attempt_db.job_attempts(s, job_id)],
                 "outputs": [a.model_dump(mode="json") for a in artifact_db.job_outputs(s, job_id)],
@@ -110,7 +162,7 @@ def jobs_show(job_id: str) -> None:
 
 
 @jobs_app.command("watch")
-def jobs_watch(job_id: str) -> None:
+def jobs_watch(job_id: Annotated[str, typer.Argument(help="The job's id or a unique prefix of it.")]) -> None:
     ctx = context()
     try:
         report(ctx, follow(ctx, job_id))
@@ -119,7 +171,7 @@ def jobs_watch(job_id: str) -> None:
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str) -> None:
+def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job's id or a unique prefix of it.")]) -> None:
     with session() as s:
         job = job_app.cancel_job(s, job_id)
     how = "its trainer stops sd-scripts' process group" if job.kind == "training" else \

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from orchestrator.api.routes.keys import key_out
 from orchestrator.app import keys as key_app
-from orchestrator.cli.common import console, session, utc
+from orchestrator.cli.common import JsonOption, console, print_json, session, utc
 from orchestrator.core import keys
 from orchestrator.db import keys as key_db
-from orchestrator.db.tables import ApiKey, now
+from orchestrator.db.tables import now
 from orchestrator.settings import get_settings
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
 EXPIRES_HELP = "Expiry: 30d, 12h, 90m, 2w, an ISO date or date-time (UTC), or never."
-
-
-def _key_json(row: ApiKey) -> dict[str, Any]:
-    """A key for printing: never its hash."""
-    return {"id": row.id, "name": row.name, "roles": row.roles, "state": keys.key_state(row, now()),
-            "created_at": row.created_at.isoformat(), "created_by": row.created_by,
-            "expires_at": row.expires_at.isoformat() if row.expires_at else None,
-            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
-            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}
 
 
 @keys_app.command("create")
@@ -43,12 +34,13 @@ def keys_create(role: Annotated[list[str], typer.Option("--role", "-r", help="ad
 
 @keys_app.command("list")
 def keys_list(all_: Annotated[bool, typer.Option("--all", help="Also revoked keys.")] = False,
-              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every key with its roles, state, expiry and last use (never a secret nor a hash)."""
+              as_json: JsonOption = False) -> None:
+    """Every key with its roles, state, expiry and last use (never a secret nor a hash); ``--json``: as
+    GET /v1/keys."""
     with session() as s:
         rows = key_db.list_keys(s, include_revoked=all_)
     if as_json:
-        console.print_json(json.dumps([_key_json(r) for r in rows]))
+        print_json([key_out(r) for r in rows])
         return
     table = Table("id", "name", "roles", "state", "created", "expires", "last used", "revoked")
     for r in rows:
@@ -58,7 +50,7 @@ def keys_list(all_: Annotated[bool, typer.Option("--all", help="Also revoked key
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")]) -> None:
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's name, id or id prefix (4+ characters).")]) -> None:
     """Revoke a key now (the last admin key cannot be revoked)."""
     with session() as s:
         row = key_app.revoke_key(s, key)
@@ -66,7 +58,7 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")
 
 
 @keys_app.command("rotate")
-def keys_rotate(key: Annotated[str, typer.Argument(help="The key's id or name.")],
+def keys_rotate(key: Annotated[str, typer.Argument(help="The key's name, id or id prefix (4+ characters).")],
                 grace: Annotated[str | None, typer.Option(help="Keep the old key usable this long (e.g. 1h, at "
                                                                "most 7d); default: revoked at once.")] = None,
                 expires: Annotated[str | None, typer.Option(help=EXPIRES_HELP + " Default: the old key's.")] = None,

@@ -3,7 +3,6 @@ activate, remove, refresh)."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -11,8 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from orchestrator.api.routes.servers import server_out
 from orchestrator.app import servers as server_app
-from orchestrator.cli.common import console, context, fail, session
+from orchestrator.cli.common import JsonOption, console, context, fail, print_json, session
 from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import MediaLabError
 from orchestrator.core.lock import LockReport, check_server
@@ -24,16 +24,22 @@ from orchestrator.runtime.worker_lock import DEFAULT_LOCK, load_lock
 servers_app = typer.Typer(help="The pool of ComfyUI servers.", no_args_is_help=True)
 
 
-def _ago(when: datetime | None) -> str:
+def _ago(when: datetime | None, at: datetime | None = None) -> str:
+    """How long ago ``when`` was: 5s, 3m, 2h, 4d ago; ``never`` for None."""
     if when is None:
         return "never"
-    seconds = (datetime.now(UTC) - when.replace(tzinfo=when.tzinfo or UTC)).total_seconds()
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+    seconds = max(0.0, ((at or datetime.now(UTC)) - when.replace(tzinfo=when.tzinfo or UTC)).total_seconds())
+    for unit, size, upto in (("s", 1, 120), ("m", 60, 120 * 60), ("h", 3600, 48 * 3600)):
+        if seconds < upto:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds / 86400:.0f}d ago"
 
 
 @servers_app.command("list")
-def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server now first.")] = False) -> None:
-    """Each server's health, version, node packs, models and current job."""
+def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server now first.")] = False,
+                 as_json: JsonOption = False) -> None:
+    """Each server's health (and its last successful health check: the pool of `medialab serve` checks every
+    server every few seconds), version, node packs, models and current job. ``--json``: as GET /v1/servers."""
     ctx = context()
     with ctx.db.session() as s:
         rows = server_db.server_rows(s)
@@ -42,6 +48,9 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
             server_app.probe_server(ctx.db, row)
     with ctx.db.session() as s:
         rows, jobs = server_db.server_rows(s), attempt_db.current_jobs(s)
+    if as_json:
+        print_json([server_out(r, jobs) for r in rows])
+        return
     if not rows:
         console.print("no servers registered: `medialab run` and `medialab serve` start a local ComfyUI worker; "
                       "`medialab servers add URL` registers one")
@@ -51,7 +60,7 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
     for row in rows:
         caps = Capabilities.from_json(row.capabilities)
         health = ("[green]healthy[/]" if row.healthy else f"[red]down[/] {redact(row.last_error or '')}"[:80]) + \
-            f"\nseen {_ago(row.last_seen)}"
+            f"\nlast ok check {_ago(row.last_seen)}"
         device = ""
         if caps and caps.device:
             device = f"{caps.device}\n{(caps.vram_free or 0) / 2**30:.1f}/{(caps.vram_total or 0) / 2**30:.1f} GiB"
@@ -95,9 +104,8 @@ def servers_check(
         rows = [server_db.get_server(s, row.id) for row in rows]
     reports = {row.id: check_server(Capabilities.from_json(row.capabilities), lock) for row in rows}
     if as_json:
-        console.print_json(json.dumps([{"name": r.name, "url": redact(r.url), "healthy": r.healthy,
-                                        "probe_error": redact(errors.get(r.id) or "") or None,
-                                        **reports[r.id].to_json()} for r in rows]))
+        print_json([{"name": r.name, "url": redact(r.url), "healthy": r.healthy,
+                     "probe_error": redact(errors.get(r.id) or "") or None, **reports[r.id].to_json()} for r in rows])
     else:
         table = Table(title=f"worker lock {lock_file} (ComfyUI {lock.comfyui.version})", show_lines=True)
         for column in ("server", "ComfyUI", "missing (packs, nodes, models, pip)", f"differs from {lock_file.name}",

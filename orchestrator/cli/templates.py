@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from orchestrator.api.routes.templates import version_out
 from orchestrator.app import templates as template_app
-from orchestrator.cli.common import console, context, err, fail, session
+from orchestrator.cli.common import JsonOption, console, context, err, fail, print_json, session
 from orchestrator.comfy.client import ComfyClient
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import InvalidInput, MediaLabError
@@ -22,20 +23,30 @@ templates_app = typer.Typer(help="The template library.", no_args_is_help=True)
 
 
 @templates_app.command("list")
-def templates_list() -> None:
+def templates_list(as_json: JsonOption = False) -> None:
+    """Every version of every template (``--json``: each as the API's TemplateVersionOut)."""
     ctx = context()
     table = Table("name", "version", "kind", "title", "hash", "source")
     with ctx.db.session() as s:
-        for row in template_db.template_rows(s):
+        rows = template_db.template_rows(s)
+        if as_json:
+            print_json([version_out(row) for row in rows])
+            return
+        for row in rows:
             table.add_row(row.name, f"v{row.version}" + (" (deprecated)" if row.deprecated else ""), row.kind,
                           row.title, row.content_hash[:12], row.source)
     console.print(table)
 
 
 @templates_app.command("show")
-def templates_show(name: str, version: int | None = None) -> None:
+def templates_show(name: str, version: int | None = None, as_json: JsonOption = False) -> None:
+    """A version's parameters (``--json``: as GET /v1/templates/{name}/versions/{version}, with its parameter
+    schema, manifest and graph)."""
     with session() as s:
-        _row, t = template_db.get_template(s, name, version)
+        row, t = template_db.get_template(s, name, version)
+        if as_json:
+            print_json(version_out(row, full=True))
+            return
     console.print(f"[bold]{t.ref}[/bold] {t.manifest.title} ({t.manifest.kind}) hash {t.content_hash[:12]}")
     console.print(t.manifest.description)
     table = Table("parameter", "type", "default", "range/choices", "binds to", "help")

@@ -13,15 +13,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from orchestrator.api.routes.artifacts import artifact_out
+from orchestrator.api.schemas import LoraModelOut
 from orchestrator.app import artifacts as artifact_app
 from orchestrator.bootstrap import Context
-from orchestrator.cli.common import console, context, err, fail, follow, parse_sets, session
+from orchestrator.cli.common import JsonOption, console, context, err, fail, follow, parse_sets, print_json, session
 from orchestrator.core.errors import InvalidInput, MediaLabError
 from orchestrator.core.states import JobState
 from orchestrator.settings import get_settings
 from orchestrator.training.app import datasets as dataset_store
 from orchestrator.training.app import registry
 from orchestrator.training.app import trainings as tj
+from orchestrator.training.core.presets import PRESETS
 
 datasets_app = typer.Typer(help="Training datasets (stored, checked, versioned by sha256).", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: trained LoRAs.", no_args_is_help=True)
@@ -47,7 +50,9 @@ def datasets_build(
     caption: Annotated[list[str], typer.Option(help="IMAGE=caption for one image (repeat).")] = [],  # noqa: B006
     caption_template: Annotated[str | None, typer.Option(help="e.g. 'photo of {trigger}, {caption}'.")] = None,
     preset: str = "sd15-character",
-    resolution: int | None = None,
+    resolution: Annotated[int | None, typer.Option(help="Pixels the pictures are prepared for (default: the preset's, "
+                                                        "512 for sd15-character); a training of this dataset must "
+                                                        "use the same resolution.")] = None,
     face_centred: bool = False,
 ) -> None:
     """Build a dataset from images and/or video frames, check it against the preset and store it."""
@@ -69,15 +74,24 @@ def datasets_build(
     except MediaLabError as exc:
         fail(exc)
     p = art.params or {}
+    res = p.get("resolution")
     console.print(f"dataset [bold]{art.id}[/bold] {p.get('name')} v{p.get('version')}: {p.get('images')} "
-                      f"images at {p.get('resolution')} px, sha256 {art.sha256[:12]}")
+                  f"images at {res} px, sha256 {art.sha256[:12]}", soft_wrap=True)
+    if preset in PRESETS and PRESETS[preset].resolution != res:
+        console.print(f"  {preset} trains at {PRESETS[preset].resolution} px: train this dataset with "
+                      f"--set resolution={res}", soft_wrap=True)
 
 
 @datasets_app.command("list")
-def datasets_list(name: str | None = None) -> None:
+def datasets_list(name: str | None = None, as_json: JsonOption = False) -> None:
+    """The stored datasets (``--json``: as GET /v1/datasets)."""
     table = Table("id", "name", "version", "images", "resolution", "trigger", "sha256", "created")
     with session() as s:
-        for a in dataset_store.list_datasets(s, name):
+        rows = dataset_store.list_datasets(s, name)
+        if as_json:
+            print_json([artifact_out(s, a) for a in rows])
+            return
+        for a in rows:
             p = a.params or {}
             table.add_row(a.id, str(p.get("name")), f"v{p.get('version')}", str(p.get("images")),
                           str(p.get("resolution")), str(p.get("trigger")), a.sha256[:12],
@@ -160,21 +174,30 @@ def trainer(
 
 
 @models_app.command("list")
-def models_list(name: str | None = None, state: str | None = None) -> None:
+def models_list(name: str | None = None, state: str | None = None, as_json: JsonOption = False) -> None:
+    """The trained LoRAs (``--json``: as GET /v1/models)."""
     table = Table("name", "version", "file", "state", "base model", "trigger", "sha256", "created")
     with session() as s:
-        for m in registry.list_models(s, name, state):
-            style = {"approved": "green", "withdrawn": "red"}.get(m.state, "yellow")
-            table.add_row(m.name, f"v{m.version}", m.filename, f"[{style}]{m.state}[/]", m.base_model or "",
-                          ", ".join(m.trigger_words), m.sha256[:12], m.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        rows = registry.list_models(s, name, state)
+    if as_json:
+        print_json([LoraModelOut.model_validate(m) for m in rows])
+        return
+    for m in rows:
+        style = {"approved": "green", "withdrawn": "red"}.get(m.state, "yellow")
+        table.add_row(m.name, f"v{m.version}", m.filename, f"[{style}]{m.state}[/]", m.base_model or "",
+                      ", ".join(m.trigger_words), m.sha256[:12], m.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     console.print(table)
 
 
 @models_app.command("show")
-def models_show(ref: str) -> None:
-    """By name (newest version), name@vN, file name, id or sha256 prefix."""
+def models_show(ref: str, as_json: JsonOption = False) -> None:
+    """By name (newest version), name@vN, file name, id or sha256 prefix (``--json``: plain, as GET /v1/models
+    lists it)."""
     with session() as s:
         m = registry.get_model(s, ref)
+    if as_json:
+        print_json(LoraModelOut.model_validate(m))
+        return
     console.print_json(json.dumps(m.model_dump(mode="json")))
 
 

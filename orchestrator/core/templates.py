@@ -9,6 +9,7 @@ by node id), the models a graph loads, a manifest read from the node pack's para
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import re
@@ -226,9 +227,22 @@ def pick(versions: list[TemplateVersion], name: str, version: int | None = None)
                    f"(versions: {', '.join(f'v{t.version}' for t in mine)})")
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` (or ``'x' or 'y'``) naming the known names closest to a misspelt one, or ``""``."""
+    close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 def unknown_template(name: str, known: Iterable[str]) -> NotFound:
     """The error for a name no version has (``pick``'s, for a caller that read only that name's versions)."""
-    return NotFound(f"unknown template '{name}' (known: {', '.join(sorted(set(known))) or 'none'})")
+    names = sorted(set(known))
+    return NotFound(f"unknown template '{name}'{did_you_mean(name, names)} (known: {', '.join(names) or 'none'})")
+
+
+def unknown_parameter(t: TemplateVersion, name: str) -> str:
+    """What is said of a parameter the template does not have: the closest names and every valid one."""
+    valid = [p.name for p in t.manifest.parameters]
+    return f"unknown parameter {name!r}{did_you_mean(name, valid) or ';'} valid: {', '.join(valid) or 'none'}"
 
 
 _PY_TYPES: dict[ParamType, type] = {
@@ -279,10 +293,17 @@ def validate_params(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any
     try:
         return params_model(t).model_validate(values).model_dump()
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()]
-        raise InvalidInput(f"bad parameters for {t.ref}: " + "; ".join(problems),
-                           errors=[{"param": ".".join(map(str, e["loc"])), "message": e["msg"]}
-                                   for e in exc.errors()]) from exc
+        errors, problems = [], []
+        for e in exc.errors():
+            where = ".".join(map(str, e["loc"]))
+            if e["type"] == "extra_forbidden":  # pydantic's "Extra inputs are not permitted" names nothing valid
+                message = unknown_parameter(t, where)
+                problems.append(message)
+            else:
+                message = e["msg"]
+                problems.append(f"{where or '(root)'}: {message}")
+            errors.append({"param": where, "message": message})
+        raise InvalidInput(f"bad parameters for {t.ref}: " + "; ".join(problems), errors=errors) from exc
 
 
 def bind(t: TemplateVersion, values: dict[str, Any]) -> dict[str, Any]:

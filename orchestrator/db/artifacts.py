@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from sqlmodel import Session, col, select
 
 from orchestrator.core.errors import NotFound
+from orchestrator.db.ids import get_by_id
 from orchestrator.db.tables import (
     Artifact,
     ArtifactTag,
@@ -44,10 +45,8 @@ def list_artifacts(session: Session, job: str | None = None, template: str | Non
 
 
 def get_artifact(session: Session, artifact_id: str) -> Artifact:
-    art = session.get(Artifact, artifact_id)
-    if art is None:
-        raise NotFound(f"unknown artifact {artifact_id[:200]}")
-    return art
+    """An artifact by its id or a unique prefix of it (``db/ids.py``): NotFound (404), or Conflict (409)."""
+    return get_by_id(session, Artifact, artifact_id, "artifact")
 
 
 def object_lost(art: Artifact) -> NotFound:

@@ -23,6 +23,7 @@ from orchestrator.db.tables import ApiKey, AuditEvent
 
 ACTIONS = frozenset({
     "job.submit", "job.cancel",
+    "batch.create", "batch.cancel", "batch.retry",
     "template.publish", "template.deprecate",
     "model.approve", "model.withdraw",
     "artifact.delete",

@@ -9,8 +9,9 @@ from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from orchestrator.core.errors import InvalidInput, NotFound
+from orchestrator.core.errors import InvalidInput
 from orchestrator.core.states import JobState, check_transition
+from orchestrator.db.ids import get_by_id
 from orchestrator.db.tables import (
     Job,
     JobEvent,
@@ -32,10 +33,9 @@ def idempotent_job(session: Session, api_key_id: str | None, idempotency_key: st
 
 
 def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"unknown job {job_id}")
-    return job
+    """A job by its id or a unique prefix of it (``db/ids.py``); NotFound (404), or Conflict (409) naming the
+    candidates of an ambiguous prefix. Callers go on with ``job.id``, never the prefix they were given."""
+    return get_by_id(session, Job, job_id, "job")
 
 
 def list_jobs(session: Session, state: JobState | None = None, template: str | None = None,
@@ -98,8 +98,17 @@ def any_ready(session: Session, kind: str) -> bool:
 
 def queued_candidates(session: Session, limit: int = 100) -> list[Job]:
     """QUEUED jobs that may be dispatched now, locked for this transaction (PostgreSQL: FOR UPDATE SKIP
-    LOCKED, so replicas never consider the same job; SQLite has one writer and ignores the clause)."""
-    return list(session.exec(ready("comfy").limit(limit).with_for_update(skip_locked=True)))
+    LOCKED, so replicas never consider the same job; SQLite has one writer and ignores the clause).
+
+    Up to ``limit`` of each API key that has any (its first in ``ready`` order), so the many queued jobs of one
+    key (a batch of thousands) never push another key's jobs out of a round's window; ``fair_order`` then
+    shares the round between the keys."""
+    keys = session.exec(ready("comfy").with_only_columns(col(Job.api_key_id)).order_by(None).distinct()).all()
+    out: list[Job] = []
+    for key in sorted(keys, key=lambda k: (k is None, k or "")):
+        mine = col(Job.api_key_id).is_(None) if key is None else col(Job.api_key_id) == key
+        out.extend(session.exec(ready("comfy").where(mine).limit(limit).with_for_update(skip_locked=True)))
+    return out
 
 
 def running_by_key(session: Session) -> dict[str | None, int]:

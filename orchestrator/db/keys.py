@@ -9,6 +9,7 @@ from sqlmodel import Session, col, or_, select
 
 from orchestrator.core.errors import Conflict, NotFound
 from orchestrator.core.keys import Role, key_state
+from orchestrator.db.ids import by_prefix
 from orchestrator.db.tables import ApiKey, now
 
 
@@ -24,13 +25,16 @@ def list_keys(session: Session, include_revoked: bool = False) -> list[ApiKey]:
 
 
 def get_key(session: Session, ref: str) -> ApiKey:
-    """A key by id or by name. A name held by several keys picks the one not being revoked; if that is still
-    more than one, the id is needed (409)."""
+    """A key by id, by name, or by a unique prefix of its id (``db/ids.py``). A name held by several keys picks
+    the one not being revoked; if that is still more than one, the id is needed (409)."""
     row = session.get(ApiKey, ref)
     if row is not None:
         return row
     named = list(session.exec(select(ApiKey).where(ApiKey.name == ref).order_by(col(ApiKey.created_at))))
     if not named:
+        prefixed = by_prefix(session, ApiKey, ref, "API key")
+        if prefixed is not None:
+            return prefixed
         raise NotFound(f"unknown API key {ref[:64]!r} (give its id or name: medialab keys list)")
     at = now()
     for states in (("active",), ("active", "revoking", "expired")):

@@ -12,6 +12,7 @@ from orchestrator.core import server_urls
 from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import NotFound
 from orchestrator.core.placement import ServerView
+from orchestrator.db.ids import by_prefix
 from orchestrator.db.tables import (
     ServerRow,
     now,
@@ -32,10 +33,12 @@ def server_rows(session: Session) -> list[ServerRow]:
 
 
 def get_server(session: Session, ref: str) -> ServerRow:
-    """A server by id, name or URL (in any spelling of its canonical form)."""
+    """A server by id, name or URL (in any spelling of its canonical form), or a unique prefix of its id."""
     url = server_urls.canonical(ref) or ref.rstrip("/")
     row = session.exec(select(ServerRow).where(or_(ServerRow.id == ref, ServerRow.name == ref,
                                                    ServerRow.url == url))).first()
+    if row is None:
+        row = by_prefix(session, ServerRow, ref, "server")
     if row is None:
         raise NotFound(f"unknown server {server_urls.redact(ref[:200])!r}")
     return row

@@ -66,9 +66,12 @@ class Job(SQLModel, table=True):
     priority: int = 0
     timeout_s: float | None = None
     api_key_id: str | None = Field(default=None, foreign_key="api_keys.id")
-    idempotency_key: str | None = Field(default=None, description="The submit's Idempotency-Key header.")
+    idempotency_key: str | None = Field(default=None, description="The submit's Idempotency-Key header (a "
+                                        "batch's items: the batch's key and the item's index).")
     request_hash: str | None = Field(default=None, description="sha256 of the submitted body (idempotency).")
     cancel_requested: bool = False
+    batch_id: str | None = Field(default=None, foreign_key="batches.id", index=True)
+    batch_item: int | None = Field(default=None, description="The item's index in its batch's request.")
     progress: float = 0.0
     run_after: datetime | None = Field(default=None, description="Not dispatched before (retry backoff).")
     queued_at: datetime = Field(default_factory=now, description="Last time it entered QUEUED.")
@@ -76,6 +79,22 @@ class Job(SQLModel, table=True):
     created_at: datetime = Field(default_factory=now, index=True)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class Batch(SQLModel, table=True):
+    """Many jobs submitted as one request; its jobs carry ``batch_id`` (and their key, for fair share)."""
+
+    __tablename__ = "batches"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    api_key_id: str | None = Field(default=None, foreign_key="api_keys.id", index=True)
+    label: str | None = None
+    template: str | None = Field(default=None, description="The template of a grid request (None: mixed items).")
+    items: int = 0
+    request: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON),
+                                           description="The request's shape (template, grid, fixed values).")
+    cancel_requested: bool = False
+    created_at: datetime = Field(default_factory=now, index=True)
 
 
 class Attempt(SQLModel, table=True):

@@ -177,7 +177,7 @@ class Pool:
             with self.db.session() as s:
                 server_db.record_probe(s, srv.id, caps)  # records it healthy too
                 s.commit()
-        elif was_down:
+        else:  # every successful check: its time is the server's last_seen (what `servers list` shows)
             with self.db.session() as s:
                 server_db.record_health(s, srv.id, True, None)
                 s.commit()

@@ -41,6 +41,13 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/jobs/{job_id}"): ANY,
     ("POST", "/v1/jobs/{job_id}/cancel"): {"admin", "run"},
     ("GET", "/v1/jobs/{job_id}/events"): ANY,
+    ("POST", "/v1/batches"): {"admin", "run"},
+    ("GET", "/v1/batches"): ANY,
+    ("GET", "/v1/batches/{batch_id}"): ANY,
+    ("GET", "/v1/batches/{batch_id}/jobs"): ANY,
+    ("POST", "/v1/batches/{batch_id}/cancel"): {"admin", "run"},
+    ("POST", "/v1/batches/{batch_id}/retry"): {"admin", "run"},
+    ("GET", "/v1/batches/{batch_id}/events"): ANY,
     ("GET", "/v1/servers"): ANY,
     ("GET", "/v1/servers/check"): ANY,
     ("GET", "/v1/servers/{ref}/check"): ANY,
@@ -100,7 +107,7 @@ def test_every_route_x_every_role(api_paused: Api, keys: dict[str, dict[str, str
     assert routes == set(EXPECTED), {"untested": routes - set(EXPECTED), "gone": set(EXPECTED) - routes}
     for method, path in sorted(EXPECTED):
         url = path.replace("{version}", "1").replace("{name}", "nope")
-        for param in ("artifact_id", "job_id", "ref", "attempt_id"):
+        for param in ("artifact_id", "job_id", "batch_id", "ref", "attempt_id"):
             url = url.replace("{" + param + "}", "made-up")
         r = client.request(method, url)
         assert r.status_code == 401, (method, path, r.status_code)

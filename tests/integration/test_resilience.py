@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from orchestrator.settings import Settings
 from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_cli import medialab
+from tests.integration.test_cli_remote import medialab as remote_cli
+from tests.integration.test_cli_remote import served
 from tests.integration.test_jobs_api import submit, upload, wait
 from tests.integration.test_pool import _events, admin_key, orchestrator_env, running_on, serve, wait_until
 from tests.pg import PG_ADMIN
@@ -98,13 +101,16 @@ def test_impossible_and_broken_jobs_end_failed_while_good_ones_run(api: Api, cap
 
 
 def test_medialab_submit_refuses_what_the_api_refuses(comfy_url: str, tmp_path: Path) -> None:
-    """`medialab submit` has no live pool: the servers' recorded capabilities refuse the job, nothing is queued."""
+    """`medialab submit` is a client of the API: the service's pool refuses the job, nothing is queued."""
     home = tmp_path / ".medialab"
     frame = tmp_path / "frame.png"
     frame.write_bytes(png_bytes(32, 24))
+    key = re.search(r"(mlk_\S+)", medialab(home, "init").stdout).group(1)
     added = medialab(home, "servers", "add", comfy_url, "--name", "gpu1")
     assert added.returncode == 0, added.stdout + added.stderr
-    r = medialab(home, "submit", "upscale-esrgan", "--input", str(frame), "--set", "model=missing.pth", "--no-watch")
+    with served(home, "--no-dispatch") as url:
+        r = remote_cli(home, "submit", "upscale-esrgan", "--input", str(frame), "--set", "model=missing.pth",
+                       "--no-watch", env={"MEDIALAB_URL": url, "MEDIALAB_API_KEY": key})
     assert r.returncode == 1
     assert f"{comfy_url} lacks upscale_models/missing.pth (it has: {FIXTURE_MODEL})" in r.stderr, r.stderr
     db = Database(f"sqlite:///{(home / 'medialab.db').resolve()}")

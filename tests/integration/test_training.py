@@ -25,6 +25,7 @@ from tests.conftest import MODELS, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_jobs_api import upload, wait
 from tests.unit.test_trainer_claims import noise_png
+from tests.unit.test_trainer_workdir import diffusers_folder, files_of
 
 FAKE_SD_SCRIPTS = Path(__file__).parent / "fake_sd_scripts"
 BASE = "fake_base.safetensors"
@@ -205,6 +206,39 @@ def test_cancel_reaches_the_trainer_and_stops_the_run(training_settings: Setting
         assert _processes_under(tmp_path / "gpu-host-1") == []  # the whole process group is gone
         assert not [o for o in final["outputs"] if o["output_name"] == "lora"]
         assert api.client.get("/v1/models", headers=api.reader).json() == []
+        assert list((tmp_path / "gpu-host-1" / "runs").iterdir()) == []  # the cancelled run's folder is gone
+
+
+def test_a_diffusers_folder_base_reaches_a_remote_trainer(training_settings: Settings, tmp_path: Path) -> None:
+    """Submit accepts a folder base only when a remote trainer can fetch it: it comes as a tar into the trainer's
+    checkpoint cache; a folder with a link out of it is refused at submit and never served."""
+    checkpoints = training_settings.models_dir / "checkpoints"
+    folder = diffusers_folder(checkpoints / "sd15-folder")
+    leaky = diffusers_folder(checkpoints / "sd15-leaky")
+    (leaky / "unet" / "extra.bin").symlink_to(training_settings.home / "medialab.db")
+    with make_api(training_settings, dispatch=True) as api:
+        ds = build_dataset(api)
+        r = api.client.post("/v1/trainings", headers=api.run, json={
+            "dataset": ds["id"], "base": "sd15-leaky", "preset": "sd15-character", "trigger": "mlchar",
+            "set": OPTIONS})
+        assert r.status_code == 422 and "unet/extra.bin is a link out of the folder" in r.json()["detail"]
+        key = train_key(api)
+        r = api.client.get("/v1/trainer/checkpoints/sd15-leaky", headers=key)
+        assert r.status_code == 422 and "link out of the folder" in r.text
+        # a resolution the dataset was not built at: both named, and the two ways out
+        r = submit_training(api, ds["id"], resolution=128)
+        assert r.status_code == 422 and "prepared at 64 px but the spec trains at 128 px" in r.json()["detail"]
+        assert "--set resolution=64" in r.json()["detail"] and "--resolution 128" in r.json()["detail"]
+
+        r = api.client.post("/v1/trainings", headers=api.run, json={
+            "dataset": ds["id"], "base": "sd15-folder", "preset": "sd15-character", "trigger": "mlchar",
+            "set": OPTIONS})
+        assert r.status_code == 201, r.text
+        trainer = http_trainer(api, tmp_path)  # no models folder: the base is downloaded
+        assert trainer.run_once() == r.json()["id"]
+        assert wait(api, r.json()["id"])["state"] == "SUCCEEDED"
+        assert files_of(tmp_path / "gpu-host-1" / "checkpoints" / "sd15-folder") == files_of(folder)
+        assert list((tmp_path / "gpu-host-1" / "runs").iterdir()) == []
 
 
 def test_a_silent_trainer_loses_its_claim(training_settings: Settings) -> None:

@@ -41,6 +41,12 @@ def test_train_with_a_trainer_process(tmp_path: Path, comfy_url: str) -> None:
                 "photo of {trigger}", "--resolution", "64")
     assert built.returncode == 0, built.stdout + built.stderr
     dataset = re.search(r"dataset (\w{32}) hero v1: 5 images at 64 px", built.stdout).group(1)
+    said = " ".join(built.stdout.split())
+    assert "sd15-character trains at 512 px: train this dataset with --set resolution=64" in said
+    mismatch = cli("train", "--dataset", dataset, "--base", BASE, "--no-watch")  # the preset's 512 px
+    said = " ".join(mismatch.stderr.split())
+    assert mismatch.returncode == 1 and "prepared at 64 px but the spec trains at 512 px" in said, said
+    assert "--set resolution=64" in said and "medialab datasets build hero --resolution 512" in said
     bad = cli("train", "--dataset", dataset, "--base", BASE, "--set", "resolution=64", "--set", "network_dim=0")
     assert bad.returncode == 1 and "network_dim" in bad.stderr
     queued = cli("train", "--dataset", dataset, "--base", BASE, "--trigger", "mlchar", "--set", "resolution=64",

@@ -80,3 +80,21 @@ def test_the_clis_own_probe_records_a_server_that_is_down(engine: Engine) -> Non
     assert refreshes(engine.db) == [("gone", {"id": row.id, "healthy": False})]
     assert server_app.probe_server(engine.db, row, timeout_s=2) == error  # no refresh: no audit row
     assert len(refreshes(engine.db)) == 1
+
+
+def test_every_successful_health_check_is_the_servers_last_seen(engine: Engine) -> None:
+    """`servers list` shows last_seen: a check that finds the server up (no probe due) must still move it."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from orchestrator.db.tables import now
+    old = now() - timedelta(seconds=66)
+    with engine.db.session() as s:
+        s.execute(update(ServerRow).where(ServerRow.name == "comfy-a").values(last_seen=old))
+        s.commit()
+    srv = engine.server(0)
+    assert srv.healthy and srv.caps is not None
+    engine.pool.check(srv)  # healthy, capabilities fresh: no probe
+    seen = server(engine.db, "comfy-a").last_seen
+    assert seen is not None and seen.replace(tzinfo=None) > old.replace(tzinfo=None) + timedelta(seconds=60)

@@ -45,7 +45,30 @@ def test_validate_params_fills_defaults_and_names_bad_fields(esrgan: tpl.Templat
     with pytest.raises(InvalidInput) as exc:
         tpl.validate_params(esrgan, {"model": 3, "extra": True})
     msg = exc.value.message
-    assert "image: Field required" in msg and "model:" in msg and "extra:" in msg
+    assert "image: Field required" in msg and "model:" in msg
+    assert "unknown parameter 'extra'; valid: image, model" in msg
+
+
+def test_an_unknown_parameter_names_the_closest_and_the_valid_ones(esrgan: tpl.TemplateVersion) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        tpl.validate_params(esrgan, {"image": "i", "modle": "m.pth"})
+    hint = "unknown parameter 'modle'; did you mean 'model'? valid: image, model"
+    assert exc.value.message == f"bad parameters for upscale-esrgan@v1: {hint}"
+    assert exc.value.extra["errors"] == [{"param": "modle", "message": hint}]
+    assert "Extra inputs" not in exc.value.message
+    with pytest.raises(InvalidInput, match=r"unknown parameter 'zzz'; valid: image, model$"):
+        tpl.validate_params(esrgan, {"image": "i", "zzz": 1})  # nothing close: only the valid names
+
+
+def test_an_unknown_template_suggests_close_names(tmp_path: Path) -> None:
+    write(tmp_path / "upscale" / "v1", MANIFEST, GRAPH)
+    write(tmp_path / "restyle" / "v1", MANIFEST, GRAPH)
+    versions = library.scan_library(tmp_path)
+    with pytest.raises(NotFound, match=r"^unknown template 'upscal'; did you mean 'upscale'\? "
+                                       r"\(known: restyle, upscale\)$"):
+        tpl.pick(versions, "upscal")
+    with pytest.raises(NotFound, match=r"^unknown template 'qqq' \(known: restyle, upscale\)$"):
+        tpl.pick(versions, "qqq")
 
 
 def test_numeric_ranges_and_choices(tmp_path: Path) -> None:

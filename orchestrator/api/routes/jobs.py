@@ -69,13 +69,14 @@ STREAM_SAFETY_S = 10.0  # a waiting stream reads at least this often, even when 
 STREAM_LINGER_S = 0.2  # after the final state: one more look this long after it
 
 
-def _poll(ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState]:
+def _poll(ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState, str]:
     with ctx.db.session() as s:
-        events = [EventOut.model_validate(e) for e in job_db.events_after(s, job_id, after)]
-        return events, job_db.get_job(s, job_id).state
+        job = job_db.get_job(s, job_id)  # 404 first; the id given may be a prefix of the job's
+        events = [EventOut.model_validate(e) for e in job_db.events_after(s, job.id, after)]
+        return events, job.state, job.id
 
 
-async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState]:
+async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState, str]:
     """``_poll`` in a thread, at most ``STREAM_READERS`` of them for all streams of this app together, so a
     burst of streams waits its turn here instead of taking the threads and connections other requests need."""
     state = request.app.state
@@ -90,7 +91,7 @@ async def events(request: Request, job_id: str, ctx: CtxDep, _: AnyKey,
                  follow: bool = True) -> EventSourceResponse | list[EventOut]:
     """Server-Sent Events: every event of the job (state, progress, info); ends after the final state.
     With ``follow=false``: the events so far, as a JSON list."""
-    so_far, _state = await _read(request, ctx, job_id, last_event_id or 0)  # 404 before streaming
+    so_far, _state, job_id = await _read(request, ctx, job_id, last_event_id or 0)  # 404 before streaming
     if not follow:
         return so_far
 
@@ -103,7 +104,7 @@ async def events(request: Request, job_id: str, ctx: CtxDep, _: AnyKey,
         with AsyncWaiter(ctx.db.bell, job_id, ctx.db.watcher) as bell:
             while True:
                 bell.clear()
-                batch, state = await _read(request, ctx, job_id, after)
+                batch, state, _id = await _read(request, ctx, job_id, after)
                 bell.seen(batch[-1].id if batch else after)
                 for e in batch:
                     after = e.id

@@ -9,9 +9,10 @@ and ends the claim with ``finish``. A claim not renewed for ``MEDIALAB_TRAINER_L
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, UploadFile
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, TrainKey
 from orchestrator.api.routes.artifacts import artifact_out, bytes_response
@@ -27,14 +28,13 @@ from orchestrator.api.schemas import (
     TrainerHello,
     TrainingSubmit,
 )
-from orchestrator.core import sandbox
-from orchestrator.core.errors import InvalidInput, NotFound
 from orchestrator.core.limits import INT64_MAX, MAX_QUERY_LENGTH
 from orchestrator.core.states import JobState
 from orchestrator.db import artifacts as artifact_db
 from orchestrator.db import jobs as job_db
 from orchestrator.training.app import datasets as dataset_store
 from orchestrator.training.app import trainings as tj
+from orchestrator.training.runtime import checkpoint_files
 
 router = APIRouter(tags=["training"])
 
@@ -95,15 +95,18 @@ def dataset(attempt_id: str, trainer: Annotated[str, Query(max_length=MAX_QUERY_
 
 
 @router.get("/trainer/checkpoints/{name:path}", response_class=FileResponse)
-def checkpoint(name: str, ctx: CtxDep, _: TrainKey) -> FileResponse:
-    """A base checkpoint this orchestrator has (its models folder or the shared models path); a name that
-    leaves the checkpoints folder is refused by the sandbox's path rule, whether or not the file exists."""
-    if problem := sandbox.path_problem(name):
-        raise InvalidInput(f"base checkpoint: {problem}")
-    path = tj.local_checkpoint(ctx.settings, name)
-    if path is None or not path.is_file():
-        raise NotFound(f"base checkpoint {name!r} is not on the orchestrator; put it in the trainer's models folder")
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+def checkpoint(name: str, ctx: CtxDep, _: TrainKey) -> Response:
+    """A base checkpoint this orchestrator has (its models folder or the shared models path): a file as it is,
+    a diffusers folder as a tar (header ``X-MediaLab-Checkpoint: folder``; files and folders only, no link out
+    of it). A name that leaves the checkpoints folder is refused by the sandbox's path rule, whether or not it
+    exists."""
+    path, members = tj.served_checkpoint(ctx.settings, name)
+    if members is None:
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+    return StreamingResponse(checkpoint_files.tar_stream(members), media_type=checkpoint_files.MEDIA_TYPE,
+                             headers={checkpoint_files.KIND_HEADER: "folder",
+                                      "Content-Length": str(checkpoint_files.tar_size(members)),
+                                      "Content-Disposition": f'attachment; filename="{quote(path.name)}.tar"'})
 
 
 @router.post("/trainer/attempts/{attempt_id}/heartbeat")

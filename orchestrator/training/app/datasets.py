@@ -28,6 +28,7 @@ from orchestrator.training.core.dataset import (
     DatasetImage,
     build_dataset,
     check_dataset,
+    resolution_problem,
 )
 from orchestrator.training.core.presets import TrainingSpec, spec_from
 from orchestrator.training.runtime.dataset_files import opencv_face_finder, sample_frames
@@ -132,8 +133,18 @@ def load(store: ObjectStore, art: Artifact) -> Dataset:
 
 
 def check_for(store: ObjectStore, art: Artifact, spec: TrainingSpec) -> None:
-    """Check a stored dataset against the spec a training job will use."""
-    problems = check_dataset(load(store, art), spec)
+    """Check a stored dataset against the spec a training job will use. A resolution that is not the one the
+    dataset was built at is refused naming both and the two ways out."""
+    dataset = load(store, art)
+    problems = check_dataset(dataset, spec)
+    mismatch = resolution_problem(dataset.resolution, spec.resolution)
+    if mismatch in problems:
+        name = (art.params or {}).get("name") or "NAME"
+        problems[problems.index(mismatch)] = (
+            f"{mismatch}: train at the dataset's {dataset.resolution} px (--set resolution={dataset.resolution}; "
+            f'"set": {{"resolution": {dataset.resolution}}} in POST /v1/trainings), or build the dataset again at '
+            f"{spec.resolution} px (medialab datasets build {name} --resolution {spec.resolution} ...; "
+            f'"resolution": {spec.resolution} in POST /v1/datasets)')
     if problems:
         raise InvalidInput(f"dataset {art.id} does not fit these training options: " + "; ".join(problems),
                            problems=problems)

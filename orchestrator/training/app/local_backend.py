@@ -13,6 +13,7 @@ from orchestrator.core.states import JobState
 from orchestrator.db import artifacts as artifact_db
 from orchestrator.settings import Settings
 from orchestrator.training.app import trainings as tj
+from orchestrator.training.runtime import checkpoint_files
 from orchestrator.training.runtime.trainer import Claim, ClaimLost, host_info
 from storage import ObjectStore
 
@@ -69,6 +70,10 @@ class LocalBackend:
         path = tj.local_checkpoint(self.ctx.settings, name)
         if path is None:
             raise Unavailable(f"base checkpoint {name!r} is not in {self.ctx.settings.models_dir / 'checkpoints'}")
+        if path.is_dir():  # a diffusers folder: the same checked members and unpacking as over HTTP
+            members = checkpoint_files.folder_members(path, name)
+            checkpoint_files.unpack_folder(checkpoint_files.IterReader(checkpoint_files.tar_stream(members)), dest)
+            return
         shutil.copyfile(path, dest)
 
     def upload(self, claim: Claim, kind: str, path: Path, step: int | None = None) -> str:

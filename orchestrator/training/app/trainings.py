@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import update
@@ -34,6 +34,7 @@ from orchestrator.training.app import datasets as dataset_store
 from orchestrator.training.app import registry as reg
 from orchestrator.training.core import claims
 from orchestrator.training.core.presets import TrainingSpec, spec_from
+from orchestrator.training.runtime import checkpoint_files
 from storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 # -- submit ----------------------------------------------------------------------------------------
 def local_checkpoint(settings: Settings, name: str) -> Path | None:
     """The base checkpoint this orchestrator has (a file, or a diffusers folder a local trainer reads); a name
-    that leaves the checkpoints folder (the sandbox's path rule) is never looked up."""
-    if not name or sandbox.path_problem(name):
+    that leaves the checkpoints folder (the sandbox's path rule), or names that folder itself (``.``), is never
+    looked up."""
+    if not name or sandbox.path_problem(name) or not PurePosixPath(name.replace("\\", "/")).parts:
         return None
     for root in (settings.models_dir, settings.shared_models_dir):
         if root and (root / "checkpoints" / name).exists():
@@ -63,7 +65,9 @@ def check_base(session: Session, settings: Settings, name: str) -> None:
     it) or a pool server's checkpoints (a trainer on that host has it in its models folder)."""
     if not name or (problem := sandbox.path_problem(name)):
         raise InvalidInput(f"base checkpoint: {problem or 'empty'}; give a name in the checkpoints folder")
-    if local_checkpoint(settings, name):
+    if path := local_checkpoint(settings, name):
+        if path.is_dir():
+            checkpoint_files.folder_members(path, name)  # a remote trainer gets it as a tar: servable throughout
         return
     if not name.endswith(CHECKPOINT_SUFFIXES):
         raise InvalidInput(f"base checkpoint {name!r}: a file ending in {' or '.join(CHECKPOINT_SUFFIXES)} (or a "
@@ -76,6 +80,19 @@ def check_base(session: Session, settings: Settings, name: str) -> None:
         return
     raise InvalidInput(f"base checkpoint {name!r} is neither in {settings.models_dir / 'checkpoints'} nor on any "
                        f"pool server (they have: {', '.join(sorted(known)[:10]) or 'none'})")
+
+
+def served_checkpoint(settings: Settings, name: str) -> tuple[Path, list[checkpoint_files.Member] | None]:
+    """What ``GET /v1/trainer/checkpoints/{name}`` sends: a file base (members None), or a diffusers folder with
+    its checked members (sent as a tar). NotFound when this orchestrator does not have it."""
+    if problem := sandbox.path_problem(name):
+        raise InvalidInput(f"base checkpoint: {problem}")
+    path = local_checkpoint(settings, name)
+    if path is not None and path.is_dir():
+        return path, checkpoint_files.folder_members(path, name)
+    if path is None or not path.is_file():
+        raise NotFound(f"base checkpoint {name!r} is not on the orchestrator; put it in the trainer's models folder")
+    return path, None
 
 
 def get_dataset(session: Session, artifact_id: str) -> Artifact:

@@ -243,6 +243,11 @@ def build_dataset(images: Sequence[DatasetImage], *, resolution: int, caption_te
     return Dataset(resolution=resolution, trigger=trigger, crop=crop, items=tuple(items))
 
 
+def resolution_problem(prepared: int, trains: int) -> str:
+    """A dataset's pictures are cropped and resized for one resolution: another one does not fit it."""
+    return f"the dataset was prepared at {prepared} px but the spec trains at {trains} px"
+
+
 def check_dataset(dataset: Dataset, spec: TrainingSpec) -> list[str]:
     """What would make this dataset train badly or fail with this spec; empty when it is fine."""
     problems = []
@@ -252,8 +257,7 @@ def check_dataset(dataset: Dataset, spec: TrainingSpec) -> list[str]:
     if n * spec.num_repeats < spec.batch_size:
         problems.append(f"{n} image(s) x {spec.num_repeats} repeat(s) do not fill one batch of {spec.batch_size}")
     if dataset.resolution != spec.resolution:
-        problems.append(f"the dataset was prepared at {dataset.resolution} px but the spec trains at "
-                        f"{spec.resolution} px")
+        problems.append(resolution_problem(dataset.resolution, spec.resolution))
     if dataset.trigger != spec.trigger:
         problems.append(f"the dataset's trigger {dataset.trigger!r} is not the spec's {spec.trigger!r}")
     small = [it for it in dataset.items if min(it.source_width, it.source_height) < spec.resolution]

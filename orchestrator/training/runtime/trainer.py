@@ -6,7 +6,9 @@
 claimed job it downloads the dataset and, unless its models folder has it, the base checkpoint; runs part
 A's ``run_training``; a heartbeat thread renews the claim, sends progress events and uploads samples and
 intermediate checkpoints as they appear, and sets the cancel event when the orchestrator says cancel (or
-the claim was lost); at the end it uploads the final LoRA and reports success or failure.
+the claim was lost); at the end it uploads the final LoRA and reports success or failure. The job's work folder
+(``<workdir>/runs/<job>``) is removed at every end, success, failure, cancel or a lost claim; the checkpoint
+cache (``<workdir>/checkpoints``) is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import platform
 import queue
 import shutil
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +35,7 @@ from orchestrator.core.states import JobState
 from orchestrator.training.core.dataset import Dataset
 from orchestrator.training.core.presets import TrainingSpec
 from orchestrator.training.core.progress import TrainingEvent
+from orchestrator.training.runtime import checkpoint_files
 from orchestrator.training.runtime.dataset_files import write_dataset
 
 log = logging.getLogger(__name__)
@@ -101,17 +105,26 @@ class HttpBackend:
             raise Unavailable(f"orchestrator unreachable: {exc}") from exc
 
     def _download(self, path: str, dest: Path, params: dict[str, str] | None = None) -> None:
-        tmp = dest.with_name(dest.name + ".part")
         try:
             with self.client.stream("GET", f"/v1/trainer{path}", headers=self.headers, params=params) as r:
                 if r.status_code >= 400:
                     r.read()
                     self._check(r)
-                with tmp.open("wb") as f:
-                    for chunk in r.iter_bytes(1 << 20):
-                        f.write(chunk)
+                self._save(r, dest)
         except httpx.HTTPError as exc:
             raise Unavailable(f"orchestrator unreachable: {exc}") from exc
+
+    @staticmethod
+    def _save(r: httpx.Response, dest: Path) -> None:
+        """The body into ``dest`` through ``<dest>.part``: a file at ``dest`` is a complete one."""
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with tmp.open("wb") as f:
+                for chunk in r.iter_bytes(1 << 20):
+                    f.write(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(dest)
 
     def claim(self) -> Claim | str | None:
@@ -132,7 +145,22 @@ class HttpBackend:
         self._download(f"/attempts/{claim.attempt_id}/dataset", dest, {"trainer": self.name})
 
     def download_checkpoint(self, name: str, dest: Path) -> None:
-        self._download(f"/checkpoints/{quote(name, safe='/')}", dest)
+        """A file base into ``dest``; a diffusers-folder base (sent as a tar) unpacked into the folder ``dest``."""
+        path = f"/v1/trainer/checkpoints/{quote(name, safe='/')}"
+        try:
+            with self.client.stream("GET", path, headers=self.headers) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._check(r)
+                if r.headers.get(checkpoint_files.KIND_HEADER) != "folder":
+                    self._save(r, dest)
+                    return
+                try:
+                    checkpoint_files.unpack_folder(checkpoint_files.IterReader(r.iter_bytes(1 << 20)), dest)
+                except tarfile.TarError as exc:
+                    raise Unavailable(f"the base checkpoint folder {name!r} came incomplete: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"orchestrator unreachable: {exc}") from exc
 
     def upload(self, claim: Claim, kind: str, path: Path, step: int | None = None) -> str:
         with path.open("rb") as f:
@@ -280,11 +308,14 @@ class Trainer:
 
     # -- one job -----------------------------------------------------------------------------------
     def base_checkpoint(self, claim: Claim) -> Path:
+        """The base from the models folder, else from the checkpoint cache (``<workdir>/checkpoints``, kept
+        between runs), downloading it there first: a file or a whole diffusers folder, each moved in place only
+        when complete."""
         name = claim.params["base_model"]
         if self.models_dir and (self.models_dir / "checkpoints" / name).exists():
             return self.models_dir / "checkpoints" / name
         cached = self.workdir / "checkpoints" / name
-        if not cached.is_file():
+        if not cached.exists():
             cached.parent.mkdir(parents=True, exist_ok=True)
             self.backend.download_checkpoint(name, cached)
         return cached
@@ -338,6 +369,7 @@ class Trainer:
         finally:
             done.set()
             beat.join()
+            shutil.rmtree(run_dir, ignore_errors=True)  # every end: what mattered is uploaded or reported
         if reporter.lost:
             return JobState.FAILED
         for attempt in range(5):
@@ -349,8 +381,6 @@ class Trainer:
             except Unavailable as exc:
                 log.warning("finish of job %s failed: %s", claim.job_id, exc.message)
                 time.sleep(2 ** attempt)
-        if state == JobState.SUCCEEDED:
-            shutil.rmtree(run_dir, ignore_errors=True)
         return state
 
 

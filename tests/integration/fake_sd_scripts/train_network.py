@@ -70,7 +70,7 @@ def main() -> int:
             print(f"Traceback (most recent call last):\nFileNotFoundError: no caption for {p.name}", file=sys.stderr)
             return 1
     base = Path(args["pretrained_model_name_or_path"])
-    if not base.is_file():
+    if not base.is_file() and not (base / "model_index.json").is_file():  # a file, or a diffusers folder
         print(f"Traceback (most recent call last):\nFileNotFoundError: {base}", file=sys.stderr)
         return 1
     out = Path(args["output_dir"])

@@ -1,0 +1,157 @@
+"""Batches: many jobs in one request (``app/batches.py``), their progress, jobs, outputs and events."""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, NoReturn
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, Request
+from sqlmodel import Session
+from sse_starlette.sse import EventSourceResponse
+
+from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
+from orchestrator.api.routes.jobs import STREAM_READERS
+from orchestrator.api.schemas import ArtifactOut, BatchEventOut, BatchOut, BatchSubmit, EventOut, JobOut
+from orchestrator.app import batches as batch_app
+from orchestrator.bootstrap import Context
+from orchestrator.core import batches as rules
+from orchestrator.core.errors import InvalidInput
+from orchestrator.core.keys import is_admin
+from orchestrator.core.limits import INT64_MAX, MAX_OFFSET
+from orchestrator.core.states import JobState
+from orchestrator.db import batches as batch_db
+from orchestrator.db.tables import Batch
+
+router = APIRouter(prefix="/batches", tags=["batches"])
+
+MAX_OUTPUTS_SHOWN = 1000  # outputs in a batch's answer (GET .../jobs pages through all of them)
+BATCH_POLL_S = 1.0  # a batch's event stream reads this often (its jobs' bells are rung per job)
+
+
+def batch_out(session: Session, batch: Batch, outputs: bool = False) -> BatchOut:
+    out = BatchOut.model_validate(batch)
+    p = batch_app.batch_progress(session, batch)
+    out.total, out.counts, out.done, out.progress, out.eta_s, out.finished = (
+        p.total, p.counts, p.done, p.fraction, p.eta_s, p.finished)
+    if outputs:
+        out.outputs = [ArtifactOut.model_validate(a) for a in batch_db.batch_outputs(session, batch.id,
+                                                                                     MAX_OUTPUTS_SHOWN)]
+    return out
+
+
+@router.post("", status_code=201, response_model=BatchOut)
+def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey) -> BatchOut:
+    """Every item validated first: one bad item refuses the whole batch (422, ``errors`` naming each bad item
+    by index); else the batch and all its jobs are written QUEUED in one transaction."""
+    limit = ctx.settings.max_batch_items
+    keys: list[str | None] | None = None
+    if body.items is not None:
+        if body.template or body.inputs or body.grid or body.params or body.input_param:
+            raise_shape("give either items, or template with inputs/grid/params, not both")
+        items = rules.explicit([i.model_dump() for i in body.items], limit)
+        keys = [i.key for i in body.items]
+        shape = {"kind": "items"}
+    elif body.template:
+        grid = rules.Grid(template=body.template, version=body.version, inputs=body.inputs,
+                          input_param=body.input_param, grid=body.grid, params=body.params)
+        items = rules.expand(grid, limit)
+        shape = {"kind": "grid", "template": body.template, "version": body.version, "input_param": body.input_param,
+                 "inputs": len(body.inputs), "grid": body.grid, "params": body.params}
+    else:
+        raise_shape("a batch needs items, or a template (with inputs and/or a grid)")
+    created = batch_app.create_batch(session, ctx.pool, items, api_key_id=key.id, label=body.label,
+                                     priority=body.priority, timeout_s=body.timeout_s, keys=keys, request=shape,
+                                     settings=ctx.settings)
+    if ctx.dispatcher:
+        ctx.dispatcher.wake()
+    out = batch_out(session, created.batch)
+    out.skipped = created.skipped
+    return out
+
+
+def raise_shape(message: str) -> NoReturn:
+    raise InvalidInput(message, errors=[{"param": "items", "message": message}])
+
+
+@router.get("", response_model=list[BatchOut])
+def list_batches(session: SessionDep, key: AnyKey, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                 offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[BatchOut]:
+    """Newest first: the caller's batches (an admin key: every key's)."""
+    return [batch_out(session, b) for b in batch_db.list_batches(session, key.id, is_admin(key), limit, offset)]
+
+
+@router.get("/{batch_id}", response_model=BatchOut)
+def get(batch_id: str, session: SessionDep, _: AnyKey) -> BatchOut:
+    """Counts by state, progress, ETA and the outputs (the first ``MAX_OUTPUTS_SHOWN``)."""
+    return batch_out(session, batch_db.get_batch(session, batch_id), outputs=True)
+
+
+@router.get("/{batch_id}/jobs", response_model=list[JobOut])
+def jobs(batch_id: str, session: SessionDep, _: AnyKey, state: JobState | None = None,
+         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[JobOut]:
+    """The batch's jobs by item (a retried item: each of its jobs)."""
+    batch = batch_db.get_batch(session, batch_id)
+    return [JobOut.model_validate(j) for j in batch_db.batch_jobs(session, batch.id, state, limit, offset)]
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchOut)
+def cancel(batch_id: str, session: SessionDep, _: RunKey) -> BatchOut:
+    """Queued jobs CANCELLED at once; running ones interrupted by their dispatcher."""
+    batch = batch_db.get_batch(session, batch_id)
+    return batch_out(session, batch_app.cancel_batch(session, batch.id))
+
+
+@router.post("/{batch_id}/retry", response_model=BatchOut)
+def retry(batch_id: str, ctx: CtxDep, session: SessionDep, _: RunKey) -> BatchOut:
+    """A new job for each FAILED or CANCELLED item, same parameters, in the same batch."""
+    batch, _jobs = batch_app.retry_failed(session, batch_db.get_batch(session, batch_id).id)
+    if ctx.dispatcher:
+        ctx.dispatcher.wake()
+    return batch_out(session, batch)
+
+
+def _poll(ctx: Context, batch_id: str, after: int) -> tuple[str, list[BatchEventOut], bool]:
+    with ctx.db.session() as s:
+        batch = batch_db.get_batch(s, batch_id)
+        counts = {st.value: n for st, n in batch_db.counts_by_state(s, batch.id).items()}
+        events = [BatchEventOut(event=EventOut.model_validate(e), batch_item=i, counts=counts)
+                  for e, i in batch_db.state_events_after(s, batch.id, after)]
+        finished = all(JobState(st).terminal for st in counts)
+        return batch.id, events, finished
+
+
+async def _read(request: Request, ctx: Context, batch_id: str, after: int) -> tuple[str, list[BatchEventOut], bool]:
+    """``_poll`` in a thread, under the same limit as the job streams (``jobs.STREAM_READERS``)."""
+    state = request.app.state
+    if not hasattr(state, "stream_readers"):  # the one limiter of the app's streams (made by whichever is first)
+        state.stream_readers = anyio.CapacityLimiter(STREAM_READERS)
+    return await anyio.to_thread.run_sync(_poll, ctx, batch_id, after, limiter=state.stream_readers)
+
+
+@router.get("/{batch_id}/events", response_model=None)
+async def events(request: Request, batch_id: str, ctx: CtxDep, _: AnyKey,
+                 last_event_id: Annotated[int | None, Header(ge=0, le=INT64_MAX)] = None,
+                 follow: bool = True) -> EventSourceResponse | list[BatchEventOut]:
+    """Server-Sent Events: the state events of the batch's jobs, each with its item and the batch's counts by
+    state; ends once every job is in a final state. With ``follow=false``: the events so far, as a JSON list."""
+    batch_id, so_far, _finished = await _read(request, ctx, batch_id, last_event_id or 0)  # 404 before streaming
+    if not follow:
+        return so_far
+
+    async def stream() -> AsyncIterator[dict]:
+        after = last_event_id or 0
+        while True:
+            while True:  # every page of what is there now
+                _id, page, finished = await _read(request, ctx, batch_id, after)
+                if not page:
+                    break
+                after = page[-1].event.id
+                for e in page:
+                    yield {"id": str(e.event.id), "event": "state", "data": json.dumps(e.model_dump(mode="json"))}
+            if finished:
+                return
+            await anyio.sleep(BATCH_POLL_S)
+
+    return EventSourceResponse(stream(), ping=15)

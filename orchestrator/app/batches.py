@@ -1,0 +1,251 @@
+"""Batch use cases: create (every item validated, then one transaction), cancel, retry the failed items.
+
+Each use case ends in one commit. A batch's jobs are ordinary jobs (QUEUED, dispatched by the dispatcher) with
+``batch_id`` and ``batch_item`` set and the caller's key, so fair share (``core.placement.fair_order``) counts
+them as the caller's: one huge batch of a key does not starve another key's single job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from orchestrator.app.admission import check_job_fields, sandbox_definitions, validate_values
+from orchestrator.core import batches as rules
+from orchestrator.core import limits
+from orchestrator.core import templates as tpl
+from orchestrator.core.errors import Conflict, InvalidInput, MediaLabError
+from orchestrator.core.states import JobState
+from orchestrator.db import audit
+from orchestrator.db import batches as batch_db
+from orchestrator.db.tables import Artifact, Batch, Job, JobEvent, JobInput, TemplateVersionRow, new_id, now
+from orchestrator.db.templates import get_template
+from orchestrator.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.pool import Pool
+
+MAX_LISTED_ERRORS = 200  # bad items named in one refusal (the message gives the count of all)
+IN_CHUNK = 500  # ids per IN (...) query (SQLite's bound-parameter limit)
+
+
+@dataclass
+class Created:
+    """A new batch, and the items not created again because a job with their key exists (item -> job id)."""
+
+    batch: Batch
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+def item_hash(item: rules.Item) -> str:
+    """The request hash of one item (its idempotency key's body)."""
+    body = {"template": item.template, "version": item.version, "params": item.params}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(values), IN_CHUNK):
+        yield values[i:i + IN_CHUNK]
+
+
+def _prefetch_artifacts(session: Session, items: Sequence[rules.Item]) -> list[Artifact]:
+    """Load every string parameter value that may name an artifact in a few queries, so the per-item check
+    (``session.get``) finds them in the session instead of asking the database once per item. The caller
+    holds on to the list while it validates (the session keeps its objects only while they are referenced)."""
+    ids = sorted({v for it in items for v in it.params.values() if isinstance(v, str) and len(v) == 32})
+    return [a for chunk in _chunks(ids) for a in session.exec(select(Artifact).where(col(Artifact.id).in_(chunk)))]
+
+
+def _existing_keys(session: Session, api_key_id: str | None, keys: Sequence[str]) -> dict[str, Job]:
+    found: dict[str, Job] = {}
+    for chunk in _chunks(keys):
+        for job in session.exec(select(Job).where(Job.api_key_id == api_key_id, col(Job.idempotency_key).in_(chunk))):
+            found[job.idempotency_key or ""] = job
+    return found
+
+
+def _item_errors(index: int, exc: MediaLabError) -> list[dict[str, Any]]:
+    errors = exc.extra.get("errors") or [{"param": None, "message": exc.message}]
+    return [{"item": index, "param": e.get("param"), "message": e.get("message") or exc.message} for e in errors]
+
+
+def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item], *,
+                 api_key_id: str | None = None, label: str | None = None, priority: int = 0,
+                 timeout_s: float | None = None, keys: Sequence[str | None] | None = None,
+                 request: dict[str, Any] | None = None, settings: Settings | None = None) -> Created:
+    """Validate every item (``validate_job``'s checks; each template found and parsed once), refuse the whole
+    batch with one 422 naming every bad item (``errors``: item, param, message), else write the batch and all
+    its jobs QUEUED in one transaction.
+
+    ``keys``: an optional idempotency key per item (None: none). An item whose key this caller already used
+    is not created again: ``Created.skipped`` names its job (the same key with other parameters is a bad
+    item), so running the same batch again submits only what is not there yet."""
+    cfg = settings or get_settings()
+    check_job_fields(priority, timeout_s, cfg)
+    limits.check_count(len(items), "items in the batch", "max_batch_items", cfg.max_batch_items)
+    if not items:
+        raise InvalidInput("a batch needs at least one item", errors=[{"param": "items", "message": "empty"}])
+    if label is not None:
+        limits.check_name(label, "batch label", cfg.max_name_length)
+    keys = list(keys) if keys is not None else [None] * len(items)
+    if len(keys) != len(items):
+        raise InvalidInput(f"{len(keys)} keys for {len(items)} items")
+    errors: list[dict[str, Any]] = []
+    templates: dict[tuple[str, int | None], tuple[TemplateVersionRow, tpl.TemplateVersion] | MediaLabError] = {}
+    existing = _existing_keys(session, api_key_id, sorted({k for k in keys if k}))
+    loaded = _prefetch_artifacts(session, items)
+    defs = sandbox_definitions(session, pool)
+    checked: set[Hashable] = set()
+    valid: list[tuple[rules.Item, str | None, TemplateVersionRow, tpl.TemplateVersion, dict[str, Any]]] = []
+    skipped: dict[int, str] = {}
+    seen_keys: set[str] = set()
+    first = ""  # the first bad item's whole message
+    for item, key in zip(items, keys, strict=True):
+        try:
+            if key is not None:
+                limits.check_name(key, "item key", limits.MAX_QUERY_LENGTH, "limits.MAX_QUERY_LENGTH")
+                if key in seen_keys:
+                    raise InvalidInput(f"item key {key!r} is given twice in the batch",
+                                       errors=[{"param": "key", "message": "given twice"}])
+                seen_keys.add(key)
+                if key in existing:
+                    old = existing[key]
+                    if old.request_hash != item_hash(item):
+                        raise InvalidInput(f"item key {key!r} was used for job {old.id} with other parameters",
+                                           errors=[{"param": "key", "message": f"used for job {old.id}"}])
+                    skipped[item.index] = old.id
+                    continue
+            limits.check_name(item.template, "template name", cfg.max_name_length)
+            limits.check_params(item.params, cfg)
+            ref = (item.template, item.version)
+            if ref not in templates:
+                try:
+                    templates[ref] = get_template(session, item.template, item.version)
+                except MediaLabError as exc:
+                    templates[ref] = exc
+            found = templates[ref]
+            if isinstance(found, MediaLabError):
+                raise found
+            row, t = found
+            valid.append((item, key, row, t, validate_values(session, pool, t, item.params, cfg, defs, checked)))
+        except MediaLabError as exc:
+            errors.extend(_item_errors(item.index, exc))
+            first = first or f"Item {item.index}: {exc.message}"
+    if errors:
+        bad = sorted({e["item"] for e in errors})
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        raise InvalidInput(f"{len(bad)} of {len(items)} batch items are invalid (items {shown}); nothing was "
+                           f"submitted. {first}", errors=errors[:MAX_LISTED_ERRORS],
+                           bad_items=len(bad))
+    templates_used = sorted({t.ref for _, _, _, t, _ in valid})
+    batch = Batch(api_key_id=api_key_id, label=label, items=len(items),
+                  template=templates_used[0].split("@")[0] if len(templates_used) == 1 else None,
+                  request=(request or {}) | {"templates": templates_used, "skipped": len(skipped)})
+    session.add(batch)
+    session.flush()  # the batch row before its jobs
+    at = now()
+    jobs: list[dict[str, Any]] = []
+    inputs: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for n, (item, key, row, t, values) in enumerate(valid):
+        queued_at = at + timedelta(microseconds=n)  # the dispatcher takes a batch's items in their order
+        job = _job_row(template_version_id=row.id, template=t.name, version=t.version, params=values,
+                       priority=priority, timeout_s=timeout_s or t.manifest.timeout_s, api_key_id=api_key_id,
+                       batch_id=batch.id, batch_item=item.index, idempotency_key=key,
+                       request_hash=item_hash(item) if key else None, created_at=queued_at, queued_at=queued_at)
+        jobs.append(job)
+        inputs.extend({"job_id": job["id"], "artifact_id": values[p.name]} for p in t.manifest.parameters
+                      if p.type in tpl.ARTIFACT_TYPES and values.get(p.name))
+        events.append(_event_row(job["id"], at, JobState.QUEUED, "submitted (batch)",
+                                 {"template": t.ref, "hash": t.content_hash, "batch": batch.id}))
+    batch_db.insert_rows(session, Job, jobs)
+    batch_db.insert_rows(session, JobInput, inputs)
+    batch_db.insert_rows(session, JobEvent, events)
+    audit.record(session, "batch.create", batch.id, {"items": len(items), "jobs": len(jobs), "skipped": len(skipped),
+                                                     "templates": templates_used, "priority": priority})
+    session.commit()
+    del loaded
+    return Created(batch, skipped)
+
+
+def _job_row(**fields: Any) -> dict[str, Any]:
+    """A QUEUED comfy job as a row for ``insert_rows`` (every column given: one INSERT for all rows)."""
+    return {"id": new_id(), "kind": "comfy", "state": JobState.QUEUED, "cancel_requested": False, "progress": 0.0,
+            "run_after": None, "error": None, "started_at": None, "finished_at": None, **fields}
+
+
+def _event_row(job_id: str, at: datetime, state: JobState | None, reason: str, data: dict[str, Any] | None,
+               kind: str = "state") -> dict[str, Any]:
+    return {"job_id": job_id, "at": at, "kind": kind, "state": state, "reason": reason, "data": data}
+
+
+def cancel_batch(session: Session, batch_id: str) -> Batch:
+    """Every QUEUED job of the batch CANCELLED at once, every RUNNING one flagged (its dispatcher interrupts
+    it, as ``jobs.cancel_job`` does), in one transaction."""
+    batch = batch_db.get_batch(session, batch_id)
+    at = now()
+    cancelled = list(session.execute(
+        update(Job).where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.QUEUED)
+        .values(state=JobState.CANCELLED, finished_at=at).returning(col(Job.id))).scalars())
+    flagged = list(session.execute(
+        update(Job).where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.RUNNING,
+                          col(Job.cancel_requested).is_(False))
+        .values(cancel_requested=True).returning(col(Job.id))).scalars())
+    if not cancelled and not flagged and batch.cancel_requested:
+        raise Conflict(f"batch {batch_id} is already cancelled")
+    batch_db.insert_rows(session, JobEvent, [_event_row(j, at, JobState.CANCELLED, "batch cancelled while queued",
+                                                        None) for j in cancelled])
+    batch_db.insert_rows(session, JobEvent, [_event_row(j, at, None, "cancel requested (batch)", None, "info")
+                                             for j in flagged])
+    batch.cancel_requested = True
+    session.add(batch)
+    audit.record(session, "batch.cancel", batch_id, {"cancelled": len(cancelled), "cancel_requested": len(flagged)})
+    session.commit()
+    session.refresh(batch)
+    return batch
+
+
+def retry_failed(session: Session, batch_id: str) -> tuple[Batch, list[Job]]:
+    """A new QUEUED job for each item whose newest job FAILED or was CANCELLED: the same template version,
+    parameters, priority and key, linked to the batch (the old job stays as it was). Its parameters were
+    validated when the batch was made; the dispatcher fails a job that became impossible since."""
+    batch = batch_db.get_batch(session, batch_id)
+    old = batch_db.retryable_jobs(session, batch_id)
+    if not old:
+        raise Conflict(f"batch {batch_id} has no failed or cancelled item to retry")
+    inputs: dict[str, list[str]] = {}
+    for chunk in _chunks([j.id for j in old]):
+        for ji in session.exec(select(JobInput).where(col(JobInput.job_id).in_(chunk))):
+            inputs.setdefault(ji.job_id, []).append(ji.artifact_id)
+    at = now()
+    rows = [_job_row(template_version_id=j.template_version_id, template=j.template, version=j.version,
+                     params=j.params, priority=j.priority, timeout_s=j.timeout_s, api_key_id=j.api_key_id,
+                     batch_id=batch_id, batch_item=j.batch_item, idempotency_key=None, request_hash=None,
+                     created_at=at + timedelta(microseconds=n), queued_at=at + timedelta(microseconds=n))
+            for n, j in enumerate(old)]
+    batch_db.insert_rows(session, Job, rows)
+    batch_db.insert_rows(session, JobInput, [{"job_id": new["id"], "artifact_id": a}
+                                             for j, new in zip(old, rows, strict=True) for a in inputs.get(j.id, [])])
+    batch_db.insert_rows(session, JobEvent, [_event_row(new["id"], at, JobState.QUEUED, "retried (batch)",
+                                                        {"retry_of": j.id, "batch": batch_id})
+                                             for j, new in zip(old, rows, strict=True)])
+    batch.cancel_requested = False
+    session.add(batch)
+    audit.record(session, "batch.retry", batch_id, {"jobs": len(rows)})
+    session.commit()
+    session.refresh(batch)
+    ids = [r["id"] for r in rows]
+    return batch, [j for chunk in _chunks(ids) for j in session.exec(select(Job).where(col(Job.id).in_(chunk)))]
+
+
+def batch_progress(session: Session, batch: Batch) -> rules.Progress:
+    """Counts by state, the share finished and the ETA of a batch (reads only)."""
+    return rules.progress(batch_db.counts_by_state(session, batch.id),
+                          batch_db.finished_times(session, batch.id, rules.ETA_WINDOW), batch.created_at, now())
