@@ -303,6 +303,8 @@ class BatchSubmit(BaseModel):
     params: dict[str, Any] = Field({}, description="Fixed values of every item.")
     priority: int = Field(0, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])
     timeout_s: FiniteSeconds = None
+    dry_run: bool = Field(False, description="Validate every item and write nothing: the answer (200) has the "
+                          "number of jobs it would queue (total), skipped and the first items (preview).")
 
 
 class BatchOut(Out):
@@ -321,6 +323,9 @@ class BatchOut(Out):
     finished: bool = False
     outputs: list[ArtifactOut] = []
     skipped: dict[int, str] = Field({}, description="On create: items not submitted again (item -> its job).")
+    dry_run: bool = Field(False, description="A dry run's answer: nothing was written (id is empty).")
+    preview: list[dict[str, Any]] = Field([], description="A dry run: the first items it would queue "
+                                          "(item, template, version, params).")
 
 
 class BatchEventOut(BaseModel):

@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from orchestrator.app.admission import check_job_fields, sandbox_definitions, validate_values
 from orchestrator.core import batches as rules
 from orchestrator.core import limits
+from orchestrator.core import requirements as reqs
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import Conflict, InvalidInput, MediaLabError
 from orchestrator.core.states import JobState
@@ -40,8 +41,9 @@ IN_CHUNK = 500  # ids per IN (...) query (SQLite's bound-parameter limit)
 class Created:
     """A new batch, and the items not created again because a job with their key exists (item -> job id)."""
 
-    batch: Batch
+    batch: Batch | None  # None: a dry run
     skipped: dict[int, str] = field(default_factory=dict)
+    planned: list[rules.Item] = field(default_factory=list)  # a dry run: the items it would queue
 
 
 def item_hash(item: rules.Item) -> str:
@@ -71,6 +73,62 @@ def _existing_keys(session: Session, api_key_id: str | None, keys: Sequence[str]
     return found
 
 
+def _validated(session: Session, pool: Pool | None, t: tpl.TemplateVersion, params: dict[str, Any], cfg: Settings,
+               defs: Any, checked: set[Hashable], arts: dict[str, Artifact],
+               memo: dict[Hashable, dict[str, Any]]) -> dict[str, Any]:
+    """``validate_values`` of one item, done once per version and *shape*: the item's values with each input
+    artifact that exists named by its content type only. Two items of one shape differ only in which existing
+    artifact of the same type they name, and nothing ``validate_values`` checks tells those apart: the
+    parameter model takes any string for an artifact (strict ``str``), the artifact check asks existence and
+    type, the sandbox shape and the requirements ignore the artifact's id (an artifact parameter whose value
+    counts for the requirements is kept in the shape). Any other item (an unknown artifact, a non-string, a
+    value not seen before) goes through ``validate_values`` itself, which raises naming what is wrong."""
+    shape = _shape(t, params, arts)
+    if shape is None:
+        return validate_values(session, pool, t, params, cfg, defs, checked)
+    found = memo.get(shape)
+    if found is None:
+        found = memo[shape] = validate_values(session, pool, t, params, cfg, defs, checked)
+    return found | {k: params[k] for k in _artifact_params(t) if k in params}
+
+
+_ARTIFACT_PARAMS: dict[str, frozenset[str]] = {}  # content hash -> artifact parameters not counting for requirements
+
+
+def _artifact_params(t: tpl.TemplateVersion) -> frozenset[str]:
+    found = _ARTIFACT_PARAMS.get(t.content_hash)
+    if found is None:
+        if len(_ARTIFACT_PARAMS) >= 1024:
+            _ARTIFACT_PARAMS.clear()
+        counting = reqs.values_that_count(t)
+        found = _ARTIFACT_PARAMS[t.content_hash] = frozenset(
+            p.name for p in t.manifest.parameters if p.type in tpl.ARTIFACT_TYPES and p.name not in counting)
+    return found
+
+
+_PLAIN = (str, int, float, bool, type(None))  # value types whose JSON text tells them apart as pydantic does
+
+
+def _shape(t: tpl.TemplateVersion, params: dict[str, Any], arts: dict[str, Artifact]) -> Hashable | None:
+    """The memo key of ``_validated`` (None: validate this item on its own)."""
+    names = _artifact_params(t)
+    abstract: dict[str, Any] = {}
+    for k, v in params.items():
+        if k in names:
+            art = arts.get(v) if type(v) is str else None
+            if art is None:
+                return None
+            abstract[k] = ("<artifact>", art.content_type)
+        elif type(v) in _PLAIN:
+            abstract[k] = v
+        else:
+            return None
+    try:
+        return (t.name, t.version, t.content_hash, json.dumps(abstract, sort_keys=True))
+    except (TypeError, ValueError):
+        return None
+
+
 def _item_errors(index: int, exc: MediaLabError) -> list[dict[str, Any]]:
     errors = exc.extra.get("errors") or [{"param": None, "message": exc.message}]
     return [{"item": index, "param": e.get("param"), "message": e.get("message") or exc.message} for e in errors]
@@ -79,10 +137,12 @@ def _item_errors(index: int, exc: MediaLabError) -> list[dict[str, Any]]:
 def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item], *,
                  api_key_id: str | None = None, label: str | None = None, priority: int = 0,
                  timeout_s: float | None = None, keys: Sequence[str | None] | None = None,
-                 request: dict[str, Any] | None = None, settings: Settings | None = None) -> Created:
+                 request: dict[str, Any] | None = None, settings: Settings | None = None,
+                 dry_run: bool = False) -> Created:
     """Validate every item (``validate_job``'s checks; each template found and parsed once), refuse the whole
     batch with one 422 naming every bad item (``errors``: item, param, message), else write the batch and all
-    its jobs QUEUED in one transaction.
+    its jobs QUEUED in one transaction. ``dry_run``: the same validation, nothing written (``Created.batch``
+    None, ``planned`` the items it would queue).
 
     ``keys``: an optional idempotency key per item (None: none). An item whose key this caller already used
     is not created again: ``Created.skipped`` names its job (the same key with other parameters is a bad
@@ -101,6 +161,8 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
     templates: dict[tuple[str, int | None], tuple[TemplateVersionRow, tpl.TemplateVersion] | MediaLabError] = {}
     existing = _existing_keys(session, api_key_id, sorted({k for k in keys if k}))
     loaded = _prefetch_artifacts(session, items)
+    arts = {a.id: a for a in loaded}
+    memo: dict[Hashable, dict[str, Any]] = {}
     defs = sandbox_definitions(session, pool)
     checked: set[Hashable] = set()
     valid: list[tuple[rules.Item, str | None, TemplateVersionRow, tpl.TemplateVersion, dict[str, Any]]] = []
@@ -134,7 +196,8 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
             if isinstance(found, MediaLabError):
                 raise found
             row, t = found
-            valid.append((item, key, row, t, validate_values(session, pool, t, item.params, cfg, defs, checked)))
+            valid.append((item, key, row, t, _validated(session, pool, t, item.params, cfg, defs, checked, arts,
+                                                         memo)))
         except MediaLabError as exc:
             errors.extend(_item_errors(item.index, exc))
             first = first or f"Item {item.index}: {exc.message}"
@@ -144,6 +207,8 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
         raise InvalidInput(f"{len(bad)} of {len(items)} batch items are invalid (items {shown}); nothing was "
                            f"submitted. {first}", errors=errors[:MAX_LISTED_ERRORS],
                            bad_items=len(bad))
+    if dry_run:
+        return Created(None, skipped, [item for item, *_ in valid])
     templates_used = sorted({t.ref for _, _, _, t, _ in valid})
     batch = Batch(api_key_id=api_key_id, label=label, items=len(items),
                   template=templates_used[0].split("@")[0] if len(templates_used) == 1 else None,

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.api.schemas import ArtifactOut, EventOut, JobOut, TemplateVersionOut
+from orchestrator.api.schemas import ArtifactOut, BatchOut, EventOut, JobOut, TemplateVersionOut
 from orchestrator.core import errors
 from orchestrator.core.errors import InvalidInput, MediaLabError, Unavailable
 from orchestrator.settings import Settings
@@ -211,6 +211,30 @@ class Remote:
                 time.sleep(min(2.0**retries / 4, 5.0))
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from exc
+
+    def create_batch(self, body: dict[str, Any]) -> BatchOut:
+        """POST /v1/batches with ``body`` (``BatchSubmit``'s fields; ``dry_run`` writes nothing)."""
+        return BatchOut.model_validate(self.request("POST", "/v1/batches", json=body).json())
+
+    def batch(self, batch_id: str) -> BatchOut:
+        """A batch (an id prefix is accepted): counts by state, progress, ETA, outputs."""
+        return BatchOut.model_validate(self.request("GET", f"/v1/batches/{batch_id}").json())
+
+    def batches(self, limit: int = 50, offset: int = 0) -> list[BatchOut]:
+        r = self.request("GET", "/v1/batches", params={"limit": limit, "offset": offset})
+        return [BatchOut.model_validate(b) for b in r.json()]
+
+    def batch_jobs(self, batch_id: str, state: str | None = None, limit: int = 1000,
+                   offset: int = 0) -> list[JobOut]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset} | ({"state": state} if state else {})
+        r = self.request("GET", f"/v1/batches/{batch_id}/jobs", params=params)
+        return [JobOut.model_validate(j) for j in r.json()]
+
+    def cancel_batch(self, batch_id: str) -> BatchOut:
+        return BatchOut.model_validate(self.request("POST", f"/v1/batches/{batch_id}/cancel").json())
+
+    def retry_batch(self, batch_id: str) -> BatchOut:
+        return BatchOut.model_validate(self.request("POST", f"/v1/batches/{batch_id}/retry").json())
 
     def download(self, artifact_id: str, dest: Path) -> Path:
         """An artifact's bytes into ``dest`` (written to ``dest.part`` first, so a broken download leaves no

@@ -251,13 +251,14 @@ _PY_TYPES: dict[ParamType, type] = {
 }
 
 
-_PARAMS_MODELS: dict[tuple[str, int, str, str], type[BaseModel]] = {}
+_PARAMS_MODELS: dict[tuple[str, int, str], type[BaseModel]] = {}
 
 
 def params_model(t: TemplateVersion) -> type[BaseModel]:
     """A pydantic model of the template's parameters; its JSON Schema draws the frontend's form.
-    Built once per version and parameter list (building one costs milliseconds, every submit needs it)."""
-    key = (t.name, t.version, t.manifest.title, repr(t.manifest.parameters))
+    Built once per version (building one costs milliseconds, every submit needs it), keyed on the version's
+    content hash: the hash covers the whole manifest (title, parameters), so another content is another key."""
+    key = (t.name, t.version, t.content_hash)
     model = _PARAMS_MODELS.get(key)
     if model is None:
         if len(_PARAMS_MODELS) >= 1024:

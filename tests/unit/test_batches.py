@@ -140,6 +140,24 @@ def test_item_keys_make_a_rerun_skip_what_is_there(db: Database, tmp_path: Path)
             batch_app.create_batch(s, None, [other], api_key_id="alice", keys=[keys[0]], settings=settings(tmp_path))
 
 
+def test_a_dry_run_validates_everything_and_writes_nothing(db: Database, tmp_path: Path) -> None:
+    ids = frames(db, 3)
+    items = upscales(ids)
+    keys = [f"dry/{i}" for i in ids]
+    with db.session() as s:
+        batch_app.create_batch(s, None, items[:1], api_key_id="alice", keys=keys[:1], settings=settings(tmp_path))
+        before = (count(s, Batch), count(s, Job), count(s, JobEvent), count(s, AuditEvent))
+        dry = batch_app.create_batch(s, None, items, api_key_id="alice", keys=keys, settings=settings(tmp_path),
+                                     dry_run=True)
+        assert dry.batch is None and list(dry.skipped) == [0]
+        assert [i.index for i in dry.planned] == [1, 2]
+        bad = [*items, rules.Item(3, UPSCALE, {"image": "nope"})]
+        with pytest.raises(InvalidInput, match="1 of 4 batch items are invalid"):
+            batch_app.create_batch(s, None, bad, api_key_id="alice", settings=settings(tmp_path), dry_run=True)
+        s.rollback()
+        assert (count(s, Batch), count(s, Job), count(s, JobEvent), count(s, AuditEvent)) == before
+
+
 def test_cancel_cancels_the_queued_and_flags_the_running_in_one_transaction(db: Database, tmp_path: Path) -> None:
     ids = frames(db, 4)
     with db.session() as s:
@@ -216,8 +234,8 @@ def test_a_huge_batch_of_one_key_does_not_starve_another_keys_single_job(db: Dat
 
 
 def test_two_thousand_items_in_one_transaction(db: Database, tmp_path: Path) -> None:
-    """Not a benchmark (10,000 items take about 9 s on SQLite, 11 s on PostgreSQL here); a loose bound that
-    catches a per-item query or commit creeping back."""
+    """Not a benchmark (10,000 items take about 2 s on SQLite, 2.5 s on PostgreSQL here: benchmarks/batch_submit.py);
+    a loose bound that catches a per-item query or commit creeping back."""
     ids = frames(db, 100)
     items = upscales(ids, resize=[0.25 + i / 100 for i in range(20)])
     assert len(items) == 2_000
@@ -228,3 +246,17 @@ def test_two_thousand_items_in_one_transaction(db: Database, tmp_path: Path) -> 
         assert batch_db.counts_by_state(s, batch.id) == {JobState.QUEUED: 2_000}
     print(f"2000 items: {took:.2f} s on {db.engine.dialect.name}")
     assert took < 30
+
+
+def test_the_fast_path_still_checks_every_item(db: Database, tmp_path: Path) -> None:
+    """10,000 items alike but for item 7,321's parameter: the batch is refused naming that item, nothing written
+    (what is validated once per template and shape must not skip an item's own values)."""
+    ids = frames(db, 4)
+    items = [rules.Item(i, UPSCALE, {"image": ids[i % 4], "resize": 9.0 if i == 7_321 else 0.5})
+             for i in range(10_000)]
+    with db.session() as s, pytest.raises(InvalidInput) as exc:
+        batch_app.create_batch(s, None, items, api_key_id="alice", settings=settings(tmp_path))
+    assert "1 of 10000 batch items are invalid (items 7321)" in exc.value.message
+    assert [(e["item"], e["param"]) for e in exc.value.extra["errors"]] == [(7_321, "resize")]
+    with db.session() as s:
+        assert count(s, Batch) == count(s, Job) == count(s, JobEvent) == 0

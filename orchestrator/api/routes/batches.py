@@ -2,11 +2,12 @@
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, NoReturn
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
@@ -26,6 +27,7 @@ from orchestrator.db.tables import Batch
 router = APIRouter(prefix="/batches", tags=["batches"])
 
 MAX_OUTPUTS_SHOWN = 1000  # outputs in a batch's answer (GET .../jobs pages through all of them)
+DRY_RUN_PREVIEW = 5  # items shown in a dry run's answer
 BATCH_POLL_S = 1.0  # a batch's event stream reads this often (its jobs' bells are rung per job)
 
 
@@ -41,9 +43,10 @@ def batch_out(session: Session, batch: Batch, outputs: bool = False) -> BatchOut
 
 
 @router.post("", status_code=201, response_model=BatchOut)
-def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey) -> BatchOut:
+def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey, response: Response) -> BatchOut:
     """Every item validated first: one bad item refuses the whole batch (422, ``errors`` naming each bad item
-    by index); else the batch and all its jobs are written QUEUED in one transaction."""
+    by index); else the batch and all its jobs are written QUEUED in one transaction. ``dry_run``: validated
+    the same way, nothing written (200: the count and the first items)."""
     limit = ctx.settings.max_batch_items
     keys: list[str | None] | None = None
     if body.items is not None:
@@ -62,7 +65,14 @@ def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey) -> 
         raise_shape("a batch needs items, or a template (with inputs and/or a grid)")
     created = batch_app.create_batch(session, ctx.pool, items, api_key_id=key.id, label=body.label,
                                      priority=body.priority, timeout_s=body.timeout_s, keys=keys, request=shape,
-                                     settings=ctx.settings)
+                                     settings=ctx.settings, dry_run=body.dry_run)
+    if created.batch is None:
+        response.status_code = 200
+        return BatchOut(id="", label=body.label, template=body.template, items=len(items), request=shape,
+                        cancel_requested=False, created_at=datetime.now(UTC), total=len(created.planned),
+                        skipped=created.skipped, dry_run=True,
+                        preview=[{"item": i.index, "template": i.template, "version": i.version, "params": i.params}
+                                 for i in created.planned[:DRY_RUN_PREVIEW]])
     if ctx.dispatcher:
         ctx.dispatcher.wake()
     out = batch_out(session, created.batch)

@@ -1,0 +1,160 @@
+"""Batch submit: one batch of N items (``app.batches.create_batch``) against N single submits
+(``app.jobs.submit_job``), side by side, on SQLite and on PostgreSQL.
+
+Usage: python benchmarks/batch_submit.py [--items 10000 --inputs 4 --profile]
+
+Each database gets the library's templates synced and ``--inputs`` uploaded image artifacts (rows, as
+validation reads them); the work is N ``upscale-esrgan`` jobs over those inputs and a few ``resize`` values.
+Timed: the batch use case from the call to its commit (every job QUEUED), the same batch through the API
+(``POST /v1/batches`` with fastapi's TestClient, request to 201) on a fresh database, and N single submits in
+one session (each its own validation and commit). Printed per database: seconds, items per second and the
+ratio single/batch. ``--profile`` prints the top of a cProfile of the batch use case. PostgreSQL at
+127.0.0.1:5432 (trust auth) gets a scratch database that is dropped afterwards; when it is down it is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from orchestrator.app import batches as batch_app  # noqa: E402
+from orchestrator.app import jobs as job_app  # noqa: E402
+from orchestrator.app import templates as template_app  # noqa: E402
+from orchestrator.core import batches as rules  # noqa: E402
+from orchestrator.db.engine import Database  # noqa: E402
+from orchestrator.db.tables import Artifact, new_id  # noqa: E402
+from orchestrator.runtime import library  # noqa: E402
+from orchestrator.settings import PROJECT_ROOT, Settings  # noqa: E402
+from tests.pg import scratch_postgres  # noqa: E402
+
+TEMPLATE = "upscale-esrgan"
+MODEL = "tiny_x4.safetensors"  # what the local test worker the API starts has
+RESIZES = [0.5, 1.0, 1.5, 2.0]
+
+
+def prepared(url: str, inputs: int) -> tuple[Database, list[str]]:
+    """A database with the library's templates and ``inputs`` image artifacts."""
+    db = Database(url)
+    with db.session() as s:
+        template_app.sync_templates(s, library.scan_library(PROJECT_ROOT / "comfy_workflows"))
+        arts = [Artifact(origin=f"input:{new_id()}", key=f"k{i}", sha256="0" * 64, size=1, content_type="image/png",
+                         filename=f"f{i}.png", role="input") for i in range(inputs)]
+        s.add_all(arts)
+        s.commit()
+        return db, [a.id for a in arts]
+
+
+def work(ids: list[str], n: int) -> list[rules.Item]:
+    return [rules.Item(i, TEMPLATE, {"image": ids[i % len(ids)], "model": MODEL,
+                                     "resize": RESIZES[(i // len(ids)) % len(RESIZES)]}) for i in range(n)]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_batch(db: Database, items: list[rules.Item], settings: Settings, profile: bool) -> float:
+    with db.session() as s:
+        if not profile:
+            return timed(lambda: batch_app.create_batch(s, None, items, api_key_id=None, settings=settings))
+        prof = cProfile.Profile()
+        seconds = timed(lambda: prof.runcall(batch_app.create_batch, s, None, items, api_key_id=None,
+                                             settings=settings))
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(30)
+        print(out.getvalue())
+        return seconds
+
+
+def bench_api(url: str, items: list[rules.Item], ids: list[str], home: Path) -> float | None:
+    """The same batch through POST /v1/batches (TestClient, no dispatcher); None when the API cannot be set up."""
+    try:
+        from fastapi.testclient import TestClient
+
+        from orchestrator.api.app import create_app
+        from orchestrator.app import keys as key_app
+    except ImportError as exc:
+        print(f"API run skipped: {exc}")
+        return None
+    settings = Settings(home=home, database_url=url, max_body_bytes=64 << 20)  # type: ignore[call-arg]
+    body = {"items": [{"template": it.template, "params": it.params} for it in items]}
+    app = create_app(settings, dispatch=False)
+    with TestClient(app) as client:
+        with app.state.ctx.db.session() as s:
+            _row, key = key_app.create_key(s, "bench", ["run"])
+        t0 = time.perf_counter()
+        r = client.post("/v1/batches", json=body, headers={"X-API-Key": key})
+        seconds = time.perf_counter() - t0
+    if r.status_code != 201:
+        print(f"API run failed: {r.status_code} {r.text[:300]}")
+        return None
+    return seconds
+
+
+def bench_single(db: Database, items: list[rules.Item], settings: Settings) -> float:
+    def run() -> None:
+        with db.session() as s:
+            for it in items:
+                job_app.submit_job(s, None, it.template, it.params, it.version, settings)
+    return timed(run)
+
+
+def run_db(name: str, url_for: Callable[[], object], n: int, inputs: int, profile: bool, api: bool,
+           tmp: Path) -> None:
+    settings = Settings(home=tmp / f"home-{name}")  # type: ignore[call-arg]
+    with url_for() as url:  # type: ignore[attr-defined]
+        if url is None:
+            return
+        db, ids = prepared(url, inputs)
+        items = work(ids, n)
+        batch_s = bench_batch(db, items, settings, profile)
+        single_s = bench_single(db, items, settings)
+        db.engine.dispose()
+    api_s = None
+    if api:
+        with url_for() as url:  # type: ignore[attr-defined]
+            if url is not None:
+                db, ids = prepared(url, inputs)
+                db.engine.dispose()
+                api_s = bench_api(url, work(ids, n), ids, tmp / f"api-{name}")
+    print(f"{name:10s} {n} items: batch {batch_s:.2f} s ({n / batch_s:.0f}/s)"
+          + (f", batch via API {api_s:.2f} s" if api_s is not None else "")
+          + f", {n} single submits {single_s:.2f} s ({n / single_s:.0f}/s); single/batch {single_s / batch_s:.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--inputs", type=int, default=4, help="uploaded input artifacts the items share")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the batch use case")
+    parser.add_argument("--no-api", action="store_true", help="skip the run through POST /v1/batches")
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    a = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if a.db in ("sqlite", "both"):
+            from contextlib import contextmanager
+
+            @contextmanager
+            def sqlite():  # type: ignore[no-untyped-def]
+                yield f"sqlite:///{tmp / f'{new_id()}.sqlite'}"
+            run_db("sqlite", sqlite, a.items, a.inputs, a.profile, not a.no_api, tmp)
+        if a.db in ("postgresql", "both"):
+            run_db("postgresql", scratch_postgres, a.items, a.inputs, a.profile, not a.no_api, tmp)
+
+
+if __name__ == "__main__":
+    main()
