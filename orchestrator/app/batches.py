@@ -255,6 +255,7 @@ def cancel_batch(session: Session, batch_id: str) -> Batch:
     """Every QUEUED job of the batch CANCELLED at once, every RUNNING one flagged (its dispatcher interrupts
     it, as ``jobs.cancel_job`` does), in one transaction."""
     batch = batch_db.get_batch(session, batch_id)
+    batch_id = batch.id  # the full id (a prefix may have been given)
     at = now()
     cancelled = list(session.execute(
         update(Job).where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.QUEUED)
@@ -282,6 +283,7 @@ def retry_failed(session: Session, batch_id: str) -> tuple[Batch, list[Job]]:
     parameters, priority and key, linked to the batch (the old job stays as it was). Its parameters were
     validated when the batch was made; the dispatcher fails a job that became impossible since."""
     batch = batch_db.get_batch(session, batch_id)
+    batch_id = batch.id  # the full id (a prefix may have been given)
     old = batch_db.retryable_jobs(session, batch_id)
     if not old:
         raise Conflict(f"batch {batch_id} has no failed or cancelled item to retry")

@@ -170,7 +170,7 @@ def test_cancel_cancels_the_queued_and_flags_the_running_in_one_transaction(db: 
         s.commit()
         commits: list[int] = []
         event.listen(s, "after_commit", lambda _s: commits.append(1))
-        batch = batch_app.cancel_batch(s, batch.id)
+        batch = batch_app.cancel_batch(s, batch.id[:8])  # a prefix, as the CLI prints ids
         assert len(commits) == 1 and batch.cancel_requested
         s.expire_all()
         states = {j.batch_item: (j.state, j.cancel_requested) for j in batch_db.batch_jobs(s, batch.id)}
@@ -195,7 +195,7 @@ def test_retry_makes_new_jobs_for_the_failed_and_cancelled_items_only(db: Databa
             assert job_db.transition(s, j.id, JobState.RUNNING, end, "test")
         assert job_db.transition(s, j2.id, JobState.QUEUED, JobState.CANCELLED, "test")
         s.commit()
-        batch, new = batch_app.retry_failed(s, batch.id)
+        batch, new = batch_app.retry_failed(s, batch.id[:8])  # a prefix, as the CLI prints ids
         assert sorted(j.batch_item for j in new) == [1, 2]
         assert {j.params["image"] for j in new} == {ids[1], ids[2]} and {j.api_key_id for j in new} == {"alice"}
         assert count(s, JobInput) == 5

@@ -6,13 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated, NoReturn
 
 import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
-from orchestrator.api.routes.jobs import STREAM_READERS
+from orchestrator.api.routes.jobs import stream_read
 from orchestrator.api.schemas import ArtifactOut, BatchEventOut, BatchOut, BatchSubmit, EventOut, JobOut
 from orchestrator.app import batches as batch_app
 from orchestrator.bootstrap import Context
@@ -109,14 +108,13 @@ def jobs(batch_id: str, session: SessionDep, _: AnyKey, state: JobState | None =
 @router.post("/{batch_id}/cancel", response_model=BatchOut)
 def cancel(batch_id: str, session: SessionDep, _: RunKey) -> BatchOut:
     """Queued jobs CANCELLED at once; running ones interrupted by their dispatcher."""
-    batch = batch_db.get_batch(session, batch_id)
-    return batch_out(session, batch_app.cancel_batch(session, batch.id))
+    return batch_out(session, batch_app.cancel_batch(session, batch_id))
 
 
 @router.post("/{batch_id}/retry", response_model=BatchOut)
 def retry(batch_id: str, ctx: CtxDep, session: SessionDep, _: RunKey) -> BatchOut:
     """A new job for each FAILED or CANCELLED item, same parameters, in the same batch."""
-    batch, _jobs = batch_app.retry_failed(session, batch_db.get_batch(session, batch_id).id)
+    batch, _jobs = batch_app.retry_failed(session, batch_id)
     if ctx.dispatcher:
         ctx.dispatcher.wake()
     return batch_out(session, batch)
@@ -133,11 +131,7 @@ def _poll(ctx: Context, batch_id: str, after: int) -> tuple[str, list[BatchEvent
 
 
 async def _read(request: Request, ctx: Context, batch_id: str, after: int) -> tuple[str, list[BatchEventOut], bool]:
-    """``_poll`` in a thread, under the same limit as the job streams (``jobs.STREAM_READERS``)."""
-    state = request.app.state
-    if not hasattr(state, "stream_readers"):  # the one limiter of the app's streams (made by whichever is first)
-        state.stream_readers = anyio.CapacityLimiter(STREAM_READERS)
-    return await anyio.to_thread.run_sync(_poll, ctx, batch_id, after, limiter=state.stream_readers)
+    return await stream_read(request, _poll, ctx, batch_id, after)
 
 
 @router.get("/{batch_id}/events", response_model=None)

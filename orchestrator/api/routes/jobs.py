@@ -1,7 +1,7 @@
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -64,6 +64,7 @@ def cancel(job_id: str, session: SessionDep, _: RunKey) -> JobOut:
     return job_out(session, job_app.cancel_job(session, job_id))
 
 
+T = TypeVar("T")
 STREAM_READERS = 4  # stream reads of one process at once (threads, so database connections): never the pool
 STREAM_SAFETY_S = 10.0  # a waiting stream reads at least this often, even when nothing rang its bell
 STREAM_LINGER_S = 0.2  # after the final state: one more look this long after it
@@ -76,13 +77,18 @@ def _poll(ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobSta
         return events, job.state, job.id
 
 
-async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState, str]:
-    """``_poll`` in a thread, at most ``STREAM_READERS`` of them for all streams of this app together, so a
-    burst of streams waits its turn here instead of taking the threads and connections other requests need."""
+async def stream_read(request: Request, poll: Callable[..., T], *args: Any) -> T:
+    """``poll(*args)`` in a thread, at most ``STREAM_READERS`` of them for all streams of this app together (job
+    and batch streams), so a burst of streams waits its turn here instead of taking the threads and connections
+    other requests need."""
     state = request.app.state
     if not hasattr(state, "stream_readers"):  # made lazily, in the app's own event loop
         state.stream_readers = anyio.CapacityLimiter(STREAM_READERS)
-    return await anyio.to_thread.run_sync(_poll, ctx, job_id, after, limiter=state.stream_readers)
+    return await anyio.to_thread.run_sync(poll, *args, limiter=state.stream_readers)
+
+
+async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tuple[list[EventOut], JobState, str]:
+    return await stream_read(request, _poll, ctx, job_id, after)
 
 
 @router.get("/{job_id}/events", response_model=None)
