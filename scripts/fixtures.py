@@ -39,11 +39,32 @@ def fill(state: dict[str, torch.Tensor], seed: int = SEED) -> dict[str, torch.Te
 
 
 def esrgan_x4(path: Path) -> None:
-    """A 4x ESRGAN RRDBNet (16 filters, 2 blocks) that spandrel detects as ESRGAN x4."""
+    """A 4x ESRGAN RRDBNet (16 filters, 2 blocks) that spandrel detects as ESRGAN x4, initialised to do its
+    job roughly: the trunk's random weights are kept, but its shortcut adds nothing (``model.1.sub.2`` zero),
+    the first and last convolutions pass the colour channels through and the two upsampling convolutions
+    smooth the nearest-neighbour steps, so the output is the input enlarged 4x (about bilinear), not noise:
+    a demo or a screenshot shows the frame went through."""
     from spandrel.architectures.ESRGAN import ESRGAN
 
     net = ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4)
-    save_file(fill(net.state_dict()), str(path), metadata={"medialab": "fixture esrgan x4 random weights"})
+    state = fill(net.state_dict())
+    smooth = torch.tensor([1.0, 2.0, 1.0])
+    kernels = {"model.0.weight": _centre(), "model.3.weight": torch.outer(smooth, smooth) / 16,
+               "model.6.weight": torch.outer(smooth, smooth) / 16, "model.8.weight": _centre(),
+               "model.10.weight": _centre()}
+    for key, kernel in kernels.items():
+        w = torch.zeros(state[key].shape)
+        for c in range(3):  # colour channel c rides on feature c (LeakyReLU keeps positive values as they are)
+            w[c, c] = kernel
+        state[key] = w.to(torch.float16)
+    state["model.1.sub.2.weight"] = torch.zeros(state["model.1.sub.2.weight"].shape, dtype=torch.float16)
+    save_file(state, str(path), metadata={"medialab": "fixture esrgan x4: enlarges its input (random trunk)"})
+
+
+def _centre() -> torch.Tensor:
+    k = torch.zeros(3, 3)
+    k[1, 1] = 1.0
+    return k
 
 
 def _comfy() -> None:
@@ -257,11 +278,28 @@ FIXTURES = {"upscale_models/tiny_x4.safetensors": esrgan_x4,
             "loras/tiny_character.safetensors": character_lora}
 
 
+# The metadata of fixtures that an earlier set-up built and a newer builder replaces (rebuilt when found).
+SUPERSEDED = {"fixture esrgan x4 random weights"}
+
+
+def _superseded(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("medialab") in SUPERSEDED
+    except Exception:  # noqa: BLE001  (an unreadable file is rebuilt too)
+        return True
+
+
 def build(models_dir: Path, fixtures: dict = FIXTURES) -> list[Path]:
+    """Build the fixtures that are missing (or superseded); existing ones are left alone."""
     made = []
     for rel, builder in fixtures.items():
         path = models_dir / rel
-        if path.exists():
+        if path.exists() and not _superseded(path):
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")

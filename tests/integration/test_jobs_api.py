@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from tests.conftest import FIXTURE_MODEL, png_bytes
 from tests.integration.conftest import Api
@@ -47,6 +47,11 @@ def test_upscale_end_to_end_with_lineage(api: Api) -> None:
     assert content.status_code == 200
     with Image.open(io.BytesIO(content.content)) as im:
         assert im.size == (4 * 128, 4 * 96)
+        # the fixture model enlarges its input (scripts/fixtures.py): the output, shrunk back, is the frame
+        back = im.convert("RGB").resize((128, 96), Image.Resampling.BOX)
+    with Image.open(io.BytesIO(png_bytes(128, 96))) as src:
+        diff = ImageChops.difference(back, src.convert("RGB"))
+        assert max(ImageStat.Stat(diff).mean) < 12, ImageStat.Stat(diff).mean
     template = api.client.get("/v1/templates/upscale-esrgan", headers=api.reader).json()
     lineage = api.client.get(f"/v1/artifacts/{out['id']}", headers=api.reader).json()
     assert lineage["job_id"] == job["id"]
