@@ -11,6 +11,7 @@ import fastapi.routing
 from fastapi import params
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from orchestrator.core.keys import Role
 
@@ -53,3 +54,12 @@ class RouteNeeds:
 
 def needs(route: APIRoute) -> RouteNeeds:
     return RouteNeeds(route_roles(route.dependant), takes_form(route.dependant))
+
+
+def event_stream_responses(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an event-stream route (``responses=event_stream_responses(EventOut, ...)``):
+    200 as ``text/event-stream`` whose events' data is ``model``, or, with ``follow=false``, a JSON list of
+    them, so a client generator emits the model's type. The list's ``model`` puts ``model`` in the schema
+    components, which the stream's ``$ref`` names."""
+    return {200: {"description": description, "model": list[model],  # type: ignore[valid-type]
+                  "content": {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}

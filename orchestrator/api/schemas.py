@@ -82,6 +82,8 @@ class JobOut(Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    batch_id: str | None = Field(None, description="The batch the job belongs to (None: submitted alone).")
+    batch_item: int | None = Field(None, description="The job's item in its batch's request.")
     outputs: list[ArtifactOut] = []
     attempts: list[AttemptOut] = []
 
@@ -322,7 +324,9 @@ class BatchOut(Out):
     eta_s: float | None = Field(None, description="Seconds left at the recent rate; null before the first finish.")
     finished: bool = False
     outputs: list[ArtifactOut] = []
-    skipped: dict[int, str] = Field({}, description="On create: items not submitted again (item -> its job).")
+    skipped: dict[int, str] = Field({}, description="On create: items not submitted again (item -> its job). "
+                                    "Every item skipped: nothing is written, the answer (200) is the batch of "
+                                    "those jobs, or id '' when they are not all of one batch.")
     dry_run: bool = Field(False, description="A dry run's answer: nothing was written (id is empty).")
     preview: list[dict[str, Any]] = Field([], description="A dry run: the first items it would queue "
                                           "(item, template, version, params).")

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from orchestrator.app.admission import check_job_fields, sandbox_definitions, validate_values
@@ -39,11 +40,18 @@ IN_CHUNK = 500  # ids per IN (...) query (SQLite's bound-parameter limit)
 
 @dataclass
 class Created:
-    """A new batch, and the items not created again because a job with their key exists (item -> job id)."""
+    """A new batch, and the items not created again because a job with their key exists (item -> job id).
 
-    batch: Batch | None  # None: a dry run
+    ``written`` False: nothing was written. A dry run (``batch`` None); every item skipped (``batch``: the
+    batch all their jobs belong to, None when they are not all of one); or a repeated ``Idempotency-Key``
+    (``batch``: the one the first request made, ``replayed``)."""
+
+    batch: Batch | None
     skipped: dict[int, str] = field(default_factory=dict)
     planned: list[rules.Item] = field(default_factory=list)  # a dry run: the items it would queue
+    written: bool = True
+    dry_run: bool = False
+    replayed: bool = False
 
 
 def item_hash(item: rules.Item) -> str:
@@ -106,27 +114,33 @@ def _artifact_params(t: tpl.TemplateVersion) -> frozenset[str]:
     return found
 
 
-_PLAIN = (str, int, float, bool, type(None))  # value types whose JSON text tells them apart as pydantic does
+_PLAIN = (str, int, bool, type(None))  # value types told apart (as pydantic does) by their type and equality
 
 
 def _shape(t: tpl.TemplateVersion, params: dict[str, Any], arts: dict[str, Artifact]) -> Hashable | None:
-    """The memo key of ``_validated`` (None: validate this item on its own)."""
+    """The memo key of ``_validated`` (None: validate this item on its own): each value with its exact type
+    (``True``, ``1`` and ``1.0`` are equal in Python, not to the parameter model), a float by its ``repr``
+    (``-0.0`` is not ``0.0``), an existing artifact by its content type. A tuple, not JSON text: no encoding
+    per item."""
     names = _artifact_params(t)
-    abstract: dict[str, Any] = {}
+    abstract: list[tuple[str, Any, Any]] = []
     for k, v in params.items():
+        if type(k) is not str:
+            return None
+        kind = type(v)
         if k in names:
-            art = arts.get(v) if type(v) is str else None
+            art = arts.get(v) if kind is str else None
             if art is None:
                 return None
-            abstract[k] = ("<artifact>", art.content_type)
-        elif type(v) in _PLAIN:
-            abstract[k] = v
+            abstract.append((k, Artifact, art.content_type))
+        elif kind is float:
+            abstract.append((k, float, repr(v)))
+        elif kind in _PLAIN:
+            abstract.append((k, kind, v))
         else:
             return None
-    try:
-        return (t.name, t.version, t.content_hash, json.dumps(abstract, sort_keys=True))
-    except (TypeError, ValueError):
-        return None
+    abstract.sort(key=lambda e: e[0])
+    return (t.name, t.version, t.content_hash, tuple(abstract))
 
 
 def _item_errors(index: int, exc: MediaLabError) -> list[dict[str, Any]]:
@@ -138,7 +152,8 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
                  api_key_id: str | None = None, label: str | None = None, priority: int = 0,
                  timeout_s: float | None = None, keys: Sequence[str | None] | None = None,
                  request: dict[str, Any] | None = None, settings: Settings | None = None,
-                 dry_run: bool = False) -> Created:
+                 dry_run: bool = False, idempotency_key: str | None = None,
+                 request_hash: str | None = None) -> Created:
     """Validate every item (``validate_job``'s checks; each template found and parsed once), refuse the whole
     batch with one 422 naming every bad item (``errors``: item, param, message), else write the batch and all
     its jobs QUEUED in one transaction. ``dry_run``: the same validation, nothing written (``Created.batch``
@@ -146,7 +161,11 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
 
     ``keys``: an optional idempotency key per item (None: none). An item whose key this caller already used
     is not created again: ``Created.skipped`` names its job (the same key with other parameters is a bad
-    item), so running the same batch again submits only what is not there yet."""
+    item), so running the same batch again submits only what is not there yet; when every item is skipped
+    nothing is written (``Created.batch``: the batch of those jobs, if they are all of one).
+
+    ``idempotency_key``: the whole batch's key (with the ``request_hash`` of its body): the same key again
+    answers the batch the first request made (``replayed``), the same key with another body is refused."""
     cfg = settings or get_settings()
     check_job_fields(priority, timeout_s, cfg)
     limits.check_count(len(items), "items in the batch", "max_batch_items", cfg.max_batch_items)
@@ -157,6 +176,11 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
     keys = list(keys) if keys is not None else [None] * len(items)
     if len(keys) != len(items):
         raise InvalidInput(f"{len(keys)} keys for {len(items)} items")
+    if idempotency_key is not None and not dry_run:
+        limits.check_name(idempotency_key, "Idempotency-Key", limits.MAX_QUERY_LENGTH, "limits.MAX_QUERY_LENGTH")
+        old_batch = batch_db.idempotent_batch(session, api_key_id, idempotency_key, request_hash)
+        if old_batch is not None:
+            return Created(old_batch, written=False, replayed=True)
     errors: list[dict[str, Any]] = []
     templates: dict[tuple[str, int | None], tuple[TemplateVersionRow, tpl.TemplateVersion] | MediaLabError] = {}
     existing = _existing_keys(session, api_key_id, sorted({k for k in keys if k}))
@@ -208,13 +232,26 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
                            f"submitted. {first}", errors=errors[:MAX_LISTED_ERRORS],
                            bad_items=len(bad))
     if dry_run:
-        return Created(None, skipped, [item for item, *_ in valid])
+        return Created(None, skipped, [item for item, *_ in valid], written=False, dry_run=True)
+    if not valid:  # every item skipped: no empty batch; the answer is the batch of their jobs, if only one
+        of = {existing[k].batch_id for k in keys if k}
+        only = next(iter(of)) if len(of) == 1 else None
+        return Created(batch_db.get_batch(session, only) if only else None, skipped, written=False)
     templates_used = sorted({t.ref for _, _, _, t, _ in valid})
     batch = Batch(api_key_id=api_key_id, label=label, items=len(items),
                   template=templates_used[0].split("@")[0] if len(templates_used) == 1 else None,
-                  request=(request or {}) | {"templates": templates_used, "skipped": len(skipped)})
+                  request=(request or {}) | {"templates": templates_used, "skipped": len(skipped)},
+                  idempotency_key=idempotency_key, request_hash=request_hash if idempotency_key else None)
     session.add(batch)
-    session.flush()  # the batch row before its jobs
+    try:
+        session.flush()  # the batch row before its jobs
+    except IntegrityError:
+        session.rollback()
+        old_batch = batch_db.idempotent_batch(session, api_key_id, idempotency_key,
+                                              request_hash) if idempotency_key else None
+        if old_batch is None:
+            raise
+        return Created(old_batch, written=False, replayed=True)  # a concurrent create with this key won
     at = now()
     jobs: list[dict[str, Any]] = []
     inputs: list[dict[str, Any]] = []

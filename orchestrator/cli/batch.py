@@ -25,7 +25,7 @@ from rich.table import Table
 
 from orchestrator.api.schemas import BatchOut, JobOut
 from orchestrator.cli.common import STATE_STYLE, JsonOption, console, err, fail, parse_sets, print_json, utc
-from orchestrator.cli.remote import Remote
+from orchestrator.cli.remote import Remote, nothing_dispatches
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import InvalidInput, MediaLabError
 from orchestrator.settings import get_settings
@@ -411,8 +411,11 @@ def run(template: str,
                         it.params[k] = uploaded[it.shas[k]]
             batch = remote.create_batch(body_of(template, version, items, label, priority, False))
             queued = len(items) - len(batch.skipped)
-            console.print(f"batch [bold]{batch.id}[/bold] on {remote.url}: {queued} job(s) queued, "
+            console.print(f"batch [bold]{batch.id or '(none new)'}[/bold] on {remote.url}: {queued} job(s) queued, "
                           f"{len(batch.skipped)} already done (skipped)")
+            why = nothing_dispatches(remote) if queued else None
+            if why is not None:
+                err.print(f"[yellow]warning:[/yellow] {why}: the batch stays QUEUED until something dispatches it")
             outputs = Outputs(remote, out, template) if out is not None else None
             if outputs is not None:
                 for index, job_id in sorted(batch.skipped.items()):
@@ -441,6 +444,8 @@ def watch_cmd(batch_id: str, profile: ProfileOption = None) -> None:
             console.print(summary(final))
     except MediaLabError as exc:
         fail(exc)
+    if any(final.counts.get(s) for s in ("FAILED", "CANCELLED")):
+        raise typer.Exit(1)  # as ``batch run``: a script can tell a batch that did not all succeed
 
 
 @batch_app.command("cancel")

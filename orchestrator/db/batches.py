@@ -6,8 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, col, select
 
+from orchestrator.core.errors import InvalidInput
 from orchestrator.core.states import JobState
 from orchestrator.db.ids import get_by_id
 from orchestrator.db.notify import QUEUED
@@ -19,6 +21,19 @@ BULK_ROWS = 2000  # rows per INSERT statement of insert_rows
 def get_batch(session: Session, batch_id: str) -> Batch:
     """The batch of that id, or of a unique prefix of it (``db.ids``: the CLI prints short ids)."""
     return get_by_id(session, Batch, batch_id, "batch")
+
+
+def idempotent_batch(session: Session, api_key_id: str | None, idempotency_key: str,
+                     request_hash: str | None) -> Batch | None:
+    """The batch an earlier create with this key's ``Idempotency-Key`` made, if any; the same key with another
+    body is refused (as ``db.jobs.idempotent_job``)."""
+    batch = session.exec(select(Batch).where(Batch.api_key_id == api_key_id,
+                                             Batch.idempotency_key == idempotency_key)).first()
+    if batch is not None and batch.request_hash != request_hash:
+        raise InvalidInput(f"Idempotency-Key {idempotency_key!r} was used for batch {batch.id} with another "
+                           "request body; use a new key for a new request",
+                           errors=[{"param": "Idempotency-Key", "message": f"used for batch {batch.id}"}])
+    return batch
 
 
 def list_batches(session: Session, api_key_id: str | None = None, every_key: bool = False, limit: int = 50,
@@ -90,13 +105,45 @@ def retryable_jobs(session: Session, batch_id: str) -> list[Job]:
 
 
 def insert_rows(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> None:
-    """Many rows of ``model`` in a few statements (an ORM bulk INSERT: no object per row), in the caller's
-    transaction. The jobs of ``JobEvent`` rows get their bells rung at commit, as for events added one by one
-    (``engine._note_job_events``)."""
-    for i in range(0, len(rows), BULK_ROWS):
-        session.execute(insert(model), rows[i:i + BULK_ROWS])
+    """Many rows of ``model`` in the caller's transaction: on PostgreSQL with psycopg one ``COPY`` (``_copy``),
+    else a few statements (an ORM bulk INSERT: no object per row). The jobs of ``JobEvent`` rows get their
+    bells rung at commit, as for events added one by one (``engine._note_job_events``)."""
+    if rows and not _copy(session, model, rows):
+        for i in range(0, len(rows), BULK_ROWS):
+            session.execute(insert(model), rows[i:i + BULK_ROWS])
     if model is JobEvent and "bell" in session.info:
         keys = session.info.setdefault("ring", set())
         keys.update(r["job_id"] for r in rows)
         if any(r.get("state") == JobState.QUEUED for r in rows):
             keys.add(QUEUED)
+
+
+def _copy(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> bool:
+    """``rows`` (each with the same columns) by ``COPY ... FROM STDIN`` on the session's connection, so in its
+    transaction and under every constraint of the table; each value goes through its column type's bind
+    processor, as an INSERT would send it (JSON, enum names, UTC datetimes). A driver error is raised as
+    SQLAlchemy's (``IntegrityError`` for a unique key, ...), as the INSERT would. False, nothing done: not
+    psycopg on PostgreSQL, or a row leaves out a column with a client-side default (the INSERT fills those)."""
+    conn = session.connection()
+    dialect = conn.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return False
+    from psycopg import sql
+
+    table = model.__table__  # type: ignore[attr-defined]
+    names = list(rows[0])
+    if any(c.default is not None and c.name not in names for c in table.c) or any(len(r) != len(names)
+                                                                                   for r in rows):
+        return False
+    procs = [(n, table.c[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in names]
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(table.name),
+                                                     sql.SQL(", ").join(map(sql.Identifier, names)))
+    raw = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cur, cur.copy(stmt) as copy:
+            for r in rows:
+                copy.write_row([r[n] if p is None else p(r[n]) for n, p in procs])
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(stmt.as_string(raw), None, exc, dialect.loaded_dbapi.Error,
+                                  dialect=dialect) from exc
+    return True

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, create_engine, func, select
 
 from orchestrator.core.states import JobState
 from orchestrator.db import tables as models  # noqa: F401  (registers the tables)
-from orchestrator.db.notify import QUEUED, Bell, EventWatcher
+from orchestrator.db.notify import ANY_EVENT, QUEUED, Bell, EventWatcher
 from orchestrator.db.tables import JobEvent
 
 # What the database being unavailable looks like to the code using it: the driver's errors (DBAPIError:
@@ -87,7 +87,7 @@ def _note_job_events(session: Session, _flush_context: object) -> None:
 def _ring(session: Session) -> None:
     keys = session.info.pop("ring", None)
     if keys:
-        session.info["bell"].ring(keys)
+        session.info["bell"].ring([*keys, ANY_EVENT])
 
 
 @event.listens_for(Session, "after_rollback")

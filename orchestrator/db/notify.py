@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 log = logging.getLogger(__name__)
 QUEUED = "queued"  # rung when any job (re-)enters QUEUED
+ANY_EVENT = "any-event"  # rung when any job got an event (a batch's stream follows its many jobs with it)
 
 
 class Bell:

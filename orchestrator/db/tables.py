@@ -85,9 +85,12 @@ class Batch(SQLModel, table=True):
     """Many jobs submitted as one request; its jobs carry ``batch_id`` (and their key, for fair share)."""
 
     __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key", name="uq_batches_api_key_idempotency"),)
 
     id: str = Field(default_factory=new_id, primary_key=True)
     api_key_id: str | None = Field(default=None, foreign_key="api_keys.id", index=True)
+    idempotency_key: str | None = Field(default=None, description="The create's Idempotency-Key header.")
+    request_hash: str | None = Field(default=None, description="sha256 of the created body (idempotency).")
     label: str | None = None
     template: str | None = Field(default=None, description="The template of a grid request (None: mixed items).")
     items: int = 0

@@ -60,10 +60,10 @@ def test_batch_run_from_a_folder_and_a_grid_dry_run_and_a_csv_manifest(tmp_path:
         bad = medialab(operator, "batch", "run", "upscale-esrgan", str(shots), "--set", "model=missing.pth",
                        "--dry-run", env=env)
         assert bad.returncode == 1 and "missing.pth" in bad.stderr, bad.stdout + bad.stderr
-        assert len(httpx.get(f"{url}/v1/batches", headers=headers).json()) == 2  # the run and the rerun
+        assert len(httpx.get(f"{url}/v1/batches", headers=headers).json()) == 1  # the rerun wrote no batch
 
         listed = medialab(operator, "batch", "list", "--json", env=env)
-        assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 2
+        assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1
         assert medialab(operator, "batch", "show", batch[:8], env=env).returncode == 0
 
         csv = tmp_path / "jobs.csv"

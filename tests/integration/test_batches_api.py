@@ -94,3 +94,40 @@ def test_cancel_then_retry_a_batch(api_paused: Api) -> None:
     audit = api.client.get("/v1/audit?action=batch", headers=api.admin).json()
     assert [a["action"] for a in audit] == ["batch.retry", "batch.cancel", "batch.create"]
     assert api.client.get(f"/v1/batches/{batch_id[:8]}", headers=api.reader).json()["id"] == batch_id
+
+
+def test_a_rerun_whose_items_are_all_done_answers_their_batch_and_writes_none(api_paused: Api) -> None:
+    api = api_paused
+    ids = frames(api, 2)
+    body = {"items": [{"template": "upscale-esrgan", "params": {"image": i, "model": FIXTURE_MODEL}, "key": f"s/{i}"}
+                      for i in ids]}
+    first = api.client.post("/v1/batches", headers=api.run, json=body)
+    assert first.status_code == 201, first.text
+    again = api.client.post("/v1/batches", headers=api.run, json=body)
+    assert again.status_code == 200, again.text
+    answer = again.json()
+    assert answer["id"] == first.json()["id"] and answer["total"] == 2
+    jobs = api.client.get(f"/v1/batches/{answer['id']}/jobs", headers=api.reader).json()
+    assert answer["skipped"] == {str(j["batch_item"]): j["id"] for j in jobs}
+    assert {(j["batch_id"], j["batch_item"]) for j in jobs} == {(answer["id"], 0), (answer["id"], 1)}
+    assert len(api.client.get("/v1/batches", headers=api.run).json()) == 1  # no empty batch
+    alone = api.client.get(f"/v1/jobs/{jobs[0]['id']}", headers=api.reader).json()
+    assert (alone["batch_id"], alone["batch_item"]) == (answer["id"], 0)
+
+
+def test_a_whole_batch_idempotency_key_answers_the_same_batch_and_refuses_another_body(api_paused: Api) -> None:
+    api = api_paused
+    ids = frames(api, 2)
+    body = {"template": "upscale-esrgan", "inputs": ids, "input_param": "image", "params": {"model": FIXTURE_MODEL}}
+    headers = api.run | {"Idempotency-Key": "nightly-42"}
+    first = api.client.post("/v1/batches", headers=headers, json=body)
+    assert first.status_code == 201, first.text
+    again = api.client.post("/v1/batches", headers=headers, json=body)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again.json()["total"] == 2
+    other = api.client.post("/v1/batches", headers=headers, json=body | {"label": "changed"})
+    assert other.status_code == 422 and "nightly-42" in other.json()["detail"], other.text
+    assert len(api.client.get("/v1/batches", headers=api.run).json()) == 1
+    assert len(api.client.get("/v1/jobs", headers=api.admin).json()) == 2
+    fresh = api.client.post("/v1/batches", headers=api.run | {"Idempotency-Key": "nightly-43"}, json=body)
+    assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]

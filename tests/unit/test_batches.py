@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from orchestrator.app import batches as batch_app
@@ -260,3 +261,93 @@ def test_the_fast_path_still_checks_every_item(db: Database, tmp_path: Path) -> 
     assert [(e["item"], e["param"]) for e in exc.value.extra["errors"]] == [(7_321, "resize")]
     with db.session() as s:
         assert count(s, Batch) == count(s, Job) == count(s, JobEvent) == 0
+
+
+def test_a_rerun_with_every_item_skipped_writes_no_empty_batch(db: Database, tmp_path: Path) -> None:
+    ids = frames(db, 3)
+    items = upscales(ids)
+    keys = [f"all/{i}" for i in ids]
+    with db.session() as s:
+        first = batch_app.create_batch(s, None, items, api_key_id="alice", keys=keys, settings=settings(tmp_path))
+        before = (count(s, Batch), count(s, Job), count(s, JobEvent), count(s, AuditEvent))
+        again = batch_app.create_batch(s, None, items, api_key_id="alice", keys=keys, settings=settings(tmp_path))
+        assert not again.written and again.batch is not None and again.batch.id == first.batch.id
+        assert sorted(again.skipped) == [0, 1, 2]
+        assert (count(s, Batch), count(s, Job), count(s, JobEvent), count(s, AuditEvent)) == before
+        # jobs of two batches (or none): no batch to answer with
+        job_app.submit_job(s, None, UPSCALE, {"image": ids[0], "resize": 2.0}, api_key_id="alice",
+                           settings=settings(tmp_path), idempotency_key="alone", request_hash=batch_app.item_hash(
+                               rules.Item(0, UPSCALE, {"image": ids[0], "resize": 2.0})))
+        mixed = batch_app.create_batch(s, None, [items[0], rules.Item(1, UPSCALE, {"image": ids[0], "resize": 2.0})],
+                                       api_key_id="alice", keys=[keys[0], "alone"], settings=settings(tmp_path))
+        assert mixed.batch is None and not mixed.written and not mixed.dry_run and len(mixed.skipped) == 2
+        assert count(s, Batch) == before[0]
+
+
+def test_a_whole_batch_idempotency_key_answers_the_same_batch(db: Database, tmp_path: Path) -> None:
+    ids = frames(db, 2)
+    items = upscales(ids)
+    with db.session() as s:
+        first = batch_app.create_batch(s, None, items, api_key_id="alice", idempotency_key="run-7",
+                                       request_hash="h1", settings=settings(tmp_path))
+        assert first.written and first.batch.idempotency_key == "run-7"
+        before = (count(s, Batch), count(s, Job))
+        again = batch_app.create_batch(s, None, items, api_key_id="alice", idempotency_key="run-7",
+                                       request_hash="h1", settings=settings(tmp_path))
+        assert again.replayed and not again.written and again.batch.id == first.batch.id
+        assert (count(s, Batch), count(s, Job)) == before
+        with pytest.raises(InvalidInput, match="Idempotency-Key 'run-7' was used for batch"):
+            batch_app.create_batch(s, None, items, api_key_id="alice", idempotency_key="run-7", request_hash="h2",
+                                   settings=settings(tmp_path))
+        other_key = batch_app.create_batch(s, None, items, api_key_id="bob", idempotency_key="run-7",
+                                           request_hash="h1", settings=settings(tmp_path))
+        assert other_key.written and other_key.batch.id != first.batch.id  # the key is per api key
+        s.add(Batch(api_key_id="alice", idempotency_key="run-7", request_hash="h1"))
+        with pytest.raises(IntegrityError):  # the unique constraint, not only the lookup
+            s.flush()
+
+
+def test_bulk_rows_round_trip_and_postgresql_copies_them(db: Database, tmp_path: Path) -> None:
+    """What ``insert_rows`` writes reads back as an INSERT would have written it (JSON, enum, UTC times,
+    inputs, events); on PostgreSQL the jobs go in by COPY (no INSERT INTO jobs), and a duplicate key is
+    SQLAlchemy's IntegrityError as for an INSERT."""
+    ids = frames(db, 2)
+    items = [rules.Item(0, UPSCALE, {"image": ids[0], "resize": 0.5}),
+             rules.Item(1, UPSCALE, {"image": ids[1], "resize": 2.0})]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        with db.session() as s:
+            created = batch_app.create_batch(s, None, items, api_key_id="alice", keys=["k\\0", "k\\n1"],
+                                             settings=settings(tmp_path))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    inserts = [st for st in statements if st.lstrip().upper().startswith("INSERT INTO JOBS")]
+    assert (inserts == []) == (db.engine.dialect.name == "postgresql"), inserts
+    with db.session() as s:
+        jobs = batch_db.batch_jobs(s, created.batch.id)
+        assert [(j.params["image"], j.params["resize"], j.state, j.idempotency_key) for j in jobs] == [
+            (ids[0], 0.5, JobState.QUEUED, "k\\0"), (ids[1], 2.0, JobState.QUEUED, "k\\n1")]
+        assert all(j.queued_at.utcoffset() is not None and j.error is None for j in jobs)
+        assert jobs[0].queued_at < jobs[1].queued_at
+        assert {(i.job_id, i.artifact_id) for i in s.exec(select(JobInput))} == {(jobs[0].id, ids[0]),
+                                                                                 (jobs[1].id, ids[1])}
+        evs = list(s.exec(select(JobEvent).where(JobEvent.job_id == jobs[0].id)))
+        assert [(e.state, e.data["batch"]) for e in evs] == [(JobState.QUEUED, created.batch.id)]
+        row = {c.name: getattr(jobs[0], c.name) for c in Job.__table__.c} | {"batch_item": 5}
+        with pytest.raises(IntegrityError):
+            batch_db.insert_rows(s, Job, [row])
+
+
+def test_the_shape_memo_tells_true_from_one_and_a_string_from_a_number(db: Database, tmp_path: Path) -> None:
+    """``True == 1 == 1.0`` in Python, but the parameter model refuses ``True`` and ``"1"`` for a float: an item
+    after one of an equal value of another type is still refused."""
+    ids = frames(db, 1)
+    items = [rules.Item(i, UPSCALE, {"image": ids[0], "resize": v}) for i, v in enumerate([1.0, 1, True, "1"])]
+    with db.session() as s, pytest.raises(InvalidInput) as exc:
+        batch_app.create_batch(s, None, items, api_key_id="alice", settings=settings(tmp_path), dry_run=True)
+    assert "2 of 4 batch items are invalid (items 2, 3)" in exc.value.message

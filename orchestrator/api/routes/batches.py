@@ -1,5 +1,6 @@
 """Batches: many jobs in one request (``app/batches.py``), their progress, jobs, outputs and events."""
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
 from orchestrator.api.routes.jobs import stream_read
+from orchestrator.api.routing import event_stream_responses
 from orchestrator.api.schemas import ArtifactOut, BatchEventOut, BatchOut, BatchSubmit, EventOut, JobOut
 from orchestrator.app import batches as batch_app
 from orchestrator.bootstrap import Context
@@ -21,13 +23,15 @@ from orchestrator.core.keys import is_admin
 from orchestrator.core.limits import INT64_MAX, MAX_OFFSET
 from orchestrator.core.states import JobState
 from orchestrator.db import batches as batch_db
+from orchestrator.db.notify import ANY_EVENT, AsyncWaiter
 from orchestrator.db.tables import Batch
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 
 MAX_OUTPUTS_SHOWN = 1000  # outputs in a batch's answer (GET .../jobs pages through all of them)
 DRY_RUN_PREVIEW = 5  # items shown in a dry run's answer
-BATCH_POLL_S = 1.0  # a batch's event stream reads this often (its jobs' bells are rung per job)
+BATCH_SAFETY_S = 1.0  # a batch's stream reads at least this often (commits of other processes ring nothing here)
+BATCH_SPACING_S = 0.2  # and at most this often: a batch of thousands of jobs may ring many times a second
 
 
 def batch_out(session: Session, batch: Batch, outputs: bool = False) -> BatchOut:
@@ -42,11 +46,17 @@ def batch_out(session: Session, batch: Batch, outputs: bool = False) -> BatchOut
 
 
 @router.post("", status_code=201, response_model=BatchOut)
-def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey, response: Response) -> BatchOut:
+def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey, response: Response,
+           idempotency_key: Annotated[str | None, Header(max_length=255, description=(
+               "The same key and body return the same batch (a retried request never submits twice); the "
+               "same key with another body is 422."))] = None) -> BatchOut:
     """Every item validated first: one bad item refuses the whole batch (422, ``errors`` naming each bad item
     by index); else the batch and all its jobs are written QUEUED in one transaction. ``dry_run``: validated
-    the same way, nothing written (200: the count and the first items)."""
+    the same way, nothing written (200: the count and the first items). Every item skipped (their keys
+    done): nothing written, 200 with ``skipped`` and the batch of those jobs (id '' if not all of one)."""
     limit = ctx.settings.max_batch_items
+    request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest() \
+        if idempotency_key and not body.dry_run else None
     keys: list[str | None] | None = None
     if body.items is not None:
         if body.template or body.inputs or body.grid or body.params or body.input_param:
@@ -64,15 +74,22 @@ def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey, res
         raise_shape("a batch needs items, or a template (with inputs and/or a grid)")
     created = batch_app.create_batch(session, ctx.pool, items, api_key_id=key.id, label=body.label,
                                      priority=body.priority, timeout_s=body.timeout_s, keys=keys, request=shape,
-                                     settings=ctx.settings, dry_run=body.dry_run)
-    if created.batch is None:
+                                     settings=ctx.settings, dry_run=body.dry_run,
+                                     idempotency_key=None if body.dry_run else idempotency_key,
+                                     request_hash=request_hash)
+    if created.dry_run:
         response.status_code = 200
         return BatchOut(id="", label=body.label, template=body.template, items=len(items), request=shape,
                         cancel_requested=False, created_at=datetime.now(UTC), total=len(created.planned),
                         skipped=created.skipped, dry_run=True,
                         preview=[{"item": i.index, "template": i.template, "version": i.version, "params": i.params}
                                  for i in created.planned[:DRY_RUN_PREVIEW]])
-    if ctx.dispatcher:
+    if not created.written and not created.replayed:
+        response.status_code = 200  # every item skipped: nothing new
+    if created.batch is None:
+        return BatchOut(id="", label=body.label, template=body.template, items=len(items), request=shape,
+                        cancel_requested=False, created_at=datetime.now(UTC), skipped=created.skipped)
+    if ctx.dispatcher and created.written:
         ctx.dispatcher.wake()
     out = batch_out(session, created.batch)
     out.skipped = created.skipped
@@ -134,7 +151,8 @@ async def _read(request: Request, ctx: Context, batch_id: str, after: int) -> tu
     return await stream_read(request, _poll, ctx, batch_id, after)
 
 
-@router.get("/{batch_id}/events", response_model=None)
+@router.get("/{batch_id}/events", response_model=None,
+            responses=event_stream_responses(BatchEventOut, "Server-Sent Events (follow=false: a JSON list)"))
 async def events(request: Request, batch_id: str, ctx: CtxDep, _: AnyKey,
                  last_event_id: Annotated[int | None, Header(ge=0, le=INT64_MAX)] = None,
                  follow: bool = True) -> EventSourceResponse | list[BatchEventOut]:
@@ -145,17 +163,23 @@ async def events(request: Request, batch_id: str, ctx: CtxDep, _: AnyKey,
         return so_far
 
     async def stream() -> AsyncIterator[dict]:
+        """Woken by any job event committed in this process (``ANY_EVENT``), read at most every
+        ``BATCH_SPACING_S`` and at least every ``BATCH_SAFETY_S``; holds no connection while it waits."""
         after = last_event_id or 0
-        while True:
-            while True:  # every page of what is there now
-                _id, page, finished = await _read(request, ctx, batch_id, after)
-                if not page:
-                    break
-                after = page[-1].event.id
-                for e in page:
-                    yield {"id": str(e.event.id), "event": "state", "data": json.dumps(e.model_dump(mode="json"))}
-            if finished:
-                return
-            await anyio.sleep(BATCH_POLL_S)
+        with AsyncWaiter(ctx.db.bell, ANY_EVENT) as bell:
+            while True:
+                bell.clear()
+                while True:  # every page of what is there now
+                    _id, page, finished = await _read(request, ctx, batch_id, after)
+                    if not page:
+                        break
+                    after = page[-1].event.id
+                    for e in page:
+                        yield {"id": str(e.event.id), "event": "state",
+                               "data": json.dumps(e.model_dump(mode="json"))}
+                if finished:
+                    return
+                await anyio.sleep(BATCH_SPACING_S)
+                await bell.wait(BATCH_SAFETY_S - BATCH_SPACING_S)
 
     return EventSourceResponse(stream(), ping=15)

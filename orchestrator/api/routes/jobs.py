@@ -10,6 +10,7 @@ from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
+from orchestrator.api.routing import event_stream_responses
 from orchestrator.api.schemas import EventOut, JobOut, JobSubmit, QueryText
 from orchestrator.app import jobs as job_app
 from orchestrator.bootstrap import Context
@@ -91,7 +92,8 @@ async def _read(request: Request, ctx: Context, job_id: str, after: int) -> tupl
     return await stream_read(request, _poll, ctx, job_id, after)
 
 
-@router.get("/{job_id}/events", response_model=None)
+@router.get("/{job_id}/events", response_model=None,
+            responses=event_stream_responses(EventOut, "Server-Sent Events (follow=false: a JSON list)"))
 async def events(request: Request, job_id: str, ctx: CtxDep, _: AnyKey,
                  last_event_id: Annotated[int | None, Header(ge=0, le=INT64_MAX)] = None,
                  follow: bool = True) -> EventSourceResponse | list[EventOut]:
