@@ -170,10 +170,13 @@ class Planned:
     files: dict[str, Path]
     shas: dict[str, str]
     key: str = ""
+    varies: dict[str, Any] = field(default_factory=dict)  # the --grid values of this item
 
     @property
     def stem(self) -> str:
-        return next(iter(self.files.values())).stem if self.files else "item"
+        """The start of its output files' names: the input's stem, then each grid value (``a__resize-0.5``)."""
+        base = next(iter(self.files.values())).stem if self.files else "item"
+        return "__".join([base, *(f"{k}-{v}" for k, v in self.varies.items())])
 
 
 def matches(item: Planned, job: JobOut) -> bool:
@@ -210,7 +213,8 @@ def plan(template: str, version: int | None, files: list[Path], param: str | Non
         target = image_param(manifest, param, template) if files else None
         for f in files or [None]:
             for combo in combinations(grid):
-                items.append(Planned(fixed | combo, {target: f} if f is not None and target else {}, {}))
+                items.append(Planned(fixed | combo, {target: f} if f is not None and target else {}, {},
+                                     varies=combo))
     for it in items:
         it.shas = {k: file_sha256(p.expanduser()) for k, p in it.files.items()}
         it.key = item_key(template, version, it.shas, it.params)

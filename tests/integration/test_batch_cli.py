@@ -41,7 +41,7 @@ def test_batch_run_from_a_folder_and_a_grid_dry_run_and_a_csv_manifest(tmp_path:
         shown = httpx.get(f"{url}/v1/batches/{batch}", headers=headers).json()
         assert shown["counts"] == {"SUCCEEDED": 4}
         files = sorted(p.name for p in out.iterdir() if p.name != "manifest.jsonl")
-        assert len(files) == 4 and all(re.fullmatch(r"[ab]__\w+(_1)?\.png", f) for f in files), files
+        assert set(files) == {f"{s}__resize-{r}__upscaled.png" for s in "ab" for r in ("0.5", "1")}, files
         lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
         assert len(lines) == 4 and {ln["state"] for ln in lines} == {"SUCCEEDED"}
         assert {ln["params"]["resize"] for ln in lines} == {0.5, 1}

@@ -83,7 +83,7 @@ def test_a_plan_binds_inputs_to_the_only_image_parameter(tmp_path: Path) -> None
     items = batch.plan("up", None, [a, b], None, {"model": "m"}, {"resize": [0.5, 1.0]}, None, manifest)
     assert [(it.files["image"].name, it.params["resize"]) for it in items] == [
         ("a.png", 0.5), ("a.png", 1.0), ("b.png", 0.5), ("b.png", 1.0)]
-    assert len({it.key for it in items}) == 4 and items[0].stem == "a"
+    assert len({it.key for it in items}) == 4 and items[0].stem == "a__resize-0.5"
     with pytest.raises(InvalidInput, match="--param mask"):
         batch.plan("up", None, [a], "mask", {}, {}, None, manifest)
     rows = [{"image": str(a), "resize": 0.5}, {"image": "not-a-file", "resize": 1.0}]
