@@ -15,6 +15,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from orchestrator.cli.common import STATE_STYLE, JsonOption, console, err, fail,
 from orchestrator.cli.remote import Remote, nothing_dispatches
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import InvalidInput, MediaLabError
+from orchestrator.core.states import JobState
 from orchestrator.settings import get_settings
 
 batch_app = typer.Typer(help="Run many jobs as one batch on a service, and watch, cancel, retry, list them.",
@@ -36,6 +38,7 @@ batch_app = typer.Typer(help="Run many jobs as one batch on a service, and watch
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 PREVIEW = 5  # items a dry run prints
 POLL_S = 1.0
+UPLOAD_THREADS = 4  # inputs uploaded at once (the service hashes and stores each as it streams in)
 ProfileOption = Annotated[str | None, typer.Option(help="Profile of ~/.config/medialab/config.toml; default: "
                                                    "MEDIALAB_PROFILE.")]
 
@@ -179,10 +182,6 @@ class Planned:
         return "__".join([base, *(f"{k}-{v}" for k, v in self.varies.items())])
 
 
-def matches(item: Planned, job: JobOut) -> bool:
-    return all(job.params.get(k) == v for k, v in item.params.items())
-
-
 # -- the commands ---------------------------------------------------------------------------------------------
 def image_param(manifest: dict[str, Any], name: str | None, template: str) -> str:
     """``--param``, checked, else the template's only image/video parameter."""
@@ -300,19 +299,19 @@ class Outputs:
         self.namer = Namer({p.name for p in folder.iterdir()})
 
     def add(self, job: JobOut, item: Planned | None) -> None:
+        """``job`` as ``GET /v1/jobs/{id}`` gives it (with its outputs)."""
         if job.id in self.done:
             return
-        full = self.remote.job(job.id)
         files = []
-        for art in full.outputs:
+        for art in job.outputs:
             name = self.namer.name(item.stem if item else job.id[:8], art.output_name or "output",
                                    Path(art.filename).suffix)
             self.remote.download(art.id, self.folder / name)
             files.append({"artifact": art.id, "output": art.output_name, "file": name, "sha256": art.sha256})
         line = {"input": {k: str(p) for k, p in item.files.items()} if item else None,
                 "input_sha256": item.shas if item else None,
-                "params": item.params if item else full.params, "job": full.id, "state": full.state.value,
-                "template": full.template, "version": full.version, "outputs": files}
+                "params": item.params if item else job.params, "job": job.id, "state": job.state.value,
+                "template": job.template, "version": job.version, "outputs": files}
         with self.path.open("a") as f:
             f.write(json.dumps(line, default=str) + "\n")
         self.done.add(job.id)
@@ -321,9 +320,9 @@ class Outputs:
 def show_progress(remote: Remote, batch: BatchOut, items: list[Planned] | None = None,
                   outputs: Outputs | None = None) -> BatchOut:
     """Poll the batch until every job is final: counts by state, rate, ETA; failures printed as they happen;
-    finished jobs handed to ``outputs``. Ctrl-C: the batch keeps running."""
-    seen_failed: set[str] = set()
-    handled: set[str] = set()
+    finished jobs handed to ``outputs``. Each poll reads the counts and only the state events since the last
+    one (so a poll costs the same at the 10,000th job as at the first). Ctrl-C: the batch keeps running."""
+    after = 0
     started = time.monotonic()
     first_done: int | None = None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -332,7 +331,18 @@ def show_progress(remote: Remote, batch: BatchOut, items: list[Planned] | None =
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(f"batch {batch.id[:8]}", total=max(batch.total, 1), rate="")
             while True:
-                batch = remote.batch(batch.id)
+                batch = remote.batch(batch.id, outputs=False)
+                for e in remote.batch_events(batch.id, after):
+                    after = e.event.id
+                    if e.event.state == JobState.FAILED:
+                        job = remote.job(e.event.job_id)
+                        msg = (job.error or {}).get("message", "")
+                        bar.console.print(f"[red]FAILED[/red] job {job.id[:8]} {json.dumps(job.params)}: {msg}",
+                                          soft_wrap=True)
+                    elif e.event.state == JobState.SUCCEEDED and outputs is not None:
+                        item = items[e.batch_item] if items and e.batch_item is not None and \
+                            e.batch_item < len(items) else None
+                        outputs.add(remote.job(e.event.job_id), item)
                 first_done = batch.done if first_done is None else first_done
                 elapsed = time.monotonic() - started
                 rate = (batch.done - first_done) / elapsed if elapsed > 0 else 0.0
@@ -340,18 +350,6 @@ def show_progress(remote: Remote, batch: BatchOut, items: list[Planned] | None =
                 counts = " ".join(f"[{STATE_STYLE.get(s, '')}]{s}[/] {n}" for s, n in sorted(batch.counts.items()))
                 bar.update(task, total=max(batch.total, 1), completed=batch.done if batch.total else 1,
                            description=f"batch {batch.id[:8]} {counts}", rate=f"{rate * 60:.1f} jobs/min{eta}")
-                if batch.counts.get("FAILED", 0) > len(seen_failed):
-                    for job in remote.batch_jobs(batch.id, "FAILED"):
-                        if job.id not in seen_failed:
-                            seen_failed.add(job.id)
-                            msg = (job.error or {}).get("message", "")
-                            bar.console.print(f"[red]FAILED[/red] job {job.id[:8]} {json.dumps(job.params)}: {msg}",
-                                              soft_wrap=True)
-                if outputs is not None and batch.counts.get("SUCCEEDED", 0) > len(handled):
-                    for job in all_jobs(remote, batch.id, "SUCCEEDED"):
-                        if job.id not in handled:
-                            outputs.add(job, next((it for it in items or [] if matches(it, job)), None))
-                            handled.add(job.id)
                 if batch.finished:
                     return batch
                 time.sleep(POLL_S)
@@ -359,15 +357,6 @@ def show_progress(remote: Remote, batch: BatchOut, items: list[Planned] | None =
         err.print(f"\nstopped watching; batch {batch.id} keeps running on {remote.url}.\n"
                   f"  watch it:  medialab batch watch {batch.id}\n  cancel it: medialab batch cancel {batch.id}")
         raise typer.Exit(130) from None
-
-
-def all_jobs(remote: Remote, batch_id: str, state: str | None = None) -> list[JobOut]:
-    jobs: list[JobOut] = []
-    while True:
-        page = remote.batch_jobs(batch_id, state, 1000, len(jobs))
-        jobs.extend(page)
-        if len(page) < 1000:
-            return jobs
 
 
 def summary(batch: BatchOut) -> str:
@@ -406,13 +395,13 @@ def run(template: str,
             if dry_run_:
                 dry_run(remote, template, version, items, label, priority, tmpl)
                 return
-            uploaded: dict[str, str] = {}  # sha256 -> artifact id
-            with console.status(f"uploading {len({s for it in items for s in it.shas.values()})} input(s)..."):
-                for it in items:
-                    for k, p in it.files.items():
-                        if it.shas[k] not in uploaded:
-                            uploaded[it.shas[k]] = remote.upload(p.expanduser()).id
-                        it.params[k] = uploaded[it.shas[k]]
+            files = {it.shas[k]: p.expanduser() for it in items for k, p in it.files.items()}  # sha256 -> file
+            with console.status(f"uploading {len(files)} input(s)..."), \
+                    ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+                uploaded = dict(zip(files, pool.map(lambda p: remote.upload(p).id, files.values()), strict=True))
+            for it in items:
+                for k in it.files:
+                    it.params[k] = uploaded[it.shas[k]]
             batch = remote.create_batch(body_of(template, version, items, label, priority, False))
             queued = len(items) - len(batch.skipped)
             console.print(f"batch [bold]{batch.id or '(none new)'}[/bold] on {remote.url}: {queued} job(s) queued, "

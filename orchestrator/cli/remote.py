@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.api.schemas import ArtifactOut, BatchOut, EventOut, JobOut, TemplateVersionOut
+from orchestrator.api.schemas import ArtifactOut, BatchEventOut, BatchOut, EventOut, JobOut, TemplateVersionOut
 from orchestrator.core import errors
 from orchestrator.core.errors import InvalidInput, MediaLabError, Unavailable
 from orchestrator.settings import Settings
@@ -216,9 +216,22 @@ class Remote:
         """POST /v1/batches with ``body`` (``BatchSubmit``'s fields; ``dry_run`` writes nothing)."""
         return BatchOut.model_validate(self.request("POST", "/v1/batches", json=body).json())
 
-    def batch(self, batch_id: str) -> BatchOut:
-        """A batch (an id prefix is accepted): counts by state, progress, ETA, outputs."""
-        return BatchOut.model_validate(self.request("GET", f"/v1/batches/{batch_id}").json())
+    def batch(self, batch_id: str, outputs: bool = True) -> BatchOut:
+        """A batch (an id prefix is accepted): counts by state, progress, ETA and (``outputs``) its outputs."""
+        r = self.request("GET", f"/v1/batches/{batch_id}", params={} if outputs else {"outputs": "false"})
+        return BatchOut.model_validate(r.json())
+
+    def batch_events(self, batch_id: str, after: int = 0) -> list[BatchEventOut]:
+        """The state events of the batch's jobs after event ``after`` (every page of them), oldest first."""
+        events: list[BatchEventOut] = []
+        while True:
+            r = self.request("GET", f"/v1/batches/{batch_id}/events", params={"follow": "false"},
+                             headers={"Last-Event-ID": str(after)})
+            page = [BatchEventOut.model_validate(e) for e in r.json()]
+            events.extend(page)
+            if not page:
+                return events
+            after = page[-1].event.id
 
     def batches(self, limit: int = 50, offset: int = 0) -> list[BatchOut]:
         r = self.request("GET", "/v1/batches", params={"limit": limit, "offset": offset})
