@@ -108,9 +108,10 @@ def list_batches(session: SessionDep, key: AnyKey, limit: Annotated[int, Query(g
 
 
 @router.get("/{batch_id}", response_model=BatchOut)
-def get(batch_id: str, session: SessionDep, _: AnyKey) -> BatchOut:
-    """Counts by state, progress, ETA and the outputs (the first ``MAX_OUTPUTS_SHOWN``)."""
-    return batch_out(session, batch_db.get_batch(session, batch_id), outputs=True)
+def get(batch_id: str, session: SessionDep, _: AnyKey, outputs: bool = True) -> BatchOut:
+    """Counts by state, progress, ETA and the outputs (the first ``MAX_OUTPUTS_SHOWN``; ``outputs=false``:
+    none, for a client that polls the counts)."""
+    return batch_out(session, batch_db.get_batch(session, batch_id), outputs=outputs)
 
 
 @router.get("/{batch_id}/jobs", response_model=list[JobOut])
