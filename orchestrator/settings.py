@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under home.")
     storage_dir: Path | None = Field(None, description="Local-disk object store; default: home/objects.")
     templates_dir: Path | None = Field(None, description="Template library; default: the packaged one.")
+    studio_dir: Path = Field(PROJECT_ROOT / "studio" / "dist", description="The built studio (npm run build, "
+                             "by scripts/setup.sh), served under /studio; its swagger/ folder serves /docs.")
 
     storage: str = Field("local", description="local (disk under storage_dir) | s3 (MinIO or any S3).")
     s3_endpoint: str | None = Field(None, description="host:port of the MinIO/S3 server.")

@@ -27,6 +27,29 @@ $PIP install -q -e '.[dev]' torch==2.14.1 torchvision==0.29.1
 step "fixture models (real architectures, random weights) -> .runtime/models"
 .venv/bin/python scripts/fixtures.py .runtime/models
 
+step "chromium for the studio's browser tests (Debian's package; Playwright downloads no browser)"
+if command -v chromium >/dev/null 2>&1; then
+  echo "found: $(command -v chromium)"
+elif [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo "sudo -n")
+  echo "installing chromium: apt-get install -y chromium"
+  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium \
+    || echo "could not install chromium: tests/integration/test_studio_browser.py will be skipped"
+else
+  echo "no chromium and no root: tests/integration/test_studio_browser.py will be skipped;" \
+       "install it with  sudo apt-get install chromium"
+fi
+
+step "the studio and the TypeScript client (npm)"
+if command -v npm >/dev/null 2>&1; then
+  # no install scripts: none is needed (esbuild finds its binary in its platform package) and one only reports
+  # telemetry (@scarf/scarf, via swagger-ui-dist); the builds below are run explicitly
+  npm ci --no-audit --no-fund --ignore-scripts
+  npm run build --workspaces --if-present
+else
+  echo "skipped: no npm on PATH (install Node.js 20 for the studio at /studio and clients/ts)"
+fi
+
 if [ "${MEDIALAB_SKIP_INIT:-0}" != 1 ]; then
   step "embedded database and first admin key"
   .venv/bin/medialab init

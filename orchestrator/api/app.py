@@ -10,10 +10,21 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from orchestrator import __version__
-from orchestrator.api import problems
+from orchestrator.api import problems, studio
 from orchestrator.api.deps import AnyKey, CtxDep
 from orchestrator.api.guard import Guard
-from orchestrator.api.routes import artifacts, audit, batches, jobs, keys, models, servers, templates, trainings
+from orchestrator.api.routes import (
+    artifacts,
+    audit,
+    batches,
+    jobs,
+    keys,
+    me,
+    models,
+    servers,
+    templates,
+    trainings,
+)
 from orchestrator.bootstrap import Context, start_local_trainer
 from orchestrator.settings import Settings, get_settings
 
@@ -37,7 +48,9 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
                 local.stop()
             ctx.close()
 
-    app = FastAPI(title="Media Lab orchestrator", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="Media Lab orchestrator", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # /docs: offline, from the studio's build (api/studio.py)
+                  generate_unique_id_function=lambda r: f"{r.tags[0]}_{r.name}" if r.tags else r.name)
     app.add_middleware(Guard)  # the key and the body size, before a route reads the body
 
     @app.get("/healthz", include_in_schema=False)
@@ -52,7 +65,8 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
         return Response(ctx.metrics.render() if ctx.metrics else b"", media_type=CONTENT_TYPE_LATEST)
 
     for router in (artifacts.router, jobs.router, batches.router, servers.router, templates.router, trainings.router,
-                   models.router, keys.router, audit.router):
+                   models.router, keys.router, audit.router, me.router):
         app.include_router(router, prefix="/v1")
+    studio.install(app)  # /studio and /docs: static, no key
     problems.install(app)  # after the routes: it declares their error responses
     return app

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING, BinaryIO
 
 from sqlmodel import Session, col, select
 
 from orchestrator.core.errors import NotFound
+from orchestrator.core.previews import PREVIEW_ROLE
 from orchestrator.db.ids import get_by_id
 from orchestrator.db.tables import (
     Artifact,
     ArtifactTag,
+    Job,
 )
 from storage import ObjectStore
 
@@ -31,17 +34,50 @@ def add_tags(session: Session, artifact_id: str, tags: Iterable[str]) -> None:
 
 
 def list_artifacts(session: Session, job: str | None = None, template: str | None = None, tag: str | None = None,
-                   role: str | None = None, limit: int = 50, offset: int = 0) -> list[Artifact]:
-    q = select(Artifact).order_by(col(Artifact.created_at).desc()).limit(limit).offset(offset)
+                   role: str | None = None, limit: int = 50, offset: int = 0, *, state: str | None = None,
+                   dataset: Artifact | None = None, created_after: datetime | None = None,
+                   created_before: datetime | None = None, content_type: str | None = None) -> list[Artifact]:
+    """Newest first, one page. ``state``: of the artifact's job; ``dataset``: the pictures a dataset artifact
+    was built from; ``content_type``: a prefix (``image/``, ``video``); ``created_after``/``created_before``:
+    bounds (inclusive, exclusive). Previews (role ``preview``) are listed only when ``role`` asks for them."""
+    q = select(Artifact).order_by(col(Artifact.created_at).desc(), col(Artifact.id)).limit(limit).offset(offset)
     if job:
         q = q.where(Artifact.job_id == job)
     if template:
         q = q.where(Artifact.template == template)
-    if role:
-        q = q.where(Artifact.role == role)
+    q = q.where(Artifact.role == role) if role else q.where(Artifact.role != PREVIEW_ROLE)
     if tag:
         q = q.where(col(Artifact.id).in_(select(ArtifactTag.artifact_id).where(ArtifactTag.tag == tag)))
+    if state:
+        q = q.where(col(Artifact.job_id).in_(select(Job.id).where(Job.state == state)))
+    if dataset is not None:
+        q = q.where(col(Artifact.id).in_(list(dataset.input_artifacts or [])))
+    if created_after is not None:
+        q = q.where(col(Artifact.created_at) >= created_after)
+    if created_before is not None:
+        q = q.where(col(Artifact.created_at) < created_before)
+    if content_type:
+        q = q.where(col(Artifact.content_type).startswith(content_type, autoescape=True))
     return list(session.exec(q))
+
+
+def get_dataset(session: Session, ref: str) -> Artifact:
+    """A dataset artifact by its id (or a unique prefix), or by its name (the newest version)."""
+    named = session.exec(select(Artifact).where(
+        Artifact.role == "dataset",
+        col(Artifact.id).in_(select(ArtifactTag.artifact_id).where(ArtifactTag.tag == f"dataset:{ref}")))
+        .order_by(col(Artifact.created_at).desc()).limit(1)).first()
+    if named is not None:
+        return named
+    art = get_artifact(session, ref)
+    if art.role != "dataset":
+        raise NotFound(f"no dataset named {ref!r}, and artifact {art.id} is not a dataset (role {art.role})")
+    return art
+
+
+def preview_of(session: Session, origin: str) -> Artifact | None:
+    """The stored preview of that origin (``core.previews.preview_origin``), if one was made."""
+    return session.exec(select(Artifact).where(Artifact.origin == origin)).first()
 
 
 def get_artifact(session: Session, artifact_id: str) -> Artifact:

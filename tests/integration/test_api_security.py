@@ -35,6 +35,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/artifacts/{artifact_id}"): ANY,
     ("GET", "/v1/artifacts/{artifact_id}/url"): {"admin", "export"},
     ("GET", "/v1/artifacts/{artifact_id}/content"): {"admin", "export"},
+    ("GET", "/v1/artifacts/{artifact_id}/preview"): ANY,  # a preview is not a download
+    ("GET", "/v1/me"): ANY,
     ("DELETE", "/v1/artifacts/{artifact_id}"): ADMIN,
     ("POST", "/v1/jobs"): {"admin", "run"},
     ("GET", "/v1/jobs"): ANY,

@@ -1,5 +1,5 @@
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -9,8 +9,11 @@ from sqlmodel import Session
 from orchestrator.api.deps import AdminKey, AnyKey, CtxDep, ExportKey, RunKey, SessionDep
 from orchestrator.api.schemas import ArtifactOut, QueryText
 from orchestrator.app import artifacts as artifact_app
+from orchestrator.app import previews as preview_app
 from orchestrator.bootstrap import Context
 from orchestrator.core.limits import MAX_OFFSET
+from orchestrator.core.previews import PREVIEW_TYPE, PreviewSize, preview_etag
+from orchestrator.core.states import JobState
 from orchestrator.db import artifacts as artifact_db
 from orchestrator.db.tables import Artifact
 
@@ -43,10 +46,43 @@ def upload(file: UploadFile, ctx: CtxDep, session: SessionDep, _: RunKey,
 @router.get("", response_model=list[ArtifactOut])
 def list_artifacts(session: SessionDep, _: AnyKey, job: QueryText = None, template: QueryText = None,
                    tag: QueryText = None, role: QueryText = None,
+                   state: Annotated[JobState | None, Query(description="The state of the artifact's job.")] = None,
+                   dataset: Annotated[QueryText, Query(description="A dataset's id or name (its newest "
+                                                       "version): the pictures it was built from.")] = None,
+                   created_after: Annotated[datetime | None, Query(description="Created at or after.")] = None,
+                   created_before: Annotated[datetime | None, Query(description="Created before.")] = None,
+                   content_type: Annotated[QueryText, Query(description="A content type prefix: image/, "
+                                                            "video/, image/png.")] = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[ArtifactOut]:
-    rows = artifact_db.list_artifacts(session, job, template, tag, role, limit, offset)
+    """Newest first, one page (at most 500). Previews are left out unless ``role=preview``."""
+    source = artifact_db.get_dataset(session, dataset) if dataset else None
+    rows = artifact_db.list_artifacts(session, job, template, tag, role, limit, offset, state=state,
+                                      dataset=source, created_after=created_after, created_before=created_before,
+                                      content_type=content_type)
     return [artifact_out(session, a) for a in rows]
+
+
+PREVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The preview (WebP), cacheable for good: its ETag is the source's sha256 and the size.",
+          "content": {PREVIEW_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+    304: {"description": "Not modified (If-None-Match matched the ETag)."},
+}
+
+
+@router.get("/{artifact_id}/preview", response_class=Response, responses=PREVIEW_RESPONSES)
+def preview(artifact_id: str, request: Request, ctx: CtxDep, session: SessionDep, _: AnyKey,
+            size: Annotated[PreviewSize, Query(description="The longer side, in pixels.")] = PreviewSize.small,
+            ) -> Response:
+    """A downscaled picture of an image artifact, or of a video's first frame, for any valid key (a preview
+    is not a download: ``/content`` and ``/url`` stay export-only). Made once per (bytes, size) and kept in the
+    store. 422 for an artifact without a picture (or one that does not decode), 413 over the input limits."""
+    art = artifact_db.get_artifact(session, artifact_id)
+    headers = {"ETag": preview_etag(art.sha256, size), "Cache-Control": "private, max-age=31536000, immutable"}
+    if headers["ETag"] in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers=headers)
+    _row, data = preview_app.get_preview(session, ctx.store, art, int(size), ctx.settings)
+    return Response(data, media_type=PREVIEW_TYPE, headers=headers)
 
 
 @router.get("/{artifact_id}", response_model=ArtifactOut)
