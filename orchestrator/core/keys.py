@@ -196,8 +196,13 @@ def parse_roles(roles: Iterable[str]) -> list[str]:
     return parsed
 
 
+def may(key: ApiKey, *allowed: Role) -> bool:
+    """Whether the key is admin or holds one of the allowed roles (none listed: any valid key may)."""
+    return not allowed or Role.admin in key.roles or any(r in key.roles for r in allowed)
+
+
 def authorize(key: ApiKey, *allowed: Role) -> None:
-    """Pass when the key is admin or holds one of the allowed roles (none listed: any valid key)."""
-    if not allowed or Role.admin in key.roles or any(r in key.roles for r in allowed):
+    """Pass when ``may(key, *allowed)``, else Forbidden naming the roles needed."""
+    if may(key, *allowed):
         return
     raise Forbidden(f"key '{key.name}' lacks the role for this: needs one of {', '.join(allowed)}")
