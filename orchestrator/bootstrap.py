@@ -13,6 +13,7 @@ import tomllib
 
 from sqlmodel import Session, select
 
+from orchestrator.app import pipelines as pipeline_app
 from orchestrator.app import servers as server_app
 from orchestrator.app import templates as template_app
 from orchestrator.comfy.worker import LocalWorker, has_gpu
@@ -21,7 +22,7 @@ from orchestrator.core.server_urls import redact
 from orchestrator.db import servers as server_db
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import ServerRow
-from orchestrator.runtime import library, media
+from orchestrator.runtime import library, media, pipeline_library
 from orchestrator.runtime.dispatcher import Dispatcher
 from orchestrator.runtime.executor import Executor
 from orchestrator.runtime.metrics import Metrics
@@ -113,6 +114,7 @@ class Context:
         self.store = make_store(settings)
         with self.db.session() as s:
             template_app.sync_templates(s, library.scan_library(settings.templates))
+            pipeline_app.sync_pipelines(s, pipeline_library.scan_pipelines(settings.pipelines))
             register_configured(s, settings)
         self.executor = Executor(self.db, self.store, settings, self.owner)
         self.worker: LocalWorker | None = None

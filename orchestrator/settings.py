@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under home.")
     storage_dir: Path | None = Field(None, description="Local-disk object store; default: home/objects.")
     templates_dir: Path | None = Field(None, description="Template library; default: the packaged one.")
+    pipelines_dir: Path | None = Field(None, description="Pipeline library; default: the packaged one.")
     studio_dir: Path = Field(PROJECT_ROOT / "studio" / "dist", description="The built studio (npm run build, "
                              "by scripts/setup.sh), served under /studio; its swagger/ folder serves /docs.")
 
@@ -125,6 +126,14 @@ class Settings(BaseSettings):
         if self.templates_dir:
             return self.templates_dir
         from comfy_workflows import LIBRARY_DIR
+
+        return LIBRARY_DIR
+
+    @property
+    def pipelines(self) -> Path:
+        if self.pipelines_dir:
+            return self.pipelines_dir
+        from comfy_pipelines import LIBRARY_DIR
 
         return LIBRARY_DIR
 

@@ -255,3 +255,24 @@ class AuditEvent(SQLModel, table=True):
     action: str = Field(index=True)  # e.g. job.submit, template.publish, server.add, key.revoke
     target: str = Field(default="", index=True)  # the id or name acted on
     data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class PipelineVersionRow(SQLModel, table=True):
+    """One immutable pipeline version (``core.pipelines``): from the library folder or published. A run
+    (later) records the row id and content hash; ``templates`` pins each step's template version."""
+
+    __tablename__ = "pipeline_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version: int
+    content_hash: str
+    description: str = ""
+    definition: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # pipeline.json, as parsed
+    step_order: list[str] = Field(sa_column=Column(JSON, nullable=False))  # step ids, topologically
+    templates: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # step id -> template, version, hash
+    source: str = "library"  # library (comfy_pipelines/ in the repository) | published (API or CLI)
+    published_by: str | None = None  # API key id
+    deprecated: bool = False
+    created_at: datetime = Field(default_factory=now)
