@@ -15,6 +15,7 @@ from orchestrator.db.tables import (
     Artifact,
     ArtifactTag,
     Job,
+    JobInput,
 )
 from storage import ObjectStore
 
@@ -36,10 +37,12 @@ def add_tags(session: Session, artifact_id: str, tags: Iterable[str]) -> None:
 def list_artifacts(session: Session, job: str | None = None, template: str | None = None, tag: str | None = None,
                    role: str | None = None, limit: int = 50, offset: int = 0, *, state: str | None = None,
                    dataset: Artifact | None = None, created_after: datetime | None = None,
-                   created_before: datetime | None = None, content_type: str | None = None) -> list[Artifact]:
+                   created_before: datetime | None = None, content_type: str | None = None,
+                   made_from: Artifact | None = None) -> list[Artifact]:
     """Newest first, one page. ``state``: of the artifact's job; ``dataset``: the pictures a dataset artifact
     was built from; ``content_type``: a prefix (``image/``, ``video``); ``created_after``/``created_before``:
-    bounds (inclusive, exclusive). Previews (role ``preview``) are listed only when ``role`` asks for them."""
+    bounds (inclusive, exclusive); ``made_from``: the outputs of the jobs that read that artifact (lineage
+    down the chain). Previews (role ``preview``) are listed only when ``role`` asks for them."""
     q = select(Artifact).order_by(col(Artifact.created_at).desc(), col(Artifact.id)).limit(limit).offset(offset)
     if job:
         q = q.where(Artifact.job_id == job)
@@ -52,6 +55,9 @@ def list_artifacts(session: Session, job: str | None = None, template: str | Non
         q = q.where(col(Artifact.job_id).in_(select(Job.id).where(Job.state == state)))
     if dataset is not None:
         q = q.where(col(Artifact.id).in_(list(dataset.input_artifacts or [])))
+    if made_from is not None:
+        q = q.where(Artifact.role == "output", col(Artifact.job_id).in_(
+            select(JobInput.job_id).where(JobInput.artifact_id == made_from.id)))
     if created_after is not None:
         q = q.where(col(Artifact.created_at) >= created_after)
     if created_before is not None:

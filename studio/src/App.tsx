@@ -54,9 +54,20 @@ export function App() {
           <Route path="/training/:id" element={<TrainingRunPage />} />
           <Route path="/templates" element={<TemplatesPage />} />
           <Route path="/templates/:name" element={<TemplatePage />} />
-          <Route path="*" element={<p data-testid="not-found">Nothing here. <NavLink to="/">Home</NavLink></p>} />
+          <Route path="*" element={<NotFound path={location.pathname} />} />
         </Routes>
       </main>
     </div>
+  );
+}
+
+/** An unknown route under /studio (a mistyped or stale link): says so, instead of a blank page. */
+function NotFound({ path }: { path: string }) {
+  return (
+    <section className="card" data-testid="not-found">
+      <h2>Not found</h2>
+      <p>The studio has no page at <code data-testid="not-found-path">{path}</code>.</p>
+      <p><NavLink to="/">Home</NavLink> · <NavLink to="/gallery">Gallery</NavLink></p>
+    </section>
   );
 }

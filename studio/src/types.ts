@@ -60,4 +60,6 @@ export interface ArtifactFilter {
   created_after?: string;
   created_before?: string;
   content_type?: string;
+  /** The outputs of the jobs that took this artifact (id or unique prefix) as an input. */
+  made_from?: string;
 }

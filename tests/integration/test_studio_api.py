@@ -1,11 +1,12 @@
 """What the studio relies on: /v1/me per role, previews (images, a video's first frame, cached once per bytes
-and size, any key), the gallery filters of /v1/artifacts, the /studio mount with its deep links, and /docs
-served offline."""
+and size, any key), the gallery filters of /v1/artifacts (``made_from``: lineage down the chain), the /studio
+mount with its deep links, and /docs served offline."""
 
 from __future__ import annotations
 
 import io
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,11 +20,11 @@ from orchestrator.app import keys as key_app
 from orchestrator.core.previews import preview_origin
 from orchestrator.core.states import JobState
 from orchestrator.db import artifacts as artifact_db
-from orchestrator.db.tables import Artifact, Job
+from orchestrator.db.tables import Artifact, Job, JobInput
 from orchestrator.runtime import ingest
 from orchestrator.runtime import preview as preview_runtime
 from orchestrator.settings import Settings
-from tests.conftest import mp4_bytes, png_bytes
+from tests.conftest import FIXTURE_MODEL, mp4_bytes, png_bytes
 from tests.integration.conftest import Api, make_api
 
 ROLES = ("admin", "run", "publish", "export", "train")
@@ -220,6 +221,66 @@ def test_gallery_filters(gallery_api: Api) -> None:
     assert r.status_code == 404 and "not a dataset" in r.json()["detail"]
     assert api.client.get("/v1/artifacts", params={"state": "NOPE"}, headers=api.reader).status_code == 422
     assert api.client.get("/v1/artifacts", params={"limit": 501}, headers=api.reader).status_code == 422
+
+
+
+# -- lineage down the chain: made_from ----------------------------------------------------------------
+def listed(api: Api, **params: str) -> list[str]:
+    r = api.client.get("/v1/artifacts", params=params, headers=api.reader)
+    assert r.status_code == 200, r.text
+    return [a["id"] for a in r.json()]
+
+
+def test_made_from_lists_an_upscales_output_under_its_input(api: Api) -> None:
+    """A real upscale on the real ComfyUI: its input's ``made_from`` is its output; the output has none."""
+    frame = upload(api, "frame.png", png_bytes(64, 48))
+    assert listed(api, made_from=frame["id"]) == []  # nothing made from it yet
+    r = api.client.post("/v1/jobs", headers=api.run, json={"template": "upscale-esrgan",
+                                                           "params": {"image": frame["id"], "model": FIXTURE_MODEL}})
+    assert r.status_code == 201, r.text
+    deadline, job = time.monotonic() + 120, r.json()
+    while job["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = api.client.get(f"/v1/jobs/{job['id']}", headers=api.reader).json()
+    assert job["state"] == "SUCCEEDED", job
+    (out,) = job["outputs"]
+    assert listed(api, made_from=frame["id"]) == [out["id"]]
+    assert listed(api, made_from=frame["id"][:8]) == [out["id"]]  # a unique prefix, as the CLI prints
+    assert listed(api, made_from=out["id"]) == []
+    assert out["input_artifacts"] == [frame["id"]]  # up the chain agrees with down
+
+
+def test_made_from_filters_newest_first_one_page_and_404s_an_unknown_id(gallery_api: Api) -> None:
+    """Only the outputs (not previews or other roles) of the jobs that read it, newest first, paged; an unknown
+    id is 404 (not an empty list: a mistyped id must not read as "nothing made from it")."""
+    api = gallery_api
+    ctx = api.client.app.state.ctx
+    src = upload(api, "src.png", png_bytes(20, 20))
+    other = upload(api, "other.png", png_bytes(21, 20))
+    now = datetime.now(UTC)
+    with ctx.db.session() as s:
+        jobs = [Job(template="t", version=1, params={}, state=JobState.SUCCEEDED) for _ in range(3)]
+        s.add_all(jobs)
+        s.flush()
+        s.add_all([JobInput(job_id=job.id, artifact_id=art["id"])
+                   for job, art in ((jobs[0], src), (jobs[1], src), (jobs[1], other), (jobs[2], other))])
+        made: dict[str, str] = {}
+        for n, (job, role) in enumerate([(jobs[0], "output"), (jobs[1], "output"), (jobs[1], "output"),
+                                         (jobs[1], "input"), (jobs[2], "output")]):
+            art = ingest.store_stream(ctx.store, [png_bytes(8, 8, (n, n, n))], origin=f"mf:{n}", role=role,
+                                      filename=f"o{n}.png", job_id=job.id, template="t")
+            art.created_at = now - timedelta(minutes=10 - n)  # o0 oldest ... o4 newest
+            s.add(art)
+            made[f"o{n}"] = art.id
+        s.commit()
+    assert listed(api, made_from=src["id"]) == [made["o2"], made["o1"], made["o0"]]  # newest first; o3 not output
+    assert listed(api, made_from=other["id"]) == [made["o4"], made["o2"], made["o1"]]
+    assert listed(api, made_from=src["id"], limit="2") == [made["o2"], made["o1"]]
+    assert listed(api, made_from=src["id"], limit="2", offset="2") == [made["o0"]]
+    assert listed(api, made_from=src["id"], template="nope") == []  # combines with the other filters
+    assert listed(api, made_from=made["o0"]) == []
+    r = api.client.get("/v1/artifacts", params={"made_from": "ffffffffffff"}, headers=api.reader)
+    assert r.status_code == 404 and "unknown artifact" in r.json()["detail"], r.text
 
 
 # -- /studio and /docs ---------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ One service and one browser for the module. A run key signs in, upscales an uplo
 the result (4x the input), opens its lineage and finds it in the gallery, without a download button (and a
 direct GET of /content is 403); an export key downloads it (the file's sha256 is the artifact's). Pool,
 Training (a dataset and a queued training, seeded through the API), Templates and Batches (a small batch) render
-real data; /docs renders offline. Any page error or console error fails the test. A screenshot of each page is
-saved under .runtime/screenshots/studio/ (listed in index.txt there)."""
+real data; /docs renders offline. An artifact's page links down the chain (what was made from it). The gallery
+over 10,000 rows (seeded into the service's database) asks for one page per request, pages to a far page and
+loads thumbnails lazily. A deep link survives a reload; an unknown route shows the not-found view. Any page
+error or console error fails the test. A screenshot of each page is saved under .runtime/screenshots/studio/
+(listed in index.txt there)."""
 
 from __future__ import annotations
 
@@ -18,13 +21,17 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from PIL import Image
 
+from orchestrator.db.engine import Database
+from orchestrator.db.tables import Artifact, new_id
 from orchestrator.settings import PROJECT_ROOT
 from tests.conftest import FIXTURE_MODEL, png_bytes
 from tests.integration.test_cli_remote import medialab, served
@@ -45,6 +52,7 @@ class Studio:
     """The running service: its URL, one key per role, the frame to upload, what the tests found."""
 
     url: str
+    home: Path  # the service's MEDIALAB_HOME (its SQLite database is home/medialab.db)
     keys: dict[str, str]
     frame: Path
     server: dict[str, Any]
@@ -107,7 +115,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
                     break
                 time.sleep(0.2)
         assert server, f"the pool never reported {comfy_url} healthy with {FIXTURE_MODEL}: {rows}"
-        yield Studio(url=url, keys=keys, frame=frame, server=server)
+        yield Studio(url=url, home=home, keys=keys, frame=frame, server=server)
 
 
 @pytest.fixture(scope="module")
@@ -228,11 +236,22 @@ def test_upscale_from_create_lineage_gallery_and_download(studio: Studio, watche
     expect(page.get_by_test_id("lineage-comfy")).to_have_text(art["comfy_version"])
     expect(page.get_by_test_id("lineage-inputs")).to_contain_text(uploaded)
     expect(page.get_by_test_id("lineage-params")).to_contain_text(FIXTURE_MODEL)
+    expect(page.get_by_test_id("lineage-children-none")).to_be_visible()  # nothing made from the output yet
     expect(page.get_by_test_id("download-button")).to_have_count(0)  # a run key: no download offered
     artifact_url = page.url
     assert artifact_url.endswith(f"/studio/artifacts/{output}")
     run.shot("artifact", "an output's page with a run key: preview and lineage (template version + hash, "
              "server, ComfyUI version, inputs, parameters), no download button")
+
+    # down the chain: the input's page links to what was made from it, the output
+    page.get_by_test_id("lineage-inputs").get_by_role("link", name=uploaded).click()
+    children = page.get_by_test_id("lineage-children")
+    expect(children).to_be_visible()
+    expect(children.locator("a")).to_have_count(1)
+    expect(children.locator(f'a[href$="/artifacts/{output}"]')).to_be_visible()
+    run.shot("artifact-input", "the uploaded frame's page: its lineage lists 'Made from this' (the upscale)")
+    children.locator("a").click()
+    expect(page).to_have_url(artifact_url)
 
     # the gallery has it (a thumbnail from the service's previews)
     page.get_by_test_id("nav-gallery").click()
@@ -352,3 +371,138 @@ def test_the_watcher_fails_on_page_and_console_errors(browser: Any, studio: Stud
     assert any("probe: console" in e for e in w.errors) and any("probe: thrown" in e for e in w.errors), w.errors
     with pytest.raises(AssertionError, match="errors in the browser"):
         w.close()
+
+
+# -- the gallery at 10,000 rows --------------------------------------------------------------------------
+SEEDED_ROWS = 10_000
+MAX_LIST_LIMIT = 100  # what one gallery request may ask for at most (its page is 60)
+
+
+@pytest.fixture(scope="module")
+def many(studio: Studio) -> dict[str, Any]:
+    """10,000 artifact rows written into the running service's SQLite with the project's own Database and
+    tables (as studio/dev/seed_artifacts.py does), reusing three uploaded pictures' keys and sha256 so their
+    previews work; older than everything else, so the other tests' rows stay on the gallery's first page."""
+    sources = []
+    for i in range(3):
+        r = httpx.post(f"{studio.url}/v1/artifacts", headers=studio.headers("run"), timeout=30,
+                       files={"file": (f"many{i}.png", noise_png(100 + i, 48, 48))})
+        assert r.status_code == 201, r.text
+        sources.append(r.json())
+    db = Database(f"sqlite:///{(studio.home / 'medialab.db').resolve()}")
+    oldest = datetime.now(UTC) - timedelta(days=30)
+    started = time.monotonic()
+    with db.session() as s:
+        rows = [s.get(Artifact, src["id"]) for src in sources]
+        for i in range(SEEDED_ROWS):
+            src = rows[i % len(rows)]
+            assert src is not None
+            fields = src.model_dump(exclude={"id", "origin", "created_at", "filename"})
+            s.add(Artifact(**fields, id=new_id(), origin=f"seed:{i}", filename=f"seed-{i:05d}.png",
+                           created_at=oldest - timedelta(seconds=i)))
+        s.commit()
+    db.engine.dispose()
+    total = SEEDED_ROWS + len(studio.get(f"/v1/artifacts?limit=500&offset={SEEDED_ROWS}"))  # far fewer than 500 real
+    assert total >= SEEDED_ROWS
+    return {"sources": sources, "total": total, "seconds": time.monotonic() - started}
+
+
+def list_requests(urls: list[str]) -> list[dict[str, list[str]]]:
+    """The query of every GET /v1/artifacts (the list, not one artifact) among the page's requests."""
+    return [parse_qs(u.query) for u in map(urlsplit, urls) if u.path == "/v1/artifacts"]
+
+
+def test_gallery_with_10000_artifacts_pages_and_loads_thumbnails_lazily(studio: Studio, many: dict[str, Any],
+                                                                        watched: Any) -> None:
+    expect = playwright_api.expect
+    w = watched()
+    page = w.page
+    page.set_viewport_size({"width": 1100, "height": 760})
+    urls: list[str] = []
+    page.on("request", lambda req: urls.append(req.url))
+    w.sign_in("run")
+    previews = lambda: [u for u in urls if re.search(r"/v1/artifacts/[^/]+/preview", u)]  # noqa: E731
+
+    page.get_by_test_id("nav-gallery").click()
+    items = page.get_by_test_id("gallery-item")
+    expect(items).to_have_count(60)
+    expect(items.first.locator("img")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    first = len(previews())
+    assert 0 < first < 60, f"{first} previews asked for a page of 60: thumbnails are not lazy"
+
+    # scrolling brings the rest in (they are lazy, not broken)
+    items.last.scroll_into_view_if_needed()
+    expect(items.last.locator("img")).to_be_visible()
+    assert len(previews()) > first
+
+    # a far page from the URL's state (offset 9,000), then Next
+    page.goto(f"{studio.url}/studio/gallery?page=150")
+    expect(page.get_by_test_id("page-number")).to_have_text(re.compile(r"^page 151\b"))
+    far = studio.get("/v1/artifacts?limit=60&offset=9000")
+    expect(items).to_have_count(60)
+    expect(items.first).to_have_attribute("data-artifact", far[0]["id"])
+    expect(items.first.locator("img")).to_be_visible()  # the seeded rows' previews are the sources' pictures
+    page.get_by_test_id("page-next").click()
+    expect(page.get_by_test_id("page-number")).to_have_text(re.compile(r"^page 152\b"))
+    expect(items.first).to_have_attribute("data-artifact", studio.get("/v1/artifacts?limit=1&offset=9060")[0]["id"])
+    expect(page).to_have_url(re.compile(r"[?&]page=151\b"))
+
+    # the last page: what is left, and no Next
+    last = (many["total"] - 1) // 60
+    page.goto(f"{studio.url}/studio/gallery?page={last}")
+    expect(items).to_have_count(many["total"] - last * 60)
+    expect(page.get_by_test_id("page-next")).to_be_disabled()
+    w.shot("gallery-10000", f"the gallery over {many['total']} artifacts ({SEEDED_ROWS} rows seeded in "
+           f"{many['seconds']:.1f}s): its last page (page {last + 1}); one page per request, {first} previews "
+           "asked for the first page of 60 before scrolling")
+
+    listed = list_requests(urls)
+    offsets = {int(q.get("offset", ["0"])[0]) for q in listed}
+    assert {0, 9000, 9060, last * 60} <= offsets, offsets
+    too_big = [q for q in listed if int(q.get("limit", ["50"])[0]) > MAX_LIST_LIMIT]
+    assert not too_big, f"gallery requests over one page: {too_big}"
+
+
+# -- deep links ------------------------------------------------------------------------------------------
+def test_a_deep_link_survives_a_reload_and_an_unknown_route_is_not_found(studio: Studio, many: dict[str, Any],
+                                                                          watched: Any) -> None:
+    expect = playwright_api.expect
+    art = many["sources"][0]
+    link = f"{studio.url}/studio/artifacts/{art['id']}"
+    w = watched()
+    page = w.page
+    w.sign_in("run")
+    key = page.evaluate("() => sessionStorage.getItem('medialab.apiKey')")
+    assert key == studio.keys["run"]
+
+    # a new page (a new tab: sessionStorage is per tab) opened straight on the deep link: sign in, land there
+    tab = w.context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    tab.on("pageerror", lambda e: w.errors.append(f"pageerror: {e}"))
+    tab.goto(link)
+    expect(tab.get_by_test_id("signin-form")).to_be_visible()
+    tab.get_by_test_id("signin-key").fill(studio.keys["run"])
+    tab.get_by_test_id("signin-button").click()
+    expect(tab).to_have_url(link)
+    expect(tab.get_by_test_id("artifact-page")).to_contain_text(art["filename"])
+
+    # reload: still signed in (the key is in this tab's sessionStorage), the page renders again
+    for p in (tab, page):
+        if p is page:
+            p.goto(link)  # the first tab, signed in already, straight on the link
+        p.reload()
+        expect(p.get_by_test_id("whoami")).to_be_visible()
+        expect(p.get_by_test_id("signin-form")).to_have_count(0)
+        expect(p.get_by_test_id("lineage-panel")).to_contain_text(art["id"])
+    w.page = tab
+    w.shot("deep-link", "an artifact's page opened from its URL in a new tab, signed in, then reloaded")
+    w.page = page
+
+    # an unknown route under /studio: the app's not-found view, not a blank page
+    page.goto(f"{studio.url}/studio/no/such/page")
+    expect(page.get_by_test_id("not-found")).to_be_visible()
+    expect(page.get_by_test_id("not-found-path")).to_have_text("/no/such/page")
+    expect(page.get_by_test_id("whoami")).to_be_visible()
+    w.shot("not-found", "an unknown route under /studio: the not-found view")
+    tab.close()

@@ -53,13 +53,19 @@ def list_artifacts(session: SessionDep, _: AnyKey, job: QueryText = None, templa
                    created_before: Annotated[datetime | None, Query(description="Created before.")] = None,
                    content_type: Annotated[QueryText, Query(description="A content type prefix: image/, "
                                                             "video/, image/png.")] = None,
+                   made_from: Annotated[QueryText, Query(description="An artifact's id (or a unique prefix): "
+                                                         "the outputs of the jobs that took it as an input. "
+                                                         "404 for an unknown artifact.")] = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[ArtifactOut]:
-    """Newest first, one page (at most 500). Previews are left out unless ``role=preview``."""
+    """Newest first, one page (at most 500). Previews are left out unless ``role=preview``. ``made_from``:
+    lineage down the chain (the outputs of jobs that read that artifact); an unknown id is 404, not an empty
+    list, so a typo is not mistaken for "nothing made from it"."""
     source = artifact_db.get_dataset(session, dataset) if dataset else None
+    parent = artifact_db.get_artifact(session, made_from) if made_from else None
     rows = artifact_db.list_artifacts(session, job, template, tag, role, limit, offset, state=state,
                                       dataset=source, created_after=created_after, created_before=created_before,
-                                      content_type=content_type)
+                                      content_type=content_type, made_from=parent)
     return [artifact_out(session, a) for a in rows]
 
 

@@ -2,8 +2,11 @@ import { Link } from "react-router-dom";
 import type { Artifact } from "../types";
 import { fmtDate, fmtBytes } from "../hooks";
 
-/** Where an artifact came from: template version and hash, parameters, inputs, server, ComfyUI version. */
-export function Lineage({ art }: { art: Artifact }) {
+/** Where an artifact came from: template version and hash, parameters, inputs, server, ComfyUI version; and
+ * down the chain, `madeFrom`: what was made from it (the outputs of jobs that took it as an input), null while
+ * loading; `more`: there are more than those (the gallery's `made_from` filter lists them all). */
+export function Lineage({ art, madeFrom = null, more = false, madeFromError = null }: { art: Artifact;
+  madeFrom?: Artifact[] | null; more?: boolean; madeFromError?: string | null }) {
   const models = Object.entries(art.params ?? {}).filter(([, v]) => typeof v === "string" && /\.(safetensors|pth|pt|ckpt|bin)$/i.test(v));
   return (
     <section className="lineage card" data-testid="lineage-panel">
@@ -33,6 +36,15 @@ export function Lineage({ art }: { art: Artifact }) {
           {art.input_artifacts.map((id) => <li key={id}><Link to={`/artifacts/${id}`}>{id}</Link></li>)}
         </ul>
       </>}
+      <h4>Made from this</h4>
+      {madeFromError ? <p className="error">{madeFromError}</p>
+        : madeFrom === null ? <p className="hint">Loading…</p> : madeFrom.length === 0
+        ? <p className="hint" data-testid="lineage-children-none">Nothing made from it yet.</p>
+        : <ul className="links" data-testid="lineage-children">
+          {madeFrom.map((c) => <li key={c.id}><Link to={`/artifacts/${c.id}`}>{c.output_name ?? c.filename}</Link>
+            {c.template ? ` · ${c.template}` : ""} · <small>{fmtDate(c.created_at)}</small></li>)}
+          {more && <li><Link to={`/gallery?made_from=${art.id}`} data-testid="lineage-children-more">All of them…</Link></li>}
+        </ul>}
       {art.params && <>
         <h4>Parameters</h4>
         <pre data-testid="lineage-params">{JSON.stringify(art.params, null, 2)}</pre>

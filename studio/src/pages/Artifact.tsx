@@ -6,13 +6,22 @@ import { Lineage } from "../components/Lineage";
 import { Thumb } from "../components/Thumb";
 import { useLoad } from "../hooks";
 
-/** One artifact: its preview, lineage (links up the chain: its inputs and job; down: the job's other outputs). */
+/** How many of "Made from this" the lineage panel lists (one page; the gallery pages through the rest). */
+const CHILDREN = 20;
+
+/** One artifact: its preview, lineage (links up the chain: its inputs and job; across: the job's other outputs;
+ * down: what was made from it). */
 export function ArtifactPage() {
   const { id = "" } = useParams();
+  return <ArtifactView key={id} id={id} />;  // a fresh view per artifact: nothing of the previous one shows
+}
+
+function ArtifactView({ id }: { id: string }) {
   const { can } = useAuth();
   const navigate = useNavigate();
   const { data: art, error } = useLoad(() => getArtifact(id), [id]);
   const siblings = useLoad(async () => (art?.job_id ? (await listArtifacts({ job: art.job_id }, 50, 0)).items : []), [art?.job_id]);
+  const madeFrom = useLoad(async () => (art ? (await listArtifacts({ made_from: art.id }, CHILDREN + 1, 0)).items : null), [art?.id]);
   const [msg, setMsg] = useState<string | null>(null);
   if (error) return <p className="error" data-testid="artifact-error">{error}</p>;
   if (!art) return <p>Loading…</p>;
@@ -39,7 +48,8 @@ export function ArtifactPage() {
           </div>
         </>}
       </section>
-      <Lineage art={art} />
+      <Lineage art={art} madeFrom={madeFrom.data?.slice(0, CHILDREN) ?? null} madeFromError={madeFrom.error}
+        more={(madeFrom.data?.length ?? 0) > CHILDREN} />
     </div>
   );
 }

@@ -6,7 +6,8 @@ import { useLoad } from "../hooks";
 import type { Artifact, ArtifactFilter } from "../types";
 
 export const PAGE_SIZE = 60;
-const FILTERS = ["template", "tag", "role", "state", "dataset", "content_type", "created_after", "created_before"] as const;
+const FILTERS = ["template", "tag", "role", "state", "dataset", "content_type", "created_after", "created_before",
+  "made_from"] as const;
 /** A date input's day as an instant: its start, or (for "to", inclusive) the next day's start. */
 function dayStart(day: string, next: boolean): string {
   const d = new Date(`${day}T00:00:00`);
@@ -76,6 +77,9 @@ export function GalleryPage() {
         <label>from <input type="date" value={search.get("created_after") ?? ""} onChange={(e) => set("created_after", e.target.value)} data-testid="filter-after" /></label>
         <label>to <input type="date" value={search.get("created_before") ?? ""} onChange={(e) => set("created_before", e.target.value)} data-testid="filter-before" /></label>
       </form>
+      {search.get("made_from") && <p className="row" data-testid="filter-made-from">Made from{" "}
+        <Link to={`/artifacts/${search.get("made_from")}`}>{search.get("made_from")}</Link>
+        <button type="button" onClick={() => set("made_from", "")}>clear</button></p>}
       {error && <p className="error" data-testid="gallery-error">{error}</p>}
       <div className="grid" data-testid="gallery-grid">
         {items.map((a) => (

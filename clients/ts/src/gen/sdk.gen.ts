@@ -2,7 +2,7 @@
 
 import { type Client, formDataBodySerializer, type Options as Options2, type TDataShape } from './client';
 import { client } from './client.gen';
-import type { ArtifactsContentData, ArtifactsContentErrors, ArtifactsContentResponses, ArtifactsDeleteData, ArtifactsDeleteErrors, ArtifactsDeleteResponses, ArtifactsDownloadUrlData, ArtifactsDownloadUrlErrors, ArtifactsDownloadUrlResponses, ArtifactsGetData, ArtifactsGetErrors, ArtifactsGetResponses, ArtifactsListArtifactsData, ArtifactsListArtifactsErrors, ArtifactsListArtifactsResponses, ArtifactsPreviewData, ArtifactsPreviewErrors, ArtifactsPreviewResponses, ArtifactsUploadData, ArtifactsUploadErrors, ArtifactsUploadResponses, AuditListEventsData, AuditListEventsErrors, AuditListEventsResponses, BatchesCancelData, BatchesCancelErrors, BatchesCancelResponses, BatchesCreateData, BatchesCreateErrors, BatchesCreateResponses, BatchesEventsData, BatchesEventsErrors, BatchesEventsResponses, BatchesGetData, BatchesGetErrors, BatchesGetResponses, BatchesJobsData, BatchesJobsErrors, BatchesJobsResponses, BatchesListBatchesData, BatchesListBatchesErrors, BatchesListBatchesResponses, BatchesRetryData, BatchesRetryErrors, BatchesRetryResponses, JobsCancelData, JobsCancelErrors, JobsCancelResponses, JobsEventsData, JobsEventsErrors, JobsEventsResponses, JobsGetData, JobsGetErrors, JobsGetResponses, JobsListJobsData, JobsListJobsErrors, JobsListJobsResponses, JobsSubmitData, JobsSubmitErrors, JobsSubmitResponses, KeysCreateData, KeysCreateErrors, KeysCreateResponses, KeysGetData, KeysGetErrors, KeysGetResponses, KeysListKeysData, KeysListKeysErrors, KeysListKeysResponses, KeysRevokeData, KeysRevokeErrors, KeysRevokeResponses, KeysRotateData, KeysRotateErrors, KeysRotateResponses, MeGetData, MeGetErrors, MeGetResponses, ModelsApproveData, ModelsApproveErrors, ModelsApproveResponses, ModelsDistributeData, ModelsDistributeErrors, ModelsDistributeResponses, ModelsGetData, ModelsGetErrors, ModelsGetResponses, ModelsListModelsData, ModelsListModelsErrors, ModelsListModelsResponses, ModelsWithdrawData, ModelsWithdrawErrors, ModelsWithdrawResponses, ServersActivateData, ServersActivateErrors, ServersActivateResponses, ServersAddData, ServersAddErrors, ServersAddResponses, ServersCheckAllData, ServersCheckAllErrors, ServersCheckAllResponses, ServersCheckOneData, ServersCheckOneErrors, ServersCheckOneResponses, ServersDrainData, ServersDrainErrors, ServersDrainResponses, ServersListServersData, ServersListServersErrors, ServersListServersResponses, ServersRefreshData, ServersRefreshErrors, ServersRefreshResponses, ServersRemoveData, ServersRemoveErrors, ServersRemoveResponses, TemplatesDeprecateData, TemplatesDeprecateErrors, TemplatesDeprecateResponses, TemplatesDiffData, TemplatesDiffErrors, TemplatesDiffResponses, TemplatesGetLatestData, TemplatesGetLatestErrors, TemplatesGetLatestResponses, TemplatesGetVersionData, TemplatesGetVersionErrors, TemplatesGetVersionResponses, TemplatesGetWorkflowData, TemplatesGetWorkflowErrors, TemplatesGetWorkflowResponses, TemplatesListTemplatesData, TemplatesListTemplatesErrors, TemplatesListTemplatesResponses, TemplatesPublishData, TemplatesPublishErrors, TemplatesPublishResponses, TrainingBuildDatasetData, TrainingBuildDatasetErrors, TrainingBuildDatasetResponses, TrainingCheckpointData, TrainingCheckpointErrors, TrainingCheckpointResponses, TrainingClaimData, TrainingClaimErrors, TrainingClaimResponses, TrainingDatasetData, TrainingDatasetErrors, TrainingDatasetResponses, TrainingFinishData, TrainingFinishErrors, TrainingFinishResponses, TrainingHeartbeatData, TrainingHeartbeatErrors, TrainingHeartbeatResponses, TrainingListDatasetsData, TrainingListDatasetsErrors, TrainingListDatasetsResponses, TrainingListTrainingsData, TrainingListTrainingsErrors, TrainingListTrainingsResponses, TrainingSubmitData, TrainingSubmitErrors, TrainingSubmitResponses, TrainingUploadOutputData, TrainingUploadOutputErrors, TrainingUploadOutputResponses } from './types.gen';
+import type { ArtifactsContentData, ArtifactsContentErrors, ArtifactsContentResponses, ArtifactsDeleteData, ArtifactsDeleteErrors, ArtifactsDeleteResponses, ArtifactsDownloadUrlData, ArtifactsDownloadUrlErrors, ArtifactsDownloadUrlResponses, ArtifactsGetData, ArtifactsGetErrors, ArtifactsGetResponses, ArtifactsListArtifactsData, ArtifactsListArtifactsErrors, ArtifactsListArtifactsResponses, ArtifactsPreviewData, ArtifactsPreviewErrors, ArtifactsPreviewResponses, ArtifactsUploadData, ArtifactsUploadErrors, ArtifactsUploadResponses, AuditListEventsData, AuditListEventsErrors, AuditListEventsResponses, BatchesCancelData, BatchesCancelErrors, BatchesCancelResponses, BatchesCreateData, BatchesCreateErrors, BatchesCreateResponses, BatchesEventsData, BatchesEventsErrors, BatchesEventsResponses, BatchesGetData, BatchesGetErrors, BatchesGetResponses, BatchesJobsData, BatchesJobsErrors, BatchesJobsResponses, BatchesListBatchesData, BatchesListBatchesErrors, BatchesListBatchesResponses, BatchesRetryData, BatchesRetryErrors, BatchesRetryResponses, JobsCancelData, JobsCancelErrors, JobsCancelResponses, JobsEventsData, JobsEventsErrors, JobsEventsResponses, JobsGetData, JobsGetErrors, JobsGetResponses, JobsListJobsData, JobsListJobsErrors, JobsListJobsResponses, JobsSubmitData, JobsSubmitErrors, JobsSubmitResponses, KeysCreateData, KeysCreateErrors, KeysCreateResponses, KeysGetData, KeysGetErrors, KeysGetResponses, KeysListKeysData, KeysListKeysErrors, KeysListKeysResponses, KeysRevokeData, KeysRevokeErrors, KeysRevokeResponses, KeysRotateData, KeysRotateErrors, KeysRotateResponses, MeGetData, MeGetErrors, MeGetResponses, ModelsApproveData, ModelsApproveErrors, ModelsApproveResponses, ModelsDistributeData, ModelsDistributeErrors, ModelsDistributeResponses, ModelsGetData, ModelsGetErrors, ModelsGetResponses, ModelsListModelsData, ModelsListModelsErrors, ModelsListModelsResponses, ModelsWithdrawData, ModelsWithdrawErrors, ModelsWithdrawResponses, PipelinesGetLatestData, PipelinesGetLatestErrors, PipelinesGetLatestResponses, PipelinesGetVersionData, PipelinesGetVersionErrors, PipelinesGetVersionResponses, PipelinesListPipelinesData, PipelinesListPipelinesErrors, PipelinesListPipelinesResponses, PipelinesPublishData, PipelinesPublishErrors, PipelinesPublishResponses, ServersActivateData, ServersActivateErrors, ServersActivateResponses, ServersAddData, ServersAddErrors, ServersAddResponses, ServersCheckAllData, ServersCheckAllErrors, ServersCheckAllResponses, ServersCheckOneData, ServersCheckOneErrors, ServersCheckOneResponses, ServersDrainData, ServersDrainErrors, ServersDrainResponses, ServersListServersData, ServersListServersErrors, ServersListServersResponses, ServersRefreshData, ServersRefreshErrors, ServersRefreshResponses, ServersRemoveData, ServersRemoveErrors, ServersRemoveResponses, TemplatesDeprecateData, TemplatesDeprecateErrors, TemplatesDeprecateResponses, TemplatesDiffData, TemplatesDiffErrors, TemplatesDiffResponses, TemplatesGetLatestData, TemplatesGetLatestErrors, TemplatesGetLatestResponses, TemplatesGetVersionData, TemplatesGetVersionErrors, TemplatesGetVersionResponses, TemplatesGetWorkflowData, TemplatesGetWorkflowErrors, TemplatesGetWorkflowResponses, TemplatesListTemplatesData, TemplatesListTemplatesErrors, TemplatesListTemplatesResponses, TemplatesPublishData, TemplatesPublishErrors, TemplatesPublishResponses, TrainingBuildDatasetData, TrainingBuildDatasetErrors, TrainingBuildDatasetResponses, TrainingCheckpointData, TrainingCheckpointErrors, TrainingCheckpointResponses, TrainingClaimData, TrainingClaimErrors, TrainingClaimResponses, TrainingDatasetData, TrainingDatasetErrors, TrainingDatasetResponses, TrainingFinishData, TrainingFinishErrors, TrainingFinishResponses, TrainingHeartbeatData, TrainingHeartbeatErrors, TrainingHeartbeatResponses, TrainingListDatasetsData, TrainingListDatasetsErrors, TrainingListDatasetsResponses, TrainingListTrainingsData, TrainingListTrainingsErrors, TrainingListTrainingsResponses, TrainingSubmitData, TrainingSubmitErrors, TrainingSubmitResponses, TrainingUploadOutputData, TrainingUploadOutputErrors, TrainingUploadOutputResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -21,7 +21,9 @@ export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends 
 /**
  * List Artifacts
  *
- * Newest first, one page (at most 500). Previews are left out unless ``role=preview``.
+ * Newest first, one page (at most 500). Previews are left out unless ``role=preview``. ``made_from``:
+ * lineage down the chain (the outputs of jobs that read that artifact); an unknown id is 404, not an empty
+ * list, so a typo is not mistaken for "nothing made from it".
  */
 export const artifactsListArtifacts = <ThrowOnError extends boolean = true>(options?: Options<ArtifactsListArtifactsData, ThrowOnError>) => (options?.client ?? client).get<ArtifactsListArtifactsResponses, ArtifactsListArtifactsErrors, ThrowOnError>({ url: '/v1/artifacts', ...options });
 
@@ -247,7 +249,8 @@ export const keysRotate = <ThrowOnError extends boolean = true>(options: Options
 /**
  * Get
  *
- * Any valid key. The ``can_*`` flags follow the role rules (admin holds every role).
+ * Any valid key. The ``can_*`` flags follow the role rule of every route (``core.keys.may``: admin holds
+ * every role).
  */
 export const meGet = <ThrowOnError extends boolean = true>(options?: Options<MeGetData, ThrowOnError>) => (options?.client ?? client).get<MeGetResponses, MeGetErrors, ThrowOnError>({ url: '/v1/me', ...options });
 
@@ -281,6 +284,39 @@ export const modelsDistribute = <ThrowOnError extends boolean = true>(options: O
  * Jobs naming it are refused from now on; the file stays on the servers.
  */
 export const modelsWithdraw = <ThrowOnError extends boolean = true>(options: Options<ModelsWithdrawData, ThrowOnError>) => (options.client ?? client).post<ModelsWithdrawResponses, ModelsWithdrawErrors, ThrowOnError>({ url: '/v1/models/{ref}/withdraw', ...options });
+
+/**
+ * List Pipelines
+ */
+export const pipelinesListPipelines = <ThrowOnError extends boolean = true>(options?: Options<PipelinesListPipelinesData, ThrowOnError>) => (options?.client ?? client).get<PipelinesListPipelinesResponses, PipelinesListPipelinesErrors, ThrowOnError>({ url: '/v1/pipelines', ...options });
+
+/**
+ * Get Latest
+ *
+ * The newest version, with its steps.
+ */
+export const pipelinesGetLatest = <ThrowOnError extends boolean = true>(options: Options<PipelinesGetLatestData, ThrowOnError>) => (options.client ?? client).get<PipelinesGetLatestResponses, PipelinesGetLatestErrors, ThrowOnError>({ url: '/v1/pipelines/{name}', ...options });
+
+/**
+ * Publish
+ *
+ * Publish a version, checked against the recorded templates: 201 created; 200 when that version has this
+ * very content already; 409 when it has other content; 422 naming every problem (``errors``: a cycle, a
+ * type mismatch, a dangling reference, an unbound required parameter, ...).
+ */
+export const pipelinesPublish = <ThrowOnError extends boolean = true>(options: Options<PipelinesPublishData, ThrowOnError>) => (options.client ?? client).post<PipelinesPublishResponses, PipelinesPublishErrors, ThrowOnError>({
+    url: '/v1/pipelines/{name}/versions',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Get Version
+ */
+export const pipelinesGetVersion = <ThrowOnError extends boolean = true>(options: Options<PipelinesGetVersionData, ThrowOnError>) => (options.client ?? client).get<PipelinesGetVersionResponses, PipelinesGetVersionErrors, ThrowOnError>({ url: '/v1/pipelines/{name}/versions/{version}', ...options });
 
 /**
  * List Servers

@@ -1012,6 +1012,129 @@ export type MeOut = {
 };
 
 /**
+ * PipelineOut
+ */
+export type PipelineOut = {
+    latest: PipelineVersionOut;
+    /**
+     * Name
+     */
+    name: string;
+    /**
+     * Versions
+     */
+    versions: Array<number>;
+};
+
+/**
+ * PipelinePublish
+ *
+ * A ``pipeline.json``; its parts are checked by ``core.pipelines`` (each problem named in ``errors``).
+ */
+export type PipelinePublish = {
+    /**
+     * Description
+     */
+    description?: string;
+    /**
+     * Inputs
+     */
+    inputs?: Array<unknown>;
+    /**
+     * Name
+     *
+     * Default (and the only value allowed): the name in the URL.
+     */
+    name?: string | null;
+    /**
+     * Outputs
+     */
+    outputs?: Array<unknown>;
+    /**
+     * Steps
+     */
+    steps?: Array<unknown>;
+    /**
+     * Version
+     *
+     * Default: the next free version. The same content under a recorded version answers that version (200); other content 409.
+     */
+    version?: number | null;
+};
+
+/**
+ * PipelineVersionOut
+ */
+export type PipelineVersionOut = {
+    /**
+     * Content Hash
+     */
+    content_hash: string;
+    /**
+     * Created At
+     */
+    created_at: string;
+    /**
+     * Deprecated
+     */
+    deprecated?: boolean;
+    /**
+     * Description
+     */
+    description: string;
+    /**
+     * Inputs
+     *
+     * name, type (a template parameter type), description.
+     */
+    inputs: Array<{
+        [key: string]: unknown;
+    }>;
+    /**
+     * Name
+     */
+    name: string;
+    /**
+     * Order
+     *
+     * The step ids in the order a run starts them (upstream first).
+     */
+    order: Array<string>;
+    /**
+     * Outputs
+     *
+     * name, step, output.
+     */
+    outputs: Array<{
+        [key: string]: unknown;
+    }>;
+    /**
+     * Source
+     */
+    source?: string;
+    /**
+     * Steps
+     *
+     * id, template, version, params (shown in full).
+     */
+    steps?: Array<{
+        [key: string]: unknown;
+    }> | null;
+    /**
+     * Templates
+     *
+     * Step id -> the template version it runs (template, version, content_hash).
+     */
+    templates?: {
+        [key: string]: unknown;
+    } | null;
+    /**
+     * Version
+     */
+    version: number;
+};
+
+/**
  * PreviewSize
  *
  * The longer side of a preview, in pixels: a gallery thumbnail or a large view.
@@ -1368,6 +1491,12 @@ export type ArtifactsListArtifactsData = {
          * A content type prefix: image/, video/, image/png.
          */
         content_type?: string | null;
+        /**
+         * Made From
+         *
+         * An artifact's id (or a unique prefix): the outputs of the jobs that took it as an input. 404 for an unknown artifact.
+         */
+        made_from?: string | null;
         /**
          * Limit
          */
@@ -3126,6 +3255,195 @@ export type ModelsWithdrawResponses = {
 };
 
 export type ModelsWithdrawResponse = ModelsWithdrawResponses[keyof ModelsWithdrawResponses];
+
+export type PipelinesListPipelinesData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/v1/pipelines';
+};
+
+export type PipelinesListPipelinesErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+};
+
+export type PipelinesListPipelinesError = PipelinesListPipelinesErrors[keyof PipelinesListPipelinesErrors];
+
+export type PipelinesListPipelinesResponses = {
+    /**
+     * Response Pipelines List Pipelines
+     *
+     * Successful Response
+     */
+    200: Array<PipelineOut>;
+};
+
+export type PipelinesListPipelinesResponse = PipelinesListPipelinesResponses[keyof PipelinesListPipelinesResponses];
+
+export type PipelinesGetLatestData = {
+    body?: never;
+    path: {
+        /**
+         * Name
+         */
+        name: string;
+    };
+    query?: never;
+    url: '/v1/pipelines/{name}';
+};
+
+export type PipelinesGetLatestErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type PipelinesGetLatestError = PipelinesGetLatestErrors[keyof PipelinesGetLatestErrors];
+
+export type PipelinesGetLatestResponses = {
+    /**
+     * Successful Response
+     */
+    200: PipelineVersionOut;
+};
+
+export type PipelinesGetLatestResponse = PipelinesGetLatestResponses[keyof PipelinesGetLatestResponses];
+
+export type PipelinesPublishData = {
+    body: PipelinePublish;
+    path: {
+        /**
+         * Name
+         */
+        name: string;
+    };
+    query?: never;
+    url: '/v1/pipelines/{name}/versions';
+};
+
+export type PipelinesPublishErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type PipelinesPublishError = PipelinesPublishErrors[keyof PipelinesPublishErrors];
+
+export type PipelinesPublishResponses = {
+    /**
+     * Successful Response
+     */
+    201: PipelineVersionOut;
+};
+
+export type PipelinesPublishResponse = PipelinesPublishResponses[keyof PipelinesPublishResponses];
+
+export type PipelinesGetVersionData = {
+    body?: never;
+    path: {
+        /**
+         * Name
+         */
+        name: string;
+        /**
+         * Version
+         */
+        version: number;
+    };
+    query?: never;
+    url: '/v1/pipelines/{name}/versions/{version}';
+};
+
+export type PipelinesGetVersionErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type PipelinesGetVersionError = PipelinesGetVersionErrors[keyof PipelinesGetVersionErrors];
+
+export type PipelinesGetVersionResponses = {
+    /**
+     * Successful Response
+     */
+    200: PipelineVersionOut;
+};
+
+export type PipelinesGetVersionResponse = PipelinesGetVersionResponses[keyof PipelinesGetVersionResponses];
 
 export type ServersListServersData = {
     body?: never;
