@@ -13,6 +13,7 @@ import tomllib
 
 from sqlmodel import Session, select
 
+from orchestrator.app import pipeline_runs as run_app
 from orchestrator.app import pipelines as pipeline_app
 from orchestrator.app import servers as server_app
 from orchestrator.app import templates as template_app
@@ -117,6 +118,8 @@ class Context:
             pipeline_app.sync_pipelines(s, pipeline_library.scan_pipelines(settings.pipelines))
             register_configured(s, settings)
         self.executor = Executor(self.db, self.store, settings, self.owner)
+        # a step's job ended: its pipeline run advances at once (the lease-loop sweep covers the rest)
+        self.executor.on_final = lambda job_id: run_app.job_finished(self.db, job_id, self.pool, self.settings)
         self.worker: LocalWorker | None = None
         self.pool: Pool | None = None
         self.metrics: Metrics | None = None
@@ -146,7 +149,8 @@ class Context:
     def start_dispatcher(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
         policy = self.executor.policy
         self.dispatcher = Dispatcher(self.db, self.start_pool(), self.executor, self.settings, self.metrics,
-                                     lease_hooks=[lambda s: trainings.expire_claims(s, policy)])
+                                     lease_hooks=[lambda s: trainings.expire_claims(s, policy),
+                                                  lambda s: run_app.sweep(s, self.pool, self.settings)])
         return self.dispatcher.start(dispatch, recover)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from orchestrator.api.routes import (
     keys,
     me,
     models,
+    pipeline_runs,
     pipelines,
     servers,
     templates,
@@ -66,7 +67,8 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
         return Response(ctx.metrics.render() if ctx.metrics else b"", media_type=CONTENT_TYPE_LATEST)
 
     for router in (artifacts.router, jobs.router, batches.router, servers.router, templates.router, trainings.router,
-                   models.router, keys.router, audit.router, me.router, pipelines.router):
+                   models.router, keys.router, audit.router, me.router, pipelines.router,
+                   pipeline_runs.start_router, pipeline_runs.router):
         app.include_router(router, prefix="/v1")
     studio.install(app)  # /studio and /docs: static, no key
     problems.install(app)  # after the routes: it declares their error responses

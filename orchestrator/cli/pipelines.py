@@ -1,8 +1,10 @@
-"""``medialab pipelines``: the pipeline library (list, show, check a file, publish a file)."""
+"""``medialab pipelines``: the pipeline library (list, show, check a file, publish a file), and runs on a
+service over HTTP (run, runs, show-run, cancel-run, resume-run), as ``medialab batch`` does."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,10 +13,13 @@ from rich.table import Table
 
 from orchestrator.api.routes.pipelines import version_out
 from orchestrator.app import pipelines as pipeline_app
-from orchestrator.cli.common import JsonOption, console, context, err, fail, print_json, session
+from orchestrator.cli.batch import parse_value
+from orchestrator.cli.common import STATE_STYLE, JsonOption, console, context, err, fail, print_json, session
+from orchestrator.cli.remote import Remote
 from orchestrator.core import pipelines as pl
 from orchestrator.core.errors import InvalidInput, MediaLabError
 from orchestrator.db import pipelines as pipeline_db
+from orchestrator.settings import get_settings
 
 pipelines_app = typer.Typer(help="Pipelines: chains of template steps.", no_args_is_help=True)
 FileArg = Annotated[Path, typer.Argument(help="A pipeline.json (name, version, description, inputs, steps, outputs).")]
@@ -131,6 +136,170 @@ def pipelines_publish(
     console.print(f"{'published' if created else 'already published:'} [bold]{row.name}@v{row.version}[/bold] "
                   f"hash {row.content_hash[:12]}")
     show_checked(c)
+
+
+# -- runs, over HTTP ------------------------------------------------------------------------------------
+ProfileOption = Annotated[str | None, typer.Option(help="Profile of ~/.config/medialab/config.toml; default: "
+                                                   "MEDIALAB_PROFILE.")]
+RUN_STYLE = {"WAITING": "dim", "REUSED": "green", **STATE_STYLE}
+POLL_S = 1.0
+
+
+def parse_run_inputs(remote: Remote, specs: list[str]) -> dict[str, Any]:
+    """``name=FILE|ARTIFACT|VALUE``: an existing file is uploaded (its artifact id given), else the value as
+    ``--set`` reads it (an artifact id stays text)."""
+    inputs: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"--input {spec!r}: expected name=FILE, name=ARTIFACT or name=VALUE",
+                               param="--input")
+        path = Path(raw).expanduser()
+        inputs[name] = remote.upload(path).id if path.is_file() else parse_value(raw)
+    return inputs
+
+
+def parse_step_sets(specs: list[str]) -> dict[str, dict[str, Any]]:
+    """``step.param=value`` overrides, as the run's ``params``."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        step, dot, param = key.partition(".")
+        if not sep or not dot or not step or not param:
+            raise InvalidInput(f"--set {spec!r}: expected step.param=value", param="--set")
+        out.setdefault(step, {})[param] = parse_value(raw)
+    return out
+
+
+def print_run(run: dict[str, Any]) -> None:
+    style = RUN_STYLE.get(run["state"], "white")
+    console.print(f"run [bold]{run['id']}[/bold] {run['pipeline']}@v{run['version']} "
+                  f"[{style}]{run['state']}[/{style}]" + ("" if run["reuse"] else " (reuse off)"))
+    table = Table("step", "template", "state", "job", "outputs")
+    for st in run["steps"]:
+        s = RUN_STYLE.get(st["state"], "white")
+        job = st["job_id"] or (f"reused {st['reused_from_job'][:8]}" if st["reused_from_job"] else "")
+        outs = ", ".join(f"{k}={v}" for k, v in (st["outputs"] or {}).items())
+        if st["error"]:
+            outs = f"[red]{str(st['error'].get('message', ''))[:120]}[/red]"
+        table.add_row(st["step"], f"{st['template']}@v{st['version']}", f"[{s}]{st['state']}[/{s}]", job[:16], outs)
+    console.print(table)
+    for name, art in (run["outputs"] or {}).items():
+        console.print(f"[green]{name}[/green] artifact {art}")
+
+
+def watch_run(remote: Remote, run: dict[str, Any]) -> dict[str, Any]:
+    """Poll the run until it is final, printing each step's state change."""
+    seen = {st["step"]: st["state"] for st in run["steps"]}
+    while run["state"] == "RUNNING":
+        time.sleep(POLL_S)
+        run = remote.request("GET", f"/v1/pipeline-runs/{run['id']}").json()
+        for st in run["steps"]:
+            if seen.get(st["step"]) != st["state"]:
+                seen[st["step"]] = st["state"]
+                console.print(f"  {st['step']}: {st['state']}" + (f" (job {st['job_id'][:8]})" if st["job_id"] else ""))
+    return run
+
+
+def exit_for(run: dict[str, Any]) -> None:
+    if run["state"] in ("FAILED", "CANCELLED"):
+        raise typer.Exit(1)
+
+
+@pipelines_app.command("run")
+def run_cmd(
+    name: str,
+    input_: Annotated[list[str] | None, typer.Option("--input", "-i", help="name=FILE (uploaded), name=ARTIFACT "
+                                                     "id or name=VALUE; once per pipeline input.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="step.param=value: override a step's "
+                                                   "constant (JSON or text).")] = None,
+    version: Annotated[int | None, typer.Option(help="Default: the newest version.")] = None,
+    reuse: Annotated[bool, typer.Option(help="Reuse a step that already ran with the same template version, "
+                                        "parameters and input content.")] = True,
+    priority: int = 0,
+    watch: Annotated[bool, typer.Option(help="Follow the run until it is final (exit 1 unless SUCCEEDED).")] = False,
+    as_json: JsonOption = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Start a pipeline run on the service (POST /v1/pipelines/{name}/runs)."""
+    try:
+        with Remote.connect(get_settings(), profile) as remote:
+            body: dict[str, Any] = {"inputs": parse_run_inputs(remote, input_ or []),
+                                    "params": parse_step_sets(set_ or []), "reuse": reuse, "priority": priority}
+            if version is not None:
+                body["version"] = version
+            run = remote.request("POST", f"/v1/pipelines/{name}/runs", json=body).json()
+            if watch:
+                if not as_json:
+                    print_run(run)
+                run = watch_run(remote, run)
+    except MediaLabError as exc:
+        print_problems(exc)
+    if as_json:
+        print_json(run)
+    else:
+        print_run(run)
+    if watch:
+        exit_for(run)
+
+
+@pipelines_app.command("runs")
+def runs_cmd(pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's runs.")] = None,
+             state: Annotated[str | None, typer.Option(help="RUNNING, SUCCEEDED, FAILED or CANCELLED.")] = None,
+             limit: int = 50, as_json: JsonOption = False, profile: ProfileOption = None) -> None:
+    """Pipeline runs, newest first."""
+    params: dict[str, Any] = {"limit": limit, **({"pipeline": pipeline} if pipeline else {}),
+                              **({"state": state} if state else {})}
+    try:
+        with Remote.connect(get_settings(), profile) as remote:
+            runs = remote.request("GET", "/v1/pipeline-runs", params=params).json()
+    except MediaLabError as exc:
+        fail(exc)
+    if as_json:
+        print_json(runs)
+        return
+    table = Table("id", "pipeline", "state", "steps", "created")
+    for r in runs:
+        s = RUN_STYLE.get(r["state"], "white")
+        table.add_row(r["id"][:12], f"{r['pipeline']}@v{r['version']}", f"[{s}]{r['state']}[/{s}]",
+                      " -> ".join(f"{st['step']}:{st['state']}" for st in r["steps"]), r["created_at"][:19])
+    console.print(table)
+
+
+def _one(method: str, path: str, watch: bool, as_json: bool, profile: str | None) -> None:
+    try:
+        with Remote.connect(get_settings(), profile) as remote:
+            run = remote.request(method, path).json()
+            if watch:
+                run = watch_run(remote, run)
+    except MediaLabError as exc:
+        fail(exc)
+    if as_json:
+        print_json(run)
+    else:
+        print_run(run)
+    if watch:
+        exit_for(run)
+
+
+@pipelines_app.command("show-run")
+def show_run_cmd(run_id: str, watch: bool = False, as_json: JsonOption = False,
+                 profile: ProfileOption = None) -> None:
+    """A run's steps (state, job, reused from, outputs) and outputs."""
+    _one("GET", f"/v1/pipeline-runs/{run_id}", watch, as_json, profile)
+
+
+@pipelines_app.command("cancel-run")
+def cancel_run_cmd(run_id: str, as_json: JsonOption = False, profile: ProfileOption = None) -> None:
+    """Cancel a run: waiting steps cancelled, the running step's job interrupted, nothing started after."""
+    _one("POST", f"/v1/pipeline-runs/{run_id}/cancel", False, as_json, profile)
+
+
+@pipelines_app.command("resume-run")
+def resume_run_cmd(run_id: str, watch: bool = False, as_json: JsonOption = False,
+                   profile: ProfileOption = None) -> None:
+    """Run a FAILED or CANCELLED run again from its failed or cancelled steps (the succeeded ones kept)."""
+    _one("POST", f"/v1/pipeline-runs/{run_id}/resume", watch, as_json, profile)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ A step's parameter is bound to one of three things::
     "image": {"input": "frame"}                      an input of the pipeline, given when a run starts
     "image": {"step": "restyle", "output": "image"}  an output of an earlier step (an artifact)
 
-How a run will use this (the run engine comes later, see docs/pipelines.md): a run records the pipeline
+How a run uses this (app/pipeline_runs.py, core/pipeline_runs.py; docs/pipelines.md): a run records the pipeline
 version (row id and content hash) and its input values; the steps whose references are all satisfied
 (``ready_steps``) become ordinary jobs, their parameters from ``resolve_params`` (a step reference becomes
 the artifact id the finished step stored for that output); when a job succeeds its outputs are recorded for

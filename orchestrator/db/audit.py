@@ -25,7 +25,7 @@ ACTIONS = frozenset({
     "job.submit", "job.cancel",
     "batch.create", "batch.cancel", "batch.retry",
     "template.publish", "template.deprecate",
-    "pipeline.publish",
+    "pipeline.publish", "pipeline.run", "pipeline.cancel", "pipeline.resume",
     "model.approve", "model.withdraw",
     "artifact.delete",
     "server.add", "server.drain", "server.activate", "server.remove", "server.refresh",

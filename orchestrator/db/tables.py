@@ -276,3 +276,52 @@ class PipelineVersionRow(SQLModel, table=True):
     published_by: str | None = None  # API key id
     deprecated: bool = False
     created_at: datetime = Field(default_factory=now)
+
+
+class PipelineRun(SQLModel, table=True):
+    """One run of a pipeline version (``app.pipeline_runs``); its steps are ``PipelineStep`` rows. Durable:
+    everything a restarted service needs to go on (``core.pipeline_runs.plan``) is in these rows."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    pipeline_version_id: int = Field(foreign_key="pipeline_versions.id", index=True)
+    pipeline: str = Field(index=True)
+    version: int
+    content_hash: str
+    state: str = Field(default="RUNNING", index=True)  # core.pipeline_runs.RunState
+    inputs: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # input name -> value (artifact id)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # overrides
+    outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reuse: bool = True
+    priority: int = 0
+    cancel_requested: bool = False
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    api_key_id: str | None = Field(default=None, foreign_key="api_keys.id", index=True)
+    created_at: datetime = Field(default_factory=now, index=True)
+    finished_at: datetime | None = None
+
+
+class PipelineStep(SQLModel, table=True):
+    """One step of a run: WAITING, then QUEUED (its job is queued or running), then SUCCEEDED, REUSED (a
+    succeeded job's outputs taken, no job of its own), FAILED or CANCELLED. The conditional WAITING -> QUEUED
+    update that links ``job_id`` is what keeps a step from being submitted twice."""
+
+    __tablename__ = "pipeline_run_steps"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="pipeline_runs.id", index=True)
+    step: str
+    position: int = 0  # in the pipeline's step order
+    template: str
+    version: int
+    state: str = Field(default="WAITING", index=True)  # core.pipeline_runs.StepState
+    job_id: str | None = Field(default=None, foreign_key="jobs.id", unique=True)
+    reused_from_job: str | None = Field(default=None, foreign_key="jobs.id")
+    reuse_key: str | None = Field(default=None, index=True, description="core.pipeline_runs.reuse_key")
+    params: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # resolved, as submitted
+    outputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    past_jobs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # before resumes
+    updated_at: datetime = Field(default_factory=now)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,8 @@ class Executor:
         self.bytes_through = 0  # media bytes this process moved between ComfyUI and the store
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
+        # called with the job id once a job's final state is committed (bootstrap: its pipeline run advances)
+        self.on_final: Callable[[str], object] | None = None
 
     # -- the attempts this process follows (only their leases are renewed) ---------------------------
     def hold(self, attempt_id: str) -> None:
@@ -464,6 +466,11 @@ class Executor:
                 log.warning("job %s was no longer RUNNING when attempt %s ended", attempt.job_id, attempt.id)
                 return job_db.get_job(s, attempt.job_id).state
             s.commit()
+        if state.terminal and self.on_final is not None:
+            try:
+                self.on_final(attempt.job_id)
+            except Exception:  # the job has ended either way; the dispatcher's sweep tries again
+                log.exception("job %s: the hook after its end failed", attempt.job_id)
         return state
 
     # -- bookkeeping ------------------------------------------------------------------------------
