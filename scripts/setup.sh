@@ -22,7 +22,7 @@ mkdir -p .runtime
 $PIP install -q -r .runtime/comfyui-requirements.txt torch==2.14.1 torchvision==0.29.1
 
 step "the medialab project (editable, with test tools)"
-$PIP install -q -e '.[dev]' torch==2.14.1 torchvision==0.29.1
+$PIP install -q -e '.[dev,workbench]' torch==2.14.1 torchvision==0.29.1
 
 step "fixture models (real architectures, random weights) -> .runtime/models"
 .venv/bin/python scripts/fixtures.py .runtime/models

@@ -2,7 +2,7 @@
 
 import { type Client, formDataBodySerializer, type Options as Options2, type TDataShape } from './client';
 import { client } from './client.gen';
-import type { ArtifactsContentData, ArtifactsContentErrors, ArtifactsContentResponses, ArtifactsDeleteData, ArtifactsDeleteErrors, ArtifactsDeleteResponses, ArtifactsDownloadUrlData, ArtifactsDownloadUrlErrors, ArtifactsDownloadUrlResponses, ArtifactsGetData, ArtifactsGetErrors, ArtifactsGetResponses, ArtifactsListArtifactsData, ArtifactsListArtifactsErrors, ArtifactsListArtifactsResponses, ArtifactsPreviewData, ArtifactsPreviewErrors, ArtifactsPreviewResponses, ArtifactsUploadData, ArtifactsUploadErrors, ArtifactsUploadResponses, AuditListEventsData, AuditListEventsErrors, AuditListEventsResponses, BatchesCancelData, BatchesCancelErrors, BatchesCancelResponses, BatchesCreateData, BatchesCreateErrors, BatchesCreateResponses, BatchesEventsData, BatchesEventsErrors, BatchesEventsResponses, BatchesGetData, BatchesGetErrors, BatchesGetResponses, BatchesJobsData, BatchesJobsErrors, BatchesJobsResponses, BatchesListBatchesData, BatchesListBatchesErrors, BatchesListBatchesResponses, BatchesRetryData, BatchesRetryErrors, BatchesRetryResponses, JobsCancelData, JobsCancelErrors, JobsCancelResponses, JobsEventsData, JobsEventsErrors, JobsEventsResponses, JobsGetData, JobsGetErrors, JobsGetResponses, JobsListJobsData, JobsListJobsErrors, JobsListJobsResponses, JobsSubmitData, JobsSubmitErrors, JobsSubmitResponses, KeysCreateData, KeysCreateErrors, KeysCreateResponses, KeysGetData, KeysGetErrors, KeysGetResponses, KeysListKeysData, KeysListKeysErrors, KeysListKeysResponses, KeysRevokeData, KeysRevokeErrors, KeysRevokeResponses, KeysRotateData, KeysRotateErrors, KeysRotateResponses, MeGetData, MeGetErrors, MeGetResponses, ModelsApproveData, ModelsApproveErrors, ModelsApproveResponses, ModelsDistributeData, ModelsDistributeErrors, ModelsDistributeResponses, ModelsGetData, ModelsGetErrors, ModelsGetResponses, ModelsListModelsData, ModelsListModelsErrors, ModelsListModelsResponses, ModelsWithdrawData, ModelsWithdrawErrors, ModelsWithdrawResponses, PipelinesGetLatestData, PipelinesGetLatestErrors, PipelinesGetLatestResponses, PipelinesGetVersionData, PipelinesGetVersionErrors, PipelinesGetVersionResponses, PipelinesListPipelinesData, PipelinesListPipelinesErrors, PipelinesListPipelinesResponses, PipelinesPublishData, PipelinesPublishErrors, PipelinesPublishResponses, ServersActivateData, ServersActivateErrors, ServersActivateResponses, ServersAddData, ServersAddErrors, ServersAddResponses, ServersCheckAllData, ServersCheckAllErrors, ServersCheckAllResponses, ServersCheckOneData, ServersCheckOneErrors, ServersCheckOneResponses, ServersDrainData, ServersDrainErrors, ServersDrainResponses, ServersListServersData, ServersListServersErrors, ServersListServersResponses, ServersRefreshData, ServersRefreshErrors, ServersRefreshResponses, ServersRemoveData, ServersRemoveErrors, ServersRemoveResponses, TemplatesDeprecateData, TemplatesDeprecateErrors, TemplatesDeprecateResponses, TemplatesDiffData, TemplatesDiffErrors, TemplatesDiffResponses, TemplatesGetLatestData, TemplatesGetLatestErrors, TemplatesGetLatestResponses, TemplatesGetVersionData, TemplatesGetVersionErrors, TemplatesGetVersionResponses, TemplatesGetWorkflowData, TemplatesGetWorkflowErrors, TemplatesGetWorkflowResponses, TemplatesListTemplatesData, TemplatesListTemplatesErrors, TemplatesListTemplatesResponses, TemplatesPublishData, TemplatesPublishErrors, TemplatesPublishResponses, TrainingBuildDatasetData, TrainingBuildDatasetErrors, TrainingBuildDatasetResponses, TrainingCheckpointData, TrainingCheckpointErrors, TrainingCheckpointResponses, TrainingClaimData, TrainingClaimErrors, TrainingClaimResponses, TrainingDatasetData, TrainingDatasetErrors, TrainingDatasetResponses, TrainingFinishData, TrainingFinishErrors, TrainingFinishResponses, TrainingHeartbeatData, TrainingHeartbeatErrors, TrainingHeartbeatResponses, TrainingListDatasetsData, TrainingListDatasetsErrors, TrainingListDatasetsResponses, TrainingListTrainingsData, TrainingListTrainingsErrors, TrainingListTrainingsResponses, TrainingSubmitData, TrainingSubmitErrors, TrainingSubmitResponses, TrainingUploadOutputData, TrainingUploadOutputErrors, TrainingUploadOutputResponses } from './types.gen';
+import type { ArtifactsContentData, ArtifactsContentErrors, ArtifactsContentResponses, ArtifactsDeleteData, ArtifactsDeleteErrors, ArtifactsDeleteResponses, ArtifactsDownloadUrlData, ArtifactsDownloadUrlErrors, ArtifactsDownloadUrlResponses, ArtifactsGetData, ArtifactsGetErrors, ArtifactsGetResponses, ArtifactsListArtifactsData, ArtifactsListArtifactsErrors, ArtifactsListArtifactsResponses, ArtifactsPreviewData, ArtifactsPreviewErrors, ArtifactsPreviewResponses, ArtifactsUploadData, ArtifactsUploadErrors, ArtifactsUploadResponses, AuditListEventsData, AuditListEventsErrors, AuditListEventsResponses, BatchesCancelData, BatchesCancelErrors, BatchesCancelResponses, BatchesCreateData, BatchesCreateErrors, BatchesCreateResponses, BatchesEventsData, BatchesEventsErrors, BatchesEventsResponses, BatchesGetData, BatchesGetErrors, BatchesGetResponses, BatchesJobsData, BatchesJobsErrors, BatchesJobsResponses, BatchesListBatchesData, BatchesListBatchesErrors, BatchesListBatchesResponses, BatchesRetryData, BatchesRetryErrors, BatchesRetryResponses, JobsCancelData, JobsCancelErrors, JobsCancelResponses, JobsEventsData, JobsEventsErrors, JobsEventsResponses, JobsGetData, JobsGetErrors, JobsGetResponses, JobsListJobsData, JobsListJobsErrors, JobsListJobsResponses, JobsSubmitData, JobsSubmitErrors, JobsSubmitResponses, KeysCreateData, KeysCreateErrors, KeysCreateResponses, KeysGetData, KeysGetErrors, KeysGetResponses, KeysListKeysData, KeysListKeysErrors, KeysListKeysResponses, KeysRevokeData, KeysRevokeErrors, KeysRevokeResponses, KeysRotateData, KeysRotateErrors, KeysRotateResponses, MeGetData, MeGetErrors, MeGetResponses, ModelsApproveData, ModelsApproveErrors, ModelsApproveResponses, ModelsDistributeData, ModelsDistributeErrors, ModelsDistributeResponses, ModelsGetData, ModelsGetErrors, ModelsGetResponses, ModelsListModelsData, ModelsListModelsErrors, ModelsListModelsResponses, ModelsWithdrawData, ModelsWithdrawErrors, ModelsWithdrawResponses, PipelinesCancelData, PipelinesCancelErrors, PipelinesCancelResponses, PipelinesGetData, PipelinesGetErrors, PipelinesGetLatestData, PipelinesGetLatestErrors, PipelinesGetLatestResponses, PipelinesGetResponses, PipelinesGetVersionData, PipelinesGetVersionErrors, PipelinesGetVersionResponses, PipelinesListPipelinesData, PipelinesListPipelinesErrors, PipelinesListPipelinesResponses, PipelinesListRunsData, PipelinesListRunsErrors, PipelinesListRunsResponses, PipelinesPublishData, PipelinesPublishErrors, PipelinesPublishResponses, PipelinesResumeData, PipelinesResumeErrors, PipelinesResumeResponses, PipelinesStartData, PipelinesStartErrors, PipelinesStartResponses, ServersActivateData, ServersActivateErrors, ServersActivateResponses, ServersAddData, ServersAddErrors, ServersAddResponses, ServersCheckAllData, ServersCheckAllErrors, ServersCheckAllResponses, ServersCheckOneData, ServersCheckOneErrors, ServersCheckOneResponses, ServersDrainData, ServersDrainErrors, ServersDrainResponses, ServersListServersData, ServersListServersErrors, ServersListServersResponses, ServersRefreshData, ServersRefreshErrors, ServersRefreshResponses, ServersRemoveData, ServersRemoveErrors, ServersRemoveResponses, TemplatesDeprecateData, TemplatesDeprecateErrors, TemplatesDeprecateResponses, TemplatesDiffData, TemplatesDiffErrors, TemplatesDiffResponses, TemplatesGetLatestData, TemplatesGetLatestErrors, TemplatesGetLatestResponses, TemplatesGetVersionData, TemplatesGetVersionErrors, TemplatesGetVersionResponses, TemplatesGetWorkflowData, TemplatesGetWorkflowErrors, TemplatesGetWorkflowResponses, TemplatesListTemplatesData, TemplatesListTemplatesErrors, TemplatesListTemplatesResponses, TemplatesPublishData, TemplatesPublishErrors, TemplatesPublishResponses, TrainingBuildDatasetData, TrainingBuildDatasetErrors, TrainingBuildDatasetResponses, TrainingCheckpointData, TrainingCheckpointErrors, TrainingCheckpointResponses, TrainingClaimData, TrainingClaimErrors, TrainingClaimResponses, TrainingDatasetData, TrainingDatasetErrors, TrainingDatasetResponses, TrainingFinishData, TrainingFinishErrors, TrainingFinishResponses, TrainingHeartbeatData, TrainingHeartbeatErrors, TrainingHeartbeatResponses, TrainingListDatasetsData, TrainingListDatasetsErrors, TrainingListDatasetsResponses, TrainingListTrainingsData, TrainingListTrainingsErrors, TrainingListTrainingsResponses, TrainingSubmitData, TrainingSubmitErrors, TrainingSubmitResponses, TrainingUploadOutputData, TrainingUploadOutputErrors, TrainingUploadOutputResponses } from './types.gen';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -286,6 +286,30 @@ export const modelsDistribute = <ThrowOnError extends boolean = true>(options: O
 export const modelsWithdraw = <ThrowOnError extends boolean = true>(options: Options<ModelsWithdrawData, ThrowOnError>) => (options.client ?? client).post<ModelsWithdrawResponses, ModelsWithdrawErrors, ThrowOnError>({ url: '/v1/models/{ref}/withdraw', ...options });
 
 /**
+ * List Runs
+ */
+export const pipelinesListRuns = <ThrowOnError extends boolean = true>(options?: Options<PipelinesListRunsData, ThrowOnError>) => (options?.client ?? client).get<PipelinesListRunsResponses, PipelinesListRunsErrors, ThrowOnError>({ url: '/v1/pipeline-runs', ...options });
+
+/**
+ * Get
+ */
+export const pipelinesGet = <ThrowOnError extends boolean = true>(options: Options<PipelinesGetData, ThrowOnError>) => (options.client ?? client).get<PipelinesGetResponses, PipelinesGetErrors, ThrowOnError>({ url: '/v1/pipeline-runs/{ref}', ...options });
+
+/**
+ * Cancel
+ *
+ * Cancel: waiting steps CANCELLED, the active step's job cancelled, nothing starts after; 409 when final.
+ */
+export const pipelinesCancel = <ThrowOnError extends boolean = true>(options: Options<PipelinesCancelData, ThrowOnError>) => (options.client ?? client).post<PipelinesCancelResponses, PipelinesCancelErrors, ThrowOnError>({ url: '/v1/pipeline-runs/{ref}/cancel', ...options });
+
+/**
+ * Resume
+ *
+ * Run a FAILED or CANCELLED run again from its failed or cancelled steps; 409 otherwise.
+ */
+export const pipelinesResume = <ThrowOnError extends boolean = true>(options: Options<PipelinesResumeData, ThrowOnError>) => (options.client ?? client).post<PipelinesResumeResponses, PipelinesResumeErrors, ThrowOnError>({ url: '/v1/pipeline-runs/{ref}/resume', ...options });
+
+/**
  * List Pipelines
  */
 export const pipelinesListPipelines = <ThrowOnError extends boolean = true>(options?: Options<PipelinesListPipelinesData, ThrowOnError>) => (options?.client ?? client).get<PipelinesListPipelinesResponses, PipelinesListPipelinesErrors, ThrowOnError>({ url: '/v1/pipelines', ...options });
@@ -296,6 +320,21 @@ export const pipelinesListPipelines = <ThrowOnError extends boolean = true>(opti
  * The newest version, with its steps.
  */
 export const pipelinesGetLatest = <ThrowOnError extends boolean = true>(options: Options<PipelinesGetLatestData, ThrowOnError>) => (options.client ?? client).get<PipelinesGetLatestResponses, PipelinesGetLatestErrors, ThrowOnError>({ url: '/v1/pipelines/{name}', ...options });
+
+/**
+ * Start
+ *
+ * Start a run: 201 with its steps (the first ones submitted as jobs, or reused); 422 naming every bad
+ * input (``errors``: ``inputs.<name>``, ``params.<step>.<param>``, ``steps.<step>.<param>``).
+ */
+export const pipelinesStart = <ThrowOnError extends boolean = true>(options: Options<PipelinesStartData, ThrowOnError>) => (options.client ?? client).post<PipelinesStartResponses, PipelinesStartErrors, ThrowOnError>({
+    url: '/v1/pipelines/{name}/runs',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
 
 /**
  * Publish

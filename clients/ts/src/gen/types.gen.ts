@@ -1173,6 +1173,118 @@ export type Problem = {
 };
 
 /**
+ * RunOut
+ */
+export type RunOut = {
+    /**
+     * Cancel Requested
+     */
+    cancel_requested: boolean;
+    /**
+     * Content Hash
+     */
+    content_hash: string;
+    /**
+     * Created At
+     */
+    created_at: string;
+    /**
+     * Error
+     */
+    error: {
+        [key: string]: unknown;
+    } | null;
+    /**
+     * Finished At
+     */
+    finished_at: string | null;
+    /**
+     * Id
+     */
+    id: string;
+    /**
+     * Inputs
+     */
+    inputs: {
+        [key: string]: unknown;
+    };
+    /**
+     * Outputs
+     */
+    outputs: {
+        [key: string]: unknown;
+    };
+    /**
+     * Params
+     */
+    params: {
+        [key: string]: unknown;
+    };
+    /**
+     * Pipeline
+     */
+    pipeline: string;
+    /**
+     * Reuse
+     */
+    reuse: boolean;
+    /**
+     * State
+     *
+     * RUNNING | SUCCEEDED | FAILED | CANCELLED
+     */
+    state: string;
+    /**
+     * Steps
+     */
+    steps: Array<StepOut>;
+    /**
+     * Version
+     */
+    version: number;
+};
+
+/**
+ * RunStart
+ */
+export type RunStart = {
+    /**
+     * Inputs
+     *
+     * Input name -> value (an artifact id for image and video inputs).
+     */
+    inputs?: {
+        [key: string]: unknown;
+    };
+    /**
+     * Params
+     *
+     * Step id -> parameter -> constant: overrides of the steps' constants.
+     */
+    params?: {
+        [key: string]: {
+            [key: string]: unknown;
+        };
+    };
+    /**
+     * Priority
+     */
+    priority?: number;
+    /**
+     * Reuse
+     *
+     * A step whose template version, parameters and input content match a succeeded job takes that job's outputs instead of running.
+     */
+    reuse?: boolean;
+    /**
+     * Version
+     *
+     * Default: the newest version not deprecated.
+     */
+    version?: number | null;
+};
+
+/**
  * ServerAdd
  */
 export type ServerAdd = {
@@ -1188,6 +1300,60 @@ export type ServerAdd = {
      * http(s)://[user:password@]host[:port][/path], at most 2048 characters; credentials are never shown again.
      */
     url: string;
+};
+
+/**
+ * StepOut
+ */
+export type StepOut = {
+    /**
+     * Error
+     */
+    error: {
+        [key: string]: unknown;
+    } | null;
+    /**
+     * Job Id
+     */
+    job_id: string | null;
+    /**
+     * Outputs
+     */
+    outputs: {
+        [key: string]: unknown;
+    };
+    /**
+     * Params
+     */
+    params: {
+        [key: string]: unknown;
+    } | null;
+    /**
+     * Past Jobs
+     */
+    past_jobs: Array<string>;
+    /**
+     * Reused From Job
+     */
+    reused_from_job: string | null;
+    /**
+     * State
+     *
+     * WAITING | QUEUED | RUNNING | SUCCEEDED | REUSED | FAILED | CANCELLED
+     */
+    state: string;
+    /**
+     * Step
+     */
+    step: string;
+    /**
+     * Template
+     */
+    template: string;
+    /**
+     * Version
+     */
+    version: number;
 };
 
 /**
@@ -3256,6 +3422,220 @@ export type ModelsWithdrawResponses = {
 
 export type ModelsWithdrawResponse = ModelsWithdrawResponses[keyof ModelsWithdrawResponses];
 
+export type PipelinesListRunsData = {
+    body?: never;
+    path?: never;
+    query?: {
+        /**
+         * State
+         */
+        state?: string | null;
+        /**
+         * Pipeline
+         */
+        pipeline?: string | null;
+        /**
+         * Limit
+         */
+        limit?: number;
+        /**
+         * Offset
+         */
+        offset?: number;
+    };
+    url: '/v1/pipeline-runs';
+};
+
+export type PipelinesListRunsErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+};
+
+export type PipelinesListRunsError = PipelinesListRunsErrors[keyof PipelinesListRunsErrors];
+
+export type PipelinesListRunsResponses = {
+    /**
+     * Response Pipelines List Runs
+     *
+     * Successful Response
+     */
+    200: Array<RunOut>;
+};
+
+export type PipelinesListRunsResponse = PipelinesListRunsResponses[keyof PipelinesListRunsResponses];
+
+export type PipelinesGetData = {
+    body?: never;
+    path: {
+        /**
+         * Ref
+         */
+        ref: string;
+    };
+    query?: never;
+    url: '/v1/pipeline-runs/{ref}';
+};
+
+export type PipelinesGetErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type PipelinesGetError = PipelinesGetErrors[keyof PipelinesGetErrors];
+
+export type PipelinesGetResponses = {
+    /**
+     * Successful Response
+     */
+    200: RunOut;
+};
+
+export type PipelinesGetResponse = PipelinesGetResponses[keyof PipelinesGetResponses];
+
+export type PipelinesCancelData = {
+    body?: never;
+    path: {
+        /**
+         * Ref
+         */
+        ref: string;
+    };
+    query?: never;
+    url: '/v1/pipeline-runs/{ref}/cancel';
+};
+
+export type PipelinesCancelErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type PipelinesCancelError = PipelinesCancelErrors[keyof PipelinesCancelErrors];
+
+export type PipelinesCancelResponses = {
+    /**
+     * Successful Response
+     */
+    200: RunOut;
+};
+
+export type PipelinesCancelResponse = PipelinesCancelResponses[keyof PipelinesCancelResponses];
+
+export type PipelinesResumeData = {
+    body?: never;
+    path: {
+        /**
+         * Ref
+         */
+        ref: string;
+    };
+    query?: never;
+    url: '/v1/pipeline-runs/{ref}/resume';
+};
+
+export type PipelinesResumeErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type PipelinesResumeError = PipelinesResumeErrors[keyof PipelinesResumeErrors];
+
+export type PipelinesResumeResponses = {
+    /**
+     * Successful Response
+     */
+    200: RunOut;
+};
+
+export type PipelinesResumeResponse = PipelinesResumeResponses[keyof PipelinesResumeResponses];
+
 export type PipelinesListPipelinesData = {
     body?: never;
     path?: never;
@@ -3336,6 +3716,64 @@ export type PipelinesGetLatestResponses = {
 };
 
 export type PipelinesGetLatestResponse = PipelinesGetLatestResponses[keyof PipelinesGetLatestResponses];
+
+export type PipelinesStartData = {
+    body: RunStart;
+    path: {
+        /**
+         * Name
+         */
+        name: string;
+    };
+    query?: never;
+    url: '/v1/pipelines/{name}/runs';
+};
+
+export type PipelinesStartErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type PipelinesStartError = PipelinesStartErrors[keyof PipelinesStartErrors];
+
+export type PipelinesStartResponses = {
+    /**
+     * Successful Response
+     */
+    201: RunOut;
+};
+
+export type PipelinesStartResponse = PipelinesStartResponses[keyof PipelinesStartResponses];
 
 export type PipelinesPublishData = {
     body: PipelinePublish;
