@@ -183,15 +183,15 @@ def build_graph(remote: Remote, steps: list[Step], runs: Runs, name: str = "Medi
     for step in steps:
         inputs: dict[str, Any] = {}
         for p in step.parameters:
-            name = p["name"]
-            if name in step.bound:
-                up = step.bound[name]
-                inputs[name] = getattr(nodes[up.step], f"{up.output}_artifact")
+            param = p["name"]
+            if param in step.bound:
+                up = step.bound[param]
+                inputs[param] = getattr(nodes[up.step], f"{up.output}_artifact")
             else:
-                default = step.defaults.get(name, p.get("default"))
-                inputs[name] = component({**p, "name": step.inputs.get(name, name)}, default, models)
-                if p["type"] == "model" and inputs[name].value != default:
-                    step.defaults[name] = inputs[name].value  # what the pool has: a saved chain keeps it
+                default = step.defaults.get(param, p.get("default"))
+                inputs[param] = component({**p, "name": step.inputs.get(param, param)}, default, models)
+                if p["type"] == "model" and inputs[param].value != default:
+                    step.defaults[param] = inputs[param].value  # what the pool has: a saved chain keeps it
         kind = "video" if step.template.kind == "video" else "image"
         shown = {o: (gr.Video if kind == "video" else gr.Image)(label=o) for o in step.outputs}
         hidden = {f"{o}_artifact": None for o in step.outputs}
