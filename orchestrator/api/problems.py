@@ -98,7 +98,8 @@ DESCRIPTIONS = {
 def error_codes(route: APIRoute, method: str) -> list[int]:
     """The error statuses a route can answer, from what it takes and which key it needs: every route may
     refuse its input (422) or fail (500); a route that names something (a path parameter) or changes something
-    may find it missing (404) or its dependencies down (503); a change may conflict (409) or be too large (413)."""
+    may find it missing (404) or its dependencies down (503); a change may conflict (409) or be too large (413).
+    A route adds what else it answers in its ``responses`` (a query that names something: 404, 409)."""
     roles = route_roles(route.dependant)
     names = bool(route.dependant.path_params)
     codes = {422, 500}
@@ -108,6 +109,7 @@ def error_codes(route: APIRoute, method: str) -> list[int]:
         codes |= {404, 503}
     if method != "GET":
         codes |= {409, 413}
+    codes |= {int(c) for c in route.responses if str(c).isdigit() and int(c) >= 400}  # declared by the route
     return sorted(codes)
 
 

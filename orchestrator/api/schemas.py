@@ -298,6 +298,10 @@ class BatchSubmit(BaseModel):
     items: list[BatchItemIn] | None = Field(None, description="Explicit items; at most max_batch_items.")
     template: str | None = Field(None, description="One template for every item (with inputs and a grid).")
     version: int | None = Field(None, ge=1, le=MAX_VERSION)
+    pipeline: str | None = Field(None, description="A pipeline instead of a template: a run per input (bound to "
+                                 "the pipeline input input_param, default its only image/video input), params "
+                                 "its step overrides ({step: {param: value}}).")
+    pipeline_version: int | None = Field(None, ge=1, le=MAX_VERSION)
     inputs: list[Label] = Field([], description="Artifact ids, one item each, bound to input_param.")
     input_param: str | None = Field(None, description="The image (or video) parameter the inputs are bound to.")
     grid: dict[str, list[Any]] = Field({}, description="{name: [values]}: every combination (cartesian product, "

@@ -18,15 +18,19 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from orchestrator.app import pipeline_runs as run_app
 from orchestrator.app.admission import check_job_fields, sandbox_definitions, validate_values
 from orchestrator.core import batches as rules
 from orchestrator.core import limits
 from orchestrator.core import requirements as reqs
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import Conflict, InvalidInput, MediaLabError
+from orchestrator.core.pipeline_runs import RunState
 from orchestrator.core.states import JobState
 from orchestrator.db import audit
 from orchestrator.db import batches as batch_db
+from orchestrator.db import pipeline_runs as run_db
+from orchestrator.db.pipelines import checked_from_row, get_pipeline
 from orchestrator.db.tables import Artifact, Batch, Job, JobEvent, JobInput, TemplateVersionRow, new_id, now
 from orchestrator.db.templates import get_template
 from orchestrator.settings import Settings, get_settings
@@ -277,6 +281,50 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
     return Created(batch, skipped)
 
 
+def create_pipeline_batch(session: Session, pool: Pool | None, g: rules.PipelineGrid, *,
+                          api_key_id: str | None = None, label: str | None = None, priority: int = 0,
+                          request: dict[str, Any] | None = None, settings: Settings | None = None) -> Batch:
+    """A batch of pipeline runs, one per input of ``g``: every run checked (``pipeline_runs.check_run``, and its
+    first steps by their templates) and the whole batch refused with one 422 naming every bad item, else the
+    batch, its runs and their first steps' jobs (with ``batch_id`` and ``batch_item``) in one transaction."""
+    cfg = settings or get_settings()
+    check_job_fields(priority, None, cfg)
+    row = get_pipeline(session, g.pipeline, g.version)
+    declared = {i.name: i.type.value for i in checked_from_row(row).pipeline.inputs}
+    items = rules.expand_runs(g, rules.artifact_input(declared, g.input_param), cfg.max_batch_items)
+    errors: list[dict[str, Any]] = []
+    for item in items:
+        errors += [{"item": item.index, **e} for e in run_app.check_run(session, row, item.inputs, item.params)]
+    ref = f"{row.name}@v{row.version}"
+    batch = Batch(api_key_id=api_key_id, label=label, items=len(items),
+                  request=(request or {}) | {"kind": "pipeline", "pipeline": ref})
+    if not errors:
+        session.add(batch)
+        session.flush()
+        for item in items:  # a first step its template refuses: that item is bad too (nothing is committed)
+            try:
+                run_app.write_run(session, pool, row, item.inputs, item.params, reuse=True, priority=priority,
+                                  api_key_id=api_key_id, settings=cfg, batch_id=batch.id, batch_item=item.index)
+            except MediaLabError as exc:
+                errors.extend(_item_errors(item.index, exc))
+    if errors:
+        session.rollback()
+        bad = sorted({e["item"] for e in errors})
+        first = next(e for e in errors if e["item"] == bad[0])
+        raise InvalidInput(f"{len(bad)} of {len(items)} batch items are invalid (items "
+                           f"{', '.join(map(str, bad[:10]))}{', ...' if len(bad) > 10 else ''}); nothing was "
+                           f"submitted. Item {bad[0]}: {first['param']}: {first['message']}",
+                           errors=errors[:MAX_LISTED_ERRORS], bad_items=len(bad))
+    audit.record(session, "batch.create", batch.id, {"items": len(items), "pipeline": ref, "priority": priority})
+    session.commit()
+    return batch
+
+
+def is_pipeline_batch(batch: Batch) -> bool:
+    """A batch of pipeline runs (``create_pipeline_batch``), not of template jobs."""
+    return (batch.request or {}).get("kind") == "pipeline"
+
+
 def _job_row(**fields: Any) -> dict[str, Any]:
     """A QUEUED comfy job as a row for ``insert_rows`` (every column given: one INSERT for all rows)."""
     return {"id": new_id(), "kind": "comfy", "state": JobState.QUEUED, "cancel_requested": False, "progress": 0.0,
@@ -293,6 +341,12 @@ def cancel_batch(session: Session, batch_id: str) -> Batch:
     it, as ``jobs.cancel_job`` does), in one transaction."""
     batch = batch_db.get_batch(session, batch_id)
     batch_id = batch.id  # the full id (a prefix may have been given)
+    runs = 0
+    for run_id in batch_db.active_run_ids(session, batch_id):  # no further step of them is submitted
+        run = run_db.lock_run(session, run_id)
+        if run is not None and not RunState(run.state).final:
+            run_app.request_cancel(session, run)
+            runs += 1
     at = now()
     cancelled = list(session.execute(
         update(Job).where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.QUEUED)
@@ -301,7 +355,7 @@ def cancel_batch(session: Session, batch_id: str) -> Batch:
         update(Job).where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.RUNNING,
                           col(Job.cancel_requested).is_(False))
         .values(cancel_requested=True).returning(col(Job.id))).scalars())
-    if not cancelled and not flagged and batch.cancel_requested:
+    if not cancelled and not flagged and not runs and batch.cancel_requested:
         raise Conflict(f"batch {batch_id} is already cancelled")
     batch_db.insert_rows(session, JobEvent, [_event_row(j, at, JobState.CANCELLED, "batch cancelled while queued",
                                                         None) for j in cancelled])
@@ -309,7 +363,8 @@ def cancel_batch(session: Session, batch_id: str) -> Batch:
                                              for j in flagged])
     batch.cancel_requested = True
     session.add(batch)
-    audit.record(session, "batch.cancel", batch_id, {"cancelled": len(cancelled), "cancel_requested": len(flagged)})
+    audit.record(session, "batch.cancel", batch_id, {"cancelled": len(cancelled), "cancel_requested": len(flagged),
+                                                     "runs": runs})
     session.commit()
     session.refresh(batch)
     return batch
@@ -321,6 +376,9 @@ def retry_failed(session: Session, batch_id: str) -> tuple[Batch, list[Job]]:
     validated when the batch was made; the dispatcher fails a job that became impossible since."""
     batch = batch_db.get_batch(session, batch_id)
     batch_id = batch.id  # the full id (a prefix may have been given)
+    if is_pipeline_batch(batch):  # a step's job again outside its run would run nothing after it
+        raise Conflict(f"batch {batch_id} is a batch of pipeline runs: resume its failed runs "
+                       "(POST /v1/pipeline-runs/{id}/resume)")
     old = batch_db.retryable_jobs(session, batch_id)
     if not old:
         raise Conflict(f"batch {batch_id} has no failed or cancelled item to retry")
@@ -350,6 +408,11 @@ def retry_failed(session: Session, batch_id: str) -> tuple[Batch, list[Job]]:
 
 
 def batch_progress(session: Session, batch: Batch) -> rules.Progress:
-    """Counts by state, the share finished and the ETA of a batch (reads only)."""
+    """Counts by state, the share finished and the ETA of a batch (reads only); a batch of pipeline runs is
+    counted in runs."""
+    if is_pipeline_batch(batch):
+        return rules.run_progress(batch_db.run_counts_by_state(session, batch.id),
+                                  batch_db.run_finished_times(session, batch.id, rules.ETA_WINDOW),
+                                  batch.created_at, now())
     return rules.progress(batch_db.counts_by_state(session, batch.id),
                           batch_db.finished_times(session, batch.id, rules.ETA_WINDOW), batch.created_at, now())

@@ -62,8 +62,22 @@ def start_run(session: Session, pool: Pool | None, name: str, inputs: dict[str, 
     settings = settings or get_settings()
     check_job_fields(priority, None, settings)
     row = get_pipeline(session, name, version)
-    c = checked_from_row(row)
     overrides = params or {}
+    pr.refuse(check_run(session, row, inputs, overrides))
+    try:
+        run = write_run(session, pool, row, inputs, overrides, reuse=reuse, priority=priority,
+                        api_key_id=api_key_id, settings=settings)
+    except BaseException:
+        session.rollback()
+        raise
+    audit.record(session, "pipeline.run", run.id, {"pipeline": f"{row.name}@v{row.version}", "reuse": reuse})
+    session.commit()
+    return run
+
+
+def check_run(session: Session, row: PipelineVersionRow, inputs: Any, overrides: Any) -> list[dict[str, str]]:
+    """The problems of a run's inputs and overrides against the pipeline version (reads only; empty: valid)."""
+    c = checked_from_row(row)
     given = [v for v in (inputs.values() if isinstance(inputs, dict) else []) if isinstance(v, str)]
     types = {v: (a.content_type if (a := session.get(Artifact, v)) is not None else None) for v in given}
     errors = pr.check_inputs(c, inputs, types) + pr.check_overrides(c, overrides)
@@ -75,21 +89,24 @@ def start_run(session: Session, pool: Pool | None, name: str, inputs: dict[str, 
         known = {p.name for p in t.manifest.parameters}
         errors += [{"param": f"params.{sid}.{k}", "message": f"template {t.ref} has no parameter {k!r}"}
                    for k in values if k not in known]
-    pr.refuse(errors)
+    return errors
+
+
+def write_run(session: Session, pool: Pool | None, row: PipelineVersionRow, inputs: dict[str, Any],
+              overrides: dict[str, Any], *, reuse: bool, priority: int, api_key_id: str | None,
+              settings: Settings, batch_id: str | None = None, batch_item: int | None = None) -> PipelineRun:
+    """Add a run checked by ``check_run``, its steps and its first ready steps' jobs to the session (no commit);
+    a first step its template or the pool refuses raises (``errors`` under ``steps.<id>``), the caller then
+    rolls back."""
+    c = checked_from_row(row)
     run = PipelineRun(pipeline_version_id=row.id, pipeline=row.name, version=row.version,
                       content_hash=row.content_hash, inputs=dict(inputs), params=overrides, reuse=reuse,
-                      priority=priority, api_key_id=api_key_id)
+                      priority=priority, api_key_id=api_key_id, batch_id=batch_id, batch_item=batch_item)
     session.add(run)
     session.add_all(PipelineStep(run_id=run.id, step=sid, position=i, template=c.templates[sid].template,
                                  version=c.templates[sid].version) for i, sid in enumerate(c.order))
     session.flush()
-    try:
-        _advance(session, run, row, pool, settings, strict=True)
-    except BaseException:
-        session.rollback()
-        raise
-    audit.record(session, "pipeline.run", run.id, {"pipeline": f"{row.name}@v{row.version}", "reuse": reuse})
-    session.commit()
+    _advance(session, run, row, pool, settings, strict=True)
     return run
 
 
@@ -118,14 +135,20 @@ def cancel_run(session: Session, run_id: str, pool: Pool | None = None,
     run = run_db.lock_run(session, run.id) or run
     if RunState(run.state).final:
         raise Conflict(f"pipeline run {run.id} is already {run.state}")
+    request_cancel(session, run, pool, settings)
+    audit.record(session, "pipeline.cancel", run.id, {"pipeline": f"{run.pipeline}@v{run.version}"})
+    session.commit()
+    return run
+
+
+def request_cancel(session: Session, run: PipelineRun, pool: Pool | None = None,
+                   settings: Settings | None = None) -> None:
+    """``cancel_run``'s work on a locked, not final run, in the caller's transaction (no commit)."""
     run.cancel_requested = True
     session.add(run)
     session.flush()
     _advance(session, run, session.get(PipelineVersionRow, run.pipeline_version_id), pool,
              settings or get_settings())
-    audit.record(session, "pipeline.cancel", run.id, {"pipeline": f"{run.pipeline}@v{run.version}"})
-    session.commit()
-    return run
 
 
 def resume_run(session: Session, run_id: str, pool: Pool | None = None,
@@ -272,7 +295,8 @@ def _submit(session: Session, run: PipelineRun, c: Any, sid: str, st: PipelineSt
                   outputs=dict(src.outputs), params=values, reuse_key=key)
             return StepState.REUSED, dict(src.outputs)
     job = Job(template_version_id=trow.id, template=t.name, version=t.version, params=values,
-              priority=run.priority, timeout_s=t.manifest.timeout_s, api_key_id=run.api_key_id)
+              priority=run.priority, timeout_s=t.manifest.timeout_s, api_key_id=run.api_key_id,
+              batch_id=run.batch_id, batch_item=run.batch_item)
     session.add(job)
     session.flush()  # the job row exists before the step points at it
     session.add_all(JobInput(job_id=job.id, artifact_id=aid) for aid in set(arts.values()))

@@ -359,6 +359,61 @@ def show_progress(remote: Remote, batch: BatchOut, items: list[Planned] | None =
         raise typer.Exit(130) from None
 
 
+def upload_all(remote: Remote, files: dict[str, Path]) -> dict[str, str]:
+    """Each file (by its sha256) uploaded once, a few at a time: sha256 -> artifact id."""
+    with console.status(f"uploading {len(files)} input(s)..."), \
+            ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+        return dict(zip(files, pool.map(lambda p: remote.upload(p).id, files.values()), strict=True))
+
+
+def step_overrides(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``--set step.param=value`` values as a run's ``params`` (step id -> parameter -> value)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in sets.items():
+        step, sep, param = name.partition(".")
+        if not sep or not step or not param:
+            raise InvalidInput(f"--set {name}=...: a pipeline batch takes step.param=value",
+                               errors=[{"param": name, "message": "expected step.param"}])
+        out.setdefault(step, {})[param] = value
+    return out
+
+
+def run_pipeline(remote: Remote, pipeline: str, files: list[Path], param: str | None, sets: dict[str, Any],
+                 priority: int, label: str | None, out: Path | None, watch: bool) -> None:
+    """``run --pipeline``: a run per input file as one batch; with ``--out`` the runs' final outputs are
+    downloaded as ``<input stem>__<output name>.<ext>``, a line each in ``manifest.jsonl``."""
+    if not files:
+        raise InvalidInput("a pipeline batch needs input files", errors=[{"param": "inputs", "message": "empty"}])
+    shas = [file_sha256(f.expanduser()) for f in files]
+    uploaded = upload_all(remote, {sha: f.expanduser() for sha, f in zip(shas, files, strict=True)})
+    body: dict[str, Any] = {"pipeline": pipeline, "inputs": [uploaded[sha] for sha in shas],
+                            "params": step_overrides(sets), "priority": priority}
+    body |= {k: v for k, v in (("label", label), ("input_param", param)) if v is not None}
+    batch = remote.create_batch(body)
+    console.print(f"batch [bold]{batch.id}[/bold] on {remote.url}: {batch.total} run(s) of pipeline {pipeline!r}")
+    if not watch:
+        console.print(f"watch it: medialab batch watch {batch.id}")
+        return
+    final = show_progress(remote, batch)
+    console.print(summary(final).replace("no jobs", "no runs"))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        namer, items = Namer({p.name for p in out.iterdir()}), {j.id: j.batch_item
+                                                                for j in remote.batch_jobs(final.id)}
+        with (out / "manifest.jsonl").open("a") as f:
+            for art in remote.batch(final.id).outputs:
+                item = items.get(art.job_id or "")
+                src = files[item] if item is not None and item < len(files) else None
+                name = namer.name(src.stem if src else art.id[:8], art.output_name or "output",
+                                  Path(art.filename).suffix)
+                remote.download(art.id, out / name)
+                f.write(json.dumps({"input": str(src) if src else None, "item": item, "pipeline": pipeline,
+                                    "artifact": art.id, "file": name, "sha256": art.sha256}) + "\n")
+        console.print(f"manifest: {(out / 'manifest.jsonl').resolve()}", soft_wrap=True)
+    if any(final.counts.get(s) for s in ("FAILED", "CANCELLED")):
+        raise typer.Exit(1)
+
+
 def summary(batch: BatchOut) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(batch.counts.items())) or "no jobs"
     return f"batch {batch.id}: {counts}"
@@ -380,10 +435,21 @@ def run(template: str,
         out: Annotated[Path | None, typer.Option(help="Folder for the outputs and manifest.jsonl.")] = None,
         dry_run_: Annotated[bool, typer.Option("--dry-run", help="Validate, print the jobs, write nothing.")] = False,
         watch: Annotated[bool, typer.Option(help="Show progress until the batch ends.")] = True,
+        pipeline: Annotated[str | None, typer.Option(help="Run this pipeline once per input instead of a "
+                                                     "template (TEMPLATE is then the first input; --set "
+                                                     "step.param=value; --param: the pipeline input).")] = None,
         profile: ProfileOption = None) -> None:
     """Run TEMPLATE over many inputs (and --grid values) as one batch on a running service."""
     fixed = parse_sets(set_)
     try:
+        if pipeline is not None:
+            if manifest is not None or grid or dry_run_ or version is not None:
+                raise InvalidInput("--pipeline takes INPUTS, --set, --param, --out (no --manifest, --grid, "
+                                   "--dry-run or --version)")
+            with Remote.connect(get_settings(), profile) as remote:
+                run_pipeline(remote, pipeline, expand_inputs([template, *(inputs or [])]), param, fixed, priority,
+                             label, out, watch)
+            return
         if manifest is not None and (inputs or grid):
             raise InvalidInput("give either --manifest, or INPUTS and --grid, not both")
         rows = parse_manifest(manifest) if manifest is not None else None
@@ -396,9 +462,7 @@ def run(template: str,
                 dry_run(remote, template, version, items, label, priority, tmpl)
                 return
             files = {it.shas[k]: p.expanduser() for it in items for k, p in it.files.items()}  # sha256 -> file
-            with console.status(f"uploading {len(files)} input(s)..."), \
-                    ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-                uploaded = dict(zip(files, pool.map(lambda p: remote.upload(p).id, files.values()), strict=True))
+            uploaded = upload_all(remote, files)
             for it in items:
                 for k in it.files:
                     it.params[k] = uploaded[it.shas[k]]

@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.core.errors import InvalidInput
 from orchestrator.core.limits import check_count
+from orchestrator.core.pipeline_runs import RunState
 from orchestrator.core.states import JobState
 
 ETA_WINDOW = 50  # the ETA's rate is measured over the last this many finished jobs
@@ -98,6 +99,53 @@ def explicit(items: Sequence[Mapping[str, Any]], max_items: int) -> list[Item]:
 
 
 @dataclass(frozen=True)
+class RunItem:
+    """One pipeline run of a batch, before validation: its index in the request, inputs and overrides."""
+
+    index: int
+    inputs: dict[str, Any]
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PipelineGrid:
+    """One pipeline over ``inputs`` (a run each, bound to the pipeline input ``input_param``), with the step
+    overrides ``params`` (step id -> parameter -> value) fixed."""
+
+    pipeline: str
+    version: int | None = None
+    inputs: Sequence[str] = ()
+    input_param: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def artifact_input(declared: Mapping[str, str], name: str | None) -> str:
+    """The pipeline input a batch's inputs bind to: ``name``, else the only image or video input of
+    ``declared`` (input name -> type); refused when there is none or more than one to choose from."""
+    if name is not None:
+        if name not in declared:
+            raise InvalidInput(f"the pipeline has no input {name!r} (inputs: {', '.join(declared) or 'none'})",
+                               errors=[{"param": "input_param", "message": "no such input"}])
+        return name
+    media = [n for n, kind in declared.items() if kind in ("image", "video")]
+    if len(media) != 1:
+        raise InvalidInput(f"the pipeline has {len(media)} image/video inputs; name the one the batch's inputs "
+                           "bind to (input_param)", errors=[{"param": "input_param", "message": "missing"}])
+    return media[0]
+
+
+def expand_runs(g: PipelineGrid, input_param: str, max_items: int) -> list[RunItem]:
+    """A run per input, in the order given (``input_param`` resolved by ``artifact_input``)."""
+    check_count(len(g.inputs), "items in the batch", "max_batch_items", max_items)
+    if not g.inputs:
+        raise InvalidInput("a pipeline batch needs inputs (one run each)",
+                           errors=[{"param": "inputs", "message": "empty"}])
+    return [RunItem(i, {input_param: art}, {k: dict(v) if isinstance(v, Mapping) else v
+                                            for k, v in g.params.items()})
+            for i, art in enumerate(g.inputs)]
+
+
+@dataclass(frozen=True)
 class Progress:
     """Where a batch stands: counts by state, the share finished and, while jobs remain, the time left."""
 
@@ -115,8 +163,21 @@ def progress(counts: Mapping[JobState, int], finished_at: Iterable[datetime], cr
     only the last ``ETA_WINDOW`` are used). The rate is the finished jobs per second over that window (from
     the batch's creation when only one has finished); the ETA is what remains at that rate, counted from the
     last finish, never below 0. None before any job finished, and once all have."""
+    return _progress({s.value: n for s, n in counts.items()}, sum(n for s, n in counts.items() if s.terminal),
+                     finished_at, created_at, at)
+
+
+def run_progress(counts: Mapping[RunState, int], finished_at: Iterable[datetime], created_at: datetime,
+                 at: datetime) -> Progress:
+    """``progress`` of a batch of pipeline runs: counted in runs (by run state), not jobs, so a batch whose
+    runs are not all final is not finished even when every job so far is (a waiting step has no job)."""
+    return _progress({s.value: n for s, n in counts.items()}, sum(n for s, n in counts.items() if s.final),
+                     finished_at, created_at, at)
+
+
+def _progress(counts: Mapping[str, int], done: int, finished_at: Iterable[datetime], created_at: datetime,
+              at: datetime) -> Progress:
     total = sum(counts.values())
-    done = sum(n for s, n in counts.items() if s.terminal)
     remaining = total - done
     times = sorted(finished_at)[-ETA_WINDOW:]
     eta: float | None = None
@@ -126,5 +187,5 @@ def progress(counts: Mapping[JobState, int], finished_at: Iterable[datetime], cr
         else:
             rate = len(times) / max((times[-1] - created_at).total_seconds(), 1e-3)
         eta = max(remaining / rate - (at - times[-1]).total_seconds(), 0.0)
-    return Progress(total=total, counts={s.value: n for s, n in sorted(counts.items(), key=lambda kv: kv[0].value)},
+    return Progress(total=total, counts=dict(sorted(counts.items())),
                     done=done, fraction=done / total if total else 1.0, eta_s=eta, finished=remaining == 0)

@@ -10,10 +10,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, col, select
 
 from orchestrator.core.errors import InvalidInput
+from orchestrator.core.pipeline_runs import RunState
 from orchestrator.core.states import JobState
 from orchestrator.db.ids import get_by_id
 from orchestrator.db.notify import QUEUED
-from orchestrator.db.tables import Artifact, Batch, Job, JobEvent
+from orchestrator.db.tables import Artifact, Batch, Job, JobEvent, PipelineRun
 
 BULK_ROWS = 2000  # rows per INSERT statement of insert_rows
 
@@ -49,6 +50,42 @@ def counts_by_state(session: Session, batch_id: str) -> dict[JobState, int]:
     """How many of the batch's jobs are in each state (one GROUP BY query)."""
     q = select(Job.state, func.count()).where(Job.batch_id == batch_id).group_by(Job.state)
     return {JobState(s): n for s, n in session.exec(q).all()}
+
+
+def run_counts_by_state(session: Session, batch_id: str) -> dict[RunState, int]:
+    """How many of the batch's pipeline runs are in each state."""
+    q = select(PipelineRun.state, func.count()).where(PipelineRun.batch_id == batch_id).group_by(PipelineRun.state)
+    return {RunState(s): n for s, n in session.exec(q).all()}
+
+
+def run_finished_times(session: Session, batch_id: str, limit: int) -> list[datetime]:
+    """The finish times of the batch's last ``limit`` finished pipeline runs."""
+    q = (select(PipelineRun.finished_at).where(PipelineRun.batch_id == batch_id,
+                                               col(PipelineRun.finished_at).is_not(None))
+         .order_by(col(PipelineRun.finished_at).desc()).limit(limit))
+    return [t for t in session.exec(q).all() if t is not None]
+
+
+def active_run_ids(session: Session, batch_id: str) -> list[str]:
+    """The batch's RUNNING pipeline runs, by item."""
+    q = (select(PipelineRun.id).where(PipelineRun.batch_id == batch_id, PipelineRun.state == RunState.RUNNING)
+         .order_by(col(PipelineRun.batch_item)))
+    return list(session.exec(q).all())
+
+
+def batch_runs(session: Session, batch_id: str) -> list[PipelineRun]:
+    """The batch's pipeline runs, by item."""
+    return list(session.exec(select(PipelineRun).where(PipelineRun.batch_id == batch_id)
+                             .order_by(col(PipelineRun.batch_item))))
+
+
+def run_outputs(session: Session, batch_id: str, limit: int | None = None) -> list[Artifact]:
+    """The final outputs of the batch's pipeline runs (their ``outputs``), by item."""
+    ids = [a for run in batch_runs(session, batch_id) for _, a in sorted((run.outputs or {}).items())
+           if isinstance(a, str)]
+    ids = ids[:limit] if limit is not None else ids
+    found = {a.id: a for a in session.exec(select(Artifact).where(col(Artifact.id).in_(ids)))} if ids else {}
+    return [found[a] for a in ids if a in found]
 
 
 def finished_times(session: Session, batch_id: str, limit: int) -> list[datetime]:

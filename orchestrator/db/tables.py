@@ -300,6 +300,8 @@ class PipelineRun(SQLModel, table=True):
     api_key_id: str | None = Field(default=None, foreign_key="api_keys.id", index=True)
     created_at: datetime = Field(default_factory=now, index=True)
     finished_at: datetime | None = None
+    batch_id: str | None = Field(default=None, foreign_key="batches.id", index=True)  # a batch of pipeline runs
+    batch_item: int | None = Field(default=None, description="The run's index in its batch's request.")
 
 
 class PipelineStep(SQLModel, table=True):

@@ -43,7 +43,9 @@ def upload(file: UploadFile, ctx: CtxDep, session: SessionDep, _: RunKey,
     return artifact_out(session, art)
 
 
-@router.get("", response_model=list[ArtifactOut])
+@router.get("", response_model=list[ArtifactOut],
+            responses={404: {"description": "An artifact or dataset named by made_from or dataset does not exist"},
+                       409: {"description": "An id prefix in made_from matches several artifacts"}})
 def list_artifacts(session: SessionDep, _: AnyKey, job: QueryText = None, template: QueryText = None,
                    tag: QueryText = None, role: QueryText = None,
                    state: Annotated[JobState | None, Query(description="The state of the artifact's job.")] = None,

@@ -40,8 +40,9 @@ def batch_out(session: Session, batch: Batch, outputs: bool = False) -> BatchOut
     out.total, out.counts, out.done, out.progress, out.eta_s, out.finished = (
         p.total, p.counts, p.done, p.fraction, p.eta_s, p.finished)
     if outputs:
-        out.outputs = [ArtifactOut.model_validate(a) for a in batch_db.batch_outputs(session, batch.id,
-                                                                                     MAX_OUTPUTS_SHOWN)]
+        arts = batch_db.run_outputs(session, batch.id, MAX_OUTPUTS_SHOWN) if batch_app.is_pipeline_batch(batch) \
+            else batch_db.batch_outputs(session, batch.id, MAX_OUTPUTS_SHOWN)
+        out.outputs = [ArtifactOut.model_validate(a) for a in arts]
     return out
 
 
@@ -58,6 +59,19 @@ def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey, res
     request_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest() \
         if idempotency_key and not body.dry_run else None
     keys: list[str | None] | None = None
+    if body.pipeline is not None:
+        if body.items is not None or body.template or body.grid or body.version or body.dry_run:
+            raise_shape("a pipeline batch takes inputs, input_param, params and pipeline_version (no items, "
+                        "template, version, grid or dry_run)")
+        g = rules.PipelineGrid(pipeline=body.pipeline, version=body.pipeline_version, inputs=body.inputs,
+                               input_param=body.input_param, params=body.params)
+        shape = {"kind": "pipeline", "input_param": body.input_param, "inputs": len(body.inputs),
+                 "params": body.params}
+        batch = batch_app.create_pipeline_batch(session, ctx.pool, g, api_key_id=key.id, label=body.label,
+                                                priority=body.priority, request=shape, settings=ctx.settings)
+        if ctx.dispatcher:
+            ctx.dispatcher.wake()
+        return batch_out(session, batch)
     if body.items is not None:
         if body.template or body.inputs or body.grid or body.params or body.input_param:
             raise_shape("give either items, or template with inputs/grid/params, not both")
@@ -145,6 +159,8 @@ def _poll(ctx: Context, batch_id: str, after: int) -> tuple[str, list[BatchEvent
         events = [BatchEventOut(event=EventOut.model_validate(e), batch_item=i, counts=counts)
                   for e, i in batch_db.state_events_after(s, batch.id, after)]
         finished = all(JobState(st).terminal for st in counts)
+        if finished and batch_app.is_pipeline_batch(batch):  # a waiting step has no job yet
+            finished = batch_app.batch_progress(s, batch).finished
         return batch.id, events, finished
 
 

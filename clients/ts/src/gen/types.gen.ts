@@ -369,6 +369,16 @@ export type BatchSubmit = {
         [key: string]: unknown;
     };
     /**
+     * Pipeline
+     *
+     * A pipeline instead of a template: a run per input (bound to the pipeline input input_param, default its only image/video input), params its step overrides ({step: {param: value}}).
+     */
+    pipeline?: string | null;
+    /**
+     * Pipeline Version
+     */
+    pipeline_version?: number | null;
+    /**
      * Priority
      */
     priority?: number;
@@ -1681,6 +1691,14 @@ export type ArtifactsListArtifactsErrors = {
      */
     401: Problem;
     /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
      * Invalid input (the problem names what was wrong)
      */
     422: Problem;
@@ -2974,7 +2992,7 @@ export type KeysGetErrors = {
      */
     404: Problem;
     /**
-     * Several live keys have this name: give the id
+     * Conflicts with the current state
      */
     409: Problem;
     /**
