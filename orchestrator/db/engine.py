@@ -63,11 +63,30 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def init_db(engine: Engine) -> None:
-    """Bring the schema to the newest migration (creates it on an empty database)."""
-    with engine.begin() as conn:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    """Bring the schema to the newest migration (creates it on an empty database).
+
+    On SQLite a migration that alters a table copies it into a new one and drops the old (alembic's batch
+    mode); with foreign keys enforced, dropping a table that other rows reference fails. So, as SQLite's own
+    ALTER TABLE procedure says, foreign keys are off while the migrations run, checked in full
+    (``PRAGMA foreign_key_check``) before the commit, and on again after."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg = alembic_config(engine)
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration left rows naming missing rows: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 @event.listens_for(Session, "after_flush")

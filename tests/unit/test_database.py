@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import update
-from sqlmodel import col
+from sqlmodel import col, select
 
 from orchestrator.app import artifacts as artifact_app
 from orchestrator.app import jobs as job_app
@@ -123,3 +124,45 @@ def test_migrations_match_the_models(db: Database) -> None:
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.check(cfg)
+
+
+def test_upgrading_a_populated_sqlite_database_keeps_every_row(tmp_path: Path) -> None:
+    """A migration that alters a table on SQLite copies it and drops the old one; with rows of other tables
+    naming it (job events, attempts, a pipeline run's steps) that failed with 'FOREIGN KEY constraint failed'
+    and left a half-migrated database. Down to older revisions (foreign keys off, as the upgrade does it), then
+    up again through every migration since, with the rows in place."""
+    from orchestrator.app import pipelines as pipeline_app
+    from orchestrator.db.engine import init_db
+    from orchestrator.db.tables import JobEvent, PipelineRun, PipelineStep, PipelineVersionRow
+    from orchestrator.runtime import pipeline_library
+
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    jobs = queue_jobs(db, 3, tmp_path)
+    with db.session() as s:
+        pipeline_app.sync_pipelines(s, pipeline_library.scan_pipelines(PROJECT_ROOT / "comfy_pipelines"))
+        row = s.exec(select(PipelineVersionRow)).first()
+        run = PipelineRun(pipeline_version_id=row.id, pipeline=row.name, version=row.version,
+                          content_hash=row.content_hash, inputs={})
+        s.add(run)
+        s.flush()
+        s.add(PipelineStep(run_id=run.id, step="a", template="upscale-esrgan", version=2, job_id=jobs[0]))
+        s.commit()
+    for revision in ("0009", "0005"):
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+            with conn.begin():
+                cfg = alembic_config(db.engine)
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, revision)
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+        init_db(db.engine)  # foreign keys enforced on its connection, as at every start
+        with db.session() as s:
+            assert len(s.exec(select(Job)).all()) == 3
+            assert len(s.exec(select(JobEvent)).all()) >= 3
+            assert s.connection().exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert s.connection().exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+    with db.session() as s:
+        assert s.connection().exec_driver_sql("select version_num from alembic_version").scalar() == \
+            ScriptDirectory.from_config(alembic_config(db.engine)).get_current_head()
