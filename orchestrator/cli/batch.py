@@ -390,7 +390,8 @@ def run_pipeline(remote: Remote, pipeline: str, files: list[Path], param: str | 
                             "params": step_overrides(sets), "priority": priority}
     body |= {k: v for k, v in (("label", label), ("input_param", param)) if v is not None}
     batch = remote.create_batch(body)
-    console.print(f"batch [bold]{batch.id}[/bold] on {remote.url}: {batch.total} run(s) of pipeline {pipeline!r}")
+    console.print(f"batch [bold]{batch.id}[/bold] on {remote.url}: {batch.total} run(s) of pipeline {pipeline!r}",
+                  soft_wrap=True)
     if not watch:
         console.print(f"watch it: medialab batch watch {batch.id}")
         return

@@ -71,9 +71,9 @@ def init_db(engine: Engine) -> None:
     (``PRAGMA foreign_key_check``) before the commit, and on again after."""
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection  # the PRAGMA outside any transaction, where SQLite takes it
         if sqlite:
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            conn.commit()
+            raw.execute("PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
                 cfg = alembic_config(engine)
@@ -85,8 +85,7 @@ def init_db(engine: Engine) -> None:
                         raise RuntimeError(f"the migration left rows naming missing rows: {broken[:5]}")
         finally:
             if sqlite:
-                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-                conn.commit()
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 @event.listens_for(Session, "after_flush")
