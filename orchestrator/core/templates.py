@@ -13,9 +13,9 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -210,21 +210,34 @@ def check_graph(where: str, manifest: Manifest, graph: dict[str, Any]) -> None:
                                "which is missing or not unique in the graph")
 
 
+class Versioned(Protocol):
+    version: int
+    deprecated: bool
+
+
+V = TypeVar("V", bound=Versioned)
+
+
+def pick_version(mine: Sequence[V], what: str, version: int | None = None) -> V:
+    """Of one thing's versions (oldest first), the one named, or the newest not deprecated when version is
+    None; NotFound says which versions there are. ``what``: "template 'x'", "pipeline 'y'"."""
+    if version is None:
+        current = [v for v in mine if not v.deprecated]
+        if not current:
+            raise NotFound(f"every version of {what} is deprecated; name a version explicitly")
+        return current[-1]
+    for v in mine:
+        if v.version == version:
+            return v
+    raise NotFound(f"{what} has no version {version} (versions: {', '.join(f'v{v.version}' for v in mine)})")
+
+
 def pick(versions: list[TemplateVersion], name: str, version: int | None = None) -> TemplateVersion:
     """The named version, or the newest one when version is None."""
     mine = [t for t in versions if t.name == name]
     if not mine:
         raise unknown_template(name, (t.name for t in versions))
-    if version is None:
-        current = [t for t in mine if not t.deprecated]
-        if not current:
-            raise NotFound(f"every version of template '{name}' is deprecated; name a version explicitly")
-        return current[-1]
-    for t in mine:
-        if t.version == version:
-            return t
-    raise NotFound(f"template '{name}' has no version {version} "
-                   f"(versions: {', '.join(f'v{t.version}' for t in mine)})")
+    return pick_version(mine, f"template '{name}'", version)
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from orchestrator.core import pipelines as pl
 from orchestrator.core.errors import NotFound
-from orchestrator.core.templates import did_you_mean
+from orchestrator.core.templates import did_you_mean, pick_version
 from orchestrator.db.tables import PipelineVersionRow
 
 
@@ -31,16 +31,7 @@ def get_pipeline(session: Session, name: str, version: int | None = None) -> Pip
     if not rows:
         names = sorted(set(session.exec(select(PipelineVersionRow.name).distinct())))
         raise NotFound(f"unknown pipeline '{name}'{did_you_mean(name, names)} (known: {', '.join(names) or 'none'})")
-    if version is None:
-        current = [r for r in rows if not r.deprecated]
-        if not current:
-            raise NotFound(f"every version of pipeline '{name}' is deprecated; name a version explicitly")
-        return current[-1]
-    for r in rows:
-        if r.version == version:
-            return r
-    raise NotFound(f"pipeline '{name}' has no version {version} "
-                   f"(versions: {', '.join(f'v{r.version}' for r in rows)})")
+    return pick_version(rows, f"pipeline '{name}'", version)
 
 
 def checked_from_row(row: PipelineVersionRow) -> pl.CheckedPipeline:
