@@ -5,6 +5,8 @@ The API server and the CLI both build one of these, so they share one code path.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -18,6 +20,8 @@ from orchestrator.app import pipelines as pipeline_app
 from orchestrator.app import servers as server_app
 from orchestrator.app import templates as template_app
 from orchestrator.comfy.worker import LocalWorker, has_gpu
+from orchestrator.core.burst import Tiering
+from orchestrator.core.capabilities import Capabilities
 from orchestrator.core.errors import Conflict, InvalidInput
 from orchestrator.core.server_urls import redact
 from orchestrator.db import servers as server_db
@@ -37,35 +41,72 @@ from storage import LocalDiskStore, MinioStore, ObjectStore
 log = logging.getLogger(__name__)
 
 
-def configured_servers(settings: Settings) -> list[tuple[str | None, str]]:
-    """(name, url) of the servers named by MEDIALAB_COMFY_SERVERS and the servers file."""
-    found: list[tuple[str | None, str]] = [(None, url) for url in settings.comfy_servers]
+@dataclasses.dataclass(frozen=True)
+class Configured:
+    """A server named by MEDIALAB_COMFY_SERVERS or the servers file."""
+
+    name: str | None
+    url: str
+    tiering: Tiering = Tiering()
+    declared: Capabilities | None = None
+
+
+TIERING_KEYS = ("kind", "tier", "cost_per_gpu_s", "cold_start_s", "max_inflight")
+
+
+def configured_servers(settings: Settings) -> list[Configured]:
+    """The servers named by MEDIALAB_COMFY_SERVERS and the servers file (``[[server]]`` tables: name, url, and for
+    tiers and providers kind, tier, cost_per_gpu_s, cold_start_s, max_inflight, object_info (a file, relative to
+    the servers file), node_classes, models (folder = [files]))."""
+    found = [Configured(None, url) for url in settings.comfy_servers]
     if settings.servers_file:
+        where = f"servers file {settings.servers_file}"
         try:
             data = tomllib.loads(settings.servers_file.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidInput(f"servers file {settings.servers_file}: {exc}") from exc
+            raise InvalidInput(f"{where}: {exc}") from exc
         for i, entry in enumerate(data.get("server", [])):
             if not isinstance(entry, dict) or "url" not in entry:
-                raise InvalidInput(f"servers file {settings.servers_file}: [[server]] #{i + 1} has no url")
+                raise InvalidInput(f"{where}: [[server]] #{i + 1} has no url")
             if not isinstance(entry["url"], str) or not isinstance(entry.get("name", ""), str):
-                raise InvalidInput(f"servers file {settings.servers_file}: [[server]] #{i + 1}: url and name are "
-                                   "strings")
-            found.append((entry.get("name"), entry["url"]))
+                raise InvalidInput(f"{where}: [[server]] #{i + 1}: url and name are strings")
+            try:
+                tiering = Tiering(**{k: entry[k] for k in TIERING_KEYS if k in entry}).check()
+                declared = None
+                if any(k in entry for k in ("object_info", "node_classes", "models")):
+                    object_info = None
+                    if "object_info" in entry:
+                        path = settings.servers_file.parent / str(entry["object_info"])
+                        try:
+                            object_info = json.loads(path.read_text())
+                        except (OSError, ValueError) as exc:
+                            raise InvalidInput(f"object_info {path}: {exc}") from exc
+                    declared = server_app.declared_capabilities(object_info, entry.get("node_classes"),
+                                                                entry.get("models"))
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}: [[server]] #{i + 1}: {exc.message}") from exc
+            found.append(Configured(entry.get("name"), entry["url"], tiering, declared))
     return found
 
 
 def register_configured(session: Session, settings: Settings) -> None:
     """Register the configured servers: a bad URL or name stops the start, naming the entry (nothing of it is
-    stored); an entry that is a registered server under another name is skipped with a warning."""
-    for name, url in configured_servers(settings):
+    stored); an entry that is a registered server under another name is skipped with a warning. A server the
+    file registered before takes the tier, cost and declared capabilities the file says now."""
+    for c in configured_servers(settings):
         try:
-            server_app.register_server(session, url, name, source="config", settings=settings)
+            row = server_app.register_server(session, c.url, c.name, source="config", settings=settings,
+                                             tiering=c.tiering, declared=c.declared)
         except Conflict as exc:
-            log.warning("configured server %s skipped: %s", redact(url), exc.message)
+            log.warning("configured server %s skipped: %s", redact(c.url), exc.message)
+            continue
         except InvalidInput as exc:
-            where = f"servers file {settings.servers_file}" if name is not None else "MEDIALAB_COMFY_SERVERS"
+            where = f"servers file {settings.servers_file}" if c.name is not None else "MEDIALAB_COMFY_SERVERS"
             raise InvalidInput(f"{where}: {exc.message}", **exc.extra) from exc
+        changes = {k: v for k, v in vars(c.tiering).items() if k != "kind" and getattr(row, k) != v}
+        declared = c.declared if c.declared and c.declared.to_json() != row.capabilities else None
+        if row.source == "config" and (changes or declared):
+            server_app.update_server(session, row.id, changes, declared)
 
 
 def make_store(settings: Settings) -> ObjectStore:
@@ -141,7 +182,8 @@ class Context:
                     self.worker.start()
                     server_app.register_server(s, self.worker.url, "local", source="local")
             self.pool = Pool(self.db, f"medialab-{self.owner}", health_interval_s=self.settings.health_interval_s,
-                             refresh_interval_s=self.settings.refresh_interval_s).start()
+                             refresh_interval_s=self.settings.refresh_interval_s,
+                             tokens=self.settings.provider_tokens).start()
             self.executor.pool = self.pool
             self.metrics = Metrics(self.db, self.pool)
         return self.pool

@@ -64,6 +64,29 @@ class Settings(BaseSettings):
     require_lock: bool = Field(False, description="Give a job only to servers whose ComfyUI version and the "
                                "commits of the node packs it needs match worker.lock.toml.")
 
+    # -- burst tiers: managed providers when local GPUs are short (core/burst.py, the README's Burst providers) --
+    burst_templates: list[str] = Field(default_factory=list, description="Template names (every version) or "
+                                       "name@vN that may burst to a provider (JSON list); empty: nothing bursts.")
+    burst_wait_s: float = Field(60.0, ge=0, description="Estimated wait for local capacity above which a job of an "
+                                "allowed template bursts.")
+    burst_template_wait_s: dict[str, float] = Field(default_factory=dict, description="Per template (name or "
+                                                    "name@vN), its own burst_wait_s (JSON object).")
+    burst_urgent_priority: int = Field(50, description="Jobs of this priority and above wait only "
+                                       "burst_urgent_wait_s for local capacity.")
+    burst_urgent_wait_s: float = Field(0.0, ge=0, description="The threshold of urgent jobs.")
+    burst_budget_day: float | None = Field(None, ge=0, description="Most burst spend per UTC day (None: no cap).")
+    burst_budget_month: float | None = Field(None, ge=0, description="Most burst spend per UTC month.")
+    burst_budget_key_day: float | None = Field(None, ge=0, description="Most burst spend per API key per UTC day.")
+    burst_default_run_s: float = Field(60.0, gt=0, description="A template's run time for the wait and cost "
+                                       "estimates until it has run (then: the mean of its recent runs).")
+    burst_poll_s: float = Field(1.0, gt=0, description="How often a burst job's status is asked.")
+    burst_unreachable_s: float = Field(60.0, gt=0, description="A provider that does not answer this long about a "
+                                       "job it holds is marked down and the job goes back to the local queue.")
+    burst_cancel_keep_outputs: bool = Field(False, description="Keep the outputs of a cancelled burst job that the "
+                                            "provider ran to the end anyway (its GPU time is counted either way).")
+    provider_tokens: dict[str, str] = Field(default_factory=dict, repr=False, description="Bearer tokens by server "
+                                            "name (JSON object), sent to that server only; never stored.")
+
     local_trainer: bool = Field(True, description="serve/run train here too (one local trainer thread) when "
                                 "sd_scripts_dir is set; false when remote `medialab trainer` processes train.")
     sd_scripts_dir: Path | None = Field(None, description="kohya sd-scripts checkout (pinned commit).")

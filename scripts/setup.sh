@@ -21,6 +21,15 @@ mkdir -p .runtime
 .venv/bin/python scripts/install_comfyui.py .runtime/comfyui .runtime/comfyui-requirements.txt
 $PIP install -q -r .runtime/comfyui-requirements.txt torch==2.14.1 torchvision==0.29.1
 
+step "comfy-api-proxy 0.1.6 (a Comfy API v2 in front of ComfyUI, for the burst adapter tests) -> .runtime/proxy-venv"
+if [ -x .runtime/proxy-venv/bin/comfy-api-proxy ] \
+   && .runtime/proxy-venv/bin/python -m pip show comfy-api-proxy 2>/dev/null | grep -qx 'Version: 0.1.6'; then
+  echo "found: .runtime/proxy-venv/bin/comfy-api-proxy"
+else
+  [ -x .runtime/proxy-venv/bin/python ] || "$PYTHON" -m venv .runtime/proxy-venv
+  .runtime/proxy-venv/bin/python -m pip install -q comfy-api-proxy==0.1.6
+fi
+
 step "the medialab project (editable, with test tools)"
 $PIP install -q -e '.[dev,workbench]' torch==2.14.1 torchvision==0.29.1
 

@@ -17,6 +17,7 @@ from orchestrator.api.routes import (
     artifacts,
     audit,
     batches,
+    burst,
     jobs,
     keys,
     me,
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
 
     for router in (artifacts.router, jobs.router, batches.router, servers.router, templates.router, trainings.router,
                    models.router, keys.router, audit.router, me.router, pipelines.router,
-                   pipeline_runs.start_router, pipeline_runs.router):
+                   pipeline_runs.start_router, pipeline_runs.router, burst.router):
         app.include_router(router, prefix="/v1")
     studio.install(app)  # /studio and /docs: static, no key
     problems.install(app)  # after the routes: it declares their error responses

@@ -52,6 +52,8 @@ class ArtifactOut(Out):
     params: dict[str, Any] | None
     input_artifacts: list[str] | None
     server: Shown | None
+    provider: str | None = Field(None, description="The burst server's name, when a provider made it.")
+    remote_job_id: str | None = Field(None, description="The provider's job id that made it.")
     comfy_version: str | None
     created_at: datetime
     tags: list[str] = []
@@ -66,6 +68,10 @@ class AttemptOut(Out):
     error: ShownJson
     started_at: datetime
     finished_at: datetime | None
+    tier: int = Field(0, description="The server's tier when it was dispatched (0: local, 1 and up: burst).")
+    cost: float = Field(0.0, description="Ended: what it cost (rate x gpu_s); running: its estimate.")
+    gpu_s: float | None = Field(None, description="GPU seconds billed (a priced server's).")
+    remote_id: str | None = Field(None, description="The provider's job id (a burst attempt).")
 
 
 class JobOut(Out):
@@ -84,6 +90,8 @@ class JobOut(Out):
     finished_at: datetime | None
     batch_id: str | None = Field(None, description="The batch the job belongs to (None: submitted alone).")
     batch_item: int | None = Field(None, description="The job's item in its batch's request.")
+    local_only: bool = Field(False, description="A burst provider failed it: it runs locally from now on.")
+    cost: float = Field(0.0, description="What its attempts cost (burst ones; a running one: its estimate).")
     outputs: list[ArtifactOut] = []
     attempts: list[AttemptOut] = []
 

@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from orchestrator.core import limits, sandbox
 from orchestrator.core import templates as tpl
+from orchestrator.core.burst import BurstPolicy
 from orchestrator.core.capabilities import Capabilities, Requirements
 from orchestrator.core.errors import InvalidInput
 from orchestrator.core.graph import nodes_by_title
@@ -106,22 +107,23 @@ def validate_values(session: Session, pool: Pool | None, t: tpl.TemplateVersion,
     if checked is not None and req in checked:
         return values
     check_usable(session, req.models)  # a registered LoRA must be approved
+    may_burst = BurstPolicy.of(settings or get_settings()).allowed(t.name, t.version)
     if pool is not None:
-        pool.check_runnable(req)
+        pool.check_runnable(req, burst=may_burst)
     else:
-        check_runnable_recorded(session, req)
+        check_runnable_recorded(session, req, burst=may_burst)
     if checked is not None:
         checked.add(req)
     return values
 
 
-def check_runnable_recorded(session: Session, req: Requirements) -> None:
+def check_runnable_recorded(session: Session, req: Requirements, burst: bool = False) -> None:
     """``Pool.check_runnable`` against the recorded capabilities (for a process without a live pool). Nothing
     is refused while they are not known: no server registered (``serve`` and ``run`` start a local worker
     then), or an active server not probed yet (the live pool decides once it has probed it)."""
     from orchestrator.runtime.pool import MissingCapability
 
-    views = recorded_views(server_rows(session))
+    views = [v for v in recorded_views(server_rows(session)) if burst or v.tier == 0]
     known = bool(views) and all(v.caps is not None for v in views if v.active)
     reason = unrunnable_reason(req, views) if known else None
     if reason:

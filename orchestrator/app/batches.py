@@ -328,7 +328,8 @@ def is_pipeline_batch(batch: Batch) -> bool:
 def _job_row(**fields: Any) -> dict[str, Any]:
     """A QUEUED comfy job as a row for ``insert_rows`` (every column given: one INSERT for all rows)."""
     return {"id": new_id(), "kind": "comfy", "state": JobState.QUEUED, "cancel_requested": False, "progress": 0.0,
-            "run_after": None, "error": None, "started_at": None, "finished_at": None, **fields}
+            "run_after": None, "error": None, "started_at": None, "finished_at": None, "local_only": False,
+            **fields}
 
 
 def _event_row(job_id: str, at: datetime, state: JobState | None, reason: str, data: dict[str, Any] | None,

@@ -12,8 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from orchestrator.api.routes.jobs import job_out
-from orchestrator.api.schemas import JobOut
+from orchestrator.api.routes.jobs import job_out, jobs_out
 from orchestrator.app import admission
 from orchestrator.app import jobs as job_app
 from orchestrator.bootstrap import configured_servers
@@ -133,8 +132,9 @@ def jobs_list(state: JobState | None = None, template: str | None = None, limit:
     ctx = context()
     with ctx.db.session() as s:
         rows = job_db.list_jobs(s, state, template, limit)
+        shown = jobs_out(s, rows)
     if as_json:  # as GET /v1/jobs
-        print_json([JobOut.model_validate(j) for j in rows])
+        print_json(shown)
         return
     table = Table("id", "template", "state", "progress", "created", "error")
     for j in rows:
@@ -154,8 +154,10 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's id or a uniq
         if as_json:
             print_json(job_out(s, job))
             return
+        attempts = attempt_db.job_attempts(s, job_id)
         data = {"job": job.model_dump(mode="json"),
-                "attempts": [a.model_dump(mode="json") for a in attempt_db.job_attempts(s, job_id)],
+                "cost": attempt_db.job_costs(s, [job_id]).get(job_id, 0.0),  # every attempt's: tier, cost, remote_id
+                "attempts": [a.model_dump(mode="json") for a in attempts],
                 "outputs": [a.model_dump(mode="json") for a in artifact_db.job_outputs(s, job_id)],
                 "events": [e.model_dump(mode="json") for e in job_db.events_after(s, job_id) if e.kind != "progress"]}
     console.print_json(json.dumps(data))

@@ -1,8 +1,9 @@
-"""``medialab servers``: the pool of ComfyUI servers (list, check against the worker lock, add, drain,
-activate, remove, refresh)."""
+"""``medialab servers``: the pool of ComfyUI servers (list, check against the worker lock, add, set (tier, cost,
+capacity), drain, activate, remove, refresh)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -13,8 +14,9 @@ from rich.table import Table
 from orchestrator.api.routes.servers import server_out
 from orchestrator.app import servers as server_app
 from orchestrator.cli.common import JsonOption, console, context, fail, print_json, session
+from orchestrator.core.burst import Tiering
 from orchestrator.core.capabilities import Capabilities
-from orchestrator.core.errors import MediaLabError
+from orchestrator.core.errors import InvalidInput, MediaLabError
 from orchestrator.core.lock import LockReport, check_server
 from orchestrator.core.server_urls import redact
 from orchestrator.db import attempts as attempt_db
@@ -55,8 +57,8 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
         console.print("no servers registered: `medialab run` and `medialab serve` start a local ComfyUI worker; "
                       "`medialab servers add URL` registers one")
         return
-    table = Table("name", "url", "state", "health", "ComfyUI", "device", "node packs", "models", "current job",
-                  show_lines=True)
+    table = Table("name", "url", "kind/tier", "state", "health", "ComfyUI", "device", "node packs", "models",
+                  "current job", show_lines=True)
     for row in rows:
         caps = Capabilities.from_json(row.capabilities)
         health = ("[green]healthy[/]" if row.healthy else f"[red]down[/] {redact(row.last_error or '')}"[:80]) + \
@@ -67,7 +69,8 @@ def servers_list(refresh: Annotated[bool, typer.Option(help="Probe every server 
         models = "\n".join(f"{f}: {', '.join(sorted(v)[:4])}{' ...' if len(v) > 4 else ''}"
                            for f, v in sorted(caps.models.items()) if v) if caps else "(not probed)"
         packs = "\n".join(caps.packs) if caps and caps.packs else ("core only" if caps else "")
-        table.add_row(row.name, redact(row.url), row.state, health, caps.comfy_version if caps else "", device, packs,
+        table.add_row(row.name, redact(row.url), _tier_cell(row.kind, row.tier, row.cost_per_gpu_s, row.max_inflight),
+                      row.state, health, caps.comfy_version if caps else "", device, packs,
                       models or "none", "\n".join(jobs.get(row.url, [])) or "idle")
     console.print(table)
 
@@ -125,18 +128,90 @@ def servers_check(
         raise typer.Exit(1)
 
 
+KindOption = Annotated[str, typer.Option("--kind", help="comfyui (probed) | comfy_api_v2 | runpod (a provider: "
+                                          "declare what it runs with --object-info or --node-class, and --model).")]
+TierOption = Annotated[int | None, typer.Option("--tier", help="0: local, filled first; 1 and up: burst tiers.")]
+CostOption = Annotated[float | None, typer.Option("--cost-per-gpu-s", help="What a GPU-second costs there.")]
+ColdOption = Annotated[float | None, typer.Option("--cold-start-s", help="Expected start-up seconds of a job.")]
+InflightOption = Annotated[int | None, typer.Option("--max-inflight", help="Jobs at once (default: the setting).")]
+ObjectInfoOption = Annotated[Path | None, typer.Option("--object-info", exists=True, dir_okay=False,
+                                                       help="A provider's /object_info dump (JSON).")]
+NodeClassOption = Annotated[list[str] | None, typer.Option("--node-class", help="A provider's node class "
+                                                           "(repeat it).")]
+ModelOption = Annotated[list[str] | None, typer.Option("--model", help="A provider's model file, folder/file "
+                                                       "(repeat it): checkpoints/sd15.safetensors.")]
+
+
+def _declared(object_info: Path | None, node_classes: list[str] | None, models: list[str] | None
+              ) -> Capabilities | None:
+    """The capabilities a provider's operator declares on the command line (None: none declared)."""
+    if object_info is None and not node_classes and not models:
+        return None
+    info = None
+    if object_info is not None:
+        try:
+            info = json.loads(object_info.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"--object-info {object_info}: not a JSON file ({exc})") from exc
+        if not isinstance(info, dict):
+            raise InvalidInput(f"--object-info {object_info}: expected an /object_info object")
+    by_folder: dict[str, list[str]] = {}
+    for m in models or []:
+        folder, sep, name = m.partition("/")
+        if not sep or not folder or not name:
+            raise InvalidInput(f"--model {m!r}: expected folder/file, like checkpoints/sd15.safetensors")
+        by_folder.setdefault(folder, []).append(name)
+    return server_app.declared_capabilities(info, node_classes, by_folder)
+
+
 @servers_app.command("add")
-def servers_add(url: str, name: str | None = None) -> None:
-    """Register a server (probed now; a server that is down is added and retried by the pool)."""
+def servers_add(url: str, name: str | None = None, kind: KindOption = "comfyui", tier: TierOption = None,
+                cost_per_gpu_s: CostOption = None, cold_start_s: ColdOption = None,
+                max_inflight: InflightOption = None, object_info: ObjectInfoOption = None,
+                node_class: NodeClassOption = None, model: ModelOption = None) -> None:
+    """Register a server (probed now; a server that is down is added and retried by the pool). A provider
+    (``--kind`` comfy_api_v2 or runpod) is asked its health only: declare what it can run."""
     ctx = context()
     try:
+        tiering = Tiering(kind, tier or 0, cost_per_gpu_s or 0.0, cold_start_s or 0.0, max_inflight)
+        declared = _declared(object_info, node_class, model)
         with ctx.db.session() as s:
-            row = server_app.register_server(s, url, name, settings=ctx.settings)
+            row = server_app.register_server(s, url, name, settings=ctx.settings, tiering=tiering, declared=declared)
     except MediaLabError as exc:
         fail(exc)
-    error = server_app.probe_server(ctx.db, row)
-    console.print(f"server {row.name} ({redact(row.url)}) added"
+    error = server_app.probe_server(ctx.db, row, settings=ctx.settings)
+    where = f"{row.kind}, tier {row.tier}" + (f", {row.cost_per_gpu_s:g}/GPU-s" if row.cost_per_gpu_s else "")
+    console.print(f"server {row.name} ({redact(row.url)}; {where}) added"
                   + (f"; [red]not reachable now[/]: {redact(error)}" if error else ""))
+
+
+@servers_app.command("set")
+def servers_set(server: Annotated[str, typer.Argument(help="Name, id or URL.")], tier: TierOption = None,
+                cost_per_gpu_s: CostOption = None, cold_start_s: ColdOption = None,
+                max_inflight: InflightOption = None, object_info: ObjectInfoOption = None,
+                node_class: NodeClassOption = None, model: ModelOption = None) -> None:
+    """Change a server's tier, cost or capacity, or a provider's declared capabilities (the pool of `medialab
+    serve` picks the change up at its next sync)."""
+    changes = {k: v for k, v in (("tier", tier), ("cost_per_gpu_s", cost_per_gpu_s),
+                                 ("cold_start_s", cold_start_s), ("max_inflight", max_inflight)) if v is not None}
+    try:
+        declared = _declared(object_info, node_class, model)
+        if not changes and declared is None:
+            raise InvalidInput("nothing to change: give --tier, --cost-per-gpu-s, --cold-start-s, --max-inflight "
+                               "or declared capabilities")
+        with session() as s:
+            row = server_app.update_server(s, server, changes, declared)
+            shown = _tier_cell(row.kind, row.tier, row.cost_per_gpu_s, row.max_inflight).replace("\n", ", ")
+    except MediaLabError as exc:
+        fail(exc)
+    console.print(f"server {row.name}: {shown}" + ("; capabilities declared" if declared else ""))
+
+
+def _tier_cell(kind: str, tier: int, cost: float, max_inflight: int | None) -> str:
+    """kind and tier, then the price per GPU-second and the slots (when set): compact for the list."""
+    parts = [f"{cost:g}/GPU-s"] if cost else []
+    parts += [f"max {max_inflight}"] if max_inflight else []
+    return f"{kind} t{tier}" + (f"\n{' '.join(parts)}" if parts else "")
 
 
 @servers_app.command("drain")

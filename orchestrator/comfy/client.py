@@ -28,6 +28,13 @@ class ComfyUnreachable(ComfyError):
     title = "ComfyUI unreachable"
 
 
+class ComfyAuthError(ComfyError):
+    """The server (or the reverse proxy in front of it) answered 401/403: our credentials were refused, or it
+    wants some and none were given. Retrying with the same credentials cannot help."""
+
+    title = "ComfyUI refused our credentials"
+
+
 class ComfyValidationError(ComfyError):
     """ComfyUI refused the graph; ``node_errors`` is ComfyUI's own per-node report."""
 
@@ -71,29 +78,54 @@ class FileRef:
 
 Connect = Callable[..., websocket.WebSocket]
 """Opens a websocket (``ServerMonitor``'s): ``connect(url, timeout=...)`` like ``websocket.create_connection`` (the
-default); tests pass one that returns an in-process fake with the same ``recv``/``settimeout``/``close``/``abort``."""
+default), plus ``header=["Authorization: ..."]`` when the server wants credentials; tests pass one that returns an
+in-process fake with the same ``recv``/``settimeout``/``close``/``abort``."""
 
 
 class ComfyClient:
     """``transport`` (any httpx.BaseTransport, e.g. httpx.MockTransport) replaces the network for tests, as
-    httpx's own ``transport`` does; by default the real HTTP is used."""
+    httpx's own ``transport`` does; by default the real HTTP is used.
 
-    def __init__(self, base_url: str, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    Credentials, for a server behind an authenticating reverse proxy: ``token`` sends ``Authorization: Bearer
+    <token>`` with every request; without one, the URL's ``user:password@`` goes in a Basic auth header (the token
+    wins when both are given). Neither ever appears in a request URL, an error message or the repr. A 401/403
+    answer raises ``ComfyAuthError``.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
+                 token: str | None = None) -> None:
         # Credentials of the URL (http://user:password@host) go in a Basic auth header, never in the URLs
         # of requests: httpx logs every request's URL.
         url = httpx.URL(base_url.rstrip("/"))
-        auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
+        auth = httpx.BasicAuth(url.username, url.password) if url.userinfo and not token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._credentials = bool(token or url.userinfo)
         self.base_url = str(url.copy_with(userinfo=b"")).rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=auth, transport=transport)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=auth, headers=headers,
+                                  transport=transport)
+
+    def __repr__(self) -> str:
+        return f"ComfyClient({self.base_url!r}{', with credentials' if self._credentials else ''})"
 
     def close(self) -> None:
         self._http.close()
 
+    def _refused(self, method: str, path: str, r: httpx.Response) -> None:
+        """Raise ComfyAuthError on a 401, and on a 403 when we sent credentials (without any, a 403 is ComfyUI's
+        own refusal, e.g. of an origin or a path: the usual ComfyError). The body is left out: a proxy's page
+        says nothing more."""
+        if r.status_code == 401 or r.status_code == 403 and self._credentials:
+            why = ("refused our credentials" if self._credentials
+                   else "wants credentials (none are configured for it)")
+            raise ComfyAuthError(f"{method} {path} -> {r.status_code}: the server {why}")
+
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
-            return self._http.request(method, path, **kw)
+            r = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
             raise ComfyUnreachable(redact(f"{self.base_url}{path}: {exc}")) from exc
+        self._refused(method, path, r)
+        return r
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         r = self._request(method, path, **kw)
@@ -152,6 +184,7 @@ class ComfyClient:
     def stream_view(self, ref: FileRef, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         try:
             with self._http.stream("GET", "/view", params=ref.params) as r:
+                self._refused("GET", "/view", r)
                 if r.status_code >= 400:
                     raise ComfyError(f"GET /view {ref.filename} -> {r.status_code}")
                 yield from r.iter_bytes(chunk_size)

@@ -10,6 +10,7 @@ replayed by ComfyUI, so followers reconcile through /history and /queue after a 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import websocket
 
@@ -54,22 +56,48 @@ class Subscription:
         self.close()
 
 
+def auth_header(url: str, token: str | None = None) -> str | None:
+    """The ``Authorization`` value for a server: ``Bearer <token>``, else Basic from the URL's ``user:password@``
+    (percent-decoded, as httpx does for ComfyClient), else None."""
+    if token:
+        return f"Bearer {token}"
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return None
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def ws_url(url: str, client_id: str) -> str:
+    """``ws(s)://host[:port][/path]/ws?clientId=ID`` of a server URL, without its credentials (they go in the
+    Authorization header: websocket-client ignores a URL's userinfo and would connect without them)."""
+    parts = urlsplit(url.rstrip("/"))
+    netloc = parts.netloc.rpartition("@")[2]
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{netloc}{parts.path}/ws?clientId={client_id}"
+
+
 class ServerMonitor:
-    """``connect`` opens the socket (default ``websocket.create_connection``; tests pass a fake's)."""
+    """``connect`` opens the socket (default ``websocket.create_connection``; tests pass a fake's). With credentials
+    (``token``, or the URL's ``user:password@``) it is called with ``header=["Authorization: ..."]`` too."""
 
     def __init__(self, url: str, client_id: str, on_state: Callable[[bool, str | None], None] | None = None,
-                 max_backoff_s: float = 30.0, connect: Connect | None = None) -> None:
+                 max_backoff_s: float = 30.0, connect: Connect | None = None, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.connect = connect or websocket.create_connection
         self.client_id = client_id
         self.on_state = on_state or (lambda up, error: None)
         self.max_backoff_s = max_backoff_s
         self.connected = threading.Event()
+        self._auth = auth_header(self.url, token)
         self._subs: dict[str, Subscription] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ws: websocket.WebSocket | None = None
         self._thread = threading.Thread(target=self._run, name=f"ws {redact(self.url)}", daemon=True)
+
+    def __repr__(self) -> str:
+        return f"ServerMonitor({redact(self.url)!r}, {self.client_id!r})"
 
     def start(self) -> ServerMonitor:
         self._thread.start()
@@ -100,12 +128,22 @@ class ServerMonitor:
             self._subs.pop(prompt_id, None)
 
     def _run(self) -> None:
-        url = self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
+        url = ws_url(self.url, self.client_id)
+        extra = {"header": [f"Authorization: {self._auth}"]} if self._auth else {}
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                self._ws = self.connect(url, timeout=5)
+                self._ws = self.connect(url, timeout=5, **extra)
                 self._ws.settimeout(None)
+            except websocket.WebSocketBadStatusException as exc:
+                refused = exc.status_code in (401, 403)
+                why = (f"the server refused our credentials ({exc.status_code})" if refused and self._auth else
+                       f"the server wants credentials ({exc.status_code})" if refused else
+                       f"handshake answered {exc.status_code}")
+                self.on_state(False, f"websocket: {why}")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
             except (websocket.WebSocketException, OSError, ValueError) as exc:
                 self.on_state(False, f"websocket: {exc}")
                 self._stop.wait(backoff)

@@ -38,6 +38,11 @@ class ServerView:
     inflight: int = 0
     warm: frozenset[ModelRef] = field(default_factory=frozenset)
     gpu_leased: bool = False  # a trainer on the same GPU holds it: no inference goes there meanwhile
+    name: str = ""
+    tier: int = 0  # 0: local (placed here); 1 and up: burst tiers (core/burst.py)
+    rate: float = 0.0  # cost per GPU-second
+    cold_start_s: float = 0.0  # seconds a burst job is expected to wait for the provider's worker to start
+    max_inflight: int | None = None  # jobs at once on a burst server (None: MEDIALAB_MAX_INFLIGHT)
 
     def lacks(self, req: Requirements, lock: WorkerLock | None = None) -> list[str]:
         """What keeps the job off this server: missing nodes/models, and differences from the lock if given."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
+from orchestrator.core.burst import Spend
 from orchestrator.core.states import JobState
 from orchestrator.db.jobs import transition
 from orchestrator.db.tables import (
@@ -32,12 +33,14 @@ def inflight_by_server(session: Session) -> dict[str, int]:
 
 
 def start_attempt(session: Session, job: Job, server: str, owner: str | None, lease_s: float,
-                  comfy_version: str | None = None, reason: str = "dispatched") -> Attempt | None:
+                  comfy_version: str | None = None, reason: str = "dispatched", *, tier: int = 0, rate: float = 0.0,
+                  estimate: float = 0.0) -> Attempt | None:
     """Claim a QUEUED job for a server: RUNNING + a new attempt owned by ``owner``. The caller commits.
-    None when another dispatcher got it first."""
+    None when another dispatcher got it first. ``tier``, ``rate``: the server's when dispatched; ``estimate``:
+    the attempt's expected cost, held against the burst budgets until it ends."""
     number = session.exec(select(func.count()).where(Attempt.job_id == job.id)).one() + 1
     attempt = Attempt(job_id=job.id, number=number, server=server, owner=owner, comfy_version=comfy_version,
-                      lease_until=now() + timedelta(seconds=lease_s))
+                      lease_until=now() + timedelta(seconds=lease_s), tier=tier, rate=rate, cost=estimate)
     if not transition(session, job.id, JobState.QUEUED, JobState.RUNNING, reason,
                       {"attempt": attempt.id, "number": number, "server": server}, cancel_requested=False):
         return None
@@ -46,14 +49,54 @@ def start_attempt(session: Session, job: Job, server: str, owner: str | None, le
 
 
 def finish_attempt(session: Session, attempt_id: str, owner: str | None, state: JobState,
-                   error: dict[str, Any] | None, *, counts: bool = True, abandoned: bool = False) -> bool:
+                   error: dict[str, Any] | None, *, counts: bool = True, abandoned: bool = False,
+                   gpu_s: float | None = None, cost: float | None = None) -> bool:
     """End an attempt this owner still holds (the caller commits); False when it lost the lease.
     ``counts=False``: a dependency of ours failed, not the job (not counted against its max attempts);
-    ``abandoned``: its server did not answer, so its prompt may still be there (removed once it answers)."""
+    ``abandoned``: its server did not answer, so its prompt may still be there (removed once it answers);
+    ``gpu_s``, ``cost``: what it used and cost (a priced server's)."""
+    values: dict[str, Any] = {"state": state, "error": error, "finished_at": now(), "counts": counts,
+                              "abandoned": abandoned}
+    if gpu_s is not None:
+        values |= {"gpu_s": gpu_s, "cost": cost or 0.0}
     res = session.execute(update(Attempt).where(col(Attempt.id) == attempt_id, col(Attempt.state) == JobState.RUNNING,
-                                                col(Attempt.owner) == owner)
-                          .values(state=state, error=error, finished_at=now(), counts=counts, abandoned=abandoned))
+                                                col(Attempt.owner) == owner).values(**values))
     return res.rowcount == 1
+
+
+def set_remote_id(session: Session, attempt_id: str, remote_id: str) -> None:
+    """The provider's job id of a burst attempt, recorded before anything else happens to it. The caller commits."""
+    session.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(remote_id=remote_id))
+
+
+def burst_spend(session: Session, day_start: datetime, month_start: datetime) -> Spend:
+    """What burst attempts (tier 1 and up) started in the month cost: ended ones what they cost, running ones
+    their estimate; by day, month and the API key of their job."""
+    q = (select(Attempt.started_at, Attempt.cost, Job.api_key_id).join(Job, col(Job.id) == col(Attempt.job_id))
+         .where(col(Attempt.tier) > 0, col(Attempt.started_at) >= month_start))
+    spend = Spend()
+    day = day_start.replace(tzinfo=None)
+    for started, cost, key in session.exec(q).all():
+        spend.month += cost
+        if started.replace(tzinfo=None) >= day:
+            spend.day += cost
+            spend.key_day[key] = spend.key_day.get(key, 0.0) + cost
+    return spend
+
+
+def mean_run_s(session: Session, templates: Iterable[str], recent: int = 20) -> dict[str, float]:
+    """Per template name, the mean seconds of its ``recent`` latest successful attempts on local servers (the
+    wait and cost estimates of ``core/burst.py``); templates that never ran are left out."""
+    out: dict[str, float] = {}
+    for name in set(templates):
+        q = (select(Attempt.started_at, Attempt.finished_at).join(Job, col(Job.id) == col(Attempt.job_id))
+             .where(Job.template == name, Attempt.state == JobState.SUCCEEDED, col(Attempt.tier) == 0,
+                    col(Attempt.finished_at).is_not(None))
+             .order_by(col(Attempt.finished_at).desc()).limit(recent))
+        runs = [(f - s).total_seconds() for s, f in session.exec(q).all()]
+        if runs:
+            out[name] = sum(runs) / len(runs)
+    return out
 
 
 def counted_attempts(session: Session, job_id: str) -> int:
@@ -122,3 +165,22 @@ def current_jobs(session: Session) -> dict[str, list[str]]:
     for a in session.exec(select(Attempt).where(Attempt.state == JobState.RUNNING)):
         out.setdefault(a.server, []).append(a.job_id)
     return out
+
+
+def job_costs(session: Session, job_ids: Iterable[str]) -> dict[str, float]:
+    """Per job, what its attempts cost (ended ones what they cost, running ones their estimate); jobs without a
+    priced attempt are left out."""
+    ids = list(set(job_ids))
+    if not ids:
+        return {}
+    q = (select(Attempt.job_id, func.sum(Attempt.cost)).where(col(Attempt.job_id).in_(ids), col(Attempt.cost) != 0)
+         .group_by(Attempt.job_id))
+    return {job_id: float(total or 0.0) for job_id, total in session.exec(q).all()}
+
+
+def burst_by_server(session: Session, since: datetime | None = None) -> dict[str, tuple[float, int]]:
+    """Server URL -> (cost, number) of its burst attempts (tier 1 and up) started since ``since`` (None: ever)."""
+    q = select(Attempt.server, func.sum(Attempt.cost), func.count()).where(col(Attempt.tier) > 0)
+    if since is not None:
+        q = q.where(col(Attempt.started_at) >= since)
+    return {server: (float(cost or 0.0), int(n)) for server, cost, n in session.exec(q.group_by(Attempt.server)).all()}

@@ -28,7 +28,7 @@ ACTIONS = frozenset({
     "pipeline.publish", "pipeline.run", "pipeline.cancel", "pipeline.resume",
     "model.approve", "model.withdraw",
     "artifact.delete",
-    "server.add", "server.drain", "server.activate", "server.remove", "server.refresh",
+    "server.add", "server.update", "server.drain", "server.activate", "server.remove", "server.refresh",
     "key.create", "key.revoke", "key.rotate",
 })
 CLI = "@cli"  # names the events without a key (the CLI on the host); no key name starts with @

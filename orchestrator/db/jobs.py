@@ -116,7 +116,9 @@ def running_by_key(session: Session) -> dict[str | None, int]:
     return dict(session.exec(q).all())
 
 
-def requeue(session: Session, job_id: str, reason: str, delay_s: float) -> bool:
-    """A RUNNING job back to QUEUED after a transient failure, not dispatched before ``delay_s``."""
+def requeue(session: Session, job_id: str, reason: str, delay_s: float, local_only: bool = False) -> bool:
+    """A RUNNING job back to QUEUED after a transient failure, not dispatched before ``delay_s``; ``local_only``:
+    a burst provider failed it, so only the local tier takes it from now on."""
+    extra: dict[str, Any] = {"local_only": True} if local_only else {}
     return transition(session, job_id, JobState.RUNNING, JobState.QUEUED, reason, {"retry_in_s": delay_s},
-                      run_after=now() + timedelta(seconds=delay_s), queued_at=now(), progress=0.0)
+                      run_after=now() + timedelta(seconds=delay_s), queued_at=now(), progress=0.0, **extra)

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 def recorded_views(rows: Iterable[ServerRow]) -> list[ServerView]:
     """The registry as placement sees it, from the health and capabilities recorded in the database."""
-    return [ServerView(r.id, r.url, r.healthy, r.state == "active", Capabilities.from_json(r.capabilities))
-            for r in rows]
+    return [ServerView(r.id, r.url, r.healthy, r.state == "active", Capabilities.from_json(r.capabilities),
+                       name=r.name, tier=r.tier, rate=r.cost_per_gpu_s, cold_start_s=r.cold_start_s,
+                       max_inflight=r.max_inflight) for r in rows]
 
 
 def server_rows(session: Session) -> list[ServerRow]:

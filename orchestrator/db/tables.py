@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from orchestrator.core.states import JobState
@@ -79,6 +79,7 @@ class Job(SQLModel, table=True):
     created_at: datetime = Field(default_factory=now, index=True)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    local_only: bool = Field(default=False, description="A burst provider failed it: it runs locally from now on.")
 
 
 class Batch(SQLModel, table=True):
@@ -104,7 +105,7 @@ class Attempt(SQLModel, table=True):
     """One dispatch of a job to a server; its id is ComfyUI's prompt_id."""
 
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("job_id", "number"),)
+    __table_args__ = (UniqueConstraint("job_id", "number"), Index("ix_attempts_tier_started", "tier", "started_at"))
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True)
     job_id: str = Field(foreign_key="jobs.id", index=True)
@@ -124,6 +125,14 @@ class Attempt(SQLModel, table=True):
     counts: bool = Field(default=True, description="False: ended because a dependency of ours (the object store) "
                          "was down before the job ran; not counted against its max attempts. (A database error "
                          "ends no attempt: crash recovery adopts it.)")
+    tier: int = Field(default=0, description="The server's tier when it was dispatched (0 local, 1+ burst).")
+    rate: float = Field(default=0.0, description="The server's cost per GPU-second when it was dispatched.")
+    cost: float = Field(default=0.0, description="Running: the estimate (held against the budgets); ended: "
+                        "rate x gpu_s.")
+    gpu_s: float | None = Field(default=None, description="GPU seconds billed: the provider's figure where it "
+                                "reports one, else from start to end.")
+    remote_id: str | None = Field(default=None, description="The provider's job id, recorded as soon as the "
+                                  "submit answers (a burst attempt; on ComfyUI itself the prompt_id is the id).")
 
 
 class ServerRow(SQLModel, table=True):
@@ -142,6 +151,11 @@ class ServerRow(SQLModel, table=True):
     capabilities: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     refreshed_at: datetime | None = None
     created_at: datetime = Field(default_factory=now)
+    kind: str = Field(default="comfyui", description="comfyui (driven natively) | comfy_api_v2 | runpod.")
+    tier: int = Field(default=0, description="0: local, filled first; 1 and up: burst tiers, in that order.")
+    cost_per_gpu_s: float = Field(default=0.0, description="What a GPU-second costs there (budgets' unit).")
+    cold_start_s: float = Field(default=0.0, description="Expected start-up seconds of a burst job, in estimates.")
+    max_inflight: int | None = Field(default=None, description="Jobs at once (None: MEDIALAB_MAX_INFLIGHT).")
 
 
 class JobEvent(SQLModel, table=True):
@@ -182,6 +196,8 @@ class Artifact(SQLModel, table=True):
     params: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     input_artifacts: list[str] | None = Field(default=None, sa_column=Column(JSON))
     server: str | None = None
+    provider: str | None = Field(default=None, description="The burst server's name, when a provider made it.")
+    remote_job_id: str | None = Field(default=None, description="The provider's job id that made it.")
     comfy_version: str | None = None
     width: int | None = None
     height: int | None = None

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlmodel import Session, select
 
+from orchestrator.core import burst
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import Requirements
 from orchestrator.core.errors import MediaLabError
@@ -36,7 +37,7 @@ from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import DB_ERRORS, Database
 from orchestrator.db.notify import QUEUED
-from orchestrator.db.tables import Job, ServerRow
+from orchestrator.db.tables import Job, ServerRow, now
 from orchestrator.runtime.executor import Executor
 from orchestrator.runtime.metrics import Metrics
 from orchestrator.runtime.pool import Pool, Server
@@ -47,6 +48,7 @@ from orchestrator.training.db.leases import leased_gpus
 log = logging.getLogger(__name__)
 BATCH = 100  # queued jobs a dispatch round considers (the window warm-model affinity chooses from)
 SWEEP_S = 5.0  # while no server has a free slot, a round still runs this often to end impossible jobs
+MEANS_S = 30.0  # templates' mean run times (the burst estimates) are read again this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,11 @@ class Dispatcher:
         self.owner = executor.owner
         self._runners = ThreadPoolExecutor(max_workers=settings.runner_threads, thread_name_prefix="attempt")
         self.placer = Placer(settings.placement, settings.max_inflight, settings.placement_max_bypass, self.lock)
+        self.policy = burst.BurstPolicy.of(settings)
+        self.budget = burst.Budget(settings.burst_budget_day, settings.burst_budget_month,
+                                   settings.burst_budget_key_day)
+        self._noted: dict[str, str] = {}  # job -> why it did not burst, as last said in its events
+        self._means: tuple[float, dict[str, float]] = (0.0, {})  # (when read, template -> mean run seconds)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -141,7 +148,10 @@ class Dispatcher:
                 return 0
             views = self.views(s)
         max_inflight = self.settings.max_inflight
-        if (not any(v.healthy and v.active and v.inflight < max_inflight for v in views)
+        local = [v for v in views if v.tier == 0]
+        free = [v for v in views if v.healthy and v.active and v.inflight < (
+            max_inflight if v.tier == 0 else v.max_inflight or max_inflight)]
+        if (not any(v.tier == 0 or self.policy.templates for v in free)
                 and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
             return 0
         self._swept = time.monotonic()
@@ -160,26 +170,84 @@ class Dispatcher:
                 except Exception as exc:  # the job's own data is broken: it ends, the round goes on
                     self._fail_queued(s, c.id, f"cannot be dispatched: {_describe(exc)}")
             order = [c for c in order if c.id in reqs]
-            plan = self.placer.plan([(c.id, c.priority, reqs[c.id]) for c in order], views)
+            plan = self.placer.plan([(c.id, c.priority, reqs[c.id]) for c in order], local)  # local tier first
             placed = {job_id for job_id, _view in plan}
-            self._more = len(jobs) >= BATCH and len(placed) == len(jobs)
             waiting = [c for c in order if c.id not in placed]
+            bursts = self._burst_plan(s, waiting, jobs, reqs, views) if waiting and len(local) < len(views) else []
+            placed |= {job_id for job_id, _choice in bursts}
+            self._more = len(jobs) >= BATCH and len(placed) == len(jobs)
+            waiting = [c for c in waiting if c.id not in placed]
             registry = self._registry_views(s, views) if waiting else None
             if registry is not None:
-                reasons: dict[Requirements, str | None] = {}
+                reasons: dict[tuple[Requirements, bool], str | None] = {}
                 for c in waiting:
-                    if reqs[c.id] not in reasons:
-                        reasons[reqs[c.id]] = impossible_reason(reqs[c.id], registry, self.lock)
-                    if reasons[reqs[c.id]]:
-                        self._fail_queued(s, c.id, reasons[reqs[c.id]])
+                    job = jobs[c.id]
+                    may_burst = not job.local_only and self.policy.allowed(job.template, job.version)
+                    if (reqs[c.id], may_burst) not in reasons:
+                        reasons[reqs[c.id], may_burst] = impossible_reason(
+                            reqs[c.id], [v for v in registry if may_burst or v.tier == 0], self.lock)
+                    if reasons[reqs[c.id], may_burst]:
+                        self._fail_queued(s, c.id, reasons[reqs[c.id], may_burst])
             for job_id, view in plan:
                 if (placement := self._claim(s, jobs[job_id], view, reqs[job_id])) is not None:
+                    launched.append(placement)
+            for job_id, choice in bursts:
+                assert choice.server is not None
+                placement = self._claim(s, jobs[job_id], choice.server, reqs[job_id], f"burst to "
+                                        f"{choice.server.name}: {choice.reason}", estimate=choice.estimate)
+                if placement is not None:
                     launched.append(placement)
             s.commit()
         for placement in launched:
             self._launched(placement)
             self._runners.submit(self._run, placement.attempt_id, placement.server, False)
         return len(launched)
+
+    def _burst_plan(self, session: Session, waiting: list[Candidate], jobs: dict[str, Job],
+                    reqs: dict[str, Requirements], views: list[ServerView]) -> list[tuple[str, burst.BurstChoice]]:
+        """The waiting jobs (in dispatch order) that go to a burst tier now (``core/burst.py`` decides each);
+        a job that would burst but may not (a budget, the providers' capacity) says why in its events, once."""
+        candidates = {c.id for c in waiting if not jobs[c.id].local_only
+                      and self.policy.allowed(jobs[c.id].template, jobs[c.id].version)}
+        self._noted = {k: v for k, v in self._noted.items() if k in candidates}
+        if not candidates:
+            return []
+        local = [v for v in views if v.tier == 0]
+        providers = [v for v in views if v.tier > 0]
+        spend = attempt_db.burst_spend(session, *burst.windows(now()))
+        means = self._mean_run_s(session, {jobs[i].template for i in candidates})
+        out: list[tuple[str, burst.BurstChoice]] = []
+        staying = 0  # waiting jobs ahead that stay in the local queue
+        for c in waiting:
+            job, req = jobs[c.id], reqs[c.id]
+            if c.id not in candidates:
+                staying += 1
+                continue
+            capable = [v for v in local if v.healthy and v.active and not v.gpu_leased and v.can_run(req, self.lock)]
+            run_s = means.get(job.template, self.settings.burst_default_run_s)
+            wait = burst.local_wait_s(sum(v.inflight for v in capable) + staying, len(capable), run_s)
+            choice = burst.choose(req, wait, self.policy.threshold(job.template, job.version, job.priority),
+                                  providers, self.budget, spend, job.api_key_id, run_s, self.settings.max_inflight,
+                                  self.lock)
+            if choice.server is not None:
+                out.append((c.id, choice))
+                choice.server.inflight += 1
+                spend.add(job.api_key_id, choice.estimate)
+                continue
+            staying += 1
+            if choice.blocked and self._noted.get(c.id) != (topic := choice.reason.split(" (")[0]):
+                self._noted[c.id] = topic
+                job_db.add_event(session, c.id, "info", f"not bursting: {choice.reason}; waiting for local capacity",
+                                 {"burst": "blocked", "estimate": round(choice.estimate, 6)})
+        return out
+
+    def _mean_run_s(self, session: Session, templates: set[str]) -> dict[str, float]:
+        """Templates' mean run seconds (``attempts.mean_run_s``), read again at most every ``MEANS_S``."""
+        at, means = self._means
+        if time.monotonic() - at > MEANS_S or not templates <= means.keys():
+            means = attempt_db.mean_run_s(session, templates)
+            self._means = (time.monotonic(), means)
+        return means
 
     def views(self, session: Session) -> list[ServerView]:
         """The pool's servers as placement sees them now: the prompts in flight on each (from the database,
@@ -199,7 +267,7 @@ class Dispatcher:
         with self.db.session() as s:
             job = job_db.get_job(s, job_id)
             req = self.requirements(s, job)
-            view = place(req, self.views(s), max_inflight=sys.maxsize, lock=self.lock)
+            view = place(req, [v for v in self.views(s) if v.tier == 0], max_inflight=sys.maxsize, lock=self.lock)
             placement = self._claim(s, job, view, req, reason) if view is not None else None
             s.commit()
         if placement is not None:
@@ -207,14 +275,15 @@ class Dispatcher:
         return placement
 
     def _claim(self, session: Session, job: Job, view: ServerView, req: Requirements,
-               reason: str = "dispatched") -> Placement | None:
+               reason: str = "dispatched", estimate: float = 0.0) -> Placement | None:
         """Start the job's attempt on the chosen server in ``session`` (the caller commits); None when the
         server left the pool since the views were taken or another dispatcher got the job first."""
         server = self.pool.get(view.url)
         if server is None:  # removed from the pool since the views were taken: next round
             return None
         attempt = attempt_db.start_attempt(session, job, view.url, self.owner, self.settings.lease_s,
-                                           server.comfy_version, reason=reason)
+                                           server.comfy_version, reason=reason, tier=server.tier, rate=server.rate,
+                                           estimate=estimate)
         return None if attempt is None else Placement(job, attempt.id, server, req)
 
     def _launched(self, placement: Placement) -> None:

@@ -24,8 +24,8 @@ from sqlmodel import select
 
 from orchestrator.comfy.client import ComfyClient, ComfyUnreachable, ComfyValidationError, output_files
 from orchestrator.comfy.monitor import Subscription
+from orchestrator.core import burst, sandbox
 from orchestrator.core import byte_path as transport
-from orchestrator.core import sandbox
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import missing
 from orchestrator.core.errors import MediaLabError
@@ -38,10 +38,11 @@ from orchestrator.db import attempts as attempt_db
 from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
 from orchestrator.db.engine import DB_ERRORS, Database
-from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent
+from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent, now
 from orchestrator.runtime import ingest
 from orchestrator.runtime.graph_check import check_sandbox
 from orchestrator.runtime.media import MediaInfo
+from orchestrator.runtime.remote import RemoteRunner
 from orchestrator.settings import Settings
 from storage import ObjectStore, StorageUnavailable, StoredObject, key_for
 
@@ -83,6 +84,7 @@ class Executor:
         self._live_lock = threading.Lock()
         # called with the job id once a job's final state is committed (bootstrap: its pipeline run advances)
         self.on_final: Callable[[str], object] | None = None
+        self.remote = RemoteRunner(self)  # attempts on a burst provider (runtime/remote.py)
 
     # -- the attempts this process follows (only their leases are renewed) ---------------------------
     def hold(self, attempt_id: str) -> None:
@@ -125,6 +127,8 @@ class Executor:
         with self.db.session() as s:
             attempt = s.get(Attempt, attempt_id)
             job = job_db.get_job(s, attempt.job_id)
+        if getattr(server, "remote", None) is not None:  # a burst provider (some tests pass no server)
+            return self.remote.execute(attempt, job, server, resume)
         try:
             t = self.template(job)
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
@@ -134,26 +138,26 @@ class Executor:
         except StorageUnavailable as exc:  # inputs could not be read: nothing ran yet
             return self.wait_for_dependency(job, attempt, str(exc))
         except Interrupted as exc:
-            return self._finish(attempt, JobState.CANCELLED, exc.message, None)
+            return self.finish(attempt, JobState.CANCELLED, exc.message, None)
         except ComfyValidationError as exc:
-            return self._finish(attempt, JobState.FAILED, exc.message,
+            return self.finish(attempt, JobState.FAILED, exc.message,
                                 {"message": exc.message, "comfy_error": exc.error, "node_errors": exc.node_errors})
         except ComfyUnreachable as exc:
             return self._transient(job, attempt, server, exc)
         except MediaLabError as exc:
-            return self._finish(attempt, JobState.FAILED, exc.message, {"message": exc.message, **exc.extra})
+            return self.finish(attempt, JobState.FAILED, exc.message, {"message": exc.message, **exc.extra})
         except Exception as exc:  # a bug or an unexpected server answer: the job must still end
             log.exception("job %s failed", job.id)
-            return self._finish(attempt, JobState.FAILED, f"internal error: {exc!r}",
+            return self.finish(attempt, JobState.FAILED, f"internal error: {exc!r}",
                                 {"message": f"internal error: {exc!r}"})
-        return self._finish(attempt, JobState.SUCCEEDED, f"{len(artifacts)} output(s) stored", None, artifacts)
+        return self.finish(attempt, JobState.SUCCEEDED, f"{len(artifacts)} output(s) stored", None, artifacts)
 
     # -- steps -------------------------------------------------------------------------------------
     def _run(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
         lacks = missing(server.caps, template_db.requirements(t, job.params)) if server.caps else []
         if lacks:  # placement checked it; this catches capabilities that changed since
             raise ExecutionFailed(f"{redact(server.url)} lacks {', '.join(lacks)}")
-        inputs = self._inputs(job, t)
+        inputs = self.input_artifacts(job, t)
         path, why = transport.choose(self.settings.byte_path, server.caps, self.store.bucket, t,
                                      max((a.size for a in inputs.values()), default=0))
         # both notes are written in one commit once the prompt is submitted: none on the way to the GPU
@@ -184,13 +188,13 @@ class Executor:
         unknown to the server -> lost (the job is queued again)."""
         entry = self._ask(server.client, attempt.id, self.status_timeout_s)
         if entry:
-            self._event(job.id, "info", "re-attached: finished while the orchestrator was down")
+            self.event(job.id, "info", "re-attached: finished while the orchestrator was down")
             return self._check_history(entry, attempt.id, None)
-        self._event(job.id, "info", "re-attached to the running prompt")
+        self.event(job.id, "info", "re-attached to the running prompt")
         with server.monitor.subscribe(attempt.id) as events:
             return self._follow(events, job, tpl.bind(t, {}), attempt, server, poll_s=1.0)
 
-    def _inputs(self, job: Job, t: tpl.TemplateVersion) -> dict[str, Artifact]:
+    def input_artifacts(self, job: Job, t: tpl.TemplateVersion) -> dict[str, Artifact]:
         """The input artifacts of the job, by parameter name."""
         with self.db.session() as s:
             return {p.name: artifact_db.get_artifact(s, job.params[p.name]) for p in t.manifest.parameters
@@ -242,13 +246,13 @@ class Executor:
                     event, quiet_limit, quiet_since = None, 1.0, 0.0  # poll from now on, starting now
                 if not interrupting and time.monotonic() - checked_at > 0.5:
                     checked_at = time.monotonic()
-                    reason = ("cancelled" if self._cancel_requested(job.id, tolerant=True) else
+                    reason = ("cancelled" if self.cancel_requested(job.id, tolerant=True) else
                               f"timed out after {timeout:.0f}s" if deadline and time.monotonic() > deadline else None)
                     if reason:
                         interrupting, quiet_limit = reason, 1.0
                         client.delete_queued(pid)
                         client.interrupt(pid)  # only ever by prompt_id: never someone else's job
-                        self._event(job.id, "info", f"interrupting: {reason}")
+                        self.event(job.id, "info", f"interrupting: {reason}")
                 if event is None:
                     if time.monotonic() - quiet_since >= quiet_limit:
                         try:
@@ -281,7 +285,7 @@ class Executor:
                     fraction = round(max((len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph), 0.0), 4)
                     node = str(data.get("node"))
                     try:  # progress is worth a database blip's loss, the prompt is not
-                        self._event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
+                        self.event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
                                     {"node": node, "title": titles.get(node), "value": data["value"],
                                      "max": data["max"], "fraction": fraction}, progress=fraction)
                     except DB_ERRORS as exc:
@@ -339,9 +343,9 @@ class Executor:
             try:
                 return self._collect(job, t, attempt, server, history)
             except StorageUnavailable as exc:
-                if self._cancel_requested(job.id):
+                if self.cancel_requested(job.id):
                     raise Interrupted(f"cancelled while the object store was unreachable ({exc})") from exc
-                self._event(job.id, "info", f"object store unreachable; retrying the ingest in {delay:.0f}s",
+                self.event(job.id, "info", f"object store unreachable; retrying the ingest in {delay:.0f}s",
                             {"error": str(exc)})
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -357,17 +361,25 @@ class Executor:
         for node_id, name in tpl.output_node_ids(t).items():
             ui = outputs.get(node_id) or {}
             origin = f"output:{job.id}:{node_id}"  # and the file's index on the node
-            lineage: dict[str, Any] = dict(
-                role="output", job_id=job.id, attempt_id=attempt.id, output_name=name, template=t.name,
-                template_version=t.version, template_hash=t.content_hash, params=job.params,
-                input_artifacts=input_ids, server=server.url,
-                comfy_version=attempt.comfy_version or server.comfy_version)
+            lineage = self.lineage(job, t, attempt, server, name, input_ids)
             artifacts += (self._direct_objects(ui, origin, lineage) if "medialab_objects" in ui
                           else self._stream_outputs(ui, server, origin, lineage))
         if not artifacts:
             raise ExecutionFailed(f"{t.ref} finished without files on its output nodes "
                                   f"({', '.join(o.node for o in t.manifest.outputs)})")
         return artifacts
+
+    @staticmethod
+    def lineage(job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server, output_name: str,
+                input_ids: list[str], remote_id: str | None = None) -> dict[str, Any]:
+        """The lineage fields of one output artifact (with the provider and its job id on a burst tier)."""
+        burst = server.tier > 0
+        return dict(role="output", job_id=job.id, attempt_id=attempt.id, output_name=output_name, template=t.name,
+                    template_version=t.version, template_hash=t.content_hash, params=job.params,
+                    input_artifacts=input_ids, server=server.url,
+                    comfy_version=attempt.comfy_version or server.comfy_version,
+                    provider=server.name if burst else None,
+                    remote_job_id=(remote_id or attempt.remote_id or attempt.id) if burst else None)
 
     def _stream_outputs(self, ui: dict[str, Any], server: Server, origin: str,
                         lineage: dict[str, Any]) -> Iterator[Artifact]:
@@ -418,7 +430,7 @@ class Executor:
         """The server went away: queue the job again with backoff while attempts are left (only attempts that
         count are counted: not those that waited for a dependency of ours); the rule is ``retry.outcome``."""
         error = {"message": message, "server": server_url, "transient": True}
-        cancel = self._cancel_requested(job.id)
+        cancel = self.cancel_requested(job.id)
         with self.db.session() as s:
             spent = attempt_db.counted_attempts(s, job.id)  # this one included: it is still RUNNING and counts
         out = outcome(self.policy, cancel_requested=cancel, spent=spent)
@@ -428,34 +440,39 @@ class Executor:
             reason = f"gave up after {spent} attempts; last: {message}"
         else:
             reason = f"attempt {attempt.number} lost ({message}); retrying in {out.delay_s:.0f}s"
-        return self._finish(attempt, out.state, reason, error, requeue_in=out.delay_s, abandoned=abandoned)
+        return self.finish(attempt, out.state, reason, error, requeue_in=out.delay_s, abandoned=abandoned)
 
     def wait_for_dependency(self, job: Job, attempt: Attempt, message: str) -> JobState:
         """A dependency of ours (the object store) is down before anything ran: the job waits, queued again
         with growing backoff (capped) and the reason in its events; the attempt does not count."""
         error = {"message": message, "dependency": True}
-        cancel = self._cancel_requested(job.id)
+        cancel = self.cancel_requested(job.id)
         with self.db.session() as s:
             waits = attempt_db.waits_in_a_row(s, job.id, attempt.number) + 1
         out = outcome(self.policy, cancel_requested=cancel, waits=waits)
         reason = (f"cancelled while waiting; {message}" if out.state == JobState.CANCELLED
                   else f"waiting: {message}; looking again in {out.delay_s:g}s")
-        return self._finish(attempt, out.state, reason, error, requeue_in=out.delay_s, counts=False)
+        return self.finish(attempt, out.state, reason, error, requeue_in=out.delay_s, counts=False)
 
-    def _finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
+    def finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
                 artifacts: list[Artifact] | None = None, requeue_in: float | None = None, *,
-                counts: bool = True, abandoned: bool = False) -> JobState:
+                counts: bool = True, abandoned: bool = False, gpu_s: float | None = None,
+                local_only: bool = False) -> JobState:
+        """End the attempt and move its job, in one commit. ``gpu_s``: the provider's billed seconds (default: from
+        the attempt's start to now), priced at the attempt's rate; ``local_only``: requeued for the local tier."""
+        gpu_s = burst.seconds_between(attempt.started_at, now()) if gpu_s is None else gpu_s
         with self.db.session() as s:
             attempt_state = JobState.FAILED if state == JobState.QUEUED else state
             if not attempt_db.finish_attempt(s, attempt.id, self.owner, attempt_state, error, counts=counts,
-                                          abandoned=abandoned):
+                                          abandoned=abandoned, gpu_s=gpu_s,
+                                          cost=burst.actual_cost(attempt.rate, gpu_s)):
                 s.rollback()
                 log.warning("attempt %s is no longer ours; leaving job %s alone", attempt.id, attempt.job_id)
                 return job_db.get_job(s, attempt.job_id).state
             known = {a.origin for a in s.exec(select(Artifact).where(Artifact.job_id == attempt.job_id))}
             s.add_all(a for a in artifacts or [] if a.origin not in known)
             if requeue_in is not None:
-                moved = job_db.requeue(s, attempt.job_id, reason, requeue_in)
+                moved = job_db.requeue(s, attempt.job_id, reason, requeue_in, local_only=local_only)
             else:
                 data = {"outputs": [a.id for a in artifacts]} if artifacts else error
                 extra: dict[str, Any] = {"progress": 1.0} if state == JobState.SUCCEEDED else {}
@@ -474,7 +491,7 @@ class Executor:
         return state
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def _cancel_requested(self, job_id: str, tolerant: bool = False) -> bool:
+    def cancel_requested(self, job_id: str, tolerant: bool = False) -> bool:
         """``tolerant``: a database error reads as "not (yet)" (asked again soon) instead of raising."""
         try:
             with self.db.session() as s:
@@ -491,7 +508,7 @@ class Executor:
             s.add_all(JobEvent(job_id=job_id, kind=kind, reason=reason, data=data) for kind, reason, data in events)
             s.commit()
 
-    def _event(self, job_id: str, kind: str, reason: str, data: dict[str, Any] | None = None, **fields: Any) -> None:
+    def event(self, job_id: str, kind: str, reason: str, data: dict[str, Any] | None = None, **fields: Any) -> None:
         with self.db.session() as s:
             job_db.add_event(s, job_id, kind, reason, data, **fields)
             s.commit()

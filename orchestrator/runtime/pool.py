@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from orchestrator.comfy.client import ComfyClient, ComfyError
 from orchestrator.comfy.monitor import ServerMonitor
+from orchestrator.comfy.remote import Remote, RemoteHealth
+from orchestrator.core.burst import SERVER_KINDS
 from orchestrator.core.capabilities import Capabilities, ModelRef, Requirements
 from orchestrator.core.errors import Unavailable
 from orchestrator.core.placement import ServerView, unrunnable_reason
@@ -45,10 +47,24 @@ def probe(client: ComfyClient) -> Capabilities:
     return Capabilities.from_probe(object_info, {f: client.models(f) for f in folders}, stats, client.pack_info())
 
 
-def connect_server(url: str, client_id: str) -> tuple[ComfyClient, ServerMonitor]:
+def connect_server(url: str, client_id: str, token: str | None = None) -> tuple[ComfyClient, ServerMonitor]:
     """The client and (not yet started) websocket monitor of one server: the default of ``Pool(connect=...)``,
-    which tests replace to put a fake ComfyUI behind the same client and monitor code."""
-    return ComfyClient(url, timeout=30), ServerMonitor(url, client_id)
+    which tests replace to put a fake ComfyUI behind the same client and monitor code. ``token``: a bearer
+    token the server (its reverse proxy) wants."""
+    return ComfyClient(url, timeout=30, token=token), ServerMonitor(url, client_id, token=token)
+
+
+def connect_remote(kind: str, url: str, token: str | None = None) -> Remote:
+    """The adapter of a provider of ``kind`` (``burst.SERVER_KINDS`` but comfyui)."""
+    if kind == "comfy_api_v2":
+        from orchestrator.comfy.api_v2 import ApiV2Remote
+
+        return ApiV2Remote(url, token=token)
+    if kind == "runpod":
+        from orchestrator.comfy.runpod import RunPodRemote
+
+        return RunPodRemote(url, token=token)
+    raise ValueError(f"server kind {kind!r}: expected one of {', '.join(SERVER_KINDS)}")
 
 
 @dataclass
@@ -58,8 +74,14 @@ class Server:
     id: str
     name: str
     url: str
-    client: ComfyClient
-    monitor: ServerMonitor
+    client: ComfyClient | None  # a ComfyUI driven natively (kind comfyui); None for a provider
+    monitor: ServerMonitor | None
+    remote: Remote | None = None  # a provider's adapter (kind comfy_api_v2, runpod)
+    kind: str = "comfyui"
+    tier: int = 0
+    rate: float = 0.0
+    cold_start_s: float = 0.0
+    max_inflight: int | None = None
     active: bool = True
     healthy: bool = False
     caps: Capabilities | None = None
@@ -74,15 +96,30 @@ class Server:
         return self.caps.comfy_version if self.caps else None
 
     def view(self, inflight: int = 0) -> ServerView:
-        return ServerView(self.id, self.url, self.healthy, self.active, self.caps, inflight, self.warm)
+        return ServerView(self.id, self.url, self.healthy, self.active, self.caps, inflight, self.warm,
+                          name=self.name, tier=self.tier, rate=self.rate, cold_start_s=self.cold_start_s,
+                          max_inflight=self.max_inflight)
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+        for part in (self.client, self.remote):
+            if part is not None:
+                part.close()
 
 
 class Pool:
     def __init__(self, db: Database, client_id: str, health_interval_s: float = 5.0,
                  refresh_interval_s: float = 300.0, sync_interval_s: float = 2.0,
-                 connect: Callable[[str, str], tuple[ComfyClient, ServerMonitor]] = connect_server) -> None:
+                 connect: Callable[..., tuple[ComfyClient, ServerMonitor]] = connect_server,
+                 tokens: dict[str, str] | None = None,
+                 remote: Callable[[str, str, str | None], Remote] = connect_remote) -> None:
+        """``tokens``: bearer tokens by server name (``MEDIALAB_PROVIDER_TOKENS``); ``remote``: makes a provider's
+        adapter (tests put a stand-in's behind it)."""
         self.db = db
         self.connect = connect
+        self.tokens = tokens or {}
+        self.remote = remote
         self.client_id = client_id
         self.health_interval_s = health_interval_s
         self.refresh_interval_s = refresh_interval_s
@@ -115,7 +152,7 @@ class Pool:
         unusable: list[tuple[ServerRow, str]] = []
         with self._lock:
             for gone in set(self._servers) - set(rows):
-                self._servers.pop(gone).monitor.stop()
+                self._servers.pop(gone).stop()
             for gone in set(self._unusable) - set(rows):
                 del self._unusable[gone]
             for row in rows.values():
@@ -126,6 +163,8 @@ class Pool:
                     if srv is None:
                         srv = self._servers[row.id] = self._make(row)
                     srv.active = row.state == "active"
+                    srv.tier, srv.rate, srv.cold_start_s = row.tier, row.cost_per_gpu_s, row.cold_start_s
+                    srv.max_inflight = row.max_inflight
                     if row.refreshed_at and row.refreshed_at.timestamp() > srv.refreshed:
                         srv.caps = Capabilities.from_json(row.capabilities)
                         srv.refreshed = row.refreshed_at.timestamp()
@@ -133,7 +172,7 @@ class Pool:
                     self._unusable[row.id] = why = f"unusable registry entry: {type(exc).__name__}: {exc}"[:500]
                     stale = self._servers.pop(row.id, None)
                     if stale is not None:
-                        stale.monitor.stop()
+                        stale.stop()
                     unusable.append((row, why))
         for row, why in unusable:
             log.error("server %s (%r): %s; skipped until it is removed", row.name[:100], redact(row.url)[:100], why)
@@ -143,9 +182,15 @@ class Pool:
 
     def _make(self, row: ServerRow) -> Server:
         parse_server_url(row.url)  # the registration rule (InvalidInput naming it): a row written around it
-        client, monitor = self.connect(row.url, f"{self.client_id}-{row.id}")  # one client id per socket
-        srv = Server(row.id, row.name, row.url, client, monitor, caps=Capabilities.from_json(row.capabilities),
-                     healthy=row.healthy)
+        token = self.tokens.get(row.name)
+        parts = dict(kind=row.kind, tier=row.tier, rate=row.cost_per_gpu_s, cold_start_s=row.cold_start_s,
+                     max_inflight=row.max_inflight, caps=Capabilities.from_json(row.capabilities), healthy=row.healthy)
+        if row.kind != "comfyui":
+            return Server(row.id, row.name, row.url, None, None, remote=self.remote(row.kind, row.url, token),
+                          cleanup_due=False, **parts)
+        # one client id per socket; the token only when there is one (the connect seam of tests takes two)
+        client, monitor = self.connect(row.url, f"{self.client_id}-{row.id}", *([token] if token else []))
+        srv = Server(row.id, row.name, row.url, client, monitor, **parts)
         monitor.on_state = lambda up, error, srv=srv: self._on_socket(srv, up, error)
         monitor.start()
         return srv
@@ -156,7 +201,11 @@ class Pool:
 
     # -- health and capabilities ---------------------------------------------------------------------
     def check(self, srv: Server, refresh: bool = False) -> None:
-        """Health check now; probe capabilities when asked, when recovering, or when they are stale."""
+        """Health check now; probe capabilities when asked, when recovering, or when they are stale. A provider
+        is asked its health only: its capabilities are the ones declared when it was registered."""
+        if srv.remote is not None:
+            return self._check_remote(srv)
+        assert srv.client is not None and srv.monitor is not None
         try:
             srv.client.system_stats(timeout=5)
         except ComfyError as exc:
@@ -186,6 +235,22 @@ class Pool:
             srv.warm = frozenset()  # a restarted server has nothing loaded
             log.info("server %s is up (%s)", redact(srv.url), srv.comfy_version)
 
+    def _check_remote(self, srv: Server) -> None:
+        assert srv.remote is not None
+        try:
+            health = srv.remote.health()
+        except ComfyError as exc:
+            health = RemoteHealth(False, exc.message)
+        if not health.ok:
+            return self.mark_down(srv, health.detail or "unhealthy")
+        was_down = not srv.healthy
+        srv.failures, srv.next_check, srv.healthy = 0, time.monotonic() + self.health_interval_s, True
+        with self.db.session() as s:
+            server_db.record_health(s, srv.id, True, None)
+            s.commit()
+        if was_down:
+            log.info("provider %s is up (%s)", redact(srv.url), health.detail or srv.kind)
+
     def clean_abandoned(self, srv: Server) -> int:
         """Remove from the server's queue, or interrupt by its prompt_id (never a bare interrupt), each prompt
         of an attempt that ended while the server did not answer; the flag is cleared once the server's queue
@@ -194,7 +259,7 @@ class Pool:
         the server next (another replica, this one restarted) does it."""
         with self.db.session() as s:
             attempts = attempt_db.abandoned_attempts(s, srv.url)
-        if not attempts:
+        if not attempts or srv.client is None:
             srv.cleanup_due = False
             return 0
         ids = [a.id for a in attempts]
@@ -251,16 +316,17 @@ class Pool:
     def object_info(self) -> dict:
         """The node definitions of a healthy server (for validating graphs before they are published)."""
         for srv in self.servers:
-            if srv.healthy and srv.active:
+            if srv.healthy and srv.active and srv.client is not None:
                 try:
                     return srv.client.object_info()
                 except ComfyError:
                     continue
         raise Unavailable("no healthy ComfyUI server to check the graph against")
 
-    def check_runnable(self, req: Requirements) -> None:
-        """Refuse (naming what is missing) a job that no active server of the pool could ever run."""
-        reason = unrunnable_reason(req, self.views())
+    def check_runnable(self, req: Requirements, burst: bool = False) -> None:
+        """Refuse (naming what is missing) a job that no active server of the pool could ever run (``burst``: its
+        template may burst, so the burst tiers count too)."""
+        reason = unrunnable_reason(req, [v for v in self.views() if burst or v.tier == 0])
         if reason:
             raise MissingCapability(reason)
 
@@ -304,5 +370,4 @@ class Pool:
         if self._thread:
             self._thread.join(5)
         for srv in self.servers:
-            srv.monitor.stop()
-            srv.client.close()
+            srv.stop()

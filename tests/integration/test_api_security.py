@@ -54,6 +54,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/servers/check"): ANY,
     ("GET", "/v1/servers/{ref}/check"): ANY,
     ("POST", "/v1/servers"): ADMIN,
+    ("PATCH", "/v1/servers/{ref}"): ADMIN,
+    ("GET", "/v1/burst"): ANY,
     ("POST", "/v1/servers/{ref}/drain"): ADMIN,
     ("POST", "/v1/servers/{ref}/activate"): ADMIN,
     ("DELETE", "/v1/servers/{ref}"): ADMIN,

@@ -13,8 +13,8 @@ def test_servers_from_env_and_file_land_in_the_registry(tmp_path: Path) -> None:
     servers_file.write_text('[[server]]\nname = "gpu1"\nurl = "http://gpu1:8188/"\n\n'
                             '[[server]]\nurl = "http://gpu2:8188"\n')
     settings = Settings(home=tmp_path / "home", servers_file=servers_file, comfy_servers=["http://gpu0:8188"])
-    assert configured_servers(settings) == [(None, "http://gpu0:8188"), ("gpu1", "http://gpu1:8188/"),
-                                            (None, "http://gpu2:8188")]
+    assert [(c.name, c.url) for c in configured_servers(settings)] == [
+        (None, "http://gpu0:8188"), ("gpu1", "http://gpu1:8188/"), (None, "http://gpu2:8188")]
     for _ in range(2):  # a restart registers nothing twice
         ctx = Context(settings)
         with ctx.db.session() as s:

@@ -12,7 +12,7 @@ from sqlmodel import Session
 from sse_starlette.sse import EventSourceResponse
 
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep
-from orchestrator.api.routes.jobs import stream_read
+from orchestrator.api.routes.jobs import jobs_out, stream_read
 from orchestrator.api.routing import event_stream_responses
 from orchestrator.api.schemas import ArtifactOut, BatchEventOut, BatchOut, BatchSubmit, EventOut, JobOut
 from orchestrator.app import batches as batch_app
@@ -134,7 +134,7 @@ def jobs(batch_id: str, session: SessionDep, _: AnyKey, state: JobState | None =
          offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[JobOut]:
     """The batch's jobs by item (a retried item: each of its jobs)."""
     batch = batch_db.get_batch(session, batch_id)
-    return [JobOut.model_validate(j) for j in batch_db.batch_jobs(session, batch.id, state, limit, offset)]
+    return jobs_out(session, batch_db.batch_jobs(session, batch.id, state, limit, offset))
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchOut)

@@ -1,6 +1,6 @@
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -26,10 +26,17 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 def job_out(session: Session, job: Job) -> JobOut:
-    out = JobOut.model_validate(job)
+    out = jobs_out(session, [job])[0]
     out.outputs = artifact_db.job_outputs(session, job.id)
     out.attempts = attempt_db.job_attempts(session, job.id)
     return out
+
+
+def jobs_out(session: Session, jobs: Iterable[Job]) -> list[JobOut]:
+    """Jobs as a listing shows them (no attempts or outputs), each with its cost: the one place it is summed."""
+    rows = list(jobs)
+    costs = attempt_db.job_costs(session, (j.id for j in rows))
+    return [JobOut.model_validate(j).model_copy(update={"cost": costs.get(j.id, 0.0)}) for j in rows]
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -51,7 +58,7 @@ def submit(body: JobSubmit, ctx: CtxDep, session: SessionDep, key: RunKey,
 def list_jobs(session: SessionDep, _: AnyKey, state: JobState | None = None, template: QueryText = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> list[JobOut]:
-    return [JobOut.model_validate(j) for j in job_db.list_jobs(session, state, template, limit, offset)]
+    return jobs_out(session, job_db.list_jobs(session, state, template, limit, offset))
 
 
 @router.get("/{job_id}", response_model=JobOut)

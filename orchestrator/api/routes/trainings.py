@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from orchestrator.api.deps import AnyKey, CtxDep, RunKey, SessionDep, TrainKey
 from orchestrator.api.routes.artifacts import artifact_out, bytes_response
-from orchestrator.api.routes.jobs import job_out
+from orchestrator.api.routes.jobs import job_out, jobs_out
 from orchestrator.api.schemas import (
     ArtifactOut,
     DatasetBuild,
@@ -68,7 +68,7 @@ def submit(body: TrainingSubmit, ctx: CtxDep, session: SessionDep, key: RunKey) 
 @router.get("/trainings", response_model=list[JobOut])
 def list_trainings(session: SessionDep, _: AnyKey, state: JobState | None = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobOut]:
-    return [JobOut.model_validate(j) for j in job_db.list_jobs(session, state, tj.TEMPLATE, limit)]
+    return jobs_out(session, job_db.list_jobs(session, state, tj.TEMPLATE, limit))
 
 
 # -- the trainer protocol --------------------------------------------------------------------------
