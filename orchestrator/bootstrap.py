@@ -185,7 +185,7 @@ class Context:
                              refresh_interval_s=self.settings.refresh_interval_s,
                              tokens=self.settings.provider_tokens).start()
             self.executor.pool = self.pool
-            self.metrics = Metrics(self.db, self.pool)
+            self.metrics = Metrics(self.db, self.pool, self.settings)
         return self.pool
 
     def start_dispatcher(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:

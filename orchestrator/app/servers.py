@@ -21,7 +21,7 @@ from orchestrator.db.tables import (
     now,
 )
 from orchestrator.runtime import dns
-from orchestrator.runtime.pool import connect_remote, probe
+from orchestrator.runtime.pool import connect_provider, probe
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def probe_server(db: Database, row: ServerRow, refresh: bool = False, timeout_s:
     caps: Capabilities | None = None
     error: str | None = None
     if row.kind != "comfyui":
-        remote = connect_remote(row.kind, row.url, token)
+        remote = connect_provider(row.kind, row.url, token)
         try:
             health = remote.health()
             error = None if health.ok else health.detail or "unhealthy"

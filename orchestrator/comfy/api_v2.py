@@ -33,7 +33,7 @@ from comfy_low.errors import ApiError, error_from_envelope
 from comfy_low.transport import ComfyLow, origin
 from pydantic import ValidationError
 
-from orchestrator.comfy.remote import (
+from orchestrator.comfy.provider import (
     KeyAlreadyUsed,
     RemoteHealth,
     RemoteOutput,

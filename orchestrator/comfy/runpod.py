@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from orchestrator.comfy.remote import (
+from orchestrator.comfy.provider import (
     RemoteHealth,
     RemoteOutput,
     RemoteRejected,

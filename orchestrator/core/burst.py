@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from orchestrator.settings import Settings
 
 
-SERVER_KINDS = ("comfyui", "comfy_api_v2", "runpod")  # comfyui: driven natively; the others through comfy/remote.py
+SERVER_KINDS = ("comfyui", "comfy_api_v2", "runpod")  # comfyui: driven natively; the others through comfy/provider.py
 MAX_TIER = 9
 
 

@@ -42,7 +42,7 @@ from orchestrator.db.tables import Artifact, Attempt, Job, JobEvent, now
 from orchestrator.runtime import ingest
 from orchestrator.runtime.graph_check import check_sandbox
 from orchestrator.runtime.media import MediaInfo
-from orchestrator.runtime.remote import RemoteRunner
+from orchestrator.runtime.provider_runner import ProviderRunner
 from orchestrator.settings import Settings
 from storage import ObjectStore, StorageUnavailable, StoredObject, key_for
 
@@ -84,7 +84,7 @@ class Executor:
         self._live_lock = threading.Lock()
         # called with the job id once a job's final state is committed (bootstrap: its pipeline run advances)
         self.on_final: Callable[[str], object] | None = None
-        self.remote = RemoteRunner(self)  # attempts on a burst provider (runtime/remote.py)
+        self.providers = ProviderRunner(self)  # attempts on a burst provider (runtime/provider_runner.py)
 
     # -- the attempts this process follows (only their leases are renewed) ---------------------------
     def hold(self, attempt_id: str) -> None:
@@ -127,8 +127,8 @@ class Executor:
         with self.db.session() as s:
             attempt = s.get(Attempt, attempt_id)
             job = job_db.get_job(s, attempt.job_id)
-        if getattr(server, "remote", None) is not None:  # a burst provider (some tests pass no server)
-            return self.remote.execute(attempt, job, server, resume)
+        if getattr(server, "provider", None) is not None:  # a burst provider (some tests pass no server)
+            return self.providers.execute(attempt, job, server, resume)
         try:
             t = self.template(job)
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
@@ -413,7 +413,8 @@ class Executor:
         abandoned = not isinstance(exc, ServerLost)
         if self.pool is not None:
             self.pool.mark_down(server, exc.message)
-        state = self.retry_or_fail(job, attempt, exc.message, server.url, abandoned=abandoned)
+        state = self.retry_or_fail(job, attempt, exc.message, server.url, abandoned=abandoned,
+                                   local_only=server.tier > 0)
         if abandoned and self.pool is not None:
             self.pool.note_abandoned(server)
         return state
@@ -426,9 +427,10 @@ class Executor:
         return self.retry_or_fail(job, attempt, message, attempt.server)
 
     def retry_or_fail(self, job: Job, attempt: Attempt, message: str, server_url: str,
-                      abandoned: bool = False) -> JobState:
+                      abandoned: bool = False, local_only: bool = False) -> JobState:
         """The server went away: queue the job again with backoff while attempts are left (only attempts that
-        count are counted: not those that waited for a dependency of ours); the rule is ``retry.outcome``."""
+        count are counted: not those that waited for a dependency of ours); the rule is ``retry.outcome``.
+        ``local_only``: it was a burst server, so the job runs locally from now on."""
         error = {"message": message, "server": server_url, "transient": True}
         cancel = self.cancel_requested(job.id)
         with self.db.session() as s:
@@ -440,7 +442,8 @@ class Executor:
             reason = f"gave up after {spent} attempts; last: {message}"
         else:
             reason = f"attempt {attempt.number} lost ({message}); retrying in {out.delay_s:.0f}s"
-        return self.finish(attempt, out.state, reason, error, requeue_in=out.delay_s, abandoned=abandoned)
+        return self.finish(attempt, out.state, reason, error, requeue_in=out.delay_s, abandoned=abandoned,
+                           local_only=local_only)
 
     def wait_for_dependency(self, job: Job, attempt: Attempt, message: str) -> JobState:
         """A dependency of ours (the object store) is down before anything ran: the job waits, queued again

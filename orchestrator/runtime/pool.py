@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from orchestrator.comfy.client import ComfyClient, ComfyError
 from orchestrator.comfy.monitor import ServerMonitor
-from orchestrator.comfy.remote import Remote, RemoteHealth
+from orchestrator.comfy.provider import Provider, RemoteHealth
 from orchestrator.core.burst import SERVER_KINDS
 from orchestrator.core.capabilities import Capabilities, ModelRef, Requirements
 from orchestrator.core.errors import Unavailable
@@ -54,7 +54,7 @@ def connect_server(url: str, client_id: str, token: str | None = None) -> tuple[
     return ComfyClient(url, timeout=30, token=token), ServerMonitor(url, client_id, token=token)
 
 
-def connect_remote(kind: str, url: str, token: str | None = None) -> Remote:
+def connect_provider(kind: str, url: str, token: str | None = None) -> Provider:
     """The adapter of a provider of ``kind`` (``burst.SERVER_KINDS`` but comfyui)."""
     if kind == "comfy_api_v2":
         from orchestrator.comfy.api_v2 import ApiV2Remote
@@ -76,7 +76,7 @@ class Server:
     url: str
     client: ComfyClient | None  # a ComfyUI driven natively (kind comfyui); None for a provider
     monitor: ServerMonitor | None
-    remote: Remote | None = None  # a provider's adapter (kind comfy_api_v2, runpod)
+    provider: Provider | None = None  # a provider's adapter (kind comfy_api_v2, runpod)
     kind: str = "comfyui"
     tier: int = 0
     rate: float = 0.0
@@ -103,7 +103,7 @@ class Server:
     def stop(self) -> None:
         if self.monitor is not None:
             self.monitor.stop()
-        for part in (self.client, self.remote):
+        for part in (self.client, self.provider):
             if part is not None:
                 part.close()
 
@@ -113,13 +113,13 @@ class Pool:
                  refresh_interval_s: float = 300.0, sync_interval_s: float = 2.0,
                  connect: Callable[..., tuple[ComfyClient, ServerMonitor]] = connect_server,
                  tokens: dict[str, str] | None = None,
-                 remote: Callable[[str, str, str | None], Remote] = connect_remote) -> None:
-        """``tokens``: bearer tokens by server name (``MEDIALAB_PROVIDER_TOKENS``); ``remote``: makes a provider's
-        adapter (tests put a stand-in's behind it)."""
+                 make_provider: Callable[[str, str, str | None], Provider] = connect_provider) -> None:
+        """``tokens``: bearer tokens by server name (``MEDIALAB_PROVIDER_TOKENS``); ``make_provider``: makes a
+        provider's adapter (tests put a stand-in's behind it)."""
         self.db = db
         self.connect = connect
         self.tokens = tokens or {}
-        self.remote = remote
+        self.make_provider = make_provider
         self.client_id = client_id
         self.health_interval_s = health_interval_s
         self.refresh_interval_s = refresh_interval_s
@@ -186,7 +186,7 @@ class Pool:
         parts = dict(kind=row.kind, tier=row.tier, rate=row.cost_per_gpu_s, cold_start_s=row.cold_start_s,
                      max_inflight=row.max_inflight, caps=Capabilities.from_json(row.capabilities), healthy=row.healthy)
         if row.kind != "comfyui":
-            return Server(row.id, row.name, row.url, None, None, remote=self.remote(row.kind, row.url, token),
+            return Server(row.id, row.name, row.url, None, None, provider=self.make_provider(row.kind, row.url, token),
                           cleanup_due=False, **parts)
         # one client id per socket; the token only when there is one (the connect seam of tests takes two)
         client, monitor = self.connect(row.url, f"{self.client_id}-{row.id}", *([token] if token else []))
@@ -203,8 +203,8 @@ class Pool:
     def check(self, srv: Server, refresh: bool = False) -> None:
         """Health check now; probe capabilities when asked, when recovering, or when they are stale. A provider
         is asked its health only: its capabilities are the ones declared when it was registered."""
-        if srv.remote is not None:
-            return self._check_remote(srv)
+        if srv.provider is not None:
+            return self._check_provider(srv)
         assert srv.client is not None and srv.monitor is not None
         try:
             srv.client.system_stats(timeout=5)
@@ -235,10 +235,10 @@ class Pool:
             srv.warm = frozenset()  # a restarted server has nothing loaded
             log.info("server %s is up (%s)", redact(srv.url), srv.comfy_version)
 
-    def _check_remote(self, srv: Server) -> None:
-        assert srv.remote is not None
+    def _check_provider(self, srv: Server) -> None:
+        assert srv.provider is not None
         try:
-            health = srv.remote.health()
+            health = srv.provider.health()
         except ComfyError as exc:
             health = RemoteHealth(False, exc.message)
         if not health.ok:

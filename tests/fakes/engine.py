@@ -15,6 +15,7 @@ from orchestrator.app import jobs as job_app
 from orchestrator.app import servers as server_app
 from orchestrator.app import templates as template_app
 from orchestrator.core import templates as tpl
+from orchestrator.core.burst import Tiering
 from orchestrator.core.states import JobState
 from orchestrator.db import attempts as attempt_db
 from orchestrator.db import jobs as job_db
@@ -27,7 +28,8 @@ from orchestrator.runtime.pool import Pool, Server
 from orchestrator.settings import PROJECT_ROOT, Settings
 from storage import LocalDiskStore
 from tests.conftest import png_bytes
-from tests.fakes.comfy import FakeComfy, Script, pool_connect
+from tests.fakes.comfy import OBJECT_INFO, FakeComfy, Script, pool_connect
+from tests.fakes.provider import FakeProvider, provider_factory
 
 FAST = {"event_timeout_s": 0.2, "retry_base_delay_s": 0.05, "max_attempts": 3, "lease_s": 30.0}
 """Settings that keep every path of the engine in milliseconds (silence noticed in 0.2 s, 50 ms backoff)."""
@@ -42,6 +44,7 @@ class Engine:
     executor: Executor
     fakes: list[FakeComfy]
     inputs: dict[str, str] = field(default_factory=dict)  # job id -> input artifact id
+    remotes: list[FakeProvider] = field(default_factory=list)  # burst providers added by add_provider
 
     def server(self, index: int = 0) -> Server:
         srv = self.pool.get(self.fakes[index].url)
@@ -69,6 +72,42 @@ class Engine:
             attempt = attempt_db.start_attempt(s, job_db.get_job(s, job_id), srv.url, owner or self.executor.owner,
                                             self.settings.lease_s if lease_s is None else lease_s,
                                             srv.comfy_version)
+            assert attempt is not None
+            s.commit()
+            return attempt.id
+
+    def add_provider(self, fake: FakeProvider, name: str, tier: int = 1, rate: float = 0.5, cold_start_s: float = 0.0,
+                     max_inflight: int | None = None, models: dict[str, list[str]] | None = None) -> Server:
+        """Register ``fake`` as a burst server of its ``kind`` (declared: the core nodes of the upscale templates and
+        ``models``, by default x4.pth), put it behind ``Pool(make_provider=...)``, sync and check it; its live
+        Server."""
+        declared = server_app.declared_capabilities(OBJECT_INFO, None, models or {"upscale_models": ["x4.pth"]})
+        with self.db.session() as s:
+            server_app.register_server(s, fake.url, name, tiering=Tiering(fake.kind, tier, rate, cold_start_s,
+                                                                          max_inflight), declared=declared)
+        self.remotes.append(fake)
+        self.pool.make_provider = provider_factory(*self.remotes)
+        self.pool.sync()
+        srv = self.pool.get(fake.url)
+        assert srv is not None and srv.provider is fake, f"{fake.url} is not in the pool"
+        self.pool.check(srv)
+        assert srv.healthy, f"{fake.url} did not check healthy"
+        return srv
+
+    def provider(self, index: int = 0) -> Server:
+        srv = self.pool.get(self.remotes[index].url)
+        assert srv is not None
+        return srv
+
+    def burst_attempt(self, job_id: str, index: int = 0, estimate: float = 0.0, owner: str | None = None,
+                      lease_s: float | None = None) -> str:
+        """Claim the job for provider ``index`` as the dispatcher's burst does (its tier, rate and estimate)."""
+        srv = self.provider(index)
+        with self.db.session() as s:
+            attempt = attempt_db.start_attempt(s, job_db.get_job(s, job_id), srv.url, owner or self.executor.owner,
+                                               self.settings.lease_s if lease_s is None else lease_s,
+                                               srv.comfy_version, reason=f"burst to {srv.name}", tier=srv.tier,
+                                               rate=srv.rate, estimate=estimate)
             assert attempt is not None
             s.commit()
             return attempt.id

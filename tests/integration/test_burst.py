@@ -11,6 +11,7 @@ The local tier is saturated by a big frame (seconds on the CPU) with ``MEDIALAB_
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tests.integration.conftest import Api, make_api
 from tests.integration.test_jobs_api import upload, wait
 
 PARAMS = {"model": FIXTURE_MODEL}
+FRAMES = itertools.count(int(time.time()) % 50_000)
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +86,15 @@ def submit(api: Api, frame: dict[str, Any]) -> dict[str, Any]:
     return r.json()
 
 
+def frame(size: int) -> bytes:
+    """A frame no earlier test sent: ComfyUI would answer a repeated prompt from its cache at once."""
+    n = next(FRAMES)
+    return png_bytes(size, size, (n % 256, n // 256 % 256, 77))
+
+
 def saturate(api: Api) -> dict[str, Any]:
     """A big frame running on the local server (seconds on the CPU)."""
-    job = submit(api, upload(api, png_bytes(1024, 1024, (10, 120, 30)), "big.png"))
+    job = submit(api, upload(api, frame(1024), "big.png"))
     until(api, job["id"], lambda j: j["state"] == "RUNNING")
     return job
 
@@ -157,7 +165,7 @@ def test_cancel_of_a_burst_job_is_asked_and_its_gpu_time_counted(burst_settings:
                                                                     "kind": "comfy_api_v2"})
     with start(burst_settings, path) as api:
         saturate(api)
-        job = submit(api, upload(api, png_bytes(768, 768, (90, 90, 10)), "slow.png"))
+        job = submit(api, upload(api, frame(768), "slow.png"))
         submitted(api, job["id"])
         r = api.client.post(f"/v1/jobs/{job['id']}/cancel", headers=api.run)
         assert r.status_code == 200, r.text
@@ -180,7 +188,7 @@ def test_the_proxy_killed_mid_job_loses_nothing_and_stores_once(burst_settings: 
                                                                     "kind": "comfy_api_v2"})
     with start(burst_settings, path, burst_unreachable_s=20.0) as api:
         saturate(api)
-        job = submit(api, upload(api, png_bytes(640, 640, (10, 90, 90)), "slow1.png"))
+        job = submit(api, upload(api, frame(640), "slow1.png"))
         remote_id = submitted(api, job["id"])["attempts"][0]["remote_id"]
         proxy.kill()
         time.sleep(1.5)
@@ -191,7 +199,7 @@ def test_the_proxy_killed_mid_job_loses_nothing_and_stores_once(burst_settings: 
     burst_settings.home = tmp_path / "again"  # a database of its own (the first one's big frame is still RUNNING)
     with start(burst_settings, path, burst_unreachable_s=3.0) as api:
         saturate(api)
-        job = submit(api, upload(api, png_bytes(640, 640, (90, 10, 90)), "slow2.png"))
+        job = submit(api, upload(api, frame(640), "slow2.png"))
         submitted(api, job["id"])
         proxy.kill()
         try:

@@ -5,10 +5,13 @@ nothing is dispatched to it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import get_args
 
 import pytest
 from sqlmodel import select
 
+from orchestrator.api.routes.servers import ServerAdd
+from orchestrator.core.burst import SERVER_KINDS
 from orchestrator.core.states import JobState
 from orchestrator.db.tables import ApiKey, Artifact, Attempt, Job
 from orchestrator.settings import Settings
@@ -112,6 +115,10 @@ def test_bad_tiering_is_422_naming_the_field(burst_api: Api, body: dict, field: 
     assert r.status_code == 422, r.text
     assert field in r.text
     assert burst_api.client.get("/v1/burst", headers=burst_api.admin).json()["servers"] == []
+
+
+def test_the_kinds_of_the_body_are_the_kinds_of_the_rules() -> None:
+    assert get_args(ServerAdd.model_fields["kind"].annotation) == SERVER_KINDS
 
 
 def test_changing_a_local_servers_capabilities_is_refused(burst_api: Api) -> None:

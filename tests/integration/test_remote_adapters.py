@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from orchestrator.comfy.api_v2 import ApiV2Remote
-from orchestrator.comfy.remote import (
+from orchestrator.comfy.provider import (
     KeyAlreadyUsed,
-    Remote,
+    Provider,
     RemoteRejected,
     RemoteState,
     RemoteStatus,
@@ -42,13 +42,13 @@ def graph_for(bind: Any) -> dict[str, Any]:
     return graph
 
 
-def upload(remote: Remote, color: tuple[int, int, int] = (200, 40, 40)) -> Any:
+def upload(remote: Provider, color: tuple[int, int, int] = (200, 40, 40)) -> Any:
     data = png_bytes(W, H, color)
     sha = hashlib.sha256(data).hexdigest()
     return remote.upload(io.BytesIO(data), f"{sha}.png", len(data), sha, "image/png")
 
 
-def follow(remote: Remote, job_id: str, timeout: float = 60.0) -> RemoteStatus:
+def follow(remote: Provider, job_id: str, timeout: float = 60.0) -> RemoteStatus:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = remote.status(job_id)
@@ -58,7 +58,7 @@ def follow(remote: Remote, job_id: str, timeout: float = 60.0) -> RemoteStatus:
     raise AssertionError(f"{job_id} not finished in {timeout}s")
 
 
-def assert_upscaled(remote: Remote, status: RemoteStatus) -> None:
+def assert_upscaled(remote: Provider, status: RemoteStatus) -> None:
     assert status.state is RemoteState.succeeded, status
     assert len(status.outputs) == 1
     data = b"".join(remote.open_output(status.outputs[0]))

@@ -372,7 +372,9 @@ def test_service_changes_are_audited_once_and_not_when_rolled_back(db: Database,
         ("server.add", "gpu1"), ("server.drain", "gpu1"), ("server.activate", "gpu1"), ("server.remove", "gpu1"),
         ("template.publish", "scaler@v1"), ("template.deprecate", "scaler@v1")]
     assert all(r.api_key_id == admin.id and r.key_name == "root" for r in rows)
-    assert rows[0].data == {"id": server.id, "url": "http://user:***@gpu1:8188", "source": "api"}  # no password
+    assert rows[0].data == {"id": server.id, "url": "http://user:***@gpu1:8188", "source": "api",  # no password
+                            "kind": "comfyui", "tier": 0, "cost_per_gpu_s": 0.0, "cold_start_s": 0.0,
+                            "max_inflight": None}
     assert rows[4].data == {"content_hash": v1.content_hash}
 
 

@@ -55,6 +55,18 @@ export type ArtifactOut = {
         [key: string]: unknown;
     } | null;
     /**
+     * Provider
+     *
+     * The burst server's name, when a provider made it.
+     */
+    provider?: string | null;
+    /**
+     * Remote Job Id
+     *
+     * The provider's job id that made it.
+     */
+    remote_job_id?: string | null;
+    /**
      * Role
      */
     role: string;
@@ -101,6 +113,12 @@ export type AttemptOut = {
      */
     comfy_version: string | null;
     /**
+     * Cost
+     *
+     * Ended: what it cost (rate x gpu_s); running: its estimate.
+     */
+    cost?: number;
+    /**
      * Error
      */
     error: {
@@ -110,6 +128,12 @@ export type AttemptOut = {
      * Finished At
      */
     finished_at: string | null;
+    /**
+     * Gpu S
+     *
+     * GPU seconds billed (a priced server's).
+     */
+    gpu_s?: number | null;
     /**
      * Id
      *
@@ -121,6 +145,12 @@ export type AttemptOut = {
      */
     number: number;
     /**
+     * Remote Id
+     *
+     * The provider's job id (a burst attempt).
+     */
+    remote_id?: string | null;
+    /**
      * Server
      */
     server: string;
@@ -129,6 +159,12 @@ export type AttemptOut = {
      */
     started_at: string;
     state: JobState;
+    /**
+     * Tier
+     *
+     * The server's tier when it was dispatched (0: local, 1 and up: burst).
+     */
+    tier?: number;
 };
 
 /**
@@ -592,6 +628,12 @@ export type JobOut = {
      */
     cancel_requested: boolean;
     /**
+     * Cost
+     *
+     * What its attempts cost (burst ones; a running one: its estimate).
+     */
+    cost?: number;
+    /**
      * Created At
      */
     created_at: string;
@@ -613,6 +655,12 @@ export type JobOut = {
      * Kind
      */
     kind?: string;
+    /**
+     * Local Only
+     *
+     * A burst provider failed it: it runs locally from now on.
+     */
+    local_only?: boolean;
     /**
      * Outputs
      */
@@ -1299,17 +1347,101 @@ export type RunStart = {
  */
 export type ServerAdd = {
     /**
+     * Cold Start S
+     *
+     * Expected start-up seconds of a burst job (in cost estimates).
+     */
+    cold_start_s?: number;
+    /**
+     * Cost Per Gpu S
+     *
+     * What a GPU-second costs there (the burst budgets' unit).
+     */
+    cost_per_gpu_s?: number;
+    /**
+     * Kind
+     *
+     * comfyui: a ComfyUI driven natively (probed); comfy_api_v2, runpod: a managed provider, whose capabilities are declared (node_classes, models).
+     */
+    kind?: 'comfyui' | 'comfy_api_v2' | 'runpod';
+    /**
+     * Max Inflight
+     *
+     * Jobs at once (default: max_inflight).
+     */
+    max_inflight?: number | null;
+    /**
+     * Models
+     *
+     * A provider's model files by folder: {"checkpoints": ["a.safetensors"], ...}.
+     */
+    models?: {
+        [key: string]: unknown | Array<string>;
+    } | null;
+    /**
      * Name
      *
      * Default: host[:port][/path] of the URL.
      */
     name?: string | null;
     /**
+     * Node Classes
+     *
+     * A provider's node classes (required for a provider kind, with models).
+     */
+    node_classes?: Array<string> | null;
+    /**
+     * Tier
+     *
+     * 0: local, filled first; 1 and up: burst tiers, in order.
+     */
+    tier?: number;
+    /**
      * Url
      *
      * http(s)://[user:password@]host[:port][/path], at most 2048 characters; credentials are never shown again.
      */
     url: string;
+};
+
+/**
+ * ServerChange
+ *
+ * A server's tier, cost or capacity, and a provider's declared capabilities; what is left out is kept.
+ */
+export type ServerChange = {
+    /**
+     * Cold Start S
+     */
+    cold_start_s?: number | null;
+    /**
+     * Cost Per Gpu S
+     */
+    cost_per_gpu_s?: number | null;
+    /**
+     * Max Inflight
+     *
+     * null: back to the default.
+     */
+    max_inflight?: number | null;
+    /**
+     * Models
+     *
+     * A provider's model files by folder: {"checkpoints": ["a.safetensors"], ...}.
+     */
+    models?: {
+        [key: string]: unknown | Array<string>;
+    } | null;
+    /**
+     * Node Classes
+     *
+     * A provider's node classes (required for a provider kind, with models).
+     */
+    node_classes?: Array<string> | null;
+    /**
+     * Tier
+     */
+    tier?: number | null;
 };
 
 /**
@@ -2495,6 +2627,43 @@ export type BatchesRetryResponses = {
 };
 
 export type BatchesRetryResponse = BatchesRetryResponses[keyof BatchesRetryResponses];
+
+export type BurstStatusData = {
+    body?: never;
+    path?: never;
+    query?: never;
+    url: '/v1/burst';
+};
+
+export type BurstStatusErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+};
+
+export type BurstStatusError = BurstStatusErrors[keyof BurstStatusErrors];
+
+export type BurstStatusResponses = {
+    /**
+     * Response Burst Status
+     *
+     * Successful Response
+     */
+    200: {
+        [key: string]: unknown;
+    };
+};
+
+export type BurstStatusResponse = BurstStatusResponses[keyof BurstStatusResponses];
 
 export type TrainingListDatasetsData = {
     body?: never;
@@ -4093,6 +4262,68 @@ export type ServersRemoveResponses = {
 };
 
 export type ServersRemoveResponse = ServersRemoveResponses[keyof ServersRemoveResponses];
+
+export type ServersChangeData = {
+    body: ServerChange;
+    path: {
+        /**
+         * Ref
+         */
+        ref: string;
+    };
+    query?: never;
+    url: '/v1/servers/{ref}';
+};
+
+export type ServersChangeErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type ServersChangeError = ServersChangeErrors[keyof ServersChangeErrors];
+
+export type ServersChangeResponses = {
+    /**
+     * Response Servers Change
+     *
+     * Successful Response
+     */
+    200: {
+        [key: string]: unknown;
+    };
+};
+
+export type ServersChangeResponse = ServersChangeResponses[keyof ServersChangeResponses];
 
 export type ServersActivateData = {
     body?: never;

@@ -2,7 +2,7 @@
 worker-comfyui (``runpod.py``). A plain ComfyUI, local or remote behind a token, is not one of these: the engine
 drives it natively (``client.py`` and ``monitor.py``: websocket, /history, the direct byte path).
 
-Every call is one request to the provider; nothing here touches the database. ``runtime/remote.py`` follows an
+Every call is one request to the provider; nothing here touches the database. ``runtime/provider_runner.py`` follows an
 attempt through it and owns every decision (fallback, cancel policy, cost).
 """
 
@@ -88,7 +88,7 @@ class KeyAlreadyUsed(RemoteRejected):
     """A submit with an idempotency key the provider has seen: the job exists there (``find`` looks it up)."""
 
 
-class Remote(Protocol):
+class Provider(Protocol):
     """A burst provider. ``key`` is our attempt id: the idempotency key of the submit and the label ``find`` looks
     for after a crash, so a retried or recovered submit never runs the work twice where the provider allows it."""
 

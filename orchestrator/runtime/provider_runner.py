@@ -1,4 +1,4 @@
-"""Runs one attempt on a burst provider (Comfy API v2, RunPod) through its adapter (``comfy/remote.py``), or
+"""Runs one attempt on a burst provider (Comfy API v2, RunPod) through its adapter (``comfy/provider.py``), or
 re-attaches to it after a crash.
 
 Upload the inputs, submit with the attempt id as the idempotency key, and record the provider's job id at once,
@@ -25,20 +25,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.comfy.remote import KeyAlreadyUsed, RemoteRejected, RemoteState, RemoteStatus, RemoteUnreachable
+from orchestrator.comfy.provider import KeyAlreadyUsed, RemoteRejected, RemoteState, RemoteStatus, RemoteUnreachable
 from orchestrator.core import sandbox
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import MediaLabError
 from orchestrator.core.server_urls import redact
 from orchestrator.core.states import JobState
 from orchestrator.db import attempts as attempt_db
+from orchestrator.db import templates as template_db
 from orchestrator.db.engine import DB_ERRORS
 from orchestrator.runtime import ingest
 from orchestrator.runtime.graph_check import check_sandbox
 from storage import StorageUnavailable
 
 if TYPE_CHECKING:
-    from orchestrator.comfy.remote import Remote, Upload
+    from orchestrator.comfy.provider import Provider, Upload
     from orchestrator.db.tables import Artifact, Attempt, Job
     from orchestrator.runtime.executor import Executor
     from orchestrator.runtime.pool import Server
@@ -65,7 +66,7 @@ class TimedOut(MediaLabError):
     title = "Timed out"
 
 
-class RemoteRunner:
+class ProviderRunner:
     """The burst half of the ``Executor``: it uses the executor's store, outcomes (``finish``) and events."""
 
     def __init__(self, executor: Executor) -> None:
@@ -73,8 +74,8 @@ class RemoteRunner:
         self.settings = executor.settings
 
     def execute(self, attempt: Attempt, job: Job, server: Server, resume: bool) -> JobState:
-        assert server.remote is not None
-        remote, gpu_s = server.remote, None
+        assert server.provider is not None
+        remote, gpu_s = server.provider, None
         try:
             t = self.x.template(job)
             if self.x.cancel_requested(job.id):
@@ -83,6 +84,8 @@ class RemoteRunner:
             if remote_id is None:
                 remote_id = self._submit(remote, job, t, attempt, server)
             else:
+                if attempt.remote_id is None:  # submitted before a crash, found by its key: recorded now
+                    self._record(attempt, remote_id)
                 self.x.event(job.id, "info", f"re-attached to {server.name}'s job {remote_id}",
                              {"provider": server.name, "remote_id": remote_id})
             status, cancelled = self._follow(remote, job, attempt, server, remote_id)
@@ -115,7 +118,7 @@ class RemoteRunner:
                              None, artifacts, gpu_s=gpu_s)
 
     # -- steps -------------------------------------------------------------------------------------
-    def _submit(self, remote: Remote, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> str:
+    def _submit(self, remote: Provider, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> str:
         """Upload the inputs, check the graph, submit it; the provider's job id is committed before returning."""
         uploads: dict[str, Upload] = {}
         names: dict[str, str] = {}
@@ -143,15 +146,19 @@ class RemoteRunner:
                     raise
                 time.sleep(2 ** n)
         assert remote_id is not None
-        with self.x.db.session() as s:
-            attempt_db.set_remote_id(s, attempt.id, remote_id)
-            s.commit()
-        attempt.remote_id = remote_id
+        self._record(attempt, remote_id)
         self.x.event(job.id, "info", f"submitted to {server.name} as job {remote_id}",
                      {"provider": server.name, "remote_id": remote_id, "server": redact(server.url)})
         return remote_id
 
-    def _follow(self, remote: Remote, job: Job, attempt: Attempt, server: Server,
+    def _record(self, attempt: Attempt, remote_id: str) -> None:
+        """The provider's job id, in a commit of its own before anything else happens to the attempt."""
+        with self.x.db.session() as s:
+            attempt_db.set_remote_id(s, attempt.id, remote_id)
+            s.commit()
+        attempt.remote_id = remote_id
+
+    def _follow(self, remote: Provider, job: Job, attempt: Attempt, server: Server,
                 remote_id: str) -> tuple[RemoteStatus, bool]:
         """Poll the job to its end; returns its last status and whether a cancel was asked."""
         timeout = job.timeout_s or self.settings.job_timeout_s
@@ -191,7 +198,7 @@ class RemoteRunner:
                 raise TimedOut(f"job timed out after {timeout:.0f}s on {server.name}; cancel asked of it")
             time.sleep(self.settings.burst_poll_s)
 
-    def _cancel(self, remote: Remote, job: Job, server: Server, remote_id: str, why: str) -> None:
+    def _cancel(self, remote: Provider, job: Job, server: Server, remote_id: str, why: str) -> None:
         try:
             remote.cancel(remote_id)
             said = "asked"
@@ -200,7 +207,7 @@ class RemoteRunner:
         self.x.event(job.id, "info", f"{why}: cancel {said} of {server.name}; a provider may run the job to its "
                      "end (its GPU time is counted)", {"provider": server.name, "remote_id": remote_id})
 
-    def _ingest(self, remote: Remote, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
+    def _ingest(self, remote: Provider, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
                 remote_id: str, status: RemoteStatus) -> list[Artifact]:
         """Copy the outputs of the template's output nodes into the store now (the provider's links expire);
         while the store is down, wait and try again (the GPU work is never run again for this)."""
@@ -235,6 +242,16 @@ class RemoteRunner:
                 delay = min(delay * 2, 30.0)
 
     # -- outcomes ----------------------------------------------------------------------------------
+    def _local_can_run(self, job: Job) -> bool:
+        """Whether a local server of the pool (healthy or not) has what the job needs."""
+        if self.x.pool is None:
+            return True
+        try:
+            req = template_db.requirements(self.x.template(job), job.params)
+        except MediaLabError:
+            return True
+        return any(v.tier == 0 and v.can_run(req) for v in self.x.pool.views())
+
     def _fallback(self, job: Job, attempt: Attempt, server: Server, exc: MediaLabError,
                   gpu_s: float | None) -> JobState:
         """The provider could not run it: back to the local queue (this attempt does not count), or CANCELLED."""
@@ -245,6 +262,8 @@ class RemoteRunner:
         error = {"message": exc.message, "provider": server.name, "server": redact(server.url), "transient": True}
         if self.x.cancel_requested(job.id):
             return self.x.finish(attempt, JobState.CANCELLED, f"cancelled; {exc.message}", error, gpu_s=gpu_s)
+        if not self._local_can_run(job):  # only a provider can run it: an attempt that counts, and it may burst again
+            return self.x.retry_or_fail(job, attempt, f"{server.name} could not run it ({exc.message})", server.url)
         return self.x.finish(attempt, JobState.QUEUED, f"{server.name} could not run it ({exc.message}); "
                              "back to the queue for local servers", error, requeue_in=0.0, counts=False,
                              gpu_s=gpu_s, local_only=True)
