@@ -1,27 +1,29 @@
-"""``medialab burst``: the burst policy, the budgets and what was spent, and the burst servers (as GET
-/v1/burst, read from the database)."""
+"""``medialab burst``: the burst policy, the budgets and what was spent, and the burst servers, as the running
+service sees them (GET /v1/burst: the policy and caps are the service's settings, not the CLI's)."""
 
 from __future__ import annotations
 
 import typer
 from rich.table import Table
 
-from orchestrator.api.routes.burst import burst_out
-from orchestrator.cli.common import JsonOption, console, context, fail, print_json
+from orchestrator.cli.batch import ProfileOption
+from orchestrator.cli.common import JsonOption, console, fail, print_json
+from orchestrator.cli.remote import Remote
 from orchestrator.core.errors import MediaLabError
+from orchestrator.settings import get_settings
 
 
 def _money(value: float | None) -> str:
     return "no cap" if value is None else f"{value:.4f}"
 
 
-def burst(as_json: JsonOption = False) -> None:
+def burst(as_json: JsonOption = False, profile: ProfileOption = None) -> None:
     """Which templates may burst to a provider and when, the budgets (cap, spent, left for the UTC day and
-    month; running burst attempts count at their estimate) and each burst server's load and spend."""
-    ctx = context()
+    month, and this key's day; running burst attempts count at their estimate) and each burst server's load and
+    spend, from the running service."""
     try:
-        with ctx.db.session() as s:
-            out = burst_out(s, ctx.settings, None)
+        with Remote.connect(get_settings(), profile) as remote:
+            out = remote.request("GET", "/v1/burst").json()
     except MediaLabError as exc:
         fail(exc)
     if as_json:
@@ -34,11 +36,10 @@ def burst(as_json: JsonOption = False) -> None:
     console.print(f"bursts after a local wait of {policy['wait_s']:g}s" + (f" ({waits})" if waits else "")
                   + f"; priority {policy['urgent_priority']}+ after {policy['urgent_wait_s']:g}s")
     budgets = Table("budget", "cap", "spent", "left")
-    for window, label in (("day", f"day (from {out['day_start']:%Y-%m-%d} UTC)"),
-                          ("month", f"month (from {out['month_start']:%Y-%m-%d})"), ("key_day", "per API key, day")):
+    for window, label in (("day", f"day (from {out['day_start'][:10]} UTC)"),
+                          ("month", f"month (from {out['month_start'][:10]})"), ("key_day", "this API key, day")):
         b = out["budgets"][window]
-        spent = "" if window == "key_day" else _money(b["spent"])
-        budgets.add_row(label, _money(b["cap"]), spent, "" if window == "key_day" else _money(b["left"]))
+        budgets.add_row(label, _money(b["cap"]), _money(b["spent"]), _money(b["left"]))
     console.print(budgets)
     if not out["servers"]:
         console.print("no burst servers (tier 1 and up): `medialab servers add URL --kind comfy_api_v2 --tier 1 ...`")

@@ -170,7 +170,7 @@ def servers_add(url: str, name: str | None = None, kind: KindOption = "comfyui",
                 max_inflight: InflightOption = None, object_info: ObjectInfoOption = None,
                 node_class: NodeClassOption = None, model: ModelOption = None) -> None:
     """Register a server (probed now; a server that is down is added and retried by the pool). A provider
-    (``--kind`` comfy_api_v2 or runpod) is asked its health only: declare what it can run."""
+    (--kind comfy_api_v2 or runpod) is asked its health only: declare what it can run."""
     ctx = context()
     try:
         tiering = Tiering(kind, tier or 0, cost_per_gpu_s or 0.0, cold_start_s or 0.0, max_inflight)

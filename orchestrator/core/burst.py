@@ -123,8 +123,13 @@ def budget_block(budget: Budget, spend: Spend, key: Hashable, estimate: float) -
     for name, cap, spent in (("the daily", budget.day, spend.day), ("the monthly", budget.month, spend.month),
                              ("this API key's daily", budget.key_day, spend.key_day.get(key, 0.0))):
         if cap is not None and spent + estimate > cap:
-            return f"{name} burst budget ({cap:.2f}) is reached (spent {spent:.2f}, this job ~{estimate:.2f})"
+            return f"{name} burst budget ({money(cap)}) is reached (spent {money(spent)}, this job ~{money(estimate)})"
     return None
+
+
+def money(amount: float) -> str:
+    """An amount for people: cents, or two significant digits below a cent (a GPU-second costs fractions of one)."""
+    return f"{amount:.2f}" if amount >= 0.01 or amount == 0 else f"{amount:.2g}"
 
 
 def estimate_cost(rate: float, cold_start_s: float, run_s: float) -> float:
@@ -180,7 +185,7 @@ def choose(req: Requirements, wait_s: float, threshold: float, providers: Sequen
     estimate = estimate_cost(best.rate, best.cold_start_s, run_s)
     if (why := budget_block(budget, spend, key, estimate)) is not None:
         return BurstChoice(None, why, estimate, blocked=True)
-    return BurstChoice(best, f"local wait ~{_secs(wait_s)} > {_secs(threshold)}; estimated cost {estimate:.4f}",
+    return BurstChoice(best, f"local wait ~{_secs(wait_s)} > {_secs(threshold)}; estimated cost {money(estimate)}",
                        estimate)
 
 

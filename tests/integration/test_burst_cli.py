@@ -4,12 +4,15 @@ as a user runs them (subprocesses on one home; the provider's URL answers nothin
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from orchestrator.core.states import JobState
 from orchestrator.db.engine import Database
 from orchestrator.db.tables import Attempt, Job
 from tests.integration.test_cli import medialab
+from tests.integration.test_cli_remote import medialab as medialab_client
+from tests.integration.test_cli_remote import served
 
 
 def test_a_provider_from_the_command_line(tmp_path: Path) -> None:
@@ -56,15 +59,20 @@ def test_a_provider_from_the_command_line(tmp_path: Path) -> None:
         job_id = job.id
     db.engine.dispose()
 
-    status = medialab(home, "burst")
-    assert status.returncode == 0, status.stdout + status.stderr
-    assert "templates that may burst: none" in status.stdout
-    assert "no cap" in status.stdout and "0.1200" in status.stdout
-    row = next(line for line in status.stdout.splitlines() if "cloud" in line)
-    assert "comfy_api_v2" in row and "0/4" in row and "down" in row and "15s" in row
-    as_json = json.loads(medialab(home, "burst", "--json").stdout)
-    assert as_json["budgets"]["day"] == {"cap": None, "spent": 0.12, "left": None}
-    assert as_json["servers"][0]["jobs_day"] == 1
+    created = medialab(home, "keys", "create", "--role", "run", "--name", "op")
+    key = re.search(r"(mlk_\S+)", created.stdout).group(1)
+    with served(home, "--no-dispatch", env={"MEDIALAB_BURST_TEMPLATES": '["upscale-esrgan@v2"]',
+                                            "MEDIALAB_BURST_BUDGET_DAY": "5"}) as url:
+        env = {"MEDIALAB_URL": url, "MEDIALAB_API_KEY": key}
+        status = medialab_client(home, "burst", env=env)  # the service's policy and caps, not this process's
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "templates that may burst: upscale-esrgan@v2" in status.stdout
+        assert "no cap" in status.stdout and "0.1200" in status.stdout and "4.8800" in status.stdout
+        row = next(line for line in status.stdout.splitlines() if "cloud" in line)
+        assert "comfy_api_v2" in row and "0/4" in row and "down" in row and "15s" in row
+        as_json = json.loads(medialab_client(home, "burst", "--json", env=env).stdout)
+        assert as_json["budgets"]["day"] == {"cap": 5.0, "spent": 0.12, "left": 4.88}
+        assert as_json["servers"][0]["jobs_day"] == 1
 
     shown = json.loads(medialab(home, "jobs", "show", job_id).stdout)
     assert shown["cost"] == 0.12

@@ -100,7 +100,7 @@ def test_an_allowed_job_bursts_while_local_is_saturated(engine: Engine, cloud: F
     assert job.state == JobState.RUNNING and attempt.server == engine.provider().url
     assert (attempt.tier, attempt.rate, attempt.cost) == (1, 0.5, pytest.approx(ESTIMATE))  # held while running
     [burst_event] = [r for r in engine.reasons(job_id) if r.startswith("burst to ")]
-    assert burst_event.startswith("burst to cloud: local wait ~60s > 0s; estimated cost 30.0000")
+    assert burst_event.startswith("burst to cloud: local wait ~60s > 0s; estimated cost 30.00")
     assert fake.submitted == [local_attempt.id]  # nothing more went to the saturated local server
     cloud.release()
     job = engine.wait(job_id, JobState.SUCCEEDED, JobState.FAILED, JobState.QUEUED)

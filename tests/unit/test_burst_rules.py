@@ -82,7 +82,8 @@ def test_lower_tiers_first_then_the_cheaper_estimate() -> None:
     cheap_rate = provider("fast", rate=0.002, cold=0.0)  # 0.002 x 20 = 0.04
     choice = pick(cheap_run, cheap_rate)
     assert choice.server.id == "fast" and choice.estimate == pytest.approx(0.04)
-    assert "estimated cost 0.0400" in choice.reason
+    assert "estimated cost 0.04" in choice.reason
+    assert [burst.money(x) for x in (1.5, 0.2, 0.0029, 0.0)] == ["1.50", "0.20", "0.0029", "0.00"]
 
 
 def test_budgets_day_month_and_per_key_count_what_running_attempts_are_expected_to_cost() -> None:

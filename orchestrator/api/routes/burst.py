@@ -27,8 +27,8 @@ def _window(cap: float | None, spent: float) -> dict[str, float | None]:
 
 
 def burst_out(session: Session, settings: Settings, key_id: str | None, at: datetime | None = None) -> dict[str, Any]:
-    """The burst status as GET /v1/burst and ``medialab burst`` show it; ``key_id``: whose daily spend to show
-    (None: the CLI on the host, which has no key). Spend counts running burst attempts at their estimate."""
+    """The burst status as GET /v1/burst (and ``medialab burst``) shows it; ``key_id``: whose daily spend to show.
+    Spend counts running burst attempts at their estimate."""
     policy, budget = BurstPolicy.of(settings), budget_of(settings)
     day, month = windows(at or datetime.now(UTC))
     spend = attempt_db.burst_spend(session, day, month)
