@@ -68,7 +68,7 @@ def asset_ref(asset_id: str) -> dict[str, Any]:
     return {"__type": "core/ASSET", "info": {"id": asset_id}}
 
 
-class ApiV2Remote:
+class ApiV2Provider:
     """One Comfy API v2 deployment. ``url`` is its base (``http://host:port``, without ``/api/v2``); ``token`` its
     bearer API key (sent only to ``url``'s origin). ``transport`` replaces the network for tests."""
 

@@ -42,7 +42,7 @@ STATES = {
 }
 
 
-class RunPodRemote:
+class RunPodProvider:
     """One RunPod serverless endpoint (worker-comfyui). Inputs travel inside the submit as base64 ``images``
     (``upload`` only encodes them), outputs come back inline as base64 or as an S3 URL.
 

@@ -57,13 +57,13 @@ def connect_server(url: str, client_id: str, token: str | None = None) -> tuple[
 def connect_provider(kind: str, url: str, token: str | None = None) -> Provider:
     """The adapter of a provider of ``kind`` (``burst.SERVER_KINDS`` but comfyui)."""
     if kind == "comfy_api_v2":
-        from orchestrator.comfy.api_v2 import ApiV2Remote
+        from orchestrator.comfy.api_v2 import ApiV2Provider
 
-        return ApiV2Remote(url, token=token)
+        return ApiV2Provider(url, token=token)
     if kind == "runpod":
-        from orchestrator.comfy.runpod import RunPodRemote
+        from orchestrator.comfy.runpod import RunPodProvider
 
-        return RunPodRemote(url, token=token)
+        return RunPodProvider(url, token=token)
     raise ValueError(f"server kind {kind!r}: expected one of {', '.join(SERVER_KINDS)}")
 
 

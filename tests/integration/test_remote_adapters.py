@@ -1,5 +1,6 @@
-"""The burst adapters against real parts: ``ApiV2Remote`` through a real comfy-api-proxy (with ``--token``) in front of
-a real ComfyUI, ``RunPodRemote`` against the RunPod stand-in (tests/fakes/runpod.py) running on the same ComfyUI."""
+"""The burst adapters against real parts: ``ApiV2Provider`` through a real comfy-api-proxy (with ``--token``) in
+front of a real ComfyUI, ``RunPodProvider`` against the RunPod stand-in (tests/fakes/runpod.py) running on the same
+ComfyUI."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from orchestrator.comfy.api_v2 import ApiV2Remote
+from orchestrator.comfy.api_v2 import ApiV2Provider
 from orchestrator.comfy.provider import (
     KeyAlreadyUsed,
     Provider,
@@ -24,7 +25,7 @@ from orchestrator.comfy.provider import (
     RemoteStatus,
     RemoteUnreachable,
 )
-from orchestrator.comfy.runpod import RunPodRemote
+from orchestrator.comfy.runpod import RunPodProvider
 from orchestrator.settings import PROJECT_ROOT
 from tests.conftest import FIXTURE_MODEL, png_bytes
 from tests.fakes.comfy_api_proxy import MISSING, ApiProxy, proxy_binary
@@ -77,14 +78,14 @@ def proxy(comfy_pair: list[str], tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture
-def v2(proxy: ApiProxy) -> Iterator[ApiV2Remote]:
+def v2(proxy: ApiProxy) -> Iterator[ApiV2Provider]:
     proxy.start()  # again, where a test killed it
-    remote = ApiV2Remote(proxy.url, token=TOKEN, timeout=10)
+    remote = ApiV2Provider(proxy.url, token=TOKEN, timeout=10)
     yield remote
     remote.close()
 
 
-def test_v2_submit_find_follow_and_fetch(v2: ApiV2Remote) -> None:
+def test_v2_submit_find_follow_and_fetch(v2: ApiV2Provider) -> None:
     assert v2.health().ok
     up = upload(v2)
     assert up.bind["__type"] == "core/ASSET"
@@ -99,7 +100,7 @@ def test_v2_submit_find_follow_and_fetch(v2: ApiV2Remote) -> None:
     assert_upscaled(v2, follow(v2, job_id))
 
 
-def test_v2_events_end_at_the_terminal_snapshot(v2: ApiV2Remote) -> None:
+def test_v2_events_end_at_the_terminal_snapshot(v2: ApiV2Provider) -> None:
     up = upload(v2, (10, 200, 30))
     job_id = v2.submit(graph_for(up.bind), str(uuid.uuid4()), [up])
     snapshots = list(v2.events(job_id))
@@ -108,7 +109,7 @@ def test_v2_events_end_at_the_terminal_snapshot(v2: ApiV2Remote) -> None:
     assert_upscaled(v2, snapshots[-1])
 
 
-def test_v2_cancel_is_a_request(v2: ApiV2Remote) -> None:
+def test_v2_cancel_is_a_request(v2: ApiV2Provider) -> None:
     up = upload(v2, (90, 90, 250))
     job_id = v2.submit(graph_for(up.bind), str(uuid.uuid4()), [up])
     v2.cancel(job_id)  # 200 "canceling"; ComfyUI 0.3.75 runs the prompt to the end anyway
@@ -116,7 +117,7 @@ def test_v2_cancel_is_a_request(v2: ApiV2Remote) -> None:
     assert final.state in (RemoteState.succeeded, RemoteState.cancelled)
 
 
-def test_v2_refusals(v2: ApiV2Remote) -> None:
+def test_v2_refusals(v2: ApiV2Provider) -> None:
     with pytest.raises(RemoteRejected) as err:
         v2.submit({"1": {"class_type": "NoSuchNode", "inputs": {}}}, str(uuid.uuid4()), [])
     assert err.value.http_status == 422 and err.value.code == "invalid_workflow"
@@ -126,7 +127,7 @@ def test_v2_refusals(v2: ApiV2Remote) -> None:
 
 
 def test_v2_wrong_token(proxy: ApiProxy) -> None:
-    bad = ApiV2Remote(proxy.url, token="wrong-token", timeout=10)
+    bad = ApiV2Provider(proxy.url, token="wrong-token", timeout=10)
     try:
         health = bad.health()
         assert not health.ok and "401" in health.detail
@@ -138,7 +139,7 @@ def test_v2_wrong_token(proxy: ApiProxy) -> None:
         bad.close()
 
 
-def test_v2_proxy_killed_then_back(v2: ApiV2Remote, proxy: ApiProxy) -> None:
+def test_v2_proxy_killed_then_back(v2: ApiV2Provider, proxy: ApiProxy) -> None:
     up = upload(v2, (250, 250, 0))
     key = str(uuid.uuid4())
     job_id = v2.submit(graph_for(up.bind), key, [up])
@@ -161,7 +162,7 @@ def runpod_endpoint(comfy_pair: list[str]) -> Iterator[RunPodStandIn]:
 
 
 def test_runpod_flow(runpod_endpoint: RunPodStandIn) -> None:
-    rp = RunPodRemote(runpod_endpoint.url, token=TOKEN, timeout=10)
+    rp = RunPodProvider(runpod_endpoint.url, token=TOKEN, timeout=10)
     try:
         health = rp.health()
         assert health.ok and health.capacity == 1
@@ -182,7 +183,7 @@ def test_runpod_flow(runpod_endpoint: RunPodStandIn) -> None:
 
 
 def test_runpod_cancel_queued(runpod_endpoint: RunPodStandIn) -> None:
-    rp = RunPodRemote(runpod_endpoint.url, token=TOKEN, timeout=10)
+    rp = RunPodProvider(runpod_endpoint.url, token=TOKEN, timeout=10)
     try:
         ups = [upload(rp, (i * 60, 10, 10)) for i in range(2)]
         first = rp.submit(graph_for(ups[0].bind), "a", [ups[0]])
@@ -195,7 +196,7 @@ def test_runpod_cancel_queued(runpod_endpoint: RunPodStandIn) -> None:
 
 
 def test_runpod_bad_token(runpod_endpoint: RunPodStandIn, tmp_path: Path) -> None:
-    rp = RunPodRemote(runpod_endpoint.url, token="wrong-token", timeout=10)
+    rp = RunPodProvider(runpod_endpoint.url, token="wrong-token", timeout=10)
     try:
         health = rp.health()
         assert not health.ok and "401" in health.detail and "wrong-token" not in health.detail
