@@ -96,6 +96,11 @@ class Budget:
     month: float | None = None
     key_day: float | None = None
 
+    @classmethod
+    def of(cls, settings: Settings) -> Budget:
+        """The caps of ``MEDIALAB_BURST_BUDGET_*``."""
+        return cls(settings.burst_budget_day, settings.burst_budget_month, settings.burst_budget_key_day)
+
 
 @dataclass
 class Spend:

@@ -79,8 +79,7 @@ class Dispatcher:
         self._runners = ThreadPoolExecutor(max_workers=settings.runner_threads, thread_name_prefix="attempt")
         self.placer = Placer(settings.placement, settings.max_inflight, settings.placement_max_bypass, self.lock)
         self.policy = burst.BurstPolicy.of(settings)
-        self.budget = burst.Budget(settings.burst_budget_day, settings.burst_budget_month,
-                                   settings.burst_budget_key_day)
+        self.budget = burst.Budget.of(settings)
         self._noted: dict[str, str] = {}  # job -> why it did not burst, as last said in its events
         self._means: tuple[float, dict[str, float]] = (0.0, {})  # (when read, template -> mean run seconds)
         self._stop = threading.Event()

@@ -18,10 +18,6 @@ from orchestrator.settings import Settings
 router = APIRouter(prefix="/burst", tags=["burst"])
 
 
-def budget_of(settings: Settings) -> Budget:
-    return Budget(settings.burst_budget_day, settings.burst_budget_month, settings.burst_budget_key_day)
-
-
 def _window(cap: float | None, spent: float) -> dict[str, float | None]:
     return {"cap": cap, "spent": spent, "left": None if cap is None else max(cap - spent, 0.0)}
 
@@ -29,7 +25,7 @@ def _window(cap: float | None, spent: float) -> dict[str, float | None]:
 def burst_out(session: Session, settings: Settings, key_id: str | None, at: datetime | None = None) -> dict[str, Any]:
     """The burst status as GET /v1/burst (and ``medialab burst``) shows it; ``key_id``: whose daily spend to show.
     Spend counts running burst attempts at their estimate."""
-    policy, budget = BurstPolicy.of(settings), budget_of(settings)
+    policy, budget = BurstPolicy.of(settings), Budget.of(settings)
     day, month = windows(at or datetime.now(UTC))
     spend = attempt_db.burst_spend(session, day, month)
     by_day, by_month = attempt_db.burst_by_server(session, day), attempt_db.burst_by_server(session, month)
