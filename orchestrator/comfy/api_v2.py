@@ -50,6 +50,7 @@ FIND_PAGE_SIZE = 100  # the proxy's maximum
 MAX_REDIRECTS = 5
 INPUT_FOLDER = "input/medialab"
 EVENTS_RECONNECTS = 20  # SSE connections one events() call opens before it gives up on the stream
+EXPIRED_RECHECK_S = 0.5  # "expired" is read again after this long before it is believed (see ``status``)
 
 STATES = {
     "queued": RemoteState.queued,
@@ -202,7 +203,13 @@ class ApiV2Provider:
         return None
 
     def status(self, job_id: str) -> RemoteStatus:
-        return self._status_of(self._call("GET /jobs/{id}", "GET", f"/jobs/{job_id}"))
+        """The job's state. "expired" is confirmed by a second read: comfy-api-proxy 0.1.6 reads ComfyUI's history
+        and then its queue, so a job finishing between the two reads is in neither and answers "expired" once."""
+        job = self._call("GET /jobs/{id}", "GET", f"/jobs/{job_id}")
+        if job.get("status") == "expired":
+            time.sleep(EXPIRED_RECHECK_S)
+            job = self._call("GET /jobs/{id}", "GET", f"/jobs/{job_id}")
+        return self._status_of(job)
 
     def _status_of(self, job: dict[str, Any]) -> RemoteStatus:
         raw = str(job.get("status") or "")
