@@ -1,6 +1,7 @@
 """Issue 13: a batch of upscales through the service against the same work run one by one by a direct script.
 
-Usage: python benchmarks/batch_vs_script.py [--images 200] [--size 96] [--service-first] [--json FILE] [--keep]
+Usage: python benchmarks/batch_vs_script.py [--images 200] [--size 96] [--repeat N] [--service-first] [--json FILE]
+       [--keep]
 
 One real ComfyUI 0.3.75 on the CPU (LocalWorker, the fixture ESRGAN ``tiny_x4.safetensors`` from
 .runtime/models) serves both sides, one after the other; each side upscales its own ``--images`` distinct
@@ -23,6 +24,12 @@ prompt, from /history, read after the timing), the idle gaps between prompts, an
 (process start to the batch's creation, i.e. hashing + uploads; the tail from the last prompt's end to the
 exit, i.e. downloads left after the last poll), how many outputs were on disk when ComfyUI finished, and
 the CPU seconds of ComfyUI, the script, ``medialab serve`` and ``medialab batch run`` (they share the cores).
+
+Verdict (benchmarks/verdict.py): the batch's throughput over the script's (direct wall / batch wall) against
+issue 13's target of at least 1.2x. Each run is one pair, so ``--repeat N`` runs N pairs (each on a fresh
+ComfyUI, the side that goes first alternating from run to run) and judges the N ratios: the median with a
+bootstrap interval, MET / NOT MET / TOO NOISY TO JUDGE. One pair is a single sample: its verdict says nothing
+about noise (the line says so).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import verdict  # noqa: E402
 from orchestrator.comfy.worker import LocalWorker, free_port  # noqa: E402
 from orchestrator.core import templates as tpl  # noqa: E402
 from orchestrator.runtime import library  # noqa: E402
@@ -62,6 +70,7 @@ from orchestrator.settings import PROJECT_ROOT  # noqa: E402
 MODEL = "tiny_x4.safetensors"
 RUNTIME, MODELS = PROJECT_ROOT / ".runtime" / "comfyui", PROJECT_ROOT / ".runtime" / "models"
 MEDIALAB = Path(sys.executable).parent / "medialab"
+TARGET_SPEEDUP = 1.2  # issue 13: the batch at least 1.2x the script's throughput
 
 
 def noise_png(path: Path, seed: int, size: int) -> None:
@@ -361,19 +370,36 @@ def run(n: int, size: int, keep: bool, service_first: bool = False) -> dict[str,
     return res
 
 
+def judge(ratios: list[float]) -> verdict.Verdict:
+    """The batch's throughput over the script's, one ratio per pair, against at least 1.2x."""
+    return verdict.judge("batch throughput / script throughput (pairs)", ratios, TARGET_SPEEDUP,
+                         higher_is_better=True, unit="x")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs ``--repeat`` pairs; returns the last run's figures with ``runs`` (every run), ``ratios`` and
+    ``verdict`` added."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=200, help="images per side (default 200)")
     ap.add_argument("--size", type=int, default=96, help="input width and height in pixels (default 96)")
+    ap.add_argument("--repeat", type=int, default=1, help="pairs to run and judge (default 1)")
     ap.add_argument("--json", type=Path, help="write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (inputs, outputs, logs)")
-    ap.add_argument("--service-first", action="store_true", help="run the service side first (load drift check)")
+    ap.add_argument("--service-first", action="store_true", help="run the service side first (load drift check; "
+                    "with --repeat, the first run's order, alternating after it)")
     args = ap.parse_args(argv)
-    res = run(args.images, args.size, args.keep, args.service_first)
-    print(report(res))
+    runs = []
+    for k in range(max(1, args.repeat)):
+        res = run(args.images, args.size, args.keep, args.service_first != (k % 2 == 1))
+        print(report(res) + "\n")
+        runs.append(res)
+    ratios = [r["ratio"] for r in runs]
+    v = judge(ratios)
+    print(v.line() + ("  (one pair: a single sample; --repeat N judges N pairs)" if len(ratios) == 1 else ""))
+    out = runs[-1] | {"runs": runs, "ratios": ratios, "verdict": v.as_dict(), "verdict_line": v.line()}
     if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
-    return res
+        args.json.write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ bootstrap confidence interval of the median, and says:
 
 - ``MET`` when the whole interval is on the target's good side;
 - ``NOT MET`` when the whole interval is on its bad side;
-- ``TOO NOISY TO JUDGE`` when the interval straddles the target, or is wider than the target itself allows
-  (``max_width``: for "at most 10 ms added", an interval 14 ms wide says nothing about 10 ms).
+- ``TOO NOISY TO JUDGE`` when the interval straddles the target, or is on its good side but wider than the
+  target itself allows (``max_width``: for "at most 10 ms added", an interval 14 ms wide says nothing about
+  10 ms); an interval wholly on the bad side is ``NOT MET`` however wide.
 
 Stdlib only (``random`` with a fixed seed), so a verdict is the same every time for the same samples.
 """
@@ -72,12 +73,10 @@ def judge(name: str, samples: Sequence[float], target: float, *, higher_is_bette
     mid, lo, hi = median_interval(samples)
     width = max_width if max_width is not None else (abs(target) if unit == "ms" and not higher_is_better else None)
     good_low, good_high = (lo >= target, hi >= target) if higher_is_better else (hi <= target, lo <= target)
-    if width is not None and hi - lo > width:
-        outcome = NOISY
-    elif good_low:
-        outcome = MET
-    elif not good_high:
+    if not good_high:  # the whole interval on the bad side, however wide: no noise makes it MET
         outcome = NOT_MET
+    elif good_low and (width is None or hi - lo <= width):
+        outcome = MET
     else:
         outcome = NOISY
     return Verdict(name, mid, lo, hi, target, higher_is_better, outcome, len(samples), unit)

@@ -26,7 +26,7 @@ from orchestrator.core.errors import Conflict, InvalidInput
 from orchestrator.core.server_urls import redact
 from orchestrator.db import servers as server_db
 from orchestrator.db.engine import Database
-from orchestrator.db.tables import ServerRow
+from orchestrator.db.tables import Artifact, ServerRow
 from orchestrator.runtime import library, media, pipeline_library
 from orchestrator.runtime.dispatcher import Dispatcher
 from orchestrator.runtime.executor import Executor
@@ -184,9 +184,13 @@ class Context:
             self.pool = Pool(self.db, f"medialab-{self.owner}", health_interval_s=self.settings.health_interval_s,
                              refresh_interval_s=self.settings.refresh_interval_s,
                              tokens=self.settings.provider_tokens).start()
-            self.executor.pool = self.pool
+            self.executor.pool = self.executor.staging.pool = self.pool
             self.metrics = Metrics(self.db, self.pool, self.settings)
         return self.pool
+
+    def input_stored(self, art: Artifact) -> None:
+        """A new input artifact: its bytes start towards the servers likely to run its job (``runtime/staging``)."""
+        self.executor.staging.ahead(art)
 
     def start_dispatcher(self, dispatch: bool = True, recover: bool = True) -> Dispatcher:
         policy = self.executor.policy
@@ -198,6 +202,7 @@ class Context:
     def close(self) -> None:
         if self.dispatcher:
             self.dispatcher.stop()
+        self.executor.staging.close()
         if self.pool:
             self.pool.close()
         if self.worker:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     s3_bucket: str = "medialab"
     s3_secure: bool = Field(False, description="https to the S3 endpoint.")
     s3_region: str | None = None
+    stage_ahead_servers: int = Field(2, ge=0, description="An uploaded input is sent at once, in the background, "
+                                     "to the healthy local servers that take inputs by upload when there are at "
+                                     "most this many (0: never); a bigger pool gets it when the job is placed.")
     byte_path: str = Field("auto", description="auto | direct | through: how media moves between ComfyUI and "
                            "storage (auto: direct when the server has the node pack and our bucket).")
 
@@ -117,6 +120,12 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(10_000, ge=1, description="Most jobs (items) in one batch.")
     max_heartbeat_events: int = Field(500, ge=1, description="Most progress events in one trainer heartbeat.")
     max_timeout_s: float = Field(7 * 86400.0, gt=0, description="Largest timeout_s a job may ask for.")
+
+    # -- the API's own costs per request -------------------------------------------------------------
+    key_cache_s: float = Field(2.0, ge=0, le=60, description="How long a process trusts an API key it checked "
+                               "without reading its row again. A revoke through this process (API or the same "
+                               "database engine) counts at once; one by another process (a worker, a replica, "
+                               "the CLI) within this time. Expiry is always checked at once. 0: read every time.")
 
     # -- what a graph may reach (see the README's Security model) --------------------------------------
     url_allowlist: list[str] = Field(default_factory=list, description="Origins (scheme://host[:port]) whose "

@@ -89,6 +89,7 @@ class ServerMonitor:
         self.on_state = on_state or (lambda up, error: None)
         self.max_backoff_s = max_backoff_s
         self.connected = threading.Event()
+        self.sessions = 0  # websocket connections made so far: a new one may be a restarted server
         self._auth = auth_header(self.url, token)
         self._subs: dict[str, Subscription] = {}
         self._lock = threading.Lock()
@@ -150,6 +151,7 @@ class ServerMonitor:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             backoff = 0.5
+            self.sessions += 1
             self.connected.set()
             self.on_state(True, None)
             try:

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import select
@@ -43,6 +42,7 @@ from orchestrator.runtime import ingest
 from orchestrator.runtime.graph_check import check_sandbox
 from orchestrator.runtime.media import MediaInfo
 from orchestrator.runtime.provider_runner import ProviderRunner
+from orchestrator.runtime.staging import Staging, upload_name
 from orchestrator.settings import Settings
 from storage import ObjectStore, StorageUnavailable, StoredObject, key_for
 
@@ -79,12 +79,19 @@ class Executor:
         self.pool = pool
         self.policy = RetryPolicy(settings.max_attempts, settings.retry_base_delay_s)
         self.status_timeout_s = max(settings.event_timeout_s, 5.0)  # a server silent this long on /history is hung
-        self.bytes_through = 0  # media bytes this process moved between ComfyUI and the store
+        self._bytes_out = 0  # output bytes this process moved from ComfyUI into the store
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
         # called with the job id once a job's final state is committed (bootstrap: its pipeline run advances)
         self.on_final: Callable[[str], object] | None = None
         self.providers = ProviderRunner(self)  # attempts on a burst provider (runtime/provider_runner.py)
+        # inputs already on a server, and sent ahead of their job (runtime/staging.py)
+        self.staging = Staging(store, pool, settings.stage_ahead_servers, settings.byte_path)
+
+    @property
+    def bytes_through(self) -> int:
+        """Media bytes this process moved between ComfyUI and the store (inputs sent, outputs ingested)."""
+        return self._bytes_out + self.staging.bytes_sent
 
     # -- the attempts this process follows (only their leases are renewed) ---------------------------
     def hold(self, attempt_id: str) -> None:
@@ -164,17 +171,26 @@ class Executor:
         notes: list[tuple[str, str, dict[str, Any] | None]] = [
             ("info", f"byte path: {path.value} ({why})", {"byte_path": path.value})]
         try:
+            held: list[str] = []  # inputs the server held already (not sent by this attempt)
             if path == transport.BytePath.direct:
                 self._check_stored(inputs)  # the server reads them: a store that is down is a wait, not a failure
                 graph = transport.direct_graph(t, {**job.params, **{name: a.key for name, a in inputs.items()}})
             else:
-                graph = tpl.bind(t, self._upload_inputs(job, inputs, server))
+                graph = tpl.bind(t, self._upload_inputs(job, inputs, server, held))
             # the graph as sent, whatever path queued the job: nothing may leave the server's folders
             check_sandbox(graph, sandbox.Definitions.merge([server.caps]), self.settings, resolve=False)
             extra = {"extra_pnginfo": {"medialab": {"job": job.id, "attempt": attempt.id, "template": t.ref,
                                                     "template_hash": t.content_hash}}}
             with server.monitor.subscribe(attempt.id) as events:
-                server.client.submit(graph, attempt.id, server.monitor.client_id, extra_data=extra)
+                try:
+                    server.client.submit(graph, attempt.id, server.monitor.client_id, extra_data=extra)
+                except ComfyValidationError:
+                    if not held:
+                        raise
+                    # a file we believed on the server is gone (its input folder was cleared): send them again
+                    self.staging.forget(server, held)
+                    graph = tpl.bind(t, self._upload_inputs(job, inputs, server, []))
+                    server.client.submit(graph, attempt.id, server.monitor.client_id, extra_data=extra)
                 notes.append(("info", "submitted", {"prompt_id": attempt.id, "server": server.url}))
                 self._events(job.id, notes)
                 notes = []
@@ -206,14 +222,14 @@ class Executor:
             if self.store.size(art.key) is None:
                 raise ExecutionFailed(f"input {name}: artifact {art.id} ({art.key}) is missing from the object store")
 
-    def _upload_inputs(self, job: Job, inputs: dict[str, Artifact], server: Server) -> dict[str, Any]:
-        """Through path: upload each input to the server; returns the values to bind."""
+    def _upload_inputs(self, job: Job, inputs: dict[str, Artifact], server: Server, held: list[str]) -> dict[str, Any]:
+        """Through path: each input onto the server (unless it holds it already: ``held`` gets those names);
+        returns the values to bind."""
         values = dict(job.params)
         for name, art in inputs.items():
-            with self.store.open(art.key) as f:
-                values[name] = server.client.upload(f, art.sha256 + Path(art.filename).suffix.lower(),
-                                                    subfolder="medialab")
-            self.bytes_through += art.size
+            values[name], was_there = self.staging.put(server, art)  # the bytes it sends count in bytes_through
+            if was_there:
+                held.append(upload_name(art))
         return values
 
     def _follow(self, events: Subscription, job: Job, graph: dict[str, Any], attempt: Attempt, server: Server,
@@ -387,7 +403,7 @@ class Executor:
         for index, ref in enumerate(output_files(ui)):
             art = ingest.store_stream(self.store, server.client.stream_view(ref), origin=f"{origin}:{index}",
                                       filename=ref.filename, **lineage)
-            self.bytes_through += art.size
+            self._bytes_out += art.size
             yield art
 
     def _direct_objects(self, ui: dict[str, Any], origin: str, lineage: dict[str, Any]) -> Iterator[Artifact]:

@@ -18,19 +18,29 @@ def _needs_comfy() -> None:
 
 
 @pytest.mark.comfy
-def test_overhead_compares_the_direct_client_with_the_api(tmp_path: Path) -> None:
+def test_overhead_compares_the_direct_client_with_two_serve_processes(tmp_path: Path) -> None:
     from benchmarks import overhead
+    from benchmarks.verdict import MET, NOISY, NOT_MET
+    from orchestrator.settings import PROJECT_ROOT
 
-    res = overhead.main(["--jobs", "2", "--json", str(tmp_path / "o.json")])
+    res = overhead.main(["--small", "--timeline", "--compare", str(PROJECT_ROOT), "--json", str(tmp_path / "o.json")])
     assert json.loads((tmp_path / "o.json").read_text()) == json.loads(json.dumps(res))
-    assert res["jobs"] == 2 and len(res["raw_ms"]["direct"]) == len(res["raw_ms"]["orchestrator"]) == 2
-    for path in ("direct", "orchestrator"):
-        for total, exec_ms in res["raw_ms"][path]:
-            assert total > exec_ms > 0  # a job's wall time holds ComfyUI's execution and the path's own work
-        assert res[f"{path}_ms"]["p95"] >= res[f"{path}_ms"]["p50"] > 0
-        assert res[f"{path}_own_ms"]["p50"] > 0
-    assert res["ratio_p50"] > 0 and isinstance(res["met"], bool)
-    assert res["added_ms_p50"] == pytest.approx(res["orchestrator_ms"]["p50"] - res["direct_ms"]["p50"])
+    assert res["jobs"] == 3 and set(res["raw_ms"]) == {"a", "b", "c"}
+    assert {len(v) for v in res["raw_ms"].values()} == {3}
+    for path, raw in res["raw_ms"].items():
+        for total, exec_ms in raw:
+            assert total > exec_ms > 0, path  # a job's wall time holds ComfyUI's execution and the path's own work
+        assert res["stats"][path]["total_ms"]["p95"] >= res["stats"][path]["total_ms"]["p50"] > 0
+    assert res["code_b"] == res["code_c"] == str(PROJECT_ROOT / "orchestrator")  # serve ran the code asked for
+    for pairs in res["pairs"].values():
+        assert len(pairs["ratio"]) == len(pairs["own_diff_ms"]) == len(pairs["total_diff_ms"]) == 3
+    assert [v["name"].split(" (")[0] for v in res["verdicts"]] == ["end-to-end ratio b/a", "own time added b-a"]
+    assert res["overall"] in (MET, NOT_MET, NOISY) and len(res["lines"]) == 2 + len(res["info_verdicts"])
+    for path in ("b", "c"):  # every step of the trip was seen, in the order the clock allows
+        steps = {s["step"]: s for s in res["timeline"][path]["steps"]}
+        assert all(s["n"] == 3 for s in steps.values()), steps
+        assert 0 < steps["upload"]["p50_ms"] < steps["exec_start"]["p50_ms"] < steps["exec_end"]["p50_ms"]
+        assert steps["exec_end"]["p50_ms"] <= steps["sse"]["p50_ms"] < steps["bytes"]["p50_ms"]
 
 
 @pytest.mark.comfy

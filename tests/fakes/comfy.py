@@ -132,6 +132,7 @@ class FakeComfy:
     scripts: deque[Script] = field(default_factory=deque)
     models: dict[str, list[str]] = field(default_factory=lambda: {"upscale_models": ["x4.pth"]})
     version: str = "0.3.75"
+    check_inputs: bool = False  # refuse a prompt whose LoadImage names a file never uploaded, as ComfyUI does
     # what happened, for assertions
     submitted: list[str] = field(default_factory=list)
     interrupts: list[str | None] = field(default_factory=list)
@@ -390,6 +391,11 @@ class FakeComfy:
             err = {"type": "invalid_prompt", "message": f"Cannot execute because node {unknown[0]} does not exist.",
                    "details": f"Node ID '#{next(iter(graph))}'", "extra_info": {}}
             return httpx.Response(400, json={"error": err, "node_errors": {}})
+        missing = self._missing_inputs(graph) if self.check_inputs else {}
+        if missing:
+            return httpx.Response(400, json={"error": {"type": "prompt_outputs_failed_validation", "message":
+                                                       "Prompt outputs failed validation", "details": "",
+                                                       "extra_info": {}}, "node_errors": missing})
         with self._lock:
             script = self.scripts.popleft() if self.scripts else Script()
             p = Prompt(next(self._numbers), body.get("prompt_id") or f"fake-{len(self.submitted)}", graph,
@@ -398,6 +404,26 @@ class FakeComfy:
             self.pending.append(p)
             self._wakeup.notify_all()
         return httpx.Response(200, json={"prompt_id": p.prompt_id, "number": p.number, "node_errors": {}})
+
+    def _missing_inputs(self, graph: dict[str, Any]) -> dict[str, Any]:
+        """ComfyUI's node_errors for LoadImage nodes whose file is not in the input folder."""
+        out: dict[str, Any] = {}
+        with self._lock:
+            for node_id, node in graph.items():
+                image = (node.get("inputs") or {}).get("image")
+                if node.get("class_type") == "LoadImage" and isinstance(image, str):
+                    sub, _, name = image.rpartition("/")
+                    if (sub, name) not in self.uploads:
+                        out[node_id] = {"errors": [{"type": "custom_validation_failed",
+                                                    "message": "Custom validation failed for node",
+                                                    "details": f"image - Invalid image file: {image}"}],
+                                        "dependent_outputs": [], "class_type": "LoadImage"}
+        return out
+
+    def clear_inputs(self) -> None:
+        """The server's input folder emptied (a fresh container behind the same URL)."""
+        with self._lock:
+            self.uploads.clear()
 
     def _get_history(self, request: httpx.Request, prompt_id: str | None = None) -> httpx.Response:
         with self._lock:

@@ -17,6 +17,7 @@ from orchestrator.app import templates as template_app
 from orchestrator.core import templates as tpl
 from orchestrator.core.burst import Tiering
 from orchestrator.core.states import JobState
+from orchestrator.db import artifacts as artifact_db
 from orchestrator.db import attempts as attempt_db
 from orchestrator.db import jobs as job_db
 from orchestrator.db import templates as template_db
@@ -51,12 +52,13 @@ class Engine:
         assert srv is not None
         return srv
 
-    def job(self, model: str = "x4.pth", **fields: Any) -> str:
-        """A QUEUED upscale-esrgan v1 job on a fresh input frame; ``fields`` are set on the row."""
+    def job(self, model: str = "x4.pth", image: str | None = None, **fields: Any) -> str:
+        """A QUEUED upscale-esrgan v1 job on a fresh input frame (or the input artifact ``image``); ``fields`` are
+        set on the row."""
         with self.db.session() as s:
             row, t = template_db.get_template(s, "upscale-esrgan", 1)
             frame = artifact_app.store_input(s, self.store, png_bytes(8, 8, (len(self.inputs) * 13 % 256, 0, 0)),
-                                        "frame.png")
+                                             "frame.png") if image is None else artifact_db.get_artifact(s, image)
             job = job_app.create_job(s, row, t, tpl.validate_params(t, {"image": frame.id, "model": model}))
             for name, value in fields.items():
                 setattr(job, name, value)

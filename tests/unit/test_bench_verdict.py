@@ -44,3 +44,8 @@ def test_overall() -> None:
     assert overall([a]) == MET and overall([a, b]) == NOT_MET
     assert overall([a, judge("n", [0.5, 1.5] * 5, 1.0)]) == NOISY
     assert c.outcome == MET
+
+
+def test_a_wide_interval_wholly_on_the_bad_side_is_not_met() -> None:
+    v = judge("added", [30.0, 80.0, 50.0, 45.0, 70.0] * 6, 10.0, unit="ms")
+    assert v.high - v.low > 10.0 and v.low > 10.0 and v.outcome == NOT_MET

@@ -40,6 +40,7 @@ def upload(file: UploadFile, ctx: CtxDep, session: SessionDep, _: RunKey,
     that does not decode (422), max_tags and max_name_length for the tags (422)."""
     art = artifact_app.store_input(session, ctx.store, file.file, file.filename or "upload", (tags or "").split(","),
                               settings=ctx.settings)
+    ctx.input_stored(art)
     return artifact_out(session, art)
 
 
