@@ -30,11 +30,44 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+class Pending(Protocol):
+    """Bytes written and hashed but perhaps not yet durable, nor visible under their key: ``open`` reads them,
+    ``commit`` makes them durable and visible under ``obj.key`` (what a row may name from then on), ``abort``
+    drops them. A caller may commit from another thread while it prepares the row."""
+
+    obj: StoredObject
+
+    def open(self) -> BinaryIO: ...
+
+    def commit(self) -> StoredObject: ...
+
+    def abort(self) -> None: ...
+
+
+class Done:
+    """A ``Pending`` of a backend whose write is durable and visible at once (an S3 PUT)."""
+
+    def __init__(self, store: ObjectStore, obj: StoredObject) -> None:
+        self.store, self.obj = store, obj
+
+    def open(self) -> BinaryIO:
+        return self.store.open(self.obj.key)
+
+    def commit(self) -> StoredObject:
+        return self.obj
+
+    def abort(self) -> None:
+        pass
+
+
 class ObjectStore(Protocol):
     bucket: str | None  # the bucket ComfyUI servers can reach directly; None for local disk
 
     def put_stream(self, chunks: Iterable[bytes]) -> StoredObject:
-        """Store bytes as they arrive (never all in memory); returns the content-addressed object."""
+        """Store bytes as they arrive (never all in memory); returns the content-addressed object, durable."""
+
+    def stage_stream(self, chunks: Iterable[bytes]) -> Pending:
+        """Write bytes as they arrive; durable and visible under their key only once ``commit`` returns."""
 
     def put_file(self, path: Path, sha256: str | None = None) -> StoredObject:
         """Store a local file (``sha256``: its hash, when the caller knows it already)."""

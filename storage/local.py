@@ -27,16 +27,19 @@ class LocalDiskStore:
         return path
 
     def _commit(self, tmp: Path, sha: str, size: int) -> StoredObject:
+        """Move a written, fsynced temporary file under its key and make the rename durable too (the directory's
+        fsync): from then on a row may name it, whatever crashes."""
         key = key_for(sha)
         dest = self._path(key)
         if dest.exists():
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
         return StoredObject(key, sha, size)
 
-    def put_stream(self, chunks: Iterable[bytes]) -> StoredObject:
+    def stage_stream(self, chunks: Iterable[bytes]) -> LocalPending:
         h, size = hashlib.sha256(), 0
         fd, name = tempfile.mkstemp(dir=self.root / "tmp")
         try:
@@ -45,12 +48,13 @@ class LocalDiskStore:
                     h.update(chunk)
                     size += len(chunk)
                     f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
-        return self._commit(Path(name), h.hexdigest(), size)
+        return LocalPending(self, Path(name), StoredObject(key_for(h.hexdigest()), h.hexdigest(), size))
+
+    def put_stream(self, chunks: Iterable[bytes]) -> StoredObject:
+        return self.stage_stream(chunks).commit()
 
     def put_file(self, path: Path, sha256: str | None = None) -> StoredObject:
         """``sha256``: the file's hash when the caller computed it already (it is not read twice)."""
@@ -63,6 +67,7 @@ class LocalDiskStore:
         fd, name = tempfile.mkstemp(dir=self.root / "tmp")
         os.close(fd)
         shutil.copyfile(path, name)
+        _fsync_file(Path(name))
         return self._commit(Path(name), sha, size)
 
     def open(self, key: str) -> BinaryIO:
@@ -83,3 +88,38 @@ class LocalDiskStore:
 
     def presigned_get(self, key: str, expires_s: int = 3600, filename: str | None = None) -> str | None:
         return None  # served by the API (GET /v1/artifacts/{id}/content)
+
+
+class LocalPending:
+    """Bytes in a temporary file of the store (see ``storage.base.Pending``)."""
+
+    def __init__(self, store: LocalDiskStore, tmp: Path, obj: StoredObject) -> None:
+        self.store, self.tmp, self.obj = store, tmp, obj
+        self._done = False
+
+    def open(self) -> BinaryIO:
+        return self.store.open(self.obj.key) if self._done else self.tmp.open("rb")
+
+    def commit(self) -> StoredObject:
+        if not self._done:
+            _fsync_file(self.tmp)
+            self.store._commit(self.tmp, self.obj.sha256, self.obj.size)
+            self._done = True
+        return self.obj
+
+    def abort(self) -> None:
+        if not self._done:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -22,7 +22,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from storage.base import StoredObject, key_for, sha256_file
+from storage.base import Done, StoredObject, key_for, sha256_file
 
 T = TypeVar("T")
 NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"}
@@ -144,6 +144,9 @@ class MinioStore:
             return self.put_file(Path(name), h.hexdigest())
         finally:
             Path(name).unlink(missing_ok=True)
+
+    def stage_stream(self, chunks: Iterable[bytes]) -> Done:
+        return Done(self, self.put_stream(chunks))  # an S3 PUT is durable once answered
 
     def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         try:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import select
@@ -44,7 +45,7 @@ from orchestrator.runtime.media import MediaInfo
 from orchestrator.runtime.provider_runner import ProviderRunner
 from orchestrator.runtime.staging import Staging, upload_name
 from orchestrator.settings import Settings
-from storage import ObjectStore, StorageUnavailable, StoredObject, key_for
+from storage import ObjectStore, Pending, StorageUnavailable, StoredObject, key_for
 
 if TYPE_CHECKING:
     from orchestrator.runtime.pool import Pool, Server
@@ -87,6 +88,7 @@ class Executor:
         self.providers = ProviderRunner(self)  # attempts on a burst provider (runtime/provider_runner.py)
         # inputs already on a server, and sent ahead of their job (runtime/staging.py)
         self.staging = Staging(store, pool, settings.stage_ahead_servers, settings.byte_path)
+        self._sync = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")  # outputs made durable
 
     @property
     def bytes_through(self) -> int:
@@ -139,7 +141,7 @@ class Executor:
         try:
             t = self.template(job)
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
-            artifacts = self._ingest(job, t, attempt, server, history)
+            artifacts, durable = self._ingest(job, t, attempt, server, history)
         except DB_ERRORS:
             raise  # not the job's failure: see execute
         except StorageUnavailable as exc:  # inputs could not be read: nothing ran yet
@@ -157,7 +159,8 @@ class Executor:
             log.exception("job %s failed", job.id)
             return self.finish(attempt, JobState.FAILED, f"internal error: {exc!r}",
                                 {"message": f"internal error: {exc!r}"})
-        return self.finish(attempt, JobState.SUCCEEDED, f"{len(artifacts)} output(s) stored", None, artifacts)
+        return self.finish(attempt, JobState.SUCCEEDED, f"{len(artifacts)} output(s) stored", None, artifacts,
+                           durable=durable)
 
     # -- steps -------------------------------------------------------------------------------------
     def _run(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server) -> dict[str, Any]:
@@ -351,9 +354,10 @@ class Executor:
         return entry
 
     def _ingest(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
-                history: dict[str, Any]) -> list[Artifact]:
-        """Store the outputs; while the object store is unreachable, wait and try again (the outputs wait
-        on the ComfyUI server: the GPU work is never run again for this)."""
+                history: dict[str, Any]) -> tuple[list[Artifact], list[Pending]]:
+        """Store the outputs (their rows, and their objects still to be made durable before the rows commit:
+        ``finish``); while the object store is unreachable, wait and try again (the outputs wait on the ComfyUI
+        server: the GPU work is never run again for this)."""
         delay = 1.0
         while True:
             try:
@@ -367,23 +371,31 @@ class Executor:
                 delay = min(delay * 2, 30.0)
 
     def _collect(self, job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server,
-                 history: dict[str, Any]) -> list[Artifact]:
+                 history: dict[str, Any]) -> tuple[list[Artifact], list[Pending]]:
         """Stream every file of the template's output nodes (any kind: images, gifs, video, audio) into
         the store. Origins are per job, so whichever attempt made them, a job has one set of outputs."""
-        artifacts = []
+        artifacts: list[Artifact] = []
+        durable: list[Pending] = []
         input_ids = [job.params[p.name] for p in t.manifest.parameters
                      if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)]
         outputs = history.get("outputs") or {}
-        for node_id, name in tpl.output_node_ids(t).items():
-            ui = outputs.get(node_id) or {}
-            origin = f"output:{job.id}:{node_id}"  # and the file's index on the node
-            lineage = self.lineage(job, t, attempt, server, name, input_ids)
-            artifacts += (self._direct_objects(ui, origin, lineage) if "medialab_objects" in ui
-                          else self._stream_outputs(ui, server, origin, lineage))
-        if not artifacts:
-            raise ExecutionFailed(f"{t.ref} finished without files on its output nodes "
-                                  f"({', '.join(o.node for o in t.manifest.outputs)})")
-        return artifacts
+        try:
+            for node_id, name in tpl.output_node_ids(t).items():
+                ui = outputs.get(node_id) or {}
+                origin = f"output:{job.id}:{node_id}"  # and the file's index on the node
+                lineage = self.lineage(job, t, attempt, server, name, input_ids)
+                if "medialab_objects" in ui:
+                    artifacts += self._direct_objects(ui, origin, lineage)
+                else:
+                    artifacts += [art for art, _pending in self._stream_outputs(ui, server, origin, lineage, durable)]
+            if not artifacts:
+                raise ExecutionFailed(f"{t.ref} finished without files on its output nodes "
+                                      f"({', '.join(o.node for o in t.manifest.outputs)})")
+        except BaseException:
+            for pending in durable:  # written but never named by a row: dropped (a retried ingest writes them again)
+                pending.abort()
+            raise
+        return artifacts, durable
 
     @staticmethod
     def lineage(job: Job, t: tpl.TemplateVersion, attempt: Attempt, server: Server, output_name: str,
@@ -397,14 +409,16 @@ class Executor:
                     provider=server.name if burst else None,
                     remote_job_id=(remote_id or attempt.remote_id or attempt.id) if burst else None)
 
-    def _stream_outputs(self, ui: dict[str, Any], server: Server, origin: str,
-                        lineage: dict[str, Any]) -> Iterator[Artifact]:
-        """Through path: stream each file from /view into the store (never whole in memory), sniffed there."""
+    def _stream_outputs(self, ui: dict[str, Any], server: Server, origin: str, lineage: dict[str, Any],
+                        durable: list[Pending]) -> Iterator[tuple[Artifact, Pending]]:
+        """Through path: stream each file from /view into the store (never whole in memory), sniffed there; each
+        object's ``Pending`` goes into ``durable`` as soon as it is written (aborted if the ingest fails)."""
         for index, ref in enumerate(output_files(ui)):
-            art = ingest.store_stream(self.store, server.client.stream_view(ref), origin=f"{origin}:{index}",
-                                      filename=ref.filename, **lineage)
+            art, pending = ingest.stage_stream(self.store, server.client.stream_view(ref),
+                                               origin=f"{origin}:{index}", filename=ref.filename, **lineage)
+            durable.append(pending)
             self._bytes_out += art.size
-            yield art
+            yield art, pending
 
     def _direct_objects(self, ui: dict[str, Any], origin: str, lineage: dict[str, Any]) -> Iterator[Artifact]:
         """Direct path: the pack stored the objects; check each is there, whole, under its own hash."""
@@ -476,10 +490,13 @@ class Executor:
     def finish(self, attempt: Attempt, state: JobState, reason: str, error: dict[str, Any] | None,
                 artifacts: list[Artifact] | None = None, requeue_in: float | None = None, *,
                 counts: bool = True, abandoned: bool = False, gpu_s: float | None = None,
-                local_only: bool = False) -> JobState:
+                local_only: bool = False, durable: Sequence[Pending] = ()) -> JobState:
         """End the attempt and move its job, in one commit. ``gpu_s``: the provider's billed seconds (default: from
-        the attempt's start to now), priced at the attempt's rate; ``local_only``: requeued for the local tier."""
+        the attempt's start to now), priced at the attempt's rate; ``local_only``: requeued for the local tier;
+        ``durable``: the artifacts' objects, made durable (in other threads, while the rows are written) before
+        the commit that names them."""
         gpu_s = burst.seconds_between(attempt.started_at, now()) if gpu_s is None else gpu_s
+        syncing = [self._sync.submit(pending.commit) for pending in durable]
         with self.db.session() as s:
             attempt_state = JobState.FAILED if state == JobState.QUEUED else state
             if not attempt_db.finish_attempt(s, attempt.id, self.owner, attempt_state, error, counts=counts,
@@ -501,6 +518,8 @@ class Executor:
                 s.rollback()
                 log.warning("job %s was no longer RUNNING when attempt %s ended", attempt.job_id, attempt.id)
                 return job_db.get_job(s, attempt.job_id).state
+            for done in syncing:  # an object is durable before the row that names it
+                done.result()
             s.commit()
         if state.terminal and self.on_final is not None:
             try:

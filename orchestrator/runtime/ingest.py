@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from orchestrator.db.tables import Artifact
 from orchestrator.runtime import media
 from orchestrator.settings import Settings, get_settings
-from storage import ObjectStore, StoredObject
+from storage import ObjectStore, Pending, StoredObject
 
 SNIFF_HEAD = 1 << 20  # bytes read to recognise an image by its header
 
@@ -88,10 +88,25 @@ def store_stream(store: ObjectStore, chunks: Iterable[bytes], *, origin: str | C
     with ``filename`` for what is not an image) unless the caller names the ``content_type``; then the row
     (``artifact``). The object is stored before the row that names it exists: the same bytes stored again
     (a retried ingest) land on the same content-addressed object."""
-    obj = store.put_stream(chunks)
-    if content_type is None:
-        with store.open(obj.key) as f:
-            info = media.MediaInfo(*sniff(f, filename))
-    else:
-        info = media.MediaInfo(content_type)
-    return artifact(obj, info, origin=origin, role=role, filename=filename, **fields)
+    art, pending = stage_stream(store, chunks, origin=origin, role=role, filename=filename, content_type=content_type,
+                                **fields)
+    pending.commit()
+    return art
+
+
+def stage_stream(store: ObjectStore, chunks: Iterable[bytes], *, origin: str | Callable[[StoredObject], str],
+                 role: str, filename: str, content_type: str | None = None,
+                 **fields: Any) -> tuple[Artifact, Pending]:
+    """``store_stream`` with the object's durability left to the caller: the row, and the ``Pending`` whose
+    ``commit`` must return before any transaction naming the row commits (it may run while the rows are written)."""
+    pending = store.stage_stream(chunks)
+    try:
+        if content_type is None:
+            with pending.open() as f:
+                info = media.MediaInfo(*sniff(f, filename))
+        else:
+            info = media.MediaInfo(content_type)
+    except BaseException:
+        pending.abort()
+        raise
+    return artifact(pending.obj, info, origin=origin, role=role, filename=filename, **fields), pending
