@@ -69,8 +69,9 @@ class ObjectStore(Protocol):
     def stage_stream(self, chunks: Iterable[bytes]) -> Pending:
         """Write bytes as they arrive; durable and visible under their key only once ``commit`` returns."""
 
-    def put_file(self, path: Path, sha256: str | None = None) -> StoredObject:
-        """Store a local file (``sha256``: its hash, when the caller knows it already)."""
+    def put_file(self, path: Path, sha256: str | None = None, move: bool = False) -> StoredObject:
+        """Store a local file (``sha256``: its hash, when the caller knows it already; ``move``: the file is the
+        caller's own temporary copy, which the store may take instead of copying it)."""
 
     def open(self, key: str) -> BinaryIO: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -56,8 +57,9 @@ class LocalDiskStore:
     def put_stream(self, chunks: Iterable[bytes]) -> StoredObject:
         return self.stage_stream(chunks).commit()
 
-    def put_file(self, path: Path, sha256: str | None = None) -> StoredObject:
-        """``sha256``: the file's hash when the caller computed it already (it is not read twice)."""
+    def put_file(self, path: Path, sha256: str | None = None, move: bool = False) -> StoredObject:
+        """``sha256``: the file's hash when the caller computed it already (it is not read twice); ``move``: the
+        file is taken (renamed into the store when it is on the same file system) rather than copied."""
         if sha256 is None:
             sha, size = sha256_file(path)
         else:
@@ -66,7 +68,16 @@ class LocalDiskStore:
             return StoredObject(key_for(sha), sha, size)
         fd, name = tempfile.mkstemp(dir=self.root / "tmp")
         os.close(fd)
-        shutil.copyfile(path, name)
+        moved = False
+        if move:
+            try:
+                os.replace(path, name)
+                moved = True
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:  # another file system: copied
+                    raise
+        if not moved:
+            shutil.copyfile(path, name)
         _fsync_file(Path(name))
         return self._commit(Path(name), sha, size)
 

@@ -118,7 +118,7 @@ class MinioStore:
             raise StorageError(f"stat {key}: {exc}") from exc
 
     # -- the ObjectStore interface ---------------------------------------------------------------------
-    def put_file(self, path: Path, sha256: str | None = None) -> StoredObject:
+    def put_file(self, path: Path, sha256: str | None = None, move: bool = False) -> StoredObject:
         if sha256 is None:
             sha256, size = sha256_file(path)
         else:

@@ -78,7 +78,8 @@ def store_checked(store: ObjectStore, spool: media.Spooled, info: media.MediaInf
                   origin: str | Callable[[StoredObject], str], role: str, filename: str, **fields: Any) -> Artifact:
     """Bytes already spooled and inspected (``checked_upload``): stored from the spool under the hash it was
     spooled with, then the row (``artifact``). No database connection is used: the bytes may be gigabytes."""
-    return artifact(store.put_file(spool.path, spool.sha256), info, origin=origin, role=role, filename=filename,
+    return artifact(store.put_file(spool.path, spool.sha256, move=spool.owned), info, origin=origin, role=role,
+                    filename=filename,
                     **fields)
 
 

@@ -74,6 +74,7 @@ class Spooled:
     path: Path
     sha256: str
     size: int
+    owned: bool = True  # our own spool file (it may be moved into the store); False: the caller's file
 
 
 # -- the rules (pure) -----------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def spooled(data: bytes | Iterable[bytes] | BinaryIO | Path, limits: MediaLimits
         if size > limits.upload_bytes:
             raise too_large(f"{data.name} is {size} bytes", "max_upload_bytes", limits.upload_bytes)
         sha, size = sha256_file(data)
-        yield Spooled(data, sha, size)
+        yield Spooled(data, sha, size, owned=False)
         return
     if isinstance(data, bytes):
         chunks: Iterable[bytes] = [data]

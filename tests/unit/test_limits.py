@@ -460,9 +460,9 @@ class WatchedStore(LocalDiskStore):
         super().__init__(root)
         self.db, self.seen = database, []
 
-    def put_file(self, path: Path, sha256: str | None = None):  # noqa: ANN201
+    def put_file(self, path: Path, sha256: str | None = None, move: bool = False):  # noqa: ANN201
         self.seen.append(self.db.engine.pool.checkedout())
-        return super().put_file(path, sha256)
+        return super().put_file(path, sha256, move)
 
 
 class WatchedUpload(io.BytesIO):

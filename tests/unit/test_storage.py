@@ -35,3 +35,15 @@ def test_keys_cannot_escape_the_store(tmp_path: Path) -> None:
     store = LocalDiskStore(tmp_path / "objects")
     with pytest.raises(ValueError):
         store.open("sha256/../../etc/passwd")
+
+
+def test_put_file_takes_a_moved_file_and_leaves_a_callers_file(tmp_path: Path) -> None:
+    store = LocalDiskStore(tmp_path / "objects")
+    mine, theirs = tmp_path / "spool", tmp_path / "theirs.png"
+    mine.write_bytes(b"spooled bytes")
+    theirs.write_bytes(b"the user's own file")
+    a = store.put_file(mine, move=True)
+    b = store.put_file(theirs)
+    assert not mine.exists() and theirs.read_bytes() == b"the user's own file"
+    assert store.open(a.key).read() == b"spooled bytes" and store.exists(b.key)
+    assert not list((tmp_path / "objects" / "tmp").iterdir())
