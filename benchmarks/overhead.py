@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -231,6 +232,7 @@ class ApiClient:
     def __init__(self, served: Served, comfy: ComfyClient) -> None:
         self.http = httpx.Client(base_url=served.url, headers={"X-API-Key": served.key}, timeout=120)
         self.comfy = comfy
+        self.served = served
 
     def job(self, data: bytes, i: int) -> Trip:
         t0, start, marks = time.time(), time.perf_counter(), {}
@@ -356,12 +358,15 @@ def run(jobs: int, code: Path, compare: Path | None, timeline: bool) -> dict[str
         for k, p in enumerate(names):  # warm-up: model load, first-prompt costs, connections, caches
             clients[p].job(frame(1_000_000 + k), 1_000_000 + k)
         trips: dict[str, list[Trip]] = {p: [] for p in names}
+        serving = {p: psutil.Process(clients[p].served.pid) for p in names if p != "a"}
+        cpu0 = {p: _cpu_s(proc) for p, proc in serving.items()}
         for i in range(jobs):  # interleaved, the order rotating each round: drift on a busy machine hits all alike
             for k in range(len(names)):
                 p = names[(i + k) % len(names)]
                 n = len(names) * i + k
                 trips[p].append(clients[p].job(frame(n), n))
         res["load_after"] = load()
+        res["serve_cpu_ms_per_job"] = {p: (_cpu_s(proc) - cpu0[p]) * 1000 / max(jobs, 1) for p, proc in serving.items()}
         timelines = {p: [clients[p].settle(t) for t in trips[p]] for p in names if p != "a"}  # after the timing
     res["stats"] = {p: path_stats(ts) for p, ts in trips.items()}
     res["pairs"] = {f"{p}_vs_a": against(trips["a"], trips[p]) for p in names if p != "a"}
@@ -398,6 +403,8 @@ def report(res: dict[str, Any]) -> str:
         t, o, e = s["total_ms"], s["own_ms"], s["exec_ms"]
         lines.append(f"{label[p]:22}: wall p50 {t['p50']:7.1f} ms  p95 {t['p95']:7.1f} ms   own p50 {o['p50']:6.1f} "
                      f"ms  p95 {o['p95']:6.1f} ms   (ComfyUI's execution p50 {e['p50']:.1f} ms)")
+    for p, ms in (res.get("serve_cpu_ms_per_job") or {}).items():
+        lines.append(f"CPU of the serve process of ({p}) per job (user + system, its threads together): {ms:.1f} ms")
     lines.append("verdicts (median of the interleaved pairs, 90% bootstrap interval of the median):")
     lines += [f"  {line}" for line in res["lines"][:len(res["verdicts"])]]
     lines.append("for information:")
@@ -409,6 +416,11 @@ def report(res: dict[str, Any]) -> str:
                      "time.time(); a negative gap: the step overlaps the one before):")
         lines += [f"  {s['what']:30} {_ms(s['p50_ms'])}   gap {_ms(s['gap_p50_ms'])}" for s in tl["steps"]]
     return "\n".join(lines)
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def _ms(x: float | None) -> str:

@@ -49,13 +49,17 @@ def test_ingest_memory_measures_both_ways_into_both_stores_and_both_byte_paths(t
         pytest.skip("curl is not installed (the upload client of benchmark 5)")
     pytest.importorskip("moto", reason="moto[server] (the dev extra) is the S3 server of benchmark 5")
     from benchmarks import ingest_memory
+    from benchmarks.verdict import MET, NOISY, NOT_MET
 
-    res = ingest_memory.main(["--mb", "4", "--json", str(tmp_path / "m.json")])
+    res = ingest_memory.main(["--mb", "4", "--repeat", "2", "--json", str(tmp_path / "m.json")])
     assert json.loads((tmp_path / "m.json").read_text()) == res
     ways = {(r["way"].split()[0], r["store"]) for r in res["ingest"]}
     assert ways == {(w, s) for w in ("ComfyUI", "client") for s in ("local disk", "S3 (moto)")}
     for r in res["ingest"]:
         assert r["mib"] == 4 and r["seconds"] > 0 and r["idle_rss_mib"] > 0 and r["peak_above_idle_mib"] >= 0
+        assert len(r["samples"]) == r["verdict"]["samples"] == 2 and r["verdict"]["target"] == 64
+        assert r["outcome"] == r["verdict"]["outcome"] in (MET, NOT_MET, NOISY)
+    assert res["overall"] in (MET, NOT_MET, NOISY)
     by = {r["byte_path"]: r for r in res["byte_paths"]}
     assert by["through"]["state"] == by["direct"]["state"] == "SUCCEEDED"
     assert by["through"]["through_orchestrator_bytes"] == by["through"]["media_bytes"] > 0
