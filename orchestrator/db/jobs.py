@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, update
-from sqlmodel import Session, col, select
+from sqlalchemy import func, insert, or_, update
+from sqlalchemy.orm import make_transient_to_detached
+from sqlmodel import Session, SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from orchestrator.core.errors import InvalidInput
 from orchestrator.core.states import JobState, check_transition
 from orchestrator.db.ids import get_by_id
+from orchestrator.db.notify import QUEUED
 from orchestrator.db.tables import (
     Job,
     JobEvent,
@@ -30,6 +33,37 @@ def idempotent_job(session: Session, api_key_id: str | None, idempotency_key: st
         raise InvalidInput(f"Idempotency-Key {idempotency_key!r} was used for job {job.id} with another request "
                            "body; use a new key for a new request")
     return job
+
+
+def write_new(session: Session, rows: Sequence[SQLModel]) -> None:
+    """Write new ``rows`` (a job, its inputs, first event, audit row: any tables) in one round trip on
+    PostgreSQL, else add them to the session; the caller commits, as always.
+
+    On PostgreSQL the rows go as one statement: each an INSERT of a data-modifying WITH, with every column value
+    the ORM would send (foreign keys are checked at the statement's end, so their order is free). What the
+    database makes (an event's serial id) is not read back: the rows other than jobs stay out of the session,
+    and a ``Job`` among them is attached as persistent (no reload). A job event among them rings its job's bell
+    (and QUEUED's) after the commit, as a flushed one would (``db/engine.py``)."""
+    if session.get_bind().dialect.name != "postgresql" or len(rows) < 2:
+        session.add_all(rows)
+        return
+    session.flush()  # what the session holds already goes first (an artifact the job's inputs name)
+    inserts = [insert(type(r).__table__).values(  # type: ignore[attr-defined]
+        {c.name: getattr(r, c.name) for c in r.__table__.columns  # type: ignore[attr-defined]
+         if not (c.primary_key and getattr(r, c.name) is None)}) for r in rows]
+    statement = inserts[-1]
+    for i, row_insert in enumerate(inserts[:-1]):
+        statement = statement.add_cte(row_insert.cte(f"row_{i}"))
+    session.execute(statement)
+    ring = session.info.setdefault("ring", set()) if "bell" in session.info else set()
+    for r in rows:
+        if isinstance(r, Job):
+            make_transient_to_detached(r)
+            session.add(r)  # persistent as written, never reloaded
+        elif isinstance(r, JobEvent):
+            ring.add(r.job_id)
+            if r.state == JobState.QUEUED:
+                ring.add(QUEUED)
 
 
 def get_job(session: Session, job_id: str) -> Job:

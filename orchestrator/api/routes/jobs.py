@@ -46,12 +46,14 @@ def submit(body: JobSubmit, ctx: CtxDep, session: SessionDep, key: RunKey,
                "key with another body is 422."))] = None) -> JobOut:
     request_hash = hashlib.sha256(
         json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest() if idempotency_key else None
-    job = job_app.submit_job(session, ctx.pool, body.template, body.params, body.version,
-                             api_key_id=key.id, priority=body.priority, timeout_s=body.timeout_s,
-                             idempotency_key=idempotency_key, request_hash=request_hash, settings=ctx.settings)
+    job, created = job_app.submit(session, ctx.pool, body.template, body.params, body.version,
+                                  api_key_id=key.id, priority=body.priority, timeout_s=body.timeout_s,
+                                  idempotency_key=idempotency_key, request_hash=request_hash, settings=ctx.settings)
     if ctx.dispatcher:
         ctx.dispatcher.wake()
-    return job_out(session, job)
+    if created:  # the job as written (QUEUED): no attempt, output or cost yet, so nothing to read back
+        return JobOut.model_validate(job)
+    return job_out(session, job)  # an earlier submit's job (Idempotency-Key): as it is now
 
 
 @router.get("", response_model=list[JobOut])
