@@ -200,6 +200,7 @@ class Context:
         return self.dispatcher.start(dispatch, recover)
 
     def close(self) -> None:
+        self.executor.stop()  # attempts still followed are left to the next process, not failed by the shutdown
         if self.dispatcher:
             self.dispatcher.stop()
         self.executor.staging.close()

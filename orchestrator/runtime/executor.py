@@ -89,11 +89,21 @@ class Executor:
         # inputs already on a server, and sent ahead of their job (runtime/staging.py)
         self.staging = Staging(store, pool, settings.stage_ahead_servers, settings.byte_path)
         self._sync = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")  # outputs made durable
+        self.stopping = threading.Event()  # set by ``stop`` when this process shuts down
 
     @property
     def bytes_through(self) -> int:
         """Media bytes this process moved between ComfyUI and the store (inputs sent, outputs ingested)."""
         return self._bytes_out + self.staging.bytes_sent
+
+    def stop(self) -> None:
+        """This process is shutting down: an attempt whose server connection closes under it from now on is left
+        RUNNING (its lease lapses; the next process adopts it and reconciles it with its server), never failed."""
+        self.stopping.set()
+
+    def _when_stopping(self) -> type[Exception] | tuple[()]:
+        """What ``_execute`` catches as "stopped, not failed": every error once ``stop`` was called, else none."""
+        return Exception if self.stopping.is_set() else ()
 
     # -- the attempts this process follows (only their leases are renewed) ---------------------------
     def hold(self, attempt_id: str) -> None:
@@ -144,6 +154,10 @@ class Executor:
             artifacts, durable = self._ingest(job, t, attempt, server, history)
         except DB_ERRORS:
             raise  # not the job's failure: see execute
+        except self._when_stopping() as exc:  # this process is shutting down under the attempt: not its failure
+            log.info("attempt %s of job %s left as it is for the next process (this one is stopping: %s)",
+                     attempt.id, job.id, _first_line(exc))
+            return JobState.RUNNING
         except StorageUnavailable as exc:  # inputs could not be read: nothing ran yet
             return self.wait_for_dependency(job, attempt, str(exc))
         except Interrupted as exc:

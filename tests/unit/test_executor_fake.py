@@ -127,3 +127,20 @@ def test_a_prompt_that_never_ends_times_out(engine: Engine) -> None:
 def read(engine: Engine, key: str) -> bytes:
     with engine.store.open(key) as f:
         return f.read()
+
+
+def test_a_shutdown_under_a_running_attempt_leaves_it_to_the_next_process(engine: Engine) -> None:
+    engine.fakes[0].script(Script(run_s=1.0))
+    job_id = engine.job()
+    attempt_id = engine.attempt(job_id)
+    result: list[JobState] = []
+    runner = threading.Thread(target=lambda: result.append(engine.executor.execute(attempt_id, engine.server())))
+    runner.start()
+    engine.fakes[0].wait_running(attempt_id)
+    engine.executor.stop()  # what Context.close does first
+    engine.pool.close()  # the clients and sockets close under the attempt
+    runner.join(10)
+    assert result == [JobState.RUNNING]
+    job, [attempt] = engine.get(job_id), engine.attempts(job_id)
+    assert job.state == JobState.RUNNING and attempt.state == JobState.RUNNING  # adopted by the next process
+    assert "internal error" not in " ".join(engine.reasons(job_id))
