@@ -94,10 +94,14 @@ class Placer:
         self.mode, self.max_inflight, self.max_bypass, self.lock = mode, max_inflight, max_bypass, lock
         self.passed: dict[Hashable, int] = {}  # job -> later jobs of its priority placed before it
         self.cursor = 0
+        self._can: dict[tuple[str, Requirements], bool] = {}  # (server, requirements) -> can run, for one plan
 
     def _ready(self, s: ServerView, req: Requirements) -> bool:
-        return (s.inflight < self.max_inflight and s.healthy and s.active and not s.gpu_leased
-                and s.can_run(req, self.lock))
+        if not (s.inflight < self.max_inflight and s.healthy and s.active and not s.gpu_leased):
+            return False
+        if (key := (s.url, req)) not in self._can:  # a round asks it of each server for many jobs alike
+            self._can[key] = s.can_run(req, self.lock)
+        return self._can[key]
 
     def plan(self, jobs: Sequence[tuple[Hashable, int, Requirements]],
              servers: Sequence[ServerView]) -> list[tuple[Hashable, ServerView]]:
@@ -105,6 +109,7 @@ class Placer:
         requirements) in dispatch order; the views' ``inflight`` and ``warm`` are updated as jobs are placed."""
         placed: dict[int, ServerView] = {}
         free = [s for s in servers if s.inflight < self.max_inflight]  # only these can take a job this round
+        self._can = {}  # capabilities may have changed since the last round
 
         def take(i: int, s: ServerView) -> None:
             req = jobs[i][2]

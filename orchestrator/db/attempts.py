@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from orchestrator.core.burst import Spend
-from orchestrator.core.states import JobState
+from orchestrator.core.states import JobState, check_transition
 from orchestrator.db.jobs import transition
 from orchestrator.db.tables import (
     Attempt,
@@ -32,12 +34,44 @@ def inflight_by_server(session: Session) -> dict[str, int]:
     return dict(session.exec(q).all())
 
 
+def latest_running_jobs(session: Session) -> dict[str, tuple[int | None, dict[str, Any]]]:
+    """Server URL -> (template version id, params) of the job started there last among those running on it:
+    what the server has loaded or is about to load, whichever dispatcher (replica) sent it."""
+    q = (select(Attempt.server, Attempt.started_at, Job.template_version_id, Job.params)
+         .join(Job, col(Job.id) == col(Attempt.job_id)).where(Attempt.state == JobState.RUNNING))
+    best: dict[str, tuple[datetime, int | None, dict[str, Any]]] = {}
+    for server, started, version_id, params in session.exec(q).all():
+        if server not in best or started > best[server][0]:
+            best[server] = (started, version_id, params)
+    return {server: (version_id, params) for server, (_at, version_id, params) in best.items()}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One job to start on a server (``start_attempts``): ``tier``, ``rate``: the server's when dispatched;
+    ``estimate``: the attempt's expected cost, held against the burst budgets until it ends."""
+
+    job_id: str
+    server: str
+    owner: str | None
+    lease_s: float
+    comfy_version: str | None = None
+    reason: str = "dispatched"
+    tier: int = 0
+    rate: float = 0.0
+    estimate: float = 0.0
+
+
+CLAIM_CHUNK = 500  # claims per statement (SQLite allows 32766 bound values, PostgreSQL 65535)
+
+
 def start_attempt(session: Session, job: Job, server: str, owner: str | None, lease_s: float,
                   comfy_version: str | None = None, reason: str = "dispatched", *, tier: int = 0, rate: float = 0.0,
                   estimate: float = 0.0) -> Attempt | None:
     """Claim a QUEUED job for a server: RUNNING + a new attempt owned by ``owner``. The caller commits.
     None when another dispatcher got it first. ``tier``, ``rate``: the server's when dispatched; ``estimate``:
-    the attempt's expected cost, held against the burst budgets until it ends."""
+    the attempt's expected cost, held against the burst budgets until it ends. The attempt is in the session
+    (the caller may set more of it); a dispatch round claims its many jobs with ``start_attempts``."""
     number = session.exec(select(func.count()).where(Attempt.job_id == job.id)).one() + 1
     attempt = Attempt(job_id=job.id, number=number, server=server, owner=owner, comfy_version=comfy_version,
                       lease_until=now() + timedelta(seconds=lease_s), tier=tier, rate=rate, cost=estimate)
@@ -46,6 +80,51 @@ def start_attempt(session: Session, job: Job, server: str, owner: str | None, le
         return None
     session.add(attempt)
     return attempt
+
+
+def start_attempts(session: Session, claims: Sequence[Claim]) -> dict[str, str]:
+    """Claim many QUEUED jobs at once (a dispatch round's placements): per chunk of claims one conditional
+    UPDATE of their jobs (QUEUED -> RUNNING, guarded on the state, so a job another dispatcher or a cancel took
+    first is skipped), one multi-row INSERT of the attempts of the jobs it won and one of their state events.
+    The same guarantees as one ``start_attempt`` each: attempt numbers follow the job's earlier ones, leases
+    start now, each job's ``cancel_requested`` is cleared, the jobs' bells ring after the commit. Returns job id
+    -> the id of its new attempt, for the jobs won; the caller commits. A job claimed twice keeps its first claim."""
+    check_transition(JobState.QUEUED, JobState.RUNNING)
+    first: dict[str, Claim] = {}
+    for c in claims:
+        first.setdefault(c.job_id, c)
+    todo = list(first.values())
+    won: dict[str, str] = {}
+    for i in range(0, len(todo), CLAIM_CHUNK):
+        won |= _claim_chunk(session, todo[i:i + CLAIM_CHUNK])
+    return won
+
+
+def _claim_chunk(session: Session, claims: list[Claim]) -> dict[str, str]:
+    ids = [c.job_id for c in claims]
+    taken = dict(session.exec(select(Attempt.job_id, func.count()).where(col(Attempt.job_id).in_(ids))
+                              .group_by(Attempt.job_id)).all())
+    at = now()
+    res = session.execute(update(Job).where(col(Job.id).in_(ids), col(Job.state) == JobState.QUEUED)
+                          .values(state=JobState.RUNNING, started_at=at, cancel_requested=False)
+                          .returning(col(Job.id)))
+    got = set(res.scalars().all())
+    mine = [c for c in claims if c.job_id in got]
+    if not mine:
+        return {}
+    rows = [{"id": str(uuid.uuid4()), "job_id": c.job_id, "number": taken.get(c.job_id, 0) + 1, "server": c.server,
+             "state": JobState.RUNNING, "owner": c.owner, "comfy_version": c.comfy_version,
+             "lease_until": at + timedelta(seconds=c.lease_s), "started_at": at, "abandoned": False, "counts": True,
+             "tier": c.tier, "rate": c.rate, "cost": c.estimate} for c in mine]
+    # executemany of one INSERT: SQLAlchemy sends it as multi-row INSERT ... VALUES statements (insertmanyvalues)
+    session.execute(insert(Attempt).returning(col(Attempt.id)), rows)
+    events = [{"job_id": c.job_id, "at": at, "kind": "state", "state": JobState.RUNNING, "reason": c.reason,
+               "data": {"attempt": r["id"], "number": r["number"], "server": c.server}}
+              for c, r in zip(mine, rows, strict=True)]
+    session.execute(insert(JobEvent).returning(col(JobEvent.id)), events)
+    if "bell" in session.info:  # rows written without ORM objects: ring their jobs' bells after the commit, as
+        session.info.setdefault("ring", set()).update(got)  # engine._note_job_events does for added events
+    return {r["job_id"]: r["id"] for r in rows}
 
 
 def finish_attempt(session: Session, attempt_id: str, owner: str | None, state: JobState,

@@ -46,7 +46,8 @@ from orchestrator.settings import Settings
 from orchestrator.training.db.leases import leased_gpus
 
 log = logging.getLogger(__name__)
-BATCH = 100  # queued jobs a dispatch round considers (the window warm-model affinity chooses from)
+BATCH = 100  # queued jobs a dispatch round considers at least (the window warm-model affinity chooses from)
+MAX_BATCH = 2000  # at most: a round considers as many jobs as there are free slots, up to this
 SWEEP_S = 5.0  # while no server has a free slot, a round still runs this often to end impossible jobs
 MEANS_S = 30.0  # templates' mean run times (the burst estimates) are read again this often
 
@@ -154,9 +155,10 @@ class Dispatcher:
                 and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
             return 0
         self._swept = time.monotonic()
-        launched: list[Placement] = []
+        slots = sum((max_inflight if v.tier == 0 else v.max_inflight or max_inflight) - v.inflight for v in free)
+        batch = min(max(BATCH, slots), MAX_BATCH)  # a big pool's free slots are filled in one round, one pass
         with self.db.session() as s:
-            jobs = {j.id: j for j in job_db.queued_candidates(s, limit=BATCH)}
+            jobs = {j.id: j for j in job_db.queued_candidates(s, limit=batch)}
             order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
                                job_db.running_by_key(s))
             known = template_db.parsed_versions(s, {j.template_version_id for j in jobs.values()})
@@ -174,7 +176,7 @@ class Dispatcher:
             waiting = [c for c in order if c.id not in placed]
             bursts = self._burst_plan(s, waiting, jobs, reqs, views) if waiting and len(local) < len(views) else []
             placed |= {job_id for job_id, _choice in bursts}
-            self._more = len(jobs) >= BATCH and len(placed) == len(jobs)
+            self._more = len(jobs) >= batch and len(placed) == len(jobs)
             waiting = [c for c in waiting if c.id not in placed]
             registry = self._registry_views(s, views) if waiting else None
             if registry is not None:
@@ -187,15 +189,13 @@ class Dispatcher:
                             reqs[c.id], [v for v in registry if may_burst or v.tier == 0], self.lock)
                     if reasons[reqs[c.id], may_burst]:
                         self._fail_queued(s, c.id, reasons[reqs[c.id], may_burst])
-            for job_id, view in plan:
-                if (placement := self._claim(s, jobs[job_id], view, reqs[job_id])) is not None:
-                    launched.append(placement)
+            wanted: list[tuple[Job, ServerView, Requirements, str, float]] = [
+                (jobs[job_id], view, reqs[job_id], "dispatched", 0.0) for job_id, view in plan]
             for job_id, choice in bursts:
                 assert choice.server is not None
-                placement = self._claim(s, jobs[job_id], choice.server, reqs[job_id], f"burst to "
-                                        f"{choice.server.name}: {choice.reason}", estimate=choice.estimate)
-                if placement is not None:
-                    launched.append(placement)
+                wanted.append((jobs[job_id], choice.server, reqs[job_id],
+                               f"burst to {choice.server.name}: {choice.reason}", choice.estimate))
+            launched = self._claim(s, wanted)  # the whole round's claims in one pass
             s.commit()
         for placement in launched:
             self._launched(placement)
@@ -255,7 +255,27 @@ class Dispatcher:
         leased = leased_gpus(session, self.settings.trainer_lease_s)
         for v in views:
             v.gpu_leased = v.url in leased
+        self._shared_warm(session, views)
         return views
+
+    def _shared_warm(self, session: Session, views: list[ServerView]) -> None:
+        """A server's warm models as the database says: those of the job started there last among the ones
+        running on it, whichever replica sent it (this process's pool knows only its own dispatches)."""
+        latest = attempt_db.latest_running_jobs(session)
+        known = template_db.parsed_versions(session, {version_id for version_id, _params in latest.values()})
+        for v in views:
+            if v.url not in latest:
+                continue
+            version_id, params = latest[v.url]
+            try:
+                t = known.get(version_id) if version_id is not None else None
+                t = t or template_db.template_version(session, version_id)
+                if t is not None:
+                    v.warm = template_db.requirements(t, params).models or v.warm
+            except DB_ERRORS:
+                raise
+            except Exception:  # a job whose template no longer binds: its server's models stay as last noted
+                log.debug("warm models of %s", redact(v.url), exc_info=True)
 
     def place_now(self, job_id: str, reason: str = "dispatched") -> Placement | None:
         """Place one queued job at once and start its attempt, for a caller that runs it itself (``medialab
@@ -267,23 +287,27 @@ class Dispatcher:
             job = job_db.get_job(s, job_id)
             req = self.requirements(s, job)
             view = place(req, [v for v in self.views(s) if v.tier == 0], max_inflight=sys.maxsize, lock=self.lock)
-            placement = self._claim(s, job, view, req, reason) if view is not None else None
+            placement = next(iter(self._claim(s, [(job, view, req, reason, 0.0)])), None) if view is not None else None
             s.commit()
         if placement is not None:
             self._launched(placement)
         return placement
 
-    def _claim(self, session: Session, job: Job, view: ServerView, req: Requirements,
-               reason: str = "dispatched", estimate: float = 0.0) -> Placement | None:
-        """Start the job's attempt on the chosen server in ``session`` (the caller commits); None when the
-        server left the pool since the views were taken or another dispatcher got the job first."""
-        server = self.pool.get(view.url)
-        if server is None:  # removed from the pool since the views were taken: next round
-            return None
-        attempt = attempt_db.start_attempt(session, job, view.url, self.owner, self.settings.lease_s,
-                                           server.comfy_version, reason=reason, tier=server.tier, rate=server.rate,
-                                           estimate=estimate)
-        return None if attempt is None else Placement(job, attempt.id, server, req)
+    def _claim(self, session: Session,
+               wanted: Sequence[tuple[Job, ServerView, Requirements, str, float]]) -> list[Placement]:
+        """Start the attempts of (job, server view, requirements, reason, cost estimate) in ``session``, all in
+        one pass (``attempts.start_attempts``: one guarded UPDATE, one INSERT of attempts, one of events; the
+        caller commits); left out: a job whose server left the pool since the views were taken (next round) and
+        one another dispatcher got first."""
+        servers = {view.url: server for _job, view, _req, _reason, _estimate in wanted
+                   if (server := self.pool.get(view.url)) is not None}
+        todo = [w for w in wanted if w[1].url in servers]
+        won = attempt_db.start_attempts(session, [
+            attempt_db.Claim(job.id, view.url, self.owner, self.settings.lease_s, servers[view.url].comfy_version,
+                             reason, tier=servers[view.url].tier, rate=servers[view.url].rate, estimate=estimate)
+            for job, view, _req, reason, estimate in todo])
+        return [Placement(job, won[job.id], servers[view.url], req)
+                for job, view, req, _reason, _estimate in todo if job.id in won]
 
     def _launched(self, placement: Placement) -> None:
         """After the commit: this process follows the attempt (its lease is renewed from now on, while it
