@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, or_, update
+from sqlalchemy import func, insert, or_, text, update
 from sqlmodel import Session, col, select
 
 from orchestrator.core.burst import Spend
@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 
 def job_attempts(session: Session, job_id: str) -> list[Attempt]:
     return list(session.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))))
+
+
+ROUND_LOCK = 0x6D6C_726F  # "mlro": the advisory lock a dispatch round holds on PostgreSQL
+
+
+def lock_round(session: Session) -> None:
+    """Hold the dispatch-round lock for the rest of the transaction (PostgreSQL: ``pg_advisory_xact_lock``), so
+    replicas place one round at a time on the in-flight counts and warm models as they are then: two replicas
+    never both fill the same free slot. SQLite has one writer: nothing to do."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ROUND_LOCK})
 
 
 def inflight_by_server(session: Session) -> dict[str, int]:

@@ -155,9 +155,15 @@ class Dispatcher:
                 and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
             return 0
         self._swept = time.monotonic()
-        slots = sum((max_inflight if v.tier == 0 else v.max_inflight or max_inflight) - v.inflight for v in free)
-        batch = min(max(BATCH, slots), MAX_BATCH)  # a big pool's free slots are filled in one round, one pass
         with self.db.session() as s:
+            if self.db.engine.dialect.name != "sqlite":  # replicas place one round at a time, on fresh counts
+                attempt_db.lock_round(s)
+                views = self.views(s)
+                local = [v for v in views if v.tier == 0]
+                free = [v for v in views if v.healthy and v.active and v.inflight < (
+                    max_inflight if v.tier == 0 else v.max_inflight or max_inflight)]
+            slots = sum((max_inflight if v.tier == 0 else v.max_inflight or max_inflight) - v.inflight for v in free)
+            batch = min(max(BATCH, slots), MAX_BATCH)  # a big pool's free slots are filled in one round, one pass
             jobs = {j.id: j for j in job_db.queued_candidates(s, limit=batch)}
             order = fair_order([Candidate(j.id, j.priority, j.api_key_id, j.queued_at) for j in jobs.values()],
                                job_db.running_by_key(s))

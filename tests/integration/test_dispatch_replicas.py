@@ -51,6 +51,20 @@ def test_two_dispatcher_processes_share_the_queue_and_run_every_job_once(pg_url:
     assert states == {JobState.SUCCEEDED: JOBS}  # none lost, none failed
     assert len(attempts) == JOBS and len({a.job_id for a in attempts}) == JOBS  # one attempt per job
     assert sum(s["jobs"] for s in stats) == JOBS  # and one prompt per job on the servers
+    assert max_overlap(attempts) <= settings.max_inflight  # rounds hold a lock: no slot is filled twice
     owners = Counter(a.owner.split("-")[0] for a in attempts if a.owner)
     assert set(owners) == {"replica0", "replica1"}, owners  # both replicas dispatched
     print("attempts per replica:", dict(owners))
+
+
+def max_overlap(attempts: list[Attempt]) -> int:
+    """The most attempts any one server held at once (claimed to finished; an end before a start at a tie)."""
+    most = 0
+    for server in {a.server for a in attempts}:
+        marks = sorted([(a.started_at, 1) for a in attempts if a.server == server]
+                       + [(a.finished_at, -1) for a in attempts if a.server == server and a.finished_at])
+        held = 0
+        for _at, step in marks:
+            held += step
+            most = max(most, held)
+    return most
