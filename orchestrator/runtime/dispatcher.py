@@ -205,7 +205,8 @@ class Dispatcher:
             s.commit()
         for placement in launched:
             self._launched(placement)
-            self._runners.submit(self._run, placement.attempt_id, placement.server, False)
+            self._runners.submit(self._run, placement.attempt_id, placement.server, False, placement.job,
+                                 known.get(placement.job.template_version_id or -1))
         return len(launched)
 
     def _burst_plan(self, session: Session, waiting: list[Candidate], jobs: dict[str, Job],
@@ -337,9 +338,10 @@ class Dispatcher:
         log.warning("job %s failed before dispatch: %s", job_id, redact(reason))
         job_db.transition(session, job_id, JobState.QUEUED, JobState.FAILED, reason, error={"message": reason})
 
-    def _run(self, attempt_id: str, server: Server, resume: bool) -> None:
+    def _run(self, attempt_id: str, server: Server, resume: bool, job: Job | None = None,
+             template: tpl.TemplateVersion | None = None) -> None:
         try:
-            self.executor.execute(attempt_id, server, resume=resume)
+            self.executor.execute(attempt_id, server, resume=resume, job=job, template=template)
         except Exception:
             log.exception("attempt %s", attempt_id)
         finally:

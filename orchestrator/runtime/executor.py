@@ -119,13 +119,16 @@ class Executor:
         with self._live_lock:
             return list(self._live)
 
-    def execute(self, attempt_id: str, server: Server, resume: bool = False) -> JobState:
+    def execute(self, attempt_id: str, server: Server, resume: bool = False, job: Job | None = None,
+                template: tpl.TemplateVersion | None = None) -> JobState:
         """Run (or, with ``resume``, re-attach to) an attempt this process owns; returns the job's state.
         Never raises for a job's own failures. When the database fails, the attempt is let go as it is
-        (RUNNING): its lease lapses and crash recovery adopts it and reconciles it with its server."""
+        (RUNNING): its lease lapses and crash recovery adopts it and reconciles it with its server. ``job``,
+        ``template``: the attempt's job as its dispatcher read it and its template version, when known (not read
+        again; the job's state and cancel flag are always read from the database)."""
         self.hold(attempt_id)
         try:
-            return self._execute(attempt_id, server, resume)
+            return self._execute(attempt_id, server, resume, job, template)
         except DB_ERRORS as exc:
             log.warning("attempt %s: database error (%s); leaving it to crash recovery once its lease lapses",
                         attempt_id, _first_line(exc))
@@ -142,14 +145,17 @@ class Executor:
                                   f"id {job.template_version_id}) no longer exists")
         return t
 
-    def _execute(self, attempt_id: str, server: Server, resume: bool) -> JobState:
+    def _execute(self, attempt_id: str, server: Server, resume: bool, known_job: Job | None,
+                 known_template: tpl.TemplateVersion | None) -> JobState:
         with self.db.session() as s:
             attempt = s.get(Attempt, attempt_id)
-            job = job_db.get_job(s, attempt.job_id)
+            job = known_job if known_job is not None and known_job.id == attempt.job_id else \
+                job_db.get_job(s, attempt.job_id)
         if getattr(server, "provider", None) is not None:  # a burst provider (some tests pass no server)
             return self.providers.execute(attempt, job, server, resume)
         try:
-            t = self.template(job)
+            t = known_template if known_template is not None and (
+                known_template.name, known_template.version) == (job.template, job.version) else self.template(job)
             history = self._reattach(job, t, attempt, server) if resume else self._run(job, t, attempt, server)
             artifacts, durable = self._ingest(job, t, attempt, server, history)
         except DB_ERRORS:
