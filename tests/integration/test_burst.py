@@ -218,12 +218,13 @@ def test_the_proxy_killed_mid_job_loses_nothing_and_stores_once(burst_settings: 
 def test_a_budget_reached_mid_batch_keeps_the_rest_local(burst_settings: Settings, tmp_path: Path,
                                                          comfy_pair: list[str], remote_comfy: tuple[str, Path],
                                                          proxy: ApiProxy) -> None:
-    """Each burst job is estimated at 1.0 (rate 1/s x the 1 s default run time): with a daily cap of 1.5 the first
-    one bursts; the next would break the cap and waits for the local server, saying why."""
+    """Each burst job is estimated at 1.0 (rate 10/s x the 0.1 s default run time): with a daily cap of 1.5 the
+    first one bursts; the next would break the cap and waits for the local server, saying why. The first one's
+    real cost (10/s x its seconds, at least 0.15 s from submit to outputs) keeps the cap reached once it ends."""
     path = servers_file(tmp_path, comfy_pair[0], remote_comfy[1], {"name": "cloud", "url": proxy.url,
-                                                                    "kind": "comfy_api_v2", "cost_per_gpu_s": 1.0,
+                                                                    "kind": "comfy_api_v2", "cost_per_gpu_s": 10.0,
                                                                     "cold_start_s": 0.0})
-    with start(burst_settings, path, burst_budget_day=1.5, burst_default_run_s=1.0) as api:
+    with start(burst_settings, path, burst_budget_day=1.5, burst_default_run_s=0.1) as api:
         saturate(api)
         frames = [upload(api, png_bytes(32, 24, (10 * i, 40, 40)), f"b{i}.png")["id"] for i in range(4)]
         r = api.client.post("/v1/batches", headers=api.run, json={

@@ -316,6 +316,7 @@ def test_store_down_at_dispatch_makes_the_job_wait_without_spending_attempts(
     settings.comfy_servers = [comfy_url]
     settings.max_attempts = 2  # spending an attempt per failed read would fail the job at the second
     settings.retry_base_delay_s = 0.5
+    settings.stage_ahead_servers = 0  # the input is not sent ahead at upload: the attempt must read it from the store
     with make_api(settings, dispatch=True) as api:
         frame = upload(api, png_bytes(64, 48, (5, 90, 5)))
         proxy.cut()  # the object store is unreachable from now on
