@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,11 +12,11 @@ from sqlmodel import Session, col, select
 
 from orchestrator.core.burst import Spend
 from orchestrator.core.states import JobState, check_transition
-from orchestrator.db.jobs import transition
 from orchestrator.db.tables import (
     Attempt,
     Job,
     JobEvent,
+    new_id,
     now,
 )
 
@@ -83,14 +82,8 @@ def start_attempt(session: Session, job: Job, server: str, owner: str | None, le
     None when another dispatcher got it first. ``tier``, ``rate``: the server's when dispatched; ``estimate``:
     the attempt's expected cost, held against the burst budgets until it ends. The attempt is in the session
     (the caller may set more of it); a dispatch round claims its many jobs with ``start_attempts``."""
-    number = session.exec(select(func.count()).where(Attempt.job_id == job.id)).one() + 1
-    attempt = Attempt(job_id=job.id, number=number, server=server, owner=owner, comfy_version=comfy_version,
-                      lease_until=now() + timedelta(seconds=lease_s), tier=tier, rate=rate, cost=estimate)
-    if not transition(session, job.id, JobState.QUEUED, JobState.RUNNING, reason,
-                      {"attempt": attempt.id, "number": number, "server": server}, cancel_requested=False):
-        return None
-    session.add(attempt)
-    return attempt
+    won = start_attempts(session, [Claim(job.id, server, owner, lease_s, comfy_version, reason, tier, rate, estimate)])
+    return session.get(Attempt, won[job.id]) if job.id in won else None
 
 
 def start_attempts(session: Session, claims: Sequence[Claim]) -> dict[str, str]:
@@ -123,7 +116,7 @@ def _claim_chunk(session: Session, claims: list[Claim]) -> dict[str, str]:
     mine = [c for c in claims if c.job_id in got]
     if not mine:
         return {}
-    rows = [{"id": str(uuid.uuid4()), "job_id": c.job_id, "number": taken.get(c.job_id, 0) + 1, "server": c.server,
+    rows = [{"id": new_id(), "job_id": c.job_id, "number": taken.get(c.job_id, 0) + 1, "server": c.server,
              "state": JobState.RUNNING, "owner": c.owner, "comfy_version": c.comfy_version,
              "lease_until": at + timedelta(seconds=c.lease_s), "started_at": at, "abandoned": False, "counts": True,
              "tier": c.tier, "rate": c.rate, "cost": c.estimate} for c in mine]
