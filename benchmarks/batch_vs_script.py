@@ -43,7 +43,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -62,7 +61,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import verdict  # noqa: E402
-from orchestrator.comfy.worker import LocalWorker, free_port  # noqa: E402
+from orchestrator.comfy.worker import LocalWorker, free_port, stop_group  # noqa: E402
 from orchestrator.core import templates as tpl  # noqa: E402
 from orchestrator.runtime import library  # noqa: E402
 from orchestrator.settings import PROJECT_ROOT  # noqa: E402
@@ -232,12 +231,7 @@ def served(home: Path, comfy_url: str) -> Iterator[tuple[str, int]]:
             time.sleep(0.3)
         yield url, proc.pid
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
         log.close()
 
 

@@ -34,7 +34,6 @@ import math
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import verdict  # noqa: E402
 from orchestrator.comfy.client import ComfyClient, output_files  # noqa: E402
 from orchestrator.comfy.monitor import ServerMonitor  # noqa: E402
-from orchestrator.comfy.worker import LocalWorker, free_port  # noqa: E402
+from orchestrator.comfy.worker import LocalWorker, free_port, stop_group  # noqa: E402
 from orchestrator.core import templates as tpl  # noqa: E402
 from orchestrator.runtime import library  # noqa: E402
 from orchestrator.settings import PROJECT_ROOT  # noqa: E402
@@ -202,12 +201,7 @@ def serve(code: Path, comfy_url: str, home: Path) -> Iterator[Served]:
             time.sleep(0.2)
         yield Served(url, found.group(1), proc.pid, str(Path(where).parent))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
         log.close()
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ from benchmarks.sim import workload as wl  # noqa: E402
 from benchmarks.sim.pool import SimPool  # noqa: E402
 from benchmarks.verdict import judge  # noqa: E402
 from orchestrator.app import keys as key_app  # noqa: E402
+from orchestrator.comfy.worker import stop_group  # noqa: E402
 from orchestrator.core.states import JobState  # noqa: E402
 from orchestrator.db.engine import Database  # noqa: E402
 from orchestrator.db.tables import Job  # noqa: E402
@@ -102,13 +104,7 @@ def serve(env: dict[str, str], workers: int, log: Path, dispatch: bool = True) -
             time.sleep(0.2)
         yield base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 2)  # SIGINT: uvicorn shuts its workers down
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        stop_group(proc, signal.SIGINT, timeout=60)  # SIGINT: uvicorn shuts its workers down
 
 
 def client(base: str, key: str, params: list[dict[str, Any]], ready: Any, start: Any, seconds: float,

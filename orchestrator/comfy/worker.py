@@ -24,6 +24,21 @@ MODEL_FOLDERS = ["checkpoints", "loras", "vae", "clip", "clip_vision", "upscale_
                  "controlnet", "ipadapter", "insightface", "unet", "diffusion_models", "text_encoders"]
 
 
+def stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Stop a process started in a session of its own (``start_new_session``) with everything it started: ``sig``
+    to the group, then SIGKILL when it has not exited within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

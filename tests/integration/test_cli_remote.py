@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from orchestrator.comfy.worker import free_port
+from orchestrator.comfy.worker import free_port, stop_group
 from tests.conftest import FIXTURE_MODEL, png_bytes
 
 
@@ -53,12 +52,7 @@ def served(home: Path, *options: str, env: dict[str, str] | None = None) -> Iter
             time.sleep(0.3)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
         log.close()
 
 

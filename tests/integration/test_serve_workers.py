@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from orchestrator.app import keys as key_app
+from orchestrator.comfy.worker import stop_group
 from orchestrator.db.engine import Database
 from tests.conftest import PROJECT_ROOT
 
@@ -64,10 +65,5 @@ def test_serve_with_two_workers_answers_from_both(pg_url: str, comfy_url: str, t
             r = httpx.get(f"{base}/v1/jobs", headers={"X-API-Key": key}, timeout=30)
             assert r.status_code == 200, r.text
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGINT, timeout=60)
     assert "Traceback" not in log.read_text(), log.read_text()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from orchestrator.comfy.worker import free_port
+from orchestrator.comfy.worker import free_port, stop_group
 from tests.conftest import FIXTURE_MODEL, png_bytes
 from tests.integration.test_cli_remote import served, service_with_key
 
@@ -221,12 +220,7 @@ def workbench(service: Service, tmp_path: Path) -> Iterator[str]:
         assert busy.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in busy.stderr, busy.stderr
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc)
         log.close()
 
 
