@@ -135,6 +135,10 @@ class Settings(BaseSettings):
                                  "addresses (an internal screenshot server); link-local never is.")
     url_max_bytes: int = Field(2 << 30, ge=1, description="Largest file fetched from a URL input.")
     url_timeout_s: float = Field(60.0, gt=0, description="Time limit for fetching a URL input.")
+    import_roots: list[str] = Field(default_factory=list, description="Folders the service may import inputs "
+                                    "from (POST /v1/imports, medialab import): a folder or file is allowed only if "
+                                    "its real path (symlinks followed) is inside one of them; empty: no folder "
+                                    "import. URLs to import follow url_allowlist and url_private_ok.")
 
     # -- the CLI as a client of a running service (medialab submit); the service itself never reads these --
     url: str | None = Field(None, description="The service the CLI talks to (default http://127.0.0.1:8000, or "

@@ -18,6 +18,7 @@ from orchestrator.api.routes import (
     audit,
     batches,
     burst,
+    imports,
     jobs,
     keys,
     me,
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
 
     for router in (artifacts.router, jobs.router, batches.router, servers.router, templates.router, trainings.router,
                    models.router, keys.router, audit.router, me.router, pipelines.router,
-                   pipeline_runs.start_router, pipeline_runs.router, burst.router):
+                   pipeline_runs.start_router, pipeline_runs.router, burst.router, imports.router):
         app.include_router(router, prefix="/v1")
     studio.install(app)  # /studio and /docs: static, no key
     problems.install(app)  # after the routes: it declares their error responses

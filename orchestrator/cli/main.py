@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import audit, batch, burst, jobs, keys, pipelines, serve, servers, templates, training, workbench
+from orchestrator.cli import (
+    audit,
+    batch,
+    burst,
+    imports,
+    jobs,
+    keys,
+    pipelines,
+    serve,
+    servers,
+    templates,
+    training,
+    workbench,
+)
 
 app = typer.Typer(help="Media Lab: versioned ComfyUI templates run on ComfyUI servers.", no_args_is_help=True)
 
-for group in (serve, jobs, batch, templates, pipelines, keys, audit, servers, burst, training, workbench):
+for group in (serve, jobs, batch, imports, templates, pipelines, keys, audit, servers, burst, training, workbench):
     group.register(app)

@@ -31,6 +31,7 @@ ADMIN = {"admin"}
 EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/metrics"): ANY,
     ("POST", "/v1/artifacts"): {"admin", "run"},
+    ("POST", "/v1/imports"): {"admin", "run"},
     ("GET", "/v1/artifacts"): ANY,
     ("GET", "/v1/artifacts/{artifact_id}"): ANY,
     ("GET", "/v1/artifacts/{artifact_id}/url"): {"admin", "export"},
