@@ -604,6 +604,82 @@ export type EventOut = {
 };
 
 /**
+ * ImportIn
+ *
+ * Either ``folder`` (a path on the service's machine, inside import_roots) or ``urls``.
+ */
+export type ImportIn = {
+    /**
+     * Folder
+     *
+     * An absolute path inside import_roots (MEDIALAB_IMPORT_ROOTS): a folder or one file.
+     */
+    folder?: string | null;
+    /**
+     * Recursive
+     *
+     * Descend into subfolders (symlinked folders are not followed).
+     */
+    recursive?: boolean;
+    /**
+     * Tags
+     *
+     * Tags for every imported file.
+     */
+    tags?: Array<string>;
+    /**
+     * Urls
+     *
+     * URLs on origins of url_allowlist (MEDIALAB_URL_ALLOWLIST); at most max_batch_items.
+     */
+    urls?: Array<string> | null;
+};
+
+/**
+ * ImportItemOut
+ */
+export type ImportItemOut = {
+    /**
+     * Artifact Id
+     */
+    artifact_id?: string | null;
+    /**
+     * Error
+     */
+    error?: string | null;
+    /**
+     * Source
+     */
+    source: string;
+    /**
+     * Status
+     *
+     * stored, already stored (the same bytes were stored before), skipped (not an image or video) or failed (error says why).
+     */
+    status: string;
+    /**
+     * Tags
+     */
+    tags?: Array<string>;
+};
+
+/**
+ * ImportOut
+ */
+export type ImportOut = {
+    /**
+     * Counts
+     */
+    counts: {
+        [key: string]: number;
+    };
+    /**
+     * Items
+     */
+    items: Array<ImportItemOut>;
+};
+
+/**
  * JobOut
  */
 export type JobOut = {
@@ -2757,6 +2833,59 @@ export type TrainingBuildDatasetResponses = {
 };
 
 export type TrainingBuildDatasetResponse = TrainingBuildDatasetResponses[keyof TrainingBuildDatasetResponses];
+
+export type ArtifactsImportInputsData = {
+    body: ImportIn;
+    path?: never;
+    query?: never;
+    url: '/v1/imports';
+};
+
+export type ArtifactsImportInputsErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type ArtifactsImportInputsError = ArtifactsImportInputsErrors[keyof ArtifactsImportInputsErrors];
+
+export type ArtifactsImportInputsResponses = {
+    /**
+     * Successful Response
+     */
+    200: ImportOut;
+};
+
+export type ArtifactsImportInputsResponse = ArtifactsImportInputsResponses[keyof ArtifactsImportInputsResponses];
 
 export type JobsListJobsData = {
     body?: never;
