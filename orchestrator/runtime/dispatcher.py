@@ -146,22 +146,16 @@ class Dispatcher:
         with self.db.session() as s:
             if not job_db.any_ready(s, "comfy"):  # the common wake-up (a slot freed, a poll): one cheap query
                 return 0
+            attempt_db.lock_round(s)  # replicas place one round at a time, on the counts read under it (PostgreSQL)
             views = self.views(s)
-        max_inflight = self.settings.max_inflight
-        local = [v for v in views if v.tier == 0]
-        free = [v for v in views if v.healthy and v.active and v.inflight < (
-            max_inflight if v.tier == 0 else v.max_inflight or max_inflight)]
-        if (not any(v.tier == 0 or self.policy.templates for v in free)
-                and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
-            return 0
-        self._swept = time.monotonic()
-        with self.db.session() as s:
-            if self.db.engine.dialect.name != "sqlite":  # replicas place one round at a time, on fresh counts
-                attempt_db.lock_round(s)
-                views = self.views(s)
-                local = [v for v in views if v.tier == 0]
-                free = [v for v in views if v.healthy and v.active and v.inflight < (
-                    max_inflight if v.tier == 0 else v.max_inflight or max_inflight)]
+            max_inflight = self.settings.max_inflight
+            local = [v for v in views if v.tier == 0]
+            free = [v for v in views if v.healthy and v.active and v.inflight < (
+                max_inflight if v.tier == 0 else v.max_inflight or max_inflight)]
+            if (not any(v.tier == 0 or self.policy.templates for v in free)
+                    and time.monotonic() - self._swept < SWEEP_S):  # no free slot: only look for impossible jobs
+                return 0
+            self._swept = time.monotonic()
             slots = sum((max_inflight if v.tier == 0 else v.max_inflight or max_inflight) - v.inflight for v in free)
             batch = min(max(BATCH, slots), MAX_BATCH)  # a big pool's free slots are filled in one round, one pass
             jobs = {j.id: j for j in job_db.queued_candidates(s, limit=batch)}
