@@ -43,6 +43,12 @@ class ArtifactOut(Out):
     role: str
     width: int | None
     height: int | None
+    frames: int | None = Field(None, description="A video's frame count.")
+    fps: float | None = Field(None, description="A video's frame rate.")
+    duration_s: float | None = Field(None, description="A video's duration in seconds.")
+    frame_index: int | None = Field(None, description="A frame taken from a video (its input_artifacts[0]): "
+                                    "its index there.")
+    time_s: float | None = Field(None, description="A frame taken from a video: its time code in seconds.")
     job_id: str | None
     attempt_id: str | None
     output_name: str | None

@@ -201,6 +201,11 @@ class Artifact(SQLModel, table=True):
     comfy_version: str | None = None
     width: int | None = None
     height: int | None = None
+    frames: int | None = Field(default=None, description="A video's frame count.")
+    fps: float | None = Field(default=None, description="A video's frame rate.")
+    duration_s: float | None = Field(default=None, description="A video's duration in seconds.")
+    frame_index: int | None = Field(default=None, description="A frame taken from a video: its index there.")
+    time_s: float | None = Field(default=None, description="A frame taken from a video: its time code (s).")
     created_at: datetime = Field(default_factory=now)
 
 
