@@ -1,6 +1,7 @@
 """Build the fixture models the tests and the demo use: real architectures, random weights.
 
-Usage: python scripts/fixtures.py MODELS_DIR                 (ESRGAN x4, shallow SD1.5, a character LoRA)
+Usage: python scripts/fixtures.py MODELS_DIR                 (ESRGAN x4 and x1, shallow SD1.5, a character LoRA,
+                                                              a RestoreFormer face model)
        python scripts/fixtures.py --rife FRAME_INTERPOLATION_PACK_DIR   (needs the pack: ckpts/rife/rife47.pth)
        python scripts/fixtures.py --ipadapter MODELS_DIR   (full SD1.5, CLIP ViT-H, IP-Adapter PLUS: 3.5 GB)
        python scripts/fixtures.py --faceid MODELS_DIR IPADAPTER_PACK_DIR   (FACEID PLUS V2 + buffalo_l stand-ins)
@@ -59,6 +60,27 @@ def esrgan_x4(path: Path) -> None:
         state[key] = w.to(torch.float16)
     state["model.1.sub.2.weight"] = torch.zeros(state["model.1.sub.2.weight"].shape, dtype=torch.float16)
     save_file(state, str(path), metadata={"medialab": "fixture esrgan x4: enlarges its input (random trunk)"})
+
+
+def esrgan_x1(path: Path) -> None:
+    """A 1x ESRGAN RRDBNet (16 filters, 2 blocks; no upsampling layers, so spandrel detects scale 1 and calls
+    it a restoration model), initialised like ``esrgan_x4``: the trunk's shortcut adds nothing, the first and
+    last convolutions pass the colour channels through and the middle (HR) convolution smooths lightly, so the
+    output is the input at the same size, a little softer (a stand-in for denoising), not noise."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=1)
+    state = fill(net.state_dict())
+    soft = torch.tensor([1.0, 6.0, 1.0])
+    kernels = {"model.0.weight": _centre(), "model.2.weight": torch.outer(soft, soft) / 64,
+               "model.4.weight": _centre()}
+    for key, kernel in kernels.items():
+        w = torch.zeros(state[key].shape)
+        for c in range(3):
+            w[c, c] = kernel
+        state[key] = w.to(torch.float16)
+    state["model.1.sub.2.weight"] = torch.zeros(state["model.1.sub.2.weight"].shape, dtype=torch.float16)
+    save_file(state, str(path), metadata={"medialab": "fixture esrgan x1: restores at the same size (random trunk)"})
 
 
 def _centre() -> torch.Tensor:
@@ -273,9 +295,20 @@ IPADAPTER_FIXTURES = {"checkpoints/sd15_full.safetensors": sd15_full,
                       "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": clip_vision_h,
                       "ipadapter/ip-adapter-plus_sd15.safetensors": ipadapter_plus_sd15}
 
+def restoreformer_tiny(path: Path) -> None:
+    """A small RestoreFormer (32 channels, 5 levels) that spandrel detects as a face restoration model (FaceSR):
+    the face fixture of restore-face. Random weights: the faces it gives back are noise."""
+    from spandrel.architectures.RestoreFormer import RestoreFormer
+
+    net = RestoreFormer(n_embed=64, embed_dim=32, ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=32)
+    save_file(fill(net.state_dict()), str(path), metadata={"medialab": "fixture restoreformer: random weights"})
+
+
 FIXTURES = {"upscale_models/tiny_x4.safetensors": esrgan_x4,
+            "upscale_models/tiny_x1.safetensors": esrgan_x1,
             "checkpoints/tiny_sd15.safetensors": sd15_tiny,
-            "loras/tiny_character.safetensors": character_lora}
+            "loras/tiny_character.safetensors": character_lora,
+            "facerestore_models/tiny_restoreformer.safetensors": restoreformer_tiny}
 
 
 # The metadata of fixtures that an earlier set-up built and a newer builder replaces (rebuilt when found).

@@ -31,7 +31,7 @@ else
 fi
 
 step "the medialab project (editable, with test tools)"
-$PIP install -q -e '.[dev,workbench]' torch==2.14.1 torchvision==0.29.1
+$PIP install -q -e '.[dev,workbench,faces]' torch==2.14.1 torchvision==0.29.1
 
 step "fixture models (real architectures, random weights) -> .runtime/models"
 .venv/bin/python scripts/fixtures.py .runtime/models

@@ -47,6 +47,23 @@ def png_bytes(w: int = 128, h: int = 96, color: tuple[int, int, int] = (200, 40,
     return buf.getvalue()
 
 
+def face_image(size: int = 256, background: tuple[int, int, int] = (60, 90, 60)) -> Image.Image:
+    """A drawn face (skin oval, eyes, brows, nose, mouth, hair) that OpenCV's frontal-face cascade finds, centred
+    on a ``2 * size`` square: no person's likeness, enough for the face finders."""
+    from PIL import ImageDraw, ImageFilter
+
+    img = Image.new("RGB", (size * 2, size * 2), background)
+    d, c, s = ImageDraw.Draw(img), size, size / 256
+    d.ellipse([c - 80 * s, c - 105 * s, c + 80 * s, c + 105 * s], fill=(225, 190, 160))
+    for ex in (-35, 35):
+        d.ellipse([c + (ex - 18) * s, c - 39 * s, c + (ex + 18) * s, c - 21 * s], fill=(40, 30, 30))
+        d.rectangle([c + (ex - 24) * s, c - 52 * s, c + (ex + 24) * s, c - 46 * s], fill=(70, 50, 40))
+    d.polygon([(c, c - 20 * s), (c - 10 * s, c + 25 * s), (c + 10 * s, c + 25 * s)], fill=(205, 165, 135))
+    d.ellipse([c - 30 * s, c + 45 * s, c + 30 * s, c + 60 * s], fill=(150, 60, 60))
+    d.rectangle([c - 95 * s, c - 140 * s, c + 95 * s, c - 95 * s], fill=(50, 35, 25))
+    return img.filter(ImageFilter.GaussianBlur(3))
+
+
 def start_workers(tmp_path_factory: pytest.TempPathFactory, count: int, models: Path = MODELS,
                   **worker_kw: object) -> list[LocalWorker]:
     """Real ComfyUI 0.3.75 servers on the CPU (with the project's node pack), started in parallel (~10 s)."""

@@ -21,7 +21,8 @@ from orchestrator.core.errors import Unavailable
 
 NODE_PACK = Path(__file__).resolve().parents[2] / "custom_nodes"
 MODEL_FOLDERS = ["checkpoints", "loras", "vae", "clip", "clip_vision", "upscale_models", "embeddings",
-                 "controlnet", "ipadapter", "insightface", "unet", "diffusion_models", "text_encoders"]
+                 "controlnet", "ipadapter", "insightface", "unet", "diffusion_models", "text_encoders",
+                 "facerestore_models"]
 
 
 def stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:

@@ -32,6 +32,7 @@ MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
     "CLIPVisionLoader": [("clip_name", "clip_vision")],
     "ControlNetLoader": [("control_net_name", "controlnet")],
     "IPAdapterModelLoader": [("ipadapter_file", "ipadapter")],
+    "MediaLabFaceRestoreModelLoader": [("model_name", "facerestore_models")],  # this pack's (faces.py)
 }
 
 

@@ -163,7 +163,9 @@ def test_template_schema_for_forms(api: Api) -> None:
     listed = api.client.get("/v1/templates", headers=api.reader).json()
     assert {t["name"] for t in listed} == {"upscale-esrgan", "upscale-esrgan-video", "video-retime",
                                            "interpolate-rife", "restyle-ipadapter", "restyle-ipadapter-sdxl",
-                                           "scale-by", "blend-faceid", "generate-lora"}
+                                           "scale-by", "blend-faceid", "generate-lora", "restore", "restore-video",
+                                           "detail-pass", "detail-pass-video", "restore-face",
+                                           "restore-face-video"}
     r = api.client.get("/v1/templates/upscale-esrgan/versions/1", headers=api.reader).json()
     schema = r["params_schema"]
     assert schema["required"] == ["image"]
