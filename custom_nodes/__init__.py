@@ -5,6 +5,8 @@
 - MediaLabSaveImage / MediaLabSaveVideo: outputs straight to object storage; their ui output
   (``medialab_objects``) lists key, sha256, size, type and dimensions of each object.
 - MediaLabParam*: parameter nodes that mark a graph input as a template parameter.
+- MediaLabFaceRestoreModelLoader / MediaLabFaceRestore: face restoration (``faces.py``), models in
+  ``models/facerestore_models``.
 - GET /medialab/info: the pack's version, the server's object storage (endpoint, bucket) and upload limit,
   which the orchestrator reads to pick the byte path per server; the custom node packs installed beside
   this one with their git commit, and the versions of a few Python packages (checked against the
@@ -14,6 +16,7 @@
 import sys
 from pathlib import Path
 
+from .faces import FACE_NODES
 from .nodes import MediaLabLoadImage, MediaLabLoadVideo, MediaLabSaveImage, MediaLabSaveVideo
 from .params import PARAMETER_NODES
 
@@ -22,6 +25,7 @@ PACK_VERSION = "0.1.0"
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "MediaLabLoadImage": MediaLabLoadImage, "MediaLabLoadVideo": MediaLabLoadVideo,
     "MediaLabSaveImage": MediaLabSaveImage, "MediaLabSaveVideo": MediaLabSaveVideo, **PARAMETER_NODES,
+    **FACE_NODES,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     name: "Media Lab " + name.removeprefix("MediaLab").replace("Param", "parameter: ") for name in NODE_CLASS_MAPPINGS
@@ -56,3 +60,11 @@ def _register_routes() -> None:
 
 
 _register_routes()
+if "folder_paths" in sys.modules:  # inside ComfyUI: the face models' folder (faces.py)
+    from .faces import register_folder
+
+    register_folder()
+if "server" in sys.modules:  # inside ComfyUI: frame progress of ComfyUI-Frame-Interpolation (frame_progress.py)
+    from .frame_progress import hook as hook_frame_progress
+
+    hook_frame_progress()

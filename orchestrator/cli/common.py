@@ -21,6 +21,7 @@ from sqlmodel import Session
 from orchestrator.api.schemas import EventOut, JobOut
 from orchestrator.app import artifacts as artifact_app
 from orchestrator.bootstrap import Context
+from orchestrator.core import progress as progress_rule
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import InvalidInput, MediaLabError
 from orchestrator.core.states import JobState
@@ -129,6 +130,17 @@ def job_params(ctx: Context, template: str, version: int | None, input: Path | N
     return values
 
 
+def progress_line(reason: str, data: dict[str, Any]) -> str:
+    """A progress event's line in the live display: frames done/total and the ETA when its data has them
+    ("Upscale: frame 12/48, ETA 8 s"), else the event's own reason."""
+    title = data.get("title")
+    if not title or ("frames_total" not in data and data.get("eta_s") is None):
+        return reason
+    return progress_rule.describe(title, progress_rule.NodeProgress(
+        data.get("value", 0), data.get("max", 0), data.get("frames_done"), data.get("frames_total"),
+        data.get("eta_s")))
+
+
 def follow(ctx: Context, job_id: str, poll_s: float = 0.2) -> Job:
     """Show the job's events with a live progress bar until it ends (``job_id``: its id or a unique prefix)."""
     with ctx.db.session() as s:
@@ -144,7 +156,7 @@ def follow(ctx: Context, job_id: str, poll_s: float = 0.2) -> Job:
             for e in events:
                 after = e.id
                 if e.kind == "progress" and e.data:
-                    bar.update(task, completed=e.data.get("fraction", 0.0), description=f"{e.reason}")
+                    bar.update(task, completed=e.data.get("fraction", 0.0), description=progress_line(e.reason, e.data))
                 elif e.kind == "state":
                     bar.console.print(f"[{STATE_STYLE.get(e.state, '')}]{e.state}[/] {e.reason}")
                     bar.update(task, description=f"job {job_id[:8]} {e.state}")
@@ -187,7 +199,7 @@ def follow_remote(events: Iterable[EventOut], job_id: str) -> None:
         for e in events:
             state = e.state.value if e.state else ""
             if e.kind == "progress" and e.data:
-                bar.update(task, completed=e.data.get("fraction", 0.0), description=f"{e.reason}")
+                bar.update(task, completed=e.data.get("fraction", 0.0), description=progress_line(e.reason, e.data))
             elif e.kind == "state":
                 bar.console.print(f"[{STATE_STYLE.get(state, '')}]{state}[/] {e.reason}")
                 bar.update(task, description=f"job {job_id[:8]} {state}")

@@ -26,6 +26,7 @@ from orchestrator.comfy.client import ComfyClient, ComfyUnreachable, ComfyValida
 from orchestrator.comfy.monitor import Subscription
 from orchestrator.core import burst, sandbox
 from orchestrator.core import byte_path as transport
+from orchestrator.core import progress as progress_rule
 from orchestrator.core import templates as tpl
 from orchestrator.core.capabilities import missing
 from orchestrator.core.errors import MediaLabError
@@ -217,7 +218,8 @@ class Executor:
                 notes.append(("info", "submitted", {"prompt_id": attempt.id, "server": server.url}))
                 self._events(job.id, notes)
                 notes = []
-                return self._follow(events, job, graph, attempt, server, outputs_of=set(tpl.output_node_ids(t)))
+                return self._follow(events, job, graph, attempt, server, outputs_of=set(tpl.output_node_ids(t)),
+                                    video_frames=self.video_frames(inputs))
         finally:
             if notes:  # the upload or the submit failed: the byte path is still worth knowing
                 self._events(job.id, notes)
@@ -230,14 +232,23 @@ class Executor:
             self.event(job.id, "info", "re-attached: finished while the orchestrator was down")
             return self._check_history(entry, attempt.id, None)
         self.event(job.id, "info", "re-attached to the running prompt")
+        try:
+            frames = self.video_frames(self.input_artifacts(job, t))
+        except MediaLabError:  # an input gone since it was sent: the prompt is followed without a frame count
+            frames = None
         with server.monitor.subscribe(attempt.id) as events:
-            return self._follow(events, job, tpl.bind(t, {}), attempt, server, poll_s=1.0)
+            return self._follow(events, job, tpl.bind(t, {}), attempt, server, poll_s=1.0, video_frames=frames)
 
     def input_artifacts(self, job: Job, t: tpl.TemplateVersion) -> dict[str, Artifact]:
         """The input artifacts of the job, by parameter name."""
         with self.db.session() as s:
             return {p.name: artifact_db.get_artifact(s, job.params[p.name]) for p in t.manifest.parameters
                     if p.type in tpl.ARTIFACT_TYPES and job.params.get(p.name)}
+
+    @staticmethod
+    def video_frames(inputs: dict[str, Artifact]) -> int | None:
+        """The frame count of the job's video input (None: none, or not known), read once an attempt."""
+        return progress_rule.video_frames((a.content_type, a.frames) for a in inputs.values() if a is not None)
 
     def _check_stored(self, inputs: dict[str, Artifact]) -> None:
         """Every input is in the store (StorageUnavailable when the store does not answer)."""
@@ -256,17 +267,22 @@ class Executor:
         return values
 
     def _follow(self, events: Subscription, job: Job, graph: dict[str, Any], attempt: Attempt, server: Server,
-                poll_s: float | None = None, outputs_of: set[str] | None = None) -> dict[str, Any]:
+                poll_s: float | None = None, outputs_of: set[str] | None = None,
+                video_frames: int | None = None) -> dict[str, Any]:
         """Follow the prompt to its end; returns its /history entry.
 
         Events come from the server's websocket. When they stop for ``poll_s`` seconds, or the socket
         drops, the server is asked directly (/history is {} for running and unknown alike, so /queue
         decides), and from a drop on it is polled every second. When the socket saw the prompt succeed and
         an ``executed`` event of every node in ``outputs_of``, those outputs stand in for /history (one
-        round trip less between the GPU finishing and the outputs moving).
+        round trip less between the GPU finishing and the outputs moving). A progress event says the node's ETA,
+        and frames done/total when the node is a frame loop over the job's video of ``video_frames`` frames
+        (``core/progress.py``).
         """
         pid, client = attempt.id, server.client
         titles = {k: title_of(v) or v["class_type"] for k, v in graph.items()}
+        classes = {k: v.get("class_type") for k, v in graph.items()}
+        started: dict[str, tuple[float, int, int]] = {}  # node -> (time, value, max) of its first progress message
         timeout = job.timeout_s or self.settings.job_timeout_s
         deadline = time.monotonic() + timeout if timeout else None
         quiet_limit = poll_s or self.settings.event_timeout_s
@@ -319,14 +335,21 @@ class Executor:
                     return self._check_history(client.history(pid, self.status_timeout_s) or {}, pid, interrupting)
                 elif kind == "executing":
                     done.add(data["node"])
-                elif kind == "progress" and (data["value"] >= data["max"] or time.monotonic() - last_progress > 0.2):
-                    last_progress = time.monotonic()
+                elif kind == "progress":
+                    node, at = str(data.get("node")), time.monotonic()
+                    first = started.get(node)
+                    if first is None or data["max"] != first[2] or data["value"] < first[1]:  # a new bar
+                        first = started[node] = (at, data["value"], data["max"])
+                    if data["value"] < data["max"] and at - last_progress <= 0.2:
+                        continue
+                    last_progress = at
                     fraction = round(max((len(done) - 1 + data["value"] / max(data["max"], 1)) / len(graph), 0.0), 4)
-                    node = str(data.get("node"))
+                    p = progress_rule.node_progress(classes.get(node), data["value"], data["max"], video_frames,
+                                                    at - first[0], first[1])
                     try:  # progress is worth a database blip's loss, the prompt is not
-                        self.event(job.id, "progress", f"{titles.get(node, node)} {data['value']}/{data['max']}",
+                        self.event(job.id, "progress", progress_rule.describe(titles.get(node, node), p),
                                     {"node": node, "title": titles.get(node), "value": data["value"],
-                                     "max": data["max"], "fraction": fraction}, progress=fraction)
+                                     "max": data["max"], "fraction": fraction, **p.data}, progress=fraction)
                     except DB_ERRORS as exc:
                         log.warning("job %s: progress event not recorded: %s", job.id, _first_line(exc))
                 elif kind == "execution_error":

@@ -66,12 +66,14 @@ def checked_upload(data: bytes | Iterable[bytes] | BinaryIO | Path, filename: st
 def artifact(obj: StoredObject, info: media.MediaInfo, *, origin: str | Callable[[StoredObject], str], role: str,
              filename: str, **fields: Any) -> Artifact:
     """The row that names a stored object: what the store answered (key, sha256, size) and what was recognised
-    in the bytes (content type, width, height), with what the caller sets: ``origin`` (or how it follows from
-    the object, for an origin named by its hash), ``role``, ``filename`` and the lineage ``fields`` (job,
-    attempt, output name, template, params, input artifacts, server...). Built, not added to a session."""
+    in the bytes (content type, width, height; a video's frame count, frame rate and duration), with what the
+    caller sets: ``origin`` (or how it follows from the object, for an origin named by its hash), ``role``,
+    ``filename`` and the lineage ``fields`` (job, attempt, output name, template, params, input artifacts,
+    server...; they win over what was recognised). Built, not added to a session."""
+    video = {"frames": info.frames, "fps": info.fps, "duration_s": info.duration_s}  # a video's (None otherwise)
     return Artifact(origin=origin(obj) if callable(origin) else origin, key=obj.key, sha256=obj.sha256,
                     size=obj.size, content_type=info.content_type, filename=filename, role=role, width=info.width,
-                    height=info.height, **fields)
+                    height=info.height, **{**video, **fields})
 
 
 def store_checked(store: ObjectStore, spool: media.Spooled, info: media.MediaInfo, *,

@@ -9,7 +9,7 @@ Pillow's own guard (``Image.MAX_IMAGE_PIXELS``) is left as it is for every other
 image over twice it is refused by Pillow whatever our setting, so a setting above that is capped there
 (``image_pixel_cap``; the service says so when it starts). Videos are recognised by their container with
 PyAV (ffmpeg's demuxer: no frame is decoded); their resolution, duration and frame count are checked as the
-container states them. Anything else is typed by its file name, as before.
+container states them (with its frame rate). Anything else is typed by its file name, as before.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class MediaInfo:
     height: int | None = None
     duration_s: float | None = None
     frames: int | None = None
+    fps: float | None = None  # a video's frame rate (its stream's average rate, else the guessed one)
 
 
 @dataclass(frozen=True)
@@ -289,4 +290,5 @@ def probe_video(path: Path, limits: MediaLimits, filename: str = "") -> MediaInf
                 if frames > limits.video_frames:
                     break
             check_video(w, h, duration, frames, limits, what)
-    return MediaInfo(container_type(names, filename), w or None, h or None, duration, frames)
+    fps = round(float(rate), 6) if rate else None
+    return MediaInfo(container_type(names, filename), w or None, h or None, duration, frames, fps)

@@ -105,6 +105,16 @@ def test_rife_doubles_the_frame_rate_end_to_end(settings: Settings, tmp_path_fac
             with av.open(io.BytesIO(data)) as container:
                 stream = container.streams.video[0]
                 assert stream.average_rate == 120 and sum(1 for _ in container.decode(stream)) == 59
+            # the node pack reports RIFE's middle frames (custom_nodes/frame_progress.py): frames done and an ETA
+            events = api.client.get(f"/v1/jobs/{job['id']}/events?follow=false", headers=api.reader).json()
+            steps = [e for e in events if e["kind"] == "progress" and e["data"].get("title") == "Interpolate"]
+            assert steps, events
+            data = [e["data"] for e in steps]
+            assert data[-1]["value"] == data[-1]["max"] == 29, data  # one middle frame a pair of the 30 frames
+            assert all(d["frames_total"] == 30 and "eta_s" in d for d in data), data
+            assert [d["frames_done"] for d in data] == sorted(d["frames_done"] for d in data)
+            assert data[-1]["frames_done"] == 30 and data[-1]["eta_s"] == 0.0
+            assert steps[-1]["reason"] == "Interpolate: frame 30/30, ETA 0 s"
     finally:
         worker.stop()
 
