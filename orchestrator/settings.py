@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     max_name_length: int = Field(128, ge=1, description="Longest name (template, server, key, dataset, tag).")
     max_tags: int = Field(32, ge=1, description="Most tags on one upload.")
     max_batch_items: int = Field(10_000, ge=1, description="Most jobs (items) in one batch.")
+    max_frames_per_extract: int = Field(500, ge=1, description="Most frames one extraction from a video may "
+                                        "store (POST /v1/artifacts/{id}/frames, a batch's frames source).")
     max_heartbeat_events: int = Field(500, ge=1, description="Most progress events in one trainer heartbeat.")
     max_timeout_s: float = Field(7 * 86400.0, gt=0, description="Largest timeout_s a job may ask for.")
 

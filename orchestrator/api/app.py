@@ -18,6 +18,7 @@ from orchestrator.api.routes import (
     audit,
     batches,
     burst,
+    frames,
     imports,
     jobs,
     keys,
@@ -70,7 +71,8 @@ def create_app(settings: Settings | None = None, dispatch: bool = True) -> FastA
 
     for router in (artifacts.router, jobs.router, batches.router, servers.router, templates.router, trainings.router,
                    models.router, keys.router, audit.router, me.router, pipelines.router,
-                   pipeline_runs.start_router, pipeline_runs.router, burst.router, imports.router):
+                   pipeline_runs.start_router, pipeline_runs.router, burst.router, imports.router,
+                   frames.router):
         app.include_router(router, prefix="/v1")
     studio.install(app)  # /studio and /docs: static, no key
     problems.install(app)  # after the routes: it declares their error responses

@@ -303,6 +303,44 @@ class BatchItemIn(BaseModel):
                               "already used is not submitted again (the batch's answer names its job).")
 
 
+class FrameSelection(BaseModel):
+    """Which frames of a video: exactly one of every_n, at, scenes or sharpest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_n: int | None = Field(None, description="Every Nth frame (0, N, 2N, ...); N >= 1.")
+    at: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None, description="Time codes in seconds (each >= 0, before the end): the nearest frame of each; at most "
+        "max_frames_per_extract of them.")
+    scenes: bool = Field(False, description="The first frame of each scene (frame 0 and every scene cut).")
+    sharpest: bool = Field(False, description="The sharpest frame of each scene.")
+    scene_threshold: float | None = Field(None, allow_inf_nan=False, description="scenes/sharpest: the mean grey "
+                                          "difference (0..1] between two frames that starts a new scene "
+                                          "(default 0.3).")
+
+
+class FramesIn(FrameSelection):
+    """A selection of frames to store as input artifacts (the same frame is stored once)."""
+
+    tags: list[Annotated[str, Field(max_length=1024)]] = Field([], description="Tags for every frame (each also "
+                                                               "gets frame-of:<video id>).")
+
+
+class FramesOut(BaseModel):
+    video: str = Field(description="The video's artifact id.")
+    counts: dict[str, int] = Field(description="created (stored now) and existing (stored by an earlier "
+                                   "extraction).")
+    frames: list[ArtifactOut] = Field(description="The frame artifacts in time order (frame_index, time_s; "
+                                      "input_artifacts is [the video]).")
+
+
+class BatchFrames(FrameSelection):
+    """A batch's inputs taken from a video: its selected frames (extracted and stored, as by POST
+    /v1/artifacts/{id}/frames), one item each."""
+
+    video: Label = Field(description="The video's artifact id.")
+
+
 class BatchSubmit(BaseModel):
     """Either ``items`` (explicit), or ``template`` with ``inputs``/``input_param``, ``grid`` and ``params``."""
 
@@ -317,6 +355,8 @@ class BatchSubmit(BaseModel):
                                  "its step overrides ({step: {param: value}}).")
     pipeline_version: int | None = Field(None, ge=1, le=MAX_VERSION)
     inputs: list[Label] = Field([], description="Artifact ids, one item each, bound to input_param.")
+    frames: BatchFrames | None = Field(None, description="Instead of inputs: frames of a stored video, one item "
+                                       "each (stored once; a dry run selects them and stores nothing).")
     input_param: str | None = Field(None, description="The image (or video) parameter the inputs are bound to.")
     grid: dict[str, list[Any]] = Field({}, description="{name: [values]}: every combination (cartesian product, "
                                        "the last name varying fastest) for every input.")

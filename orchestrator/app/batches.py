@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
+from orchestrator.app import frames as frame_app
 from orchestrator.app import pipeline_runs as run_app
 from orchestrator.app.admission import check_job_fields, sandbox_definitions, validate_values
 from orchestrator.core import batches as rules
+from orchestrator.core import frames as frames_rules
 from orchestrator.core import limits
 from orchestrator.core import requirements as reqs
 from orchestrator.core import templates as tpl
@@ -34,6 +37,7 @@ from orchestrator.db.pipelines import checked_from_row, get_pipeline
 from orchestrator.db.tables import Artifact, Batch, Job, JobEvent, JobInput, TemplateVersionRow, new_id, now
 from orchestrator.db.templates import get_template
 from orchestrator.settings import Settings, get_settings
+from storage import ObjectStore
 
 if TYPE_CHECKING:
     from orchestrator.runtime.pool import Pool
@@ -279,6 +283,32 @@ def create_batch(session: Session, pool: Pool | None, items: Sequence[rules.Item
     session.commit()
     del loaded
     return Created(batch, skipped)
+
+
+def frame_inputs(session: Session, store: ObjectStore, video_id: str, spec: frames_rules.FrameSpec, *,
+                 dry_run: bool = False, tags: Iterable[str] = (), settings: Settings | None = None) -> list[str]:
+    """A batch's inputs taken from a video: the frames ``spec`` selects (``app/frames.py``), their artifact ids
+    in time order. Stored first (idempotent: a frame is stored once; their own commit, before the batch's).
+    ``dry_run``: selected only, nothing stored; a frame not stored yet is named by a stand-in row that lives in
+    this session alone (attached as if loaded, never added, so nothing flushes or writes it) for the items'
+    validation to find an image there."""
+    if not dry_run:
+        return [a.id for a in frame_app.extract_frames(session, store, video_id, spec, tags, settings).frames]
+    chosen = frame_app.select_frames(session, store, video_id, spec, settings)
+    stored = {a.origin: a.id for a in frame_app.stored_frames(session, chosen.video.id, chosen.indexes).values()}
+    ids = []
+    for index, time_s in zip(chosen.indexes, chosen.times, strict=True):
+        origin = frames_rules.origin(chosen.video.id, index)
+        if origin not in stored:
+            stand_in = Artifact(origin=origin, key="", sha256="", size=0, content_type="image/png",
+                                filename=f"frame_{index:06d}.png", role="input", input_artifacts=[chosen.video.id],
+                                frame_index=index, time_s=time_s)
+            make_transient_to_detached(stand_in)
+            session.add(stand_in)
+            session.info.setdefault("frame_stand_ins", []).append(stand_in)  # the identity map holds weakly
+            stored[origin] = stand_in.id
+        ids.append(stored[origin])
+    return ids
 
 
 def create_pipeline_batch(session: Session, pool: Pool | None, g: rules.PipelineGrid, *,

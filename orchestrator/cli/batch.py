@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.api.schemas import BatchOut, JobOut
+from orchestrator.cli import frames as frame_cli
 from orchestrator.cli.common import STATE_STYLE, JsonOption, console, err, fail, parse_sets, print_json, utc
 from orchestrator.cli.remote import Remote, nothing_dispatches
 from orchestrator.core import templates as tpl
@@ -415,6 +416,38 @@ def run_pipeline(remote: Remote, pipeline: str, files: list[Path], param: str | 
         raise typer.Exit(1)
 
 
+def run_frames(remote: Remote, template: str, body: dict[str, Any], dry_run_: bool, out: Path | None,
+               watch: bool) -> None:
+    """``run --frames-of``: the service extracts the video's frames (stored once) and makes them the batch's
+    inputs; a dry run selects them and stores nothing. ``--out``: outputs named by their job."""
+    if dry_run_:
+        planned = remote.create_batch(body | {"dry_run": True})
+        console.print(f"dry run: {planned.total} job(s) of '{template}' over frames of {body['frames']['video']}",
+                      soft_wrap=True)
+        for it in planned.preview:
+            console.print(f"  {it['item']}: {json.dumps(it['params'], default=str)}", soft_wrap=True)
+        if planned.total > len(planned.preview):
+            console.print(f"  ... and {planned.total - len(planned.preview)} more")
+        console.print("nothing was stored or queued")
+        return
+    batch = remote.create_batch(body)
+    console.print(f"batch [bold]{batch.id or '(none new)'}[/bold] on {remote.url}: {batch.total} job(s) over "
+                  f"frames of {body['frames']['video']}", soft_wrap=True)
+    why = nothing_dispatches(remote) if batch.total else None
+    if why is not None:
+        err.print(f"[yellow]warning:[/yellow] {why}: the batch stays QUEUED until something dispatches it")
+    if not watch:
+        console.print(f"watch it: medialab batch watch {batch.id}")
+        return
+    outputs = Outputs(remote, out, template) if out is not None else None
+    final = show_progress(remote, batch, None, outputs) if batch.total else batch
+    console.print(summary(final))
+    if outputs is not None:
+        console.print(f"manifest: {outputs.path.resolve()}", soft_wrap=True)
+    if any(final.counts.get(s) for s in ("FAILED", "CANCELLED")):
+        raise typer.Exit(1)
+
+
 def summary(batch: BatchOut) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(batch.counts.items())) or "no jobs"
     return f"batch {batch.id}: {counts}"
@@ -439,10 +472,29 @@ def run(template: str,
         pipeline: Annotated[str | None, typer.Option(help="Run this pipeline once per input instead of a "
                                                      "template (TEMPLATE is then the first input; --set "
                                                      "step.param=value; --param: the pipeline input).")] = None,
+        frames_of: Annotated[str | None, typer.Option("--frames-of", metavar="VIDEO_ID", help="Instead of INPUTS: "
+                                                      "frames of this stored video, a job each (with --every, "
+                                                      "--at, --scenes or --sharpest).")] = None,
+        every: frame_cli.EveryOption = None, at: frame_cli.AtOption = None,
+        scenes: frame_cli.ScenesOption = False, sharpest: frame_cli.SharpestOption = False,
+        threshold: frame_cli.ThresholdOption = None,
         profile: ProfileOption = None) -> None:
     """Run TEMPLATE over many inputs (and --grid values) as one batch on a running service."""
     fixed = parse_sets(set_)
     try:
+        if frames_of is not None or every is not None or at is not None or scenes or sharpest:
+            if frames_of is None or inputs or manifest is not None or pipeline is not None:
+                raise InvalidInput("--every/--at/--scenes/--sharpest go with --frames-of VIDEO_ID (no INPUTS, "
+                                   "--manifest or --pipeline)")
+            body: dict[str, Any] = {"template": template, "frames": {"video": frames_of} | frame_cli.selection(
+                every, at, scenes, sharpest, threshold), "params": fixed, "grid": parse_grid(grid),
+                "priority": priority}
+            body |= {k: v for k, v in (("label", label), ("version", version)) if v is not None}
+            with Remote.connect(get_settings(), profile) as remote:
+                body["input_param"] = image_param(remote.template(template, version).manifest or {}, param,
+                                                  template)
+                run_frames(remote, template, body, dry_run_, out, watch)
+            return
         if pipeline is not None:
             if manifest is not None or grid or dry_run_ or version is not None:
                 raise InvalidInput("--pipeline takes INPUTS, --set, --param, --out (no --manifest, --grid, "

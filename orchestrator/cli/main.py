@@ -11,6 +11,7 @@ from orchestrator.cli import (
     audit,
     batch,
     burst,
+    frames,
     imports,
     jobs,
     keys,
@@ -24,5 +25,6 @@ from orchestrator.cli import (
 
 app = typer.Typer(help="Media Lab: versioned ComfyUI templates run on ComfyUI servers.", no_args_is_help=True)
 
-for group in (serve, jobs, batch, imports, templates, pipelines, keys, audit, servers, burst, training, workbench):
+for group in (serve, jobs, batch, imports, frames, templates, pipelines, keys, audit, servers, burst, training,
+              workbench):
     group.register(app)

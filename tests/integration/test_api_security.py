@@ -32,6 +32,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/metrics"): ANY,
     ("POST", "/v1/artifacts"): {"admin", "run"},
     ("POST", "/v1/imports"): {"admin", "run"},
+    ("POST", "/v1/artifacts/{artifact_id}/frames"): {"admin", "run"},
     ("GET", "/v1/artifacts"): ANY,
     ("GET", "/v1/artifacts/{artifact_id}"): ANY,
     ("GET", "/v1/artifacts/{artifact_id}/url"): {"admin", "export"},

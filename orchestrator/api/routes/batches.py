@@ -16,6 +16,7 @@ from orchestrator.api.routes.jobs import jobs_out, stream_read
 from orchestrator.api.routing import event_stream_responses
 from orchestrator.api.schemas import ArtifactOut, BatchEventOut, BatchOut, BatchSubmit, EventOut, JobOut
 from orchestrator.app import batches as batch_app
+from orchestrator.app import frames as frame_app
 from orchestrator.bootstrap import Context
 from orchestrator.core import batches as rules
 from orchestrator.core.errors import InvalidInput
@@ -60,7 +61,7 @@ def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey, res
         if idempotency_key and not body.dry_run else None
     keys: list[str | None] | None = None
     if body.pipeline is not None:
-        if body.items is not None or body.template or body.grid or body.version or body.dry_run:
+        if body.items is not None or body.template or body.grid or body.version or body.dry_run or body.frames:
             raise_shape("a pipeline batch takes inputs, input_param, params and pipeline_version (no items, "
                         "template, version, grid or dry_run)")
         g = rules.PipelineGrid(pipeline=body.pipeline, version=body.pipeline_version, inputs=body.inputs,
@@ -73,17 +74,27 @@ def create(body: BatchSubmit, ctx: CtxDep, session: SessionDep, key: RunKey, res
             ctx.dispatcher.wake()
         return batch_out(session, batch)
     if body.items is not None:
-        if body.template or body.inputs or body.grid or body.params or body.input_param:
-            raise_shape("give either items, or template with inputs/grid/params, not both")
+        if body.template or body.inputs or body.grid or body.params or body.input_param or body.frames:
+            raise_shape("give either items, or template with inputs/frames/grid/params, not both")
         items = rules.explicit([i.model_dump() for i in body.items], limit)
         keys = [i.key for i in body.items]
         shape = {"kind": "items"}
     elif body.template:
-        grid = rules.Grid(template=body.template, version=body.version, inputs=body.inputs,
+        inputs = body.inputs
+        if body.frames is not None:  # a video's frames are the inputs: extracted first (a dry run: selected)
+            if body.inputs:
+                raise_shape("give either inputs or frames, not both")
+            f = body.frames
+            inputs = batch_app.frame_inputs(session, ctx.store, f.video, frame_app.spec_of(
+                ctx.settings, f.every_n, f.at, f.scenes, f.sharpest, f.scene_threshold), dry_run=body.dry_run,
+                settings=ctx.settings)
+        grid = rules.Grid(template=body.template, version=body.version, inputs=inputs,
                           input_param=body.input_param, grid=body.grid, params=body.params)
         items = rules.expand(grid, limit)
         shape = {"kind": "grid", "template": body.template, "version": body.version, "input_param": body.input_param,
-                 "inputs": len(body.inputs), "grid": body.grid, "params": body.params}
+                 "inputs": len(inputs), "grid": body.grid, "params": body.params}
+        if body.frames is not None:
+            shape["frames"] = body.frames.model_dump(mode="json", exclude_none=True)
     else:
         raise_shape("a batch needs items, or a template (with inputs and/or a grid)")
     created = batch_app.create_batch(session, ctx.pool, items, api_key_id=key.id, label=body.label,

@@ -25,9 +25,33 @@ export type ArtifactOut = {
      */
     created_at: string;
     /**
+     * Duration S
+     *
+     * A video's duration in seconds.
+     */
+    duration_s?: number | null;
+    /**
      * Filename
      */
     filename: string;
+    /**
+     * Fps
+     *
+     * A video's frame rate.
+     */
+    fps?: number | null;
+    /**
+     * Frame Index
+     *
+     * A frame taken from a video (its input_artifacts[0]): its index there.
+     */
+    frame_index?: number | null;
+    /**
+     * Frames
+     *
+     * A video's frame count.
+     */
+    frames?: number | null;
     /**
      * Height
      */
@@ -98,6 +122,12 @@ export type ArtifactOut = {
      * Template Version
      */
     template_version: number | null;
+    /**
+     * Time S
+     *
+     * A frame taken from a video: its time code in seconds.
+     */
+    time_s?: number | null;
     /**
      * Width
      */
@@ -224,6 +254,51 @@ export type BatchEventOut = {
         [key: string]: number;
     };
     event: EventOut;
+};
+
+/**
+ * BatchFrames
+ *
+ * A batch's inputs taken from a video: its selected frames (extracted and stored, as by POST
+ * /v1/artifacts/{id}/frames), one item each.
+ */
+export type BatchFrames = {
+    /**
+     * At
+     *
+     * Time codes in seconds (each >= 0, before the end): the nearest frame of each; at most max_frames_per_extract of them.
+     */
+    at?: Array<number> | null;
+    /**
+     * Every N
+     *
+     * Every Nth frame (0, N, 2N, ...); N >= 1.
+     */
+    every_n?: number | null;
+    /**
+     * Scene Threshold
+     *
+     * scenes/sharpest: the mean grey difference (0..1] between two frames that starts a new scene (default 0.3).
+     */
+    scene_threshold?: number | null;
+    /**
+     * Scenes
+     *
+     * The first frame of each scene (frame 0 and every scene cut).
+     */
+    scenes?: boolean;
+    /**
+     * Sharpest
+     *
+     * The sharpest frame of each scene.
+     */
+    sharpest?: boolean;
+    /**
+     * Video
+     *
+     * The video's artifact id.
+     */
+    video: string;
 };
 
 /**
@@ -366,6 +441,10 @@ export type BatchSubmit = {
      * Validate every item and write nothing: the answer (200) has the number of jobs it would queue (total), skipped and the first items (preview).
      */
     dry_run?: boolean;
+    /**
+     * Instead of inputs: frames of a stored video, one item each (stored once; a dry run selects them and stores nothing).
+     */
+    frames?: BatchFrames | null;
     /**
      * Grid
      *
@@ -601,6 +680,76 @@ export type EventOut = {
      */
     reason: string;
     state: JobState | null;
+};
+
+/**
+ * FramesIn
+ *
+ * A selection of frames to store as input artifacts (the same frame is stored once).
+ */
+export type FramesIn = {
+    /**
+     * At
+     *
+     * Time codes in seconds (each >= 0, before the end): the nearest frame of each; at most max_frames_per_extract of them.
+     */
+    at?: Array<number> | null;
+    /**
+     * Every N
+     *
+     * Every Nth frame (0, N, 2N, ...); N >= 1.
+     */
+    every_n?: number | null;
+    /**
+     * Scene Threshold
+     *
+     * scenes/sharpest: the mean grey difference (0..1] between two frames that starts a new scene (default 0.3).
+     */
+    scene_threshold?: number | null;
+    /**
+     * Scenes
+     *
+     * The first frame of each scene (frame 0 and every scene cut).
+     */
+    scenes?: boolean;
+    /**
+     * Sharpest
+     *
+     * The sharpest frame of each scene.
+     */
+    sharpest?: boolean;
+    /**
+     * Tags
+     *
+     * Tags for every frame (each also gets frame-of:<video id>).
+     */
+    tags?: Array<string>;
+};
+
+/**
+ * FramesOut
+ */
+export type FramesOut = {
+    /**
+     * Counts
+     *
+     * created (stored now) and existing (stored by an earlier extraction).
+     */
+    counts: {
+        [key: string]: number;
+    };
+    /**
+     * Frames
+     *
+     * The frame artifacts in time order (frame_index, time_s; input_artifacts is [the video]).
+     */
+    frames: Array<ArtifactOut>;
+    /**
+     * Video
+     *
+     * The video's artifact id.
+     */
+    video: string;
 };
 
 /**
@@ -2133,6 +2282,64 @@ export type ArtifactsContentResponses = {
      */
     200: unknown;
 };
+
+export type ArtifactsExtractFramesData = {
+    body: FramesIn;
+    path: {
+        /**
+         * Artifact Id
+         */
+        artifact_id: string;
+    };
+    query?: never;
+    url: '/v1/artifacts/{artifact_id}/frames';
+};
+
+export type ArtifactsExtractFramesErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type ArtifactsExtractFramesError = ArtifactsExtractFramesErrors[keyof ArtifactsExtractFramesErrors];
+
+export type ArtifactsExtractFramesResponses = {
+    /**
+     * Successful Response
+     */
+    200: FramesOut;
+};
+
+export type ArtifactsExtractFramesResponse = ArtifactsExtractFramesResponses[keyof ArtifactsExtractFramesResponses];
 
 export type ArtifactsPreviewData = {
     body?: never;
