@@ -314,9 +314,9 @@ class FrameSelection(BaseModel):
         "max_frames_per_extract of them.")
     scenes: bool = Field(False, description="The first frame of each scene (frame 0 and every scene cut).")
     sharpest: bool = Field(False, description="The sharpest frame of each scene.")
-    scene_threshold: float | None = Field(None, allow_inf_nan=False, description="scenes/sharpest: the mean grey "
+    scene_threshold: float | None = Field(None, allow_inf_nan=False, description="scenes/sharpest: the mean colour "
                                           "difference (0..1] between two frames that starts a new scene "
-                                          "(default 0.3).")
+                                          "(default 0.15).")
 
 
 class FramesIn(FrameSelection):

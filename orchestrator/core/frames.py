@@ -18,7 +18,8 @@ from orchestrator.core.errors import InvalidInput
 from orchestrator.core.limits import refuse
 
 TIME_TOLERANCE_S = 1e-6  # time codes this close are the same (pts x time base, rounded)
-DEFAULT_SCENE_THRESHOLD = 0.3  # a mean grey difference of 30 % between two frames starts a new scene
+DEFAULT_SCENE_THRESHOLD = 0.15  # a mean colour difference of 15 % between two frames starts a new scene (a cut
+# between unrelated shots is about 20-40 %, motion within a shot under 10 %)
 MODES = ("every_n", "at", "scenes", "sharpest")
 ORIGIN_PREFIX = "frame:"
 TAG_PREFIX = "frame-of:"

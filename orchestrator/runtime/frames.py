@@ -2,7 +2,8 @@
 
 ``video_file`` gives a local path for a stored object (the file itself on local disk, else a spooled copy).
 ``analyse`` decodes the video once, keeping per frame only its time code (pts x time base), a difference score
-to the previous frame (mean absolute difference / 255 of a 64x36 grey thumbnail) and a sharpness score (the
+to the previous frame (mean absolute difference / 255 of a 64x36 colour thumbnail, over its three channels:
+a cut between shots of one brightness but other colours counts) and a sharpness score (the
 variance of a Laplacian of a ~256 px wide grey picture): a few floats a frame, whatever the video's size.
 ``frames_png`` decodes it again and yields the chosen frames as PNG bytes, one at a time. The selection rules
 are ``core/frames.py``."""
@@ -24,7 +25,7 @@ from orchestrator.db import artifacts as artifact_db
 from orchestrator.db.tables import Artifact
 from storage import ObjectStore
 
-THUMB = (64, 36)  # the grey thumbnail the difference score is taken on
+THUMB = (64, 36)  # the colour thumbnail the difference score is taken on
 SHARP_WIDTH = 256  # the width of the grey picture the sharpness is taken on
 
 
@@ -116,7 +117,7 @@ def analyse(path: Path, scores: bool = True, sharpness: bool = True) -> Analysis
                 out.times.append(_time(frame, index, fps))
                 if not scores:
                     continue
-                thumb = frame.reformat(width=THUMB[0], height=THUMB[1], format="gray").to_ndarray()
+                thumb = frame.reformat(width=THUMB[0], height=THUMB[1], format="rgb24").to_ndarray()
                 thumb = thumb[:THUMB[1], :THUMB[0]].astype(np.int16)
                 out.diffs.append(0.0 if prev is None else float(np.abs(thumb - prev).mean()) / 255.0)
                 prev = thumb

@@ -33,7 +33,7 @@ def scene_frame(index: int) -> Image.Image:
 
     scene = sum(index >= c for c in CUTS) - 1
     rng = np.random.default_rng(scene)
-    base = (30, 220, 120)[scene]  # grey levels far apart: each cut differs by well over the 0.3 threshold
+    base = (30, 220, 120)[scene]  # grey levels far apart: each cut differs by well over the 0.15 threshold
     texture = rng.integers(-40, 41, size=(H, W, 1)) + np.array([[[base, base + 10, base - 10]]])
     img = Image.fromarray(np.clip(texture, 0, 255).astype(np.uint8), "RGB")
     return img if index in SHARP else img.filter(ImageFilter.GaussianBlur(3))
@@ -211,3 +211,21 @@ def test_cli_frames_and_batch_against_a_served_api(tmp_path: Path, comfy_url: st
         assert "3 job(s) over frames of" in run.stdout
         jobs = httpx.get(f"{url}/v1/jobs", headers={"X-API-Key": key}, params={"limit": 50}).json()
         assert len(jobs) == 3 and {j["state"] for j in jobs} == {"QUEUED"}
+
+
+def test_a_cut_between_shots_of_one_brightness_but_other_colours_is_a_scene(tmp_path: Path) -> None:
+    """Red, green and blue shots of about the same grey level: the colour difference finds both cuts."""
+    import av
+
+    from orchestrator.core import frames as rules
+    from orchestrator.runtime import frames as decode
+
+    path = tmp_path / "colours.mp4"
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("h264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(30):
+            colour = [(200, 80, 80), (80, 150, 80), (90, 90, 250)][i // 10]
+            out.mux(stream.encode(av.VideoFrame.from_image(Image.new("RGB", (W, H), colour))))
+        out.mux(stream.encode())
+    assert rules.scene_cuts(decode.analyse(path, sharpness=False).diffs) == [0, 10, 20]
