@@ -278,7 +278,7 @@ export type BatchFrames = {
     /**
      * Scene Threshold
      *
-     * scenes/sharpest: the mean grey difference (0..1] between two frames that starts a new scene (default 0.3).
+     * scenes/sharpest: the mean colour difference (0..1] between two frames that starts a new scene (default 0.15).
      */
     scene_threshold?: number | null;
     /**
@@ -703,7 +703,7 @@ export type FramesIn = {
     /**
      * Scene Threshold
      *
-     * scenes/sharpest: the mean grey difference (0..1] between two frames that starts a new scene (default 0.3).
+     * scenes/sharpest: the mean colour difference (0..1] between two frames that starts a new scene (default 0.15).
      */
     scene_threshold?: number | null;
     /**
