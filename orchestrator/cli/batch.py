@@ -436,11 +436,17 @@ def run_frames(remote: Remote, template: str, body: dict[str, Any], dry_run_: bo
     why = nothing_dispatches(remote) if batch.total else None
     if why is not None:
         err.print(f"[yellow]warning:[/yellow] {why}: the batch stays QUEUED until something dispatches it")
+    follow(remote, batch, None, Outputs(remote, out, template) if out is not None else None, watch)
+
+
+def follow(remote: Remote, batch: BatchOut, items: list[Planned] | None, outputs: Outputs | None,
+           watch: bool) -> None:
+    """After ``run`` created the batch: its progress until every job is final (``--no-watch``: how to watch it),
+    the summary and the manifest; exit status 1 when a job failed or was cancelled."""
     if not watch:
         console.print(f"watch it: medialab batch watch {batch.id}")
         return
-    outputs = Outputs(remote, out, template) if out is not None else None
-    final = show_progress(remote, batch, None, outputs) if batch.total else batch
+    final = show_progress(remote, batch, items, outputs) if batch.total else batch
     console.print(summary(final))
     if outputs is not None:
         console.print(f"manifest: {outputs.path.resolve()}", soft_wrap=True)
@@ -532,15 +538,7 @@ def run(template: str,
                     job = remote.job(job_id)
                     if job.state.value == "SUCCEEDED":
                         outputs.add(job, items[index])
-            if not watch:
-                console.print(f"watch it: medialab batch watch {batch.id}")
-                return
-            final = show_progress(remote, batch, items, outputs) if batch.total else batch
-            console.print(summary(final))
-            if outputs is not None:
-                console.print(f"manifest: {outputs.path.resolve()}", soft_wrap=True)
-            if any(final.counts.get(s) for s in ("FAILED", "CANCELLED")):
-                raise typer.Exit(1)
+            follow(remote, batch, items, outputs, watch)
     except MediaLabError as exc:
         fail(exc)
 
