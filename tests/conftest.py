@@ -22,6 +22,12 @@ MODELS = PROJECT_ROOT / ".runtime" / "models"
 FIXTURE_MODEL = "tiny_x4.safetensors"
 
 
+def models_in(folder: str) -> str:
+    """The files of a models folder as a server lists them in a refusal ("it has: a, b")."""
+    path = MODELS / folder
+    return ", ".join(sorted(p.name for p in path.iterdir())) if path.is_dir() else ""
+
+
 def mp4_bytes(frames: int = 12, w: int = 64, h: int = 48, fps: int = 24) -> bytes:
     """A small real H.264 clip (PyAV, which ComfyUI's video nodes use too)."""
     import av

@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image, ImageChops, ImageStat
 
-from tests.conftest import FIXTURE_MODEL, png_bytes
+from tests.conftest import FIXTURE_MODEL, models_in, png_bytes
 from tests.integration.conftest import Api
 
 
@@ -90,7 +90,7 @@ def test_missing_model_is_refused_before_dispatch(api: Api) -> None:
     r = submit(api, {"image": frame["id"], "model": "no-such-model.pth"})
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
-    assert "upscale_models/no-such-model.pth (it has: tiny_x4.safetensors)" in r.json()["detail"]
+    assert f"upscale_models/no-such-model.pth (it has: {models_in('upscale_models')})" in r.json()["detail"]
     assert api.client.get("/v1/jobs", headers=api.reader).json() == []  # nothing half-written
 
 

@@ -27,7 +27,7 @@ from orchestrator.db.engine import Database
 from orchestrator.db.tables import Job
 from orchestrator.settings import Settings
 from storage import LocalDiskStore
-from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
+from tests.conftest import FIXTURE_MODEL, models_in, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_jobs_api import submit, upload, wait
 
@@ -107,7 +107,7 @@ def test_server_lacking_the_model_never_receives_the_job(lacking_url: str, comfy
         assert httpx.get(f"{lacking_url}/history").json() == {}
         listed = {s["url"]: s for s in api.client.get("/v1/servers", headers=api.reader).json()}
         assert listed[lacking_url]["healthy"] and "upscale_models" not in listed[lacking_url]["models"]
-        assert listed[comfy_url]["models"]["upscale_models"] == [FIXTURE_MODEL]
+        assert listed[comfy_url]["models"]["upscale_models"] == models_in("upscale_models").split(", ")
 
 
 def test_cancel_running_job_leaves_other_servers_alone(comfy_pair: list[str], settings: Settings) -> None:

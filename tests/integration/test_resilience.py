@@ -29,7 +29,7 @@ from orchestrator.db.engine import Database
 from orchestrator.db.tables import Attempt, Job, ServerRow
 from orchestrator.runtime import dispatcher as dispatcher_module
 from orchestrator.settings import Settings
-from tests.conftest import FIXTURE_MODEL, png_bytes, start_workers
+from tests.conftest import FIXTURE_MODEL, models_in, png_bytes, start_workers
 from tests.integration.conftest import Api, make_api
 from tests.integration.test_cli import medialab
 from tests.integration.test_cli_remote import medialab as remote_cli
@@ -92,7 +92,7 @@ def test_impossible_and_broken_jobs_end_failed_while_good_ones_run(api: Api, cap
     assert {what: j.state.value for what, j in finals.items()} == dict.fromkeys(bad, "FAILED")
     assert finals["impossible"].error["message"] == (
         f"no server can run this job: {ctx.pool.servers[0].url} lacks upscale_models/absent.safetensors "
-        f"(it has: {FIXTURE_MODEL})")
+        f"(it has: {models_in('upscale_models')})")
     assert finals["template gone"].error["message"] == (
         "cannot be dispatched: its template version (ghost@v3, id None) no longer exists")
     assert finals["params broken"].error["message"].startswith("cannot be dispatched: AttributeError")
@@ -112,7 +112,7 @@ def test_medialab_submit_refuses_what_the_api_refuses(comfy_url: str, tmp_path: 
         r = remote_cli(home, "submit", "upscale-esrgan", "--input", str(frame), "--set", "model=missing.pth",
                        "--no-watch", env={"MEDIALAB_URL": url, "MEDIALAB_API_KEY": key})
     assert r.returncode == 1
-    assert f"{comfy_url} lacks upscale_models/missing.pth (it has: {FIXTURE_MODEL})" in r.stderr, r.stderr
+    assert f"{comfy_url} lacks upscale_models/missing.pth (it has: {models_in('upscale_models')})" in r.stderr, r.stderr
     db = Database(f"sqlite:///{(home / 'medialab.db').resolve()}")
     with db.session() as s:
         assert job_db.list_jobs(s) == []

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.comfy.worker import free_port, stop_group
-from tests.conftest import FIXTURE_MODEL, png_bytes
+from tests.conftest import FIXTURE_MODEL, MODELS, png_bytes, start_workers
 from tests.integration.test_cli_remote import served, service_with_key
 
 if importlib.util.find_spec("daggr") is None:
@@ -43,7 +43,20 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, comfy_url: str) -> Iterator[Service]:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The service on its own ComfyUI whose only upscale model is the x4 fixture: the workbench picks the pool's
+    model where the template's default is absent, and the sizes below are those of 4x."""
+    models = tmp_path_factory.mktemp("x4-only")
+    (models / "upscale_models").mkdir()
+    (models / "upscale_models" / FIXTURE_MODEL).symlink_to(MODELS / "upscale_models" / FIXTURE_MODEL)
+    (worker,) = start_workers(tmp_path_factory, 1, models=models)
+    try:
+        yield from _service(tmp_path_factory, worker.url)
+    finally:
+        worker.stop()
+
+
+def _service(tmp_path_factory: pytest.TempPathFactory, comfy_url: str) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("workbench")
     home, key = service_with_key(tmp, "run", "export", "publish")
     frame = tmp / "frame.png"
