@@ -148,6 +148,31 @@ class TemplatePublish(BaseModel):
     description: str = ""
 
 
+class TemplateDiff(BaseModel):
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+class TemplatePreview(BaseModel):
+    """What a publish would store, and what changed from the version it would follow."""
+
+    name: str
+    version: int = Field(description="The version number the publish would get.")
+    title: str
+    description: str
+    kind: str
+    content_hash: str
+    manifest: dict[str, Any] = Field(description="As it would be stored: parameters read from the parameter nodes "
+                                                 "(merged with those of the version the workflow was opened from).")
+    params_schema: dict[str, Any]
+    graph: dict[str, Any] = Field(description="The API-format graph it would store.")
+    base_version: int | None = Field(description="The version the diff is against: the one the workflow was opened "
+                                                 "from, else the newest; null for a new template.")
+    parameters: TemplateDiff | None = Field(description="Parameters added, removed and changed (by name).")
+    nodes: TemplateDiff | None = Field(description="Nodes added, removed and changed (by title, else id).")
+
+
 class TemplateOut(BaseModel):
     name: str
     latest: TemplateVersionOut

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
@@ -11,13 +12,14 @@ from orchestrator.app.admission import bound_inputs, sandbox_definitions
 from orchestrator.core import editor, limits, sandbox
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import Conflict, InvalidInput
+from orchestrator.core.graph import node_errors
 from orchestrator.core.requirements import requirements
 from orchestrator.core.validation import validate_graph
 from orchestrator.db import audit
 from orchestrator.db.tables import (
     TemplateVersionRow,
 )
-from orchestrator.db.templates import get_template, template_rows
+from orchestrator.db.templates import get_template, template_from_row, template_rows
 from orchestrator.runtime.graph_check import check_sandbox
 from orchestrator.settings import Settings, get_settings
 
@@ -57,38 +59,50 @@ def check_publish(name: str, graph: dict[str, Any], manifest: dict[str, Any] | N
     limits.check_json(manifest, "manifest")
 
 
-def publish_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
+@dataclass(frozen=True)
+class Preview:
+    """What a publish would store: the version (number, manifest, titled graph) and what changed from ``base``,
+    the version the workflow was opened from (else the newest of the name; None for a new template)."""
+
+    template: tpl.TemplateVersion
+    manifest: dict[str, Any]  # as it will be stored (the content hash is of this dict)
+    base: tpl.TemplateVersion | None
+    diff: dict[str, Any] | None
+
+
+def preview_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
                      manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str = "image",
-                     description: str = "", api_key_id: str | None = None,
-                     settings: Settings | None = None) -> TemplateVersionRow:
-    """Publish the next version of a template from an API-format graph or an editor-format workflow.
+                     description: str = "", settings: Settings | None = None) -> Preview:
+    """Every check of a publish (``publish_template``), storing nothing: the version it would be, its manifest
+    (read from the parameter nodes) for review, and the diff against the version it was opened from.
 
     An editor-format workflow (what ComfyUI's Save writes) is converted to the API format with the node
     definitions of a live pool server. Without a manifest, parameters come from the node pack's parameter
-    nodes and outputs from the save nodes; a workflow without parameter nodes that ``templates open`` wrote
-    keeps the manifest of the version it was opened from (bindings are by title). The graph is checked
-    against the node definitions of a live pool server, and every node class and model it needs must exist
-    on some server. A published version is immutable. Before any of that, the graph with its defaults bound
-    must stay in the sandbox (``sandbox.check_graph``: no file input leaving ComfyUI's folders, no URL the
-    URL rule refuses). First of all, the request is bounded (``check_publish``).
-    """
+    nodes and outputs from the save nodes; a workflow that ``templates open`` (or the editor's Media Lab panel)
+    opened keeps the manifest of the version it came from, merged with any parameter nodes added since
+    (``tpl.merge_manifest``; bindings are by title). The graph is checked against the node definitions of a
+    live pool server, and every node class and model it needs must exist on some server. Before any of that,
+    the graph with its defaults bound must stay in the sandbox (``sandbox.check_graph``: no file input leaving
+    ComfyUI's folders, no URL the URL rule refuses). First of all, the request is bounded (``check_publish``).
+    A problem that concerns a node is also listed under ``nodes`` of the error (id, input, message)."""
     check_publish(name, graph, manifest, title, description, settings or get_settings())
     object_info, origin = None, None
     if editor.is_editor_format(graph):
-        origin = ((graph.get("extra") or {}).get("medialab") or {}).get("template")
-        origin_version = ((graph.get("extra") or {}).get("medialab") or {}).get("version")
+        medialab = (graph.get("extra") or {}).get("medialab") or {}
+        origin = (medialab.get("template"), medialab.get("version")) if medialab.get("template") else None
         if pool is None:
             raise InvalidInput("an editor-format workflow needs a live ComfyUI server's node definitions to be "
                                "converted; publish with a pool, or export the API format (Workflow > Export (API))")
         object_info = pool.object_info()
         graph = editor.to_api(graph, object_info)
     if manifest is None:
-        derived, titled = tpl.manifest_from_graph(graph, title or name, kind, description)
-        if not derived["parameters"] and origin:
-            source, _t = get_template(session, origin, origin_version)
-            manifest = tpl.defaults_from_graph({**source.manifest, **({"title": title} if title else {})}, graph)
-        else:
-            manifest, graph = derived, titled
+        derived, graph = tpl.manifest_from_graph(graph, title or name, kind, description)
+        manifest = derived
+        if origin:
+            source, _t = get_template(session, *origin)
+            named = {"title": title} if title else {}
+            manifest = tpl.merge_manifest({**source.manifest, **named, **({"description": description}
+                                                                           if description else {})}, derived, graph)
     rows = template_rows(session, name)
     version = max((r.version for r in rows), default=0) + 1
     t = tpl.from_dicts(name, version, manifest, graph)
@@ -106,18 +120,32 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
         problems = validate_graph(tpl.bind(t, values), object_info)
         if problems:
             raise InvalidInput(f"{t.ref} does not validate against the pool's node definitions: "
-                               + "; ".join(problems), problems=problems)
+                               + "; ".join(problems), problems=problems, nodes=node_errors(problems))
         pool.check_runnable(requirements(t, values))
-    row = TemplateVersionRow(name=name, version=version, content_hash=t.content_hash, title=t.manifest.title,
-                             kind=t.manifest.kind, manifest=manifest, graph=graph, source="published",
-                             published_by=api_key_id)
+    base_row = next((r for r in rows if origin and origin == (name, r.version)), rows[-1] if rows else None)
+    base = template_from_row(base_row) if base_row is not None else None
+    return Preview(template=t, manifest=manifest, base=base, diff=tpl.diff(base, t) if base is not None else None)
+
+
+def publish_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
+                     manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str = "image",
+                     description: str = "", api_key_id: str | None = None,
+                     settings: Settings | None = None) -> TemplateVersionRow:
+    """Publish the next version of a template from an API-format graph or an editor-format workflow, after
+    every check of ``preview_template``. A published version is immutable."""
+    preview = preview_template(session, pool, name, graph, manifest, title=title, kind=kind,
+                               description=description, settings=settings)
+    t = preview.template
+    row = TemplateVersionRow(name=name, version=t.version, content_hash=t.content_hash, title=t.manifest.title,
+                             kind=t.manifest.kind, manifest=preview.manifest, graph=t.graph,
+                             source="published", published_by=api_key_id)
     session.add(row)
-    audit.record(session, "template.publish", f"{name}@v{version}", {"content_hash": t.content_hash})
+    audit.record(session, "template.publish", f"{name}@v{t.version}", {"content_hash": t.content_hash})
     try:
         session.commit()
     except IntegrityError as exc:
         session.rollback()
-        raise Conflict(f"{name}@v{version} was published by someone else just now; publish again") from exc
+        raise Conflict(f"{name}@v{t.version} was published by someone else just now; publish again") from exc
     return row
 
 

@@ -7,8 +7,30 @@ read from it may carry an integer node id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+
+class NodeProblem(str):
+    """A problem line that concerns one node (and one of its inputs): a ``str`` everywhere (joined, compared, sent
+    as it is) that also carries the node's id and the input's name, so that the editor can show it on the node."""
+
+    node: str
+    input: str | None
+
+    def __new__(cls, text: str, node: str | int, input: str | None = None) -> NodeProblem:  # noqa: A002
+        made = super().__new__(cls, text)
+        made.node, made.input = str(node), input
+        return made
+
+    def extend(self, text: str, sep: str = ": ") -> NodeProblem:
+        """The same node and input, with ``text`` said after this line."""
+        return NodeProblem(f"{self}{sep}{text}", self.node, self.input)
+
+
+def node_errors(problems: Iterable[str]) -> list[dict[str, Any]]:
+    """``{node, input, message}`` of each problem that names a node (the others are left out)."""
+    return [{"node": p.node, "input": p.input, "message": str(p)} for p in problems if isinstance(p, NodeProblem)]
 
 
 def is_link(value: Any) -> bool:

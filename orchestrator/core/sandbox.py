@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote
 
 from custom_nodes import urls
-from orchestrator.core.graph import is_link, title_of
+from orchestrator.core.graph import NodeProblem, is_link, title_of
 
 MAX_FILE_NAME = 1024  # characters in a file input's value
 MAX_SEGMENT = 255  # bytes in one path segment (NAME_MAX)
@@ -201,12 +201,13 @@ def source_problem(value: str, policy: urls.UrlPolicy) -> tuple[str | None, urls
 class GraphCheck:
     problems: list[str] = field(default_factory=list)
     # URL inputs that passed the pure rule: (where, target); the caller checks their resolved addresses.
-    urls: list[tuple[str, urls.Target]] = field(default_factory=list)
+    urls: list[tuple[NodeProblem, urls.Target]] = field(default_factory=list)
 
 
-def _where(graph: Mapping[str, Any], nid: str, name: str) -> str:
+def _where(graph: Mapping[str, Any], nid: str, name: str) -> NodeProblem:
     node = graph.get(nid) or {}
-    return f"node '{title_of(node) or nid}' (#{nid} {node.get('class_type', '?')}) input '{name}'"
+    return NodeProblem(f"node '{title_of(node) or nid}' (#{nid} {node.get('class_type', '?')}) input '{name}'", nid,
+                       name)
 
 
 def _resolve(graph: Mapping[str, Any], value: Any) -> tuple[Any, str | None]:
@@ -252,9 +253,9 @@ def check_graph(graph: Mapping[str, Any], defs: Definitions | None, policy: urls
             if computed_by is not None:
                 if strict:
                     src = graph[computed_by].get("class_type", "?")
-                    out.problems.append(f"{where}: takes its file name from node #{computed_by} ({src}), which "
-                                        "computes it while the graph runs: a file name must be a value in the graph "
-                                        "or come from a parameter node")
+                    out.problems.append(where.extend(
+                        f"takes its file name from node #{computed_by} ({src}), which computes it while the graph "
+                        "runs: a file name must be a value in the graph or come from a parameter node"))
                 continue
             if not isinstance(literal, str):
                 continue
@@ -265,7 +266,7 @@ def check_graph(graph: Mapping[str, Any], defs: Definitions | None, policy: urls
             else:
                 problem = path_problem(literal, strict=strict)
             if problem:
-                out.problems.append(f"{where}: {problem}")
+                out.problems.append(where.extend(problem))
     return out
 
 

@@ -379,6 +379,29 @@ def defaults_from_graph(manifest: dict[str, Any], graph: dict[str, Any]) -> dict
     return {**manifest, "parameters": params}
 
 
+def merge_manifest(origin: dict[str, Any], derived: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a workflow opened from a version (``origin``, its manifest) to which the artist may have
+    added parameter nodes (``derived``: ``manifest_from_graph`` of the titled ``graph``).
+
+    The origin's parameters stay while their bound input is still a value of a node in the graph (with the
+    value left there as the default, as ``defaults_from_graph``); one whose input a parameter node now feeds,
+    or whose node is gone, is dropped, and a parameter node of the same name replaces it. The origin's outputs
+    stay while all their nodes are there, else the save nodes' are taken."""
+    kept = defaults_from_graph(origin, graph)
+    titles = nodes_by_title(graph)
+    added = {p["name"] for p in derived["parameters"]}
+
+    def bound_to_value(p: dict[str, Any]) -> bool:
+        node = graph.get(titles.get(p["bind"]["node"], ""))
+        return node is not None and not is_link((node.get("inputs") or {}).get(p["bind"]["input"]))
+
+    params = [p for p in kept.get("parameters", []) if p["name"] not in added and bound_to_value(p)]
+    outputs = kept.get("outputs") or []
+    if not outputs or any(o["node"] not in titles for o in outputs):
+        outputs = derived["outputs"]
+    return {**kept, "parameters": params + derived["parameters"], "outputs": outputs}
+
+
 def model_refs(graph: dict[str, Any]) -> set[tuple[str, str]]:
     """(folder, file) of every model a bound graph loads by name."""
     refs = set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.graph import is_link, title_of
+from orchestrator.core.graph import NodeProblem, is_link, title_of
 from orchestrator.core.templates import MODEL_INPUTS
 
 FILE_CHOICES = {("LoadImage", "image"), ("LoadVideo", "file"), ("LoadImageMask", "image")}
@@ -55,22 +55,28 @@ def _literal_problem(cls: str, name: str, kind: Any, opts: dict[str, Any], value
 
 
 def validate_graph(graph: dict[str, Any], object_info: dict[str, Any]) -> list[str]:
-    """Every problem found, one readable line each (node title, id, class and input named); [] if none."""
-    problems = []
+    """Every problem found, one readable line each (node title, id, class and input named; a ``NodeProblem``
+    carrying the node's id and input); [] if none."""
+    problems: list[str] = []
     for nid, node in graph.items():
         cls = node.get("class_type", "?")
-        where = f"node '{title_of(node) or nid}' (#{nid} {cls})"
+        where = NodeProblem(f"node '{title_of(node) or nid}' (#{nid} {cls})", nid)
+
+        def at(name: str, text: str, where: NodeProblem = where, nid: str = nid) -> NodeProblem:
+            return NodeProblem(f"{where} input '{name}': {text}", nid, name)
+
         info = object_info.get(cls)
         if info is None:
-            problems.append(f"{where}: unknown node class (is its node pack installed?)")
+            problems.append(where.extend("unknown node class (is its node pack installed?)"))
             continue
         inputs = node.get("inputs") or {}
         required = (info.get("input") or {}).get("required") or {}
         spec = {**required, **((info.get("input") or {}).get("optional") or {})}
-        problems += [f"{where}: required input '{name}' is missing" for name in required if name not in inputs]
+        problems += [NodeProblem(f"{where}: required input '{name}' is missing", nid, name)
+                     for name in required if name not in inputs]
         for name, value in inputs.items():
             if name not in spec:
-                problems.append(f"{where}: unknown input '{name}'")
+                problems.append(NodeProblem(f"{where}: unknown input '{name}'", nid, name))
                 continue
             kind = spec[name][0]
             opts = spec[name][1] if len(spec[name]) > 1 and isinstance(spec[name][1], dict) else {}
@@ -78,14 +84,14 @@ def validate_graph(graph: dict[str, Any], object_info: dict[str, Any]) -> list[s
                 src = graph.get(value[0])
                 src_info = object_info.get(src["class_type"]) if src else None
                 if src is None:
-                    problems.append(f"{where} input '{name}': links to node #{value[0]}, which is not in the graph")
+                    problems.append(at(name, f"links to node #{value[0]}, which is not in the graph"))
                 elif src_info is not None:
                     outputs = src_info.get("output") or []
                     if value[1] >= len(outputs):
-                        problems.append(f"{where} input '{name}': node #{value[0]} has no output {value[1]}")
+                        problems.append(at(name, f"node #{value[0]} has no output {value[1]}"))
                     elif not types_match(outputs[value[1]], kind):
-                        problems.append(f"{where} input '{name}': expects {kind if isinstance(kind, str) else 'COMBO'}"
-                                        f", node #{value[0]} gives {outputs[value[1]]}")
+                        problems.append(at(name, f"expects {kind if isinstance(kind, str) else 'COMBO'}, node "
+                                                 f"#{value[0]} gives {outputs[value[1]]}"))
             elif (problem := _literal_problem(cls, name, kind, opts, value)) is not None:
-                problems.append(f"{where} input '{name}': {problem}")
+                problems.append(at(name, problem))
     return problems

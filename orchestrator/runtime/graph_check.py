@@ -9,6 +9,7 @@ from typing import Any
 from custom_nodes import urls
 from orchestrator.core import sandbox
 from orchestrator.core.errors import InvalidInput
+from orchestrator.core.graph import node_errors
 from orchestrator.settings import Settings, get_settings
 
 
@@ -32,6 +33,7 @@ def check_sandbox(graph: dict[str, Any], defs: sandbox.Definitions, settings: Se
         try:
             urls.check_addresses(target, urls.resolve(target.host, target.port), policy)
         except urls.UrlRefused as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append(where.extend(str(exc)))
     if problems:
-        raise InvalidInput("the graph leaves the sandbox: " + "; ".join(problems), problems=problems)
+        raise InvalidInput("the graph leaves the sandbox: " + "; ".join(problems), problems=problems,
+                           nodes=node_errors(problems))

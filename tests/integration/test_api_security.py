@@ -68,6 +68,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/templates/{name}/versions/{version}/workflow"): ANY,
     ("POST", "/v1/templates/{name}/versions"): {"admin", "publish"},
     ("POST", "/v1/templates/{name}/versions/{version}/deprecate"): {"admin", "publish"},
+    ("POST", "/v1/templates/{name}/preview"): {"admin", "publish"},
     ("GET", "/v1/templates/{name}/diff"): ANY,
     ("GET", "/v1/pipelines"): ANY,
     ("GET", "/v1/pipelines/{name}"): ANY,

@@ -159,3 +159,63 @@ def test_a_version_opened_and_saved_keeps_its_manifest(comfy_url: str, settings:
         job = wait(api, submit(api, {"image": frame["id"]}, template="upres").json()["id"])
         assert job["state"] == "SUCCEEDED" and job["version"] == 2, job["error"]
         assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (80, 60)
+
+
+def test_preview_reviews_a_publish_and_names_the_nodes_of_its_problems(comfy_url: str, settings: Settings) -> None:
+    """The editor's review: a version opened, a widget changed and an input made a parameter node; the preview
+    says the version it would be, the merged manifest and the diff, and stores nothing. A problem names its node."""
+    from orchestrator.core import templates as tpl
+    from orchestrator.runtime import library
+    from orchestrator.settings import PROJECT_ROOT
+    from tests.conftest import FIXTURE_MODEL
+
+    t = tpl.pick(library.scan_library(PROJECT_ROOT / "comfy_workflows"), "upscale-esrgan", 2)
+    manifest = t.manifest.model_dump(mode="json", exclude_defaults=True)
+    next(p for p in manifest["parameters"] if p["name"] == "model")["default"] = FIXTURE_MODEL
+    settings.comfy_servers = [comfy_url]
+    with make_api(settings, dispatch=True) as api:
+        assert api.client.post("/v1/templates/reviewed/versions", headers=api.admin,
+                               json={"graph": t.graph, "manifest": manifest}).status_code == 201
+        workflow = api.client.get("/v1/templates/reviewed/versions/1/workflow", headers=api.reader).json()
+        resize = next(n for n in workflow["nodes"] if n.get("title") == "Resize")
+        resize["widgets_values"][0] = "bicubic"  # a widget changed: the default of resize_method
+        # Resize's scale_by made a parameter node, as the editor's "make a parameter" does
+        slot = next(i for i, inp in enumerate(resize["inputs"]) if inp["name"] == "scale_by")
+        node_id, link_id = max(n["id"] for n in workflow["nodes"]) + 1, workflow["last_link_id"] + 1
+        workflow["nodes"].append({"id": node_id, "type": "MediaLabParamFloat", "pos": [0, 400], "size": [300, 150],
+                                  "flags": {}, "order": 0, "mode": 0, "title": "param zoom", "properties": {},
+                                  "inputs": [], "outputs": [{"name": "FLOAT", "type": "FLOAT", "links": [link_id]}],
+                                  "widgets_values": ["zoom", 0.5, "How much to resize.", 0.1, 2.0]})
+        resize["inputs"][slot]["link"] = link_id
+        workflow["links"].append([link_id, node_id, 0, resize["id"], slot, "FLOAT"])
+        workflow["last_link_id"], workflow["last_node_id"] = link_id, node_id
+        r = api.client.post("/v1/templates/reviewed/preview", headers=api.admin, json={"graph": workflow})
+        assert r.status_code == 200, r.text
+        seen = r.json()
+        assert (seen["version"], seen["base_version"]) == (2, 1)
+        names = [p["name"] for p in seen["manifest"]["parameters"]]
+        assert names == ["image", "model", "resize_method", "zoom"], names  # resize: its input is a link now
+        assert seen["parameters"] == {"added": ["zoom"], "removed": ["resize"], "changed": ["resize_method"]}
+        assert seen["nodes"]["added"] == ["param zoom"] and "Resize" in seen["nodes"]["changed"]
+        assert seen["params_schema"]["properties"]["zoom"]["default"] == 0.5
+        assert api.client.get("/v1/templates/reviewed", headers=api.reader).json()["version"] == 1  # nothing stored
+        assert api.client.post("/v1/templates/reviewed/preview", headers=api.run,
+                               json={"graph": workflow}).status_code == 403
+
+        r = api.client.post("/v1/templates/reviewed/versions", headers=api.admin, json={"graph": workflow})
+        assert r.status_code == 201 and r.json()["version"] == 2, r.text
+        frame = upload(api, png_bytes(40, 30))
+        job = wait(api, submit(api, {"image": frame["id"], "zoom": 0.25}, template="reviewed").json()["id"])
+        assert job["state"] == "SUCCEEDED" and job["version"] == 2, job["error"]
+        assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (40, 30)  # 4x, then a quarter
+
+        upscale = next(n for n in workflow["nodes"] if n.get("title") == "Upscale")
+        image_in = next(inp for inp in upscale["inputs"] if inp["name"] == "image")
+        workflow["links"] = [lk for lk in workflow["links"] if lk[0] != image_in["link"]]
+        image_in["link"] = None  # the artist deleted a link
+        for path in ("preview", "versions"):
+            r = api.client.post(f"/v1/templates/reviewed/{path}", headers=api.admin, json={"graph": workflow})
+            assert r.status_code == 422, r.text
+            assert r.json()["nodes"] == [{"node": str(upscale["id"]), "input": "image", "message": (
+                f"node 'Upscale' (#{upscale['id']} ImageUpscaleWithModel): required input 'image' is missing")}]
+        assert api.client.get("/v1/templates/reviewed", headers=api.reader).json()["version"] == 2

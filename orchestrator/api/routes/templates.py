@@ -3,7 +3,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from orchestrator.api.deps import AnyKey, CtxDep, PublishKey, SessionDep
-from orchestrator.api.schemas import TemplateOut, TemplatePublish, TemplateVersionOut
+from orchestrator.api.schemas import TemplateDiff, TemplateOut, TemplatePreview, TemplatePublish, TemplateVersionOut
 from orchestrator.app import templates as template_app
 from orchestrator.core import templates as tpl
 from orchestrator.core.errors import NotFound
@@ -66,6 +66,22 @@ def publish(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, 
                                    kind=body.kind, description=body.description, api_key_id=key.id,
                                    settings=ctx.settings)
     return version_out(row, full=True)
+
+
+@router.post("/{name}/preview", response_model=TemplatePreview)
+def preview(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, _: PublishKey) -> TemplatePreview:
+    """Every check of a publish, storing nothing: the version it would be, its manifest for review, and the diff
+    against the version the workflow was opened from (errors as a publish's: 422 with ``nodes`` naming the node
+    of each problem that has one)."""
+    found = template_app.preview_template(session, ctx.pool, name, body.graph, body.manifest, title=body.title,
+                                          kind=body.kind, description=body.description, settings=ctx.settings)
+    t, diff = found.template, found.diff or {}
+    return TemplatePreview(name=t.name, version=t.version, title=t.manifest.title, description=t.manifest.description,
+                           kind=t.manifest.kind, content_hash=t.content_hash, manifest=found.manifest,
+                           params_schema=t.params_schema(), graph=t.graph,
+                           base_version=found.base.version if found.base else None,
+                           parameters=TemplateDiff(**diff["parameters"]) if diff else None,
+                           nodes=TemplateDiff(**diff["nodes"]) if diff else None)
 
 
 @router.post("/{name}/versions/{version}/deprecate", response_model=TemplateVersionOut)
