@@ -7,6 +7,8 @@
 - MediaLabParam*: parameter nodes that mark a graph input as a template parameter.
 - MediaLabFaceRestoreModelLoader / MediaLabFaceRestore: face restoration (``faces.py``), models in
   ``models/facerestore_models``.
+- The editor's Media Lab panel (``web/medialab.js``, routes ``/medialab/editor/...`` in ``editor.py``): sign in
+  to the orchestrator, open a template version, make an input a parameter, review and publish a new version.
 - GET /medialab/info: the pack's version, the server's object storage (endpoint, bucket) and upload limit,
   which the orchestrator reads to pick the byte path per server; the custom node packs installed beside
   this one with their git commit, and the versions of a few Python packages (checked against the
@@ -20,7 +22,8 @@ from .faces import FACE_NODES
 from .nodes import MediaLabLoadImage, MediaLabLoadVideo, MediaLabSaveImage, MediaLabSaveVideo
 from .params import PARAMETER_NODES
 
-PACK_VERSION = "0.1.0"
+PACK_VERSION = "0.2.0"
+WEB_DIRECTORY = "./web"  # the editor's Media Lab panel (web/medialab.js; its routes: editor.py)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "MediaLabLoadImage": MediaLabLoadImage, "MediaLabLoadVideo": MediaLabLoadVideo,
@@ -45,7 +48,9 @@ def _register_routes() -> None:
     if getattr(PromptServer, "instance", None) is None:
         return
 
-    from . import objects, packs
+    from . import editor, objects, packs
+
+    editor.register(PromptServer.instance.routes, editor.Link())
 
     @PromptServer.instance.routes.get("/medialab/info")
     async def info(_request: web.Request) -> web.Response:

@@ -49,8 +49,9 @@ class MediaLabParamInt(_Param):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:  # noqa: N802
-        spec = _base(("INT", {"default": 0, "min": -(2**63), "max": 2**63 - 1}))
-        spec["optional"] |= {"min": ("INT", {"default": -(2**31)}), "max": ("INT", {"default": 2**31})}
+        full = {"min": -(2**63), "max": 2**63 - 1}  # the editor clamps a widget without min/max to [0, 2048]
+        spec = _base(("INT", {"default": 0, **full}))
+        spec["optional"] |= {"min": ("INT", {"default": -(2**31), **full}), "max": ("INT", {"default": 2**31, **full})}
         return spec
 
 
@@ -59,8 +60,9 @@ class MediaLabParamFloat(_Param):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:  # noqa: N802
-        spec = _base(("FLOAT", {"default": 0.0, "min": -1e12, "max": 1e12, "step": 0.01}))
-        spec["optional"] |= {"min": ("FLOAT", {"default": -1e12}), "max": ("FLOAT", {"default": 1e12})}
+        full = {"min": -1e12, "max": 1e12, "step": 0.01}
+        spec = _base(("FLOAT", {"default": 0.0, **full}))
+        spec["optional"] |= {"min": ("FLOAT", {"default": -1e12, **full}), "max": ("FLOAT", {"default": 1e12, **full})}
         return spec
 
 

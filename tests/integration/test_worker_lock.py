@@ -105,7 +105,7 @@ node_classes = ["FakeLockNode"]
 [[pack]]
 name = "medialab"
 path = "custom_nodes"
-version = "0.1.0"
+version = "0.2.0"
 node_classes = ["MediaLabSaveImage", "MediaLabParamInt"]
 
 [[model]]
