@@ -6,7 +6,9 @@ kept in this ComfyUI process, and the few orchestrator calls the panel makes, se
 - Only an orchestrator that ``MEDIALAB_EDITOR_ORCHESTRATORS`` lists (comma-separated origins, e.g.
   ``http://10.0.0.5:8000``) can be signed in to, so nothing the page sends makes this server fetch anything
   else; redirects are not followed. Unset, the panel says how to set it.
-- Without a sign-in every forwarding route answers 401 and sends nothing on.
+- Without a sign-in every forwarding route answers 401 and sends nothing on. A sign-in is the server's (anyone
+  who reaches this ComfyUI acts with it, as with its queue): it ends on sign-out, on a restart, and after
+  ``MEDIALAB_EDITOR_SIGNIN_HOURS`` (12).
 - A request whose ``Origin`` is not this server's own is refused (403), whatever ComfyUI's own checks are,
   and one that changes something must be JSON (a form post from another site cannot be).
 - Template names and version numbers are checked before they go into the orchestrator's path.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 from .urls import UrlRefused, format_origin, parse_origin
 
 ENV = "MEDIALAB_EDITOR_ORCHESTRATORS"
+HOURS_ENV = "MEDIALAB_EDITOR_SIGNIN_HOURS"  # how long a sign-in lasts (default 12)
 PREFIX = "/medialab/editor"
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a template name (the orchestrator's own rule)
 TIMEOUT_S = 180.0  # a publish checks the graph on a live pool server
@@ -86,15 +90,27 @@ def blank(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
+def signin_hours(env: dict[str, str] | None = None) -> float:
+    raw = (os.environ if env is None else env).get(HOURS_ENV, "12")
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = -1.0
+    if not 0 < hours <= 24 * 30:
+        raise EditorError(500, f"{HOURS_ENV} on this ComfyUI server is {raw!r}: hours, more than 0, at most 720")
+    return hours
+
+
 @dataclass
 class SignIn:
     url: str
     key: str
     who: dict[str, Any]  # the orchestrator's /v1/me: key id, name, roles
+    ends: float  # time.monotonic() when it ends
 
     def public(self) -> dict[str, Any]:
         return {"signed_in": True, "url": self.url, "name": self.who.get("name"), "roles": self.who.get("roles", []),
-                "can_publish": bool(self.who.get("can_publish"))}
+                "can_publish": bool(self.who.get("can_publish")), "ends_in_s": round(self.ends - time.monotonic())}
 
 
 class Link:
@@ -104,9 +120,14 @@ class Link:
         self.env = env
         self.signed: SignIn | None = None
 
+    def current(self) -> SignIn | None:
+        if self.signed is not None and time.monotonic() >= self.signed.ends:
+            self.signed = None
+        return self.signed
+
     def state(self) -> dict[str, Any]:
         allowed = allowed_orchestrators(self.env)
-        if self.signed is None:
+        if self.current() is None:
             return {"signed_in": False, "orchestrators": allowed}
         return {**self.signed.public(), "orchestrators": allowed}
 
@@ -120,7 +141,8 @@ class Link:
             raise EditorError(401, "the orchestrator refused this API key: " + detail(body, key))
         if status != 200 or not isinstance(body, dict):
             raise EditorError(502, f"{origin} did not answer as a Media Lab orchestrator (GET /v1/me: {status})")
-        self.signed = SignIn(url=origin, key=key, who=body)
+        self.signed = SignIn(url=origin, key=key, who=body,
+                             ends=time.monotonic() + signin_hours(self.env) * 3600)
         return self.state()
 
     def sign_out(self) -> dict[str, Any]:
@@ -128,7 +150,7 @@ class Link:
         return self.state()
 
     async def forward(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        signed = self.signed
+        signed = self.current()
         if signed is None:
             raise EditorError(401, NOT_SIGNED_IN)
         status, answer = await call(signed.url, signed.key, method, path, body)

@@ -47,6 +47,10 @@ def templates_show(name: str, version: int | None = None, as_json: JsonOption = 
         if as_json:
             print_json(version_out(row, full=True))
             return
+    print_version(t)
+
+
+def print_version(t: tpl.TemplateVersion) -> None:
     console.print(f"[bold]{t.ref}[/bold] {t.manifest.title} ({t.manifest.kind}) hash {t.content_hash[:12]}")
     console.print(t.manifest.description)
     table = Table("parameter", "type", "default", "range/choices", "binds to", "help")
@@ -65,8 +69,11 @@ def templates_publish(
                                           "format (Workflow > Export (API)).")],
     manifest: Annotated[Path | None, typer.Option(help="Manifest; default: read from the parameter nodes.")] = None,
     title: str | None = None, kind: str = "image", description: str = "",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Every check, nothing stored: the version it would be, "
+                                                            "its parameters and the diff.")] = False,
 ) -> None:
-    """Publish the next version of a template, converted and checked with a live ComfyUI server of the pool."""
+    """Publish the next version of a template, converted and checked with a live ComfyUI server of the pool
+    (in ComfyUI itself: the Media Lab panel's "Publish as new version")."""
     ctx = context()
     try:
         try:
@@ -77,12 +84,23 @@ def templates_publish(
         with console.status("checking against a ComfyUI server..."):
             pool = ctx.start_pool()
             with ctx.db.session() as s:
-                row = template_app.publish_template(s, pool, name, graph_data, manifest_data, title=title, kind=kind,
-                                               description=description)
+                if dry_run:
+                    preview = template_app.preview_template(s, pool, name, graph_data, manifest_data, title=title,
+                                                            kind=kind, description=description)
+                else:
+                    row = template_app.publish_template(s, pool, name, graph_data, manifest_data, title=title,
+                                                        kind=kind, description=description)
     except MediaLabError as exc:
         fail(exc)
     finally:
         ctx.close()
+    if dry_run:
+        console.print(f"dry run: nothing stored; a publish would store [bold]{preview.template.ref}[/bold]")
+        print_version(preview.template)
+        if preview.base is not None:
+            console.print(f"changes from {preview.base.ref}:")
+            console.print_json(json.dumps(preview.diff))
+        return
     console.print(f"published [bold]{row.name}@v{row.version}[/bold] hash {row.content_hash[:12]}")
     templates_show(row.name, row.version)
 
@@ -129,7 +147,8 @@ def templates_open(
     where = " or ".join(urls) if urls else "ComfyUI (no pool server is registered: start one)"
     console.print(f"open {where} in a browser, then Workflow > Open and pick {path.resolve()} (or drop the file "
                   f"onto the canvas); after editing, Workflow > Save and publish the saved file with "
-                  f"`medialab templates publish {meta['template']} FILE`")
+                  f"`medialab templates publish {meta['template']} FILE`. In a ComfyUI with the node pack, the "
+                  "Media Lab panel opens and publishes versions without a file")
 
 
 @templates_app.command("deprecate")

@@ -138,9 +138,10 @@ def test_the_pack_refuses_without_a_sign_in_and_never_returns_the_key(stack: Sta
 
     signed = stack.pack("POST", "/session", json={"url": stack.service, "api_key": key})
     assert signed.status_code == 200, signed.text
-    assert signed.json() | {"orchestrators": None} == {
+    assert signed.json() | {"orchestrators": None, "ends_in_s": None} == {
         "signed_in": True, "url": stack.service, "name": "studio-publish", "roles": ["publish"], "can_publish": True,
-        "orchestrators": None}
+        "orchestrators": None, "ends_in_s": None}
+    assert 12 * 3600 - 60 < signed.json()["ends_in_s"] <= 12 * 3600
     listed = stack.pack("GET", "/templates")
     assert listed.status_code == 200 and "upscale-esrgan" in {t["name"] for t in listed.json()}
     assert stack.pack("GET", "/templates/..%2Fkeys/versions/1").status_code in (404, 422)

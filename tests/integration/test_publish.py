@@ -113,6 +113,10 @@ def test_cli_publishes_the_saved_file_and_opens_it(tmp_path: Path, comfy_url: st
     home = tmp_path / ".medialab"
     servers = f'["{comfy_url}"]'
     r = medialab(home, "templates", "publish", "scaled", str(EDITOR / "scaler.json"), "--title", "Scale",
+                 "--dry-run", servers=servers)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dry run: nothing stored; a publish would store scaled@v1" in r.stdout and "param scale.value" in r.stdout
+    r = medialab(home, "templates", "publish", "scaled", str(EDITOR / "scaler.json"), "--title", "Scale",
                  servers=servers)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "published scaled@v1" in r.stdout

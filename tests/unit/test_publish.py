@@ -59,3 +59,36 @@ def test_diff_and_deprecation() -> None:
     a.deprecated = True
     with pytest.raises(NotFound, match="every version of template 'scale' is deprecated"):
         tpl.pick([a, b], "scale")
+
+
+def test_parameter_nodes_added_to_an_opened_version_join_its_manifest() -> None:
+    from orchestrator.core.graph import NodeProblem, node_errors
+    from orchestrator.core.templates import merge_manifest
+
+    origin = {"title": "T", "kind": "image", "outputs": [{"node": "Save", "name": "out"}], "parameters": [
+        {"name": "image", "type": "image", "bind": {"node": "Load", "input": "image"}},
+        {"name": "scale", "type": "float", "default": 2.0, "bind": {"node": "Scale", "input": "scale_by"}},
+        {"name": "method", "type": "choice", "default": "nearest-exact", "choices": ["nearest-exact", "bicubic"],
+         "bind": {"node": "Scale", "input": "upscale_method"}},
+        {"name": "gone", "type": "int", "default": 1, "bind": {"node": "Deleted", "input": "x"}}]}
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "Load"}},
+             "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "scale_by": ["5", 0],
+                                                            "upscale_method": "bicubic"}, "_meta": {"title": "Scale"}},
+             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}, "_meta": {"title": "Save"}},
+             "5": {"class_type": "MediaLabParamFloat", "inputs": {"name": "zoom", "value": 0.5},
+                   "_meta": {"title": "param zoom"}}}
+    derived = {"parameters": [{"name": "zoom", "type": "float", "default": 0.5,
+                               "bind": {"node": "param zoom", "input": "value"}}],
+               "outputs": [{"node": "Save", "name": "output"}]}
+    merged = merge_manifest(origin, derived, graph)
+    assert [p["name"] for p in merged["parameters"]] == ["image", "method", "zoom"]  # scale: a link now; gone: gone
+    assert merged["parameters"][1]["default"] == "bicubic"  # the value left in the graph
+    assert merged["outputs"] == [{"node": "Save", "name": "out"}] and merged["title"] == "T"
+    del graph["3"]["_meta"]
+    assert merge_manifest(origin, derived, graph)["outputs"] == derived["outputs"]  # its output node is gone
+
+    problem = NodeProblem("node 'Scale' (#2 ImageScaleBy)", 2).extend("bad")
+    assert problem == "node 'Scale' (#2 ImageScaleBy): bad" and (problem.node, problem.input) == ("2", None)
+    assert node_errors([problem, "a problem of no node", NodeProblem("x", "7", "image")]) == [
+        {"node": "2", "input": None, "message": "node 'Scale' (#2 ImageScaleBy): bad"},
+        {"node": "7", "input": "image", "message": "x"}]

@@ -1724,6 +1724,24 @@ export type StepOut = {
 };
 
 /**
+ * TemplateDiff
+ */
+export type TemplateDiff = {
+    /**
+     * Added
+     */
+    added: Array<string>;
+    /**
+     * Changed
+     */
+    changed: Array<string>;
+    /**
+     * Removed
+     */
+    removed: Array<string>;
+};
+
+/**
  * TemplateOut
  */
 export type TemplateOut = {
@@ -1736,6 +1754,76 @@ export type TemplateOut = {
      * Versions
      */
     versions: Array<number>;
+};
+
+/**
+ * TemplatePreview
+ *
+ * What a publish would store, and what changed from the version it would follow.
+ */
+export type TemplatePreview = {
+    /**
+     * Base Version
+     *
+     * The version the diff is against: the one the workflow was opened from, else the newest; null for a new template.
+     */
+    base_version: number | null;
+    /**
+     * Content Hash
+     */
+    content_hash: string;
+    /**
+     * Description
+     */
+    description: string;
+    /**
+     * Graph
+     *
+     * The API-format graph it would store.
+     */
+    graph: {
+        [key: string]: unknown;
+    };
+    /**
+     * Kind
+     */
+    kind: string;
+    /**
+     * Manifest
+     *
+     * As it would be stored: parameters read from the parameter nodes (merged with those of the version the workflow was opened from).
+     */
+    manifest: {
+        [key: string]: unknown;
+    };
+    /**
+     * Name
+     */
+    name: string;
+    /**
+     * Nodes added, removed and changed (by title, else id).
+     */
+    nodes: TemplateDiff | null;
+    /**
+     * Parameters added, removed and changed (by name).
+     */
+    parameters: TemplateDiff | null;
+    /**
+     * Params Schema
+     */
+    params_schema: {
+        [key: string]: unknown;
+    };
+    /**
+     * Title
+     */
+    title: string;
+    /**
+     * Version
+     *
+     * The version number the publish would get.
+     */
+    version: number;
 };
 
 /**
@@ -5036,6 +5124,64 @@ export type TemplatesDiffResponses = {
 };
 
 export type TemplatesDiffResponse = TemplatesDiffResponses[keyof TemplatesDiffResponses];
+
+export type TemplatesPreviewData = {
+    body: TemplatePublish;
+    path: {
+        /**
+         * Name
+         */
+        name: string;
+    };
+    query?: never;
+    url: '/v1/templates/{name}/preview';
+};
+
+export type TemplatesPreviewErrors = {
+    /**
+     * No API key, or an unknown, revoked or expired one
+     */
+    401: Problem;
+    /**
+     * The key lacks the role for this
+     */
+    403: Problem;
+    /**
+     * Something named in the request does not exist
+     */
+    404: Problem;
+    /**
+     * Conflicts with the current state
+     */
+    409: Problem;
+    /**
+     * Over a limit (the problem names the limit and its value)
+     */
+    413: Problem;
+    /**
+     * Invalid input (the problem names what was wrong)
+     */
+    422: Problem;
+    /**
+     * Internal error
+     */
+    500: Problem;
+    /**
+     * A dependency (the object store, the ComfyUI pool) is unavailable
+     */
+    503: Problem;
+};
+
+export type TemplatesPreviewError = TemplatesPreviewErrors[keyof TemplatesPreviewErrors];
+
+export type TemplatesPreviewResponses = {
+    /**
+     * Successful Response
+     */
+    200: TemplatePreview;
+};
+
+export type TemplatesPreviewResponse = TemplatesPreviewResponses[keyof TemplatesPreviewResponses];
 
 export type TemplatesPublishData = {
     body: TemplatePublish;
