@@ -189,7 +189,7 @@ function el(tag, attrs = {}, ...children) {
     else if (k === "style") node.style.cssText = v;
     else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) node.append(c);
   return node;
 }
 
@@ -202,9 +202,9 @@ const STYLE = `
 .ml-panel input, .ml-panel select, .ml-panel textarea { background: var(--comfy-input-bg, #222);
             color: var(--input-text, #ddd); border: 1px solid var(--border-color, #555); padding: 4px; }
 .ml-panel button { cursor: pointer; padding: 4px 10px; margin: 2px 4px 2px 0; }
-.ml-panel table { border-collapse: collapse; width: 100%; }
+.ml-panel table { border-collapse: collapse; width: 100%; table-layout: fixed; font-size: 12px; }
 .ml-panel td, .ml-panel th { border-bottom: 1px solid var(--border-color, #444); padding: 2px 4px; text-align: left;
-            vertical-align: top; }
+            vertical-align: top; overflow-wrap: anywhere; }
 .ml-error { color: #f66; white-space: pre-wrap; }
 .ml-ok { color: #6c6; }
 .ml-muted { opacity: 0.7; font-size: 12px; }
@@ -328,10 +328,15 @@ function publishBody() {
   return { name: (p.name ?? origin()?.template ?? "").trim(), body };
 }
 
+async function promptOf() {
+  // the graph as it would run (API format): what a review checked, whatever the view or layout
+  return JSON.stringify((await app.graphToPrompt()).output);
+}
+
 async function review() {
   const { name, body } = publishBody();
   state.publish = { ...(state.publish ?? {}), name };
-  state.review = { name, body, preview: null, error: null, published: null };
+  state.review = { name, body, prompt: await promptOf(), preview: null, error: null, published: null };
   showNodeErrors([]);
   try {
     state.review.preview = await call("POST", `/templates/${encodeURIComponent(name)}/preview`, body);
@@ -343,6 +348,11 @@ async function review() {
 
 async function publish() {
   const r = state.review;
+  if ((await promptOf()) !== r.prompt) {
+    r.preview = null;
+    r.error = new Error("The graph changed after the review: review it again before publishing.");
+    return;
+  }
   try {
     const made = await call("POST", `/templates/${encodeURIComponent(r.name)}/versions`, r.body);
     r.published = made;
@@ -356,11 +366,19 @@ async function publish() {
   }
 }
 
+function shortValue(v) {
+  const text = v === undefined || v === null ? "(none)" : typeof v === "string" ? v : JSON.stringify(v);
+  return text.length > 60 ? text.slice(0, 57) + "…" : text;
+}
+
 function diffList(label, d) {
   if (!d) return null;
   const parts = [["added", "+"], ["removed", "−"], ["changed", "~"]].filter(([k]) => d[k]?.length)
     .map(([k, sign]) => el("div", { testid: `ml-diff-${label}-${k}` }, `${sign} ${k}: ${d[k].join(", ")}`));
-  return el("div", {}, el("b", {}, label), parts.length ? parts : el("div", { class: "ml-muted" }, "no change"));
+  const details = Object.entries(d.details ?? {}).map(([what, fields]) => el("div", {
+    class: "ml-muted", testid: `ml-diff-detail-${label}-${what}` }, `${what}: ` + Object.entries(fields)
+    .map(([field, c]) => `${field} ${shortValue(c.from)} → ${shortValue(c.to)}`).join("; ")));
+  return el("div", {}, el("b", {}, label), parts.length ? [...parts, ...details] : el("div", { class: "ml-muted" }, "no change"));
 }
 
 function reviewSection() {

@@ -148,10 +148,17 @@ class TemplatePublish(BaseModel):
     description: str = ""
 
 
+class Change(BaseModel):
+    from_: Any = Field(alias="from")
+    to: Any
+
+
 class TemplateDiff(BaseModel):
     added: list[str]
     removed: list[str]
     changed: list[str]
+    details: dict[str, dict[str, Change]] = Field(description="For each changed one: its fields (a node's inputs, a "
+                                                              "link written '<- source') with old and new value.")
 
 
 class TemplatePreview(BaseModel):

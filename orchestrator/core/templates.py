@@ -486,7 +486,8 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
 
 
 def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
-    """What changed from a to b: parameters (by name) and nodes (by title, else id)."""
+    """What changed from a to b: parameters (by name) and nodes (by title, else id); ``details`` gives, for each
+    changed one, the fields (a node's literal inputs, a link written ``<- source``) with their old and new value."""
     pa = {p.name: p.model_dump(mode="json") for p in a.manifest.parameters}
     pb = {p.name: p.model_dump(mode="json") for p in b.manifest.parameters}
 
@@ -498,12 +499,26 @@ def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
     def changed(k: str) -> bool:
         return (na[k]["class_type"], _literals(na[k])) != (nb[k]["class_type"], _literals(nb[k]))
 
+    def shown(graph: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+        out = {"class_type": node.get("class_type")}
+        for name, value in (node.get("inputs") or {}).items():
+            out[name] = f"<- {title_of(graph.get(str(value[0]))) or '#' + str(value[0])}" if is_link(value) else value
+        return out
+
+    changed_params = sorted(k for k in pa.keys() & pb.keys() if pa[k] != pb[k])
+    changed_nodes = sorted(k for k in na.keys() & nb.keys() if changed(k))
     return {
         "parameters": {"added": sorted(pb.keys() - pa.keys()), "removed": sorted(pa.keys() - pb.keys()),
-                       "changed": sorted(k for k in pa.keys() & pb.keys() if pa[k] != pb[k])},
+                       "changed": changed_params, "details": {k: _changes(pa[k], pb[k]) for k in changed_params}},
         "nodes": {"added": sorted(nb.keys() - na.keys()), "removed": sorted(na.keys() - nb.keys()),
-                  "changed": sorted(k for k in na.keys() & nb.keys() if changed(k))},
+                  "changed": changed_nodes,
+                  "details": {k: _changes(shown(a.graph, na[k]), shown(b.graph, nb[k])) for k in changed_nodes}},
     }
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: {"from": old.get(k), "to": new.get(k)}
+            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
 def _literals(node: dict[str, Any]) -> dict[str, Any]:

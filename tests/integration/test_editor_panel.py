@@ -279,6 +279,8 @@ def test_the_artist_opens_changes_reviews_and_publishes_from_the_editor(stack: S
         expect(page.get_by_test_id("ml-preview")).to_contain_text("diff against v2")
         expect(page.get_by_test_id("ml-diff-parameters-changed")).to_have_text("~ changed: model, resize")
         expect(page.get_by_test_id("ml-diff-nodes-changed")).to_have_text("~ changed: Resize, Upscale model")
+        expect(page.get_by_test_id("ml-diff-detail-nodes-Resize")).to_have_text("Resize: scale_by 1 → 0.5")
+        expect(page.get_by_test_id("ml-diff-detail-parameters-resize")).to_have_text("resize: default 1 → 0.5")
         expect(page.get_by_test_id("ml-param-resize")).to_contain_text("0.5")
         editor.shot("04-review", "the review: the manifest read from the graph and the diff against v2")
         page.get_by_test_id("ml-confirm").click()
@@ -312,6 +314,11 @@ def test_the_artist_opens_changes_reviews_and_publishes_from_the_editor(stack: S
         expect(page.get_by_test_id("ml-param-zoom")).to_contain_text("param zoom.value")
         expect(page.get_by_test_id("ml-diff-parameters-added")).to_have_text("+ added: zoom")
         expect(page.get_by_test_id("ml-diff-parameters-removed")).to_have_text("− removed: resize")
+        editor.set_widget("Resize", "upscale_method", "bicubic")  # a change after the review is not sent unseen
+        page.get_by_test_id("ml-confirm").click()
+        expect(page.get_by_test_id("ml-review-error")).to_contain_text("The graph changed after the review")
+        editor.review()
+        expect(page.get_by_test_id("ml-diff-detail-parameters-resize_method")).to_contain_text("lanczos → bicubic")
         page.get_by_test_id("ml-confirm").click()
         expect(page.get_by_test_id("ml-published")).to_contain_text("Published upscale-esrgan@v4")
         assert job_size(stack, 4, {"zoom": 0.25}) == FRAME

@@ -199,7 +199,10 @@ def test_preview_reviews_a_publish_and_names_the_nodes_of_its_problems(comfy_url
         assert (seen["version"], seen["base_version"]) == (2, 1)
         names = [p["name"] for p in seen["manifest"]["parameters"]]
         assert names == ["image", "model", "resize_method", "zoom"], names  # resize: its input is a link now
-        assert seen["parameters"] == {"added": ["zoom"], "removed": ["resize"], "changed": ["resize_method"]}
+        assert seen["parameters"] == {"added": ["zoom"], "removed": ["resize"], "changed": ["resize_method"],
+                                      "details": {"resize_method": {"default": {"from": "lanczos", "to": "bicubic"}}}}
+        assert seen["nodes"]["details"]["Resize"] == {"scale_by": {"from": 1.0, "to": "<- param zoom"},
+                                                      "upscale_method": {"from": "lanczos", "to": "bicubic"}}
         assert seen["nodes"]["added"] == ["param zoom"] and "Resize" in seen["nodes"]["changed"]
         assert seen["params_schema"]["properties"]["zoom"]["default"] == 0.5
         assert api.client.get("/v1/templates/reviewed", headers=api.reader).json()["version"] == 1  # nothing stored

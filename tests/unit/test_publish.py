@@ -52,8 +52,10 @@ def test_diff_and_deprecation() -> None:
     m2, g2 = tpl.manifest_from_graph(g2, "Scale", "image")
     a, b = tpl.from_dicts("scale", 1, m1, g1), tpl.from_dicts("scale", 2, m2, g2)
     d = tpl.diff(a, b)
-    assert d["parameters"] == {"added": [], "removed": ["method"], "changed": []}
+    assert d["parameters"] == {"added": [], "removed": ["method"], "changed": [], "details": {}}
     assert d["nodes"]["removed"] == ["param method"] and "Output" in d["nodes"]["changed"]
+    assert d["nodes"]["details"]["Output"] == {"filename_prefix": {"from": GRAPH["5"]["inputs"]["filename_prefix"],
+                                                                   "to": "y"}}
     b.deprecated = True
     assert tpl.pick([a, b], "scale").version == 1 and tpl.pick([a, b], "scale", 2).version == 2
     a.deprecated = True

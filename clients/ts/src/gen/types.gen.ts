@@ -556,6 +556,20 @@ export type BodyTrainingUploadOutput = {
 };
 
 /**
+ * Change
+ */
+export type Change = {
+    /**
+     * From
+     */
+    from: unknown;
+    /**
+     * To
+     */
+    to: unknown;
+};
+
+/**
  * DatasetBuild
  */
 export type DatasetBuild = {
@@ -1735,6 +1749,16 @@ export type TemplateDiff = {
      * Changed
      */
     changed: Array<string>;
+    /**
+     * Details
+     *
+     * For each changed one: its fields (a node's inputs, a link written '<- source') with old and new value.
+     */
+    details: {
+        [key: string]: {
+            [key: string]: Change;
+        };
+    };
     /**
      * Removed
      */
