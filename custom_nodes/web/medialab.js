@@ -10,6 +10,8 @@ const KINDS = ["image", "video", "audio", "model", "other"];
 const MODEL_FILE = /\.(safetensors|ckpt|pt|pth|bin|gguf|onnx|sft)$/i;
 const PARAM_NODES = { INT: "MediaLabParamInt", FLOAT: "MediaLabParamFloat", STRING: "MediaLabParamText",
                       BOOLEAN: "MediaLabParamBool" };
+// a loader whose file input becomes a parameter by the loader's own stand-in: [input, parameter node, its input]
+const LOADERS = { LoadImage: ["image", "MediaLabParamImage", "image"], LoadVideo: ["file", "MediaLabParamVideo", "file"] };
 const state = { session: null, templates: [], review: null, root: null };
 
 // -- the pack's routes ---------------------------------------------------------------------------------------
@@ -147,6 +149,26 @@ async function makeParameter(node, widget) {
   return param;
 }
 
+function replaceLoader(node) {
+  // the loader's stand-in parameter node, with the same outputs, takes its place and its links
+  const [input, type, carrier] = LOADERS[node.type];
+  const param = LiteGraph.createNode(type);
+  app.graph.add(param);
+  param.pos = [node.pos[0] + node.size[0] - param.size[0], node.pos[1]];  // its right edge where the loader's was
+  setWidget(param, "name", paramName(input));
+  setWidget(param, carrier, node.widgets?.find((w) => w.name === input)?.value, { callback: false });
+  (node.outputs ?? []).forEach((output, slot) => {
+    for (const id of [...(output.links ?? [])]) {
+      const link = app.graph.links instanceof Map ? app.graph.links.get(id) : app.graph.links[id];
+      const target = link && app.graph.getNodeById(link.target_id);
+      if (target) param.connect(slot, target, link.target_slot);
+    }
+  });
+  app.graph.remove(node);
+  app.graph.setDirtyCanvas(true, true);
+  return param;
+}
+
 function freeSpotBelow(node, placed) {
   // under the node, moved further down past every node in the way
   const [w, h] = placed.size;
@@ -170,7 +192,8 @@ function parameterItems(node) {
     submenu: {
       options: widgets.map((w) => ({
         content: w.name,
-        callback: () => makeParameter(node, w).catch((e) => toast("error", "Media Lab", e.message)),
+        callback: () => (LOADERS[node.type]?.[0] === w.name ? Promise.resolve().then(() => replaceLoader(node))
+          : makeParameter(node, w)).catch((e) => toast("error", "Media Lab", e.message)),
       })),
     },
   }];

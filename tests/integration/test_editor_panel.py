@@ -232,10 +232,12 @@ def browser(stack: Stack) -> Iterator[Any]:
         b.close()
 
 
-def job_size(stack: Stack, version: int, params: dict[str, Any]) -> tuple[int, int]:
+def job_size(stack: Stack, version: int | None, params: dict[str, Any],
+             template: str = "upscale-esrgan") -> tuple[int, int]:
+    """The size of the one output of a job on the version (None: the newest), with a FRAME-sized image."""
     frame = stack.api("POST", "/v1/artifacts", role="run",
                       files={"file": ("frame.png", png_bytes(*FRAME), "image/png")}).json()
-    r = stack.api("POST", "/v1/jobs", role="run", json={"template": "upscale-esrgan", "version": version,
+    r = stack.api("POST", "/v1/jobs", role="run", json={"template": template, "version": version,
                                                         "params": {"image": frame["id"], **params}})
     assert r.status_code in (200, 201, 202), r.text
     for _ in range(600):
@@ -243,7 +245,7 @@ def job_size(stack: Stack, version: int, params: dict[str, Any]) -> tuple[int, i
         if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
             break
         time.sleep(0.2)
-    assert job["state"] == "SUCCEEDED" and job["version"] == version, job
+    assert job["state"] == "SUCCEEDED" and job["version"] == (version or job["version"]), job
     return job["outputs"][0]["width"], job["outputs"][0]["height"]
 
 
@@ -342,3 +344,46 @@ def test_the_artist_opens_changes_reviews_and_publishes_from_the_editor(stack: S
         editor.close()
     key = stack.keys["publish"]
     assert not [t[:200] for t in stack.seen if key in t], "the API key came back in a response"
+
+
+def test_a_new_template_built_on_the_canvas_is_published_and_runs(stack: Stack, browser: Any) -> None:
+    """From an empty canvas: three core nodes placed and linked, the loader's image and the scale made parameters
+    from the context menu, published as a new template with a title, and a job runs on it."""
+    expect = playwright_api.expect
+    editor = Editor(browser, stack)
+    page = editor.page
+    try:
+        if not editor.js("() => !!document.querySelector('[data-testid=ml-whoami]')"):
+            page.get_by_test_id("ml-key").fill(stack.keys["publish"])
+            page.get_by_test_id("ml-signin").click()
+        expect(page.get_by_test_id("ml-whoami")).to_be_visible()
+        editor.js("""() => { app.graph.clear();
+            const load = LiteGraph.createNode('LoadImage'), scale = LiteGraph.createNode('ImageScaleBy'),
+                  save = LiteGraph.createNode('SaveImage');
+            const [x, y] = app.clientPosToCanvasPos([450, 400]);  // right of the panel, in view
+            [load, scale, save].forEach((n, i) => { n.pos = [x + 380 * i, y]; app.graph.add(n); });
+            load.title = 'Frame'; scale.title = 'Scale'; save.title = 'Result';
+            load.connect(0, scale, scale.findInputSlot('image'));
+            scale.connect(0, save, save.findInputSlot('images'));
+            app.graph.setDirtyCanvas(true, true); }""")
+        expect(page.get_by_test_id("ml-origin")).to_have_text("Not opened from a template version")
+        editor.menu("Frame", "Media Lab: make a parameter", "image")  # the loader is replaced by MediaLabParamImage
+        page.wait_for_function("() => app.graph.nodes.some(n => n.type === 'MediaLabParamImage')")
+        assert editor.js("() => app.graph.nodes.some(n => n.type === 'LoadImage')") is False
+        editor.menu("Scale", "Media Lab: make a parameter", "scale_by")
+        page.wait_for_function("() => app.graph.nodes.some(n => n.type === 'MediaLabParamFloat')")
+        page.get_by_test_id("ml-publish-name").fill("scale-from-editor")
+        page.get_by_test_id("ml-publish-title").fill("Scale, made in the editor")
+        editor.review()
+        expect(page.get_by_test_id("ml-preview")).to_contain_text("Will publish scale-from-editor@v1 (a new template)")
+        expect(page.get_by_test_id("ml-param-image")).to_contain_text("(required)")
+        expect(page.get_by_test_id("ml-param-scale_by")).to_contain_text("param scale_by.value")
+        editor.shot("08-new-template", "a new template built on the canvas, reviewed: image and scale_by parameters")
+        page.get_by_test_id("ml-confirm").click()
+        expect(page.get_by_test_id("ml-published")).to_contain_text("Published scale-from-editor@v1")
+    finally:
+        editor.close()
+    v1 = stack.api("GET", "/v1/templates/scale-from-editor").json()
+    assert v1["title"] == "Scale, made in the editor" and set(v1["params_schema"]["properties"]) == {"image",
+                                                                                                        "scale_by"}
+    assert job_size(stack, None, {"scale_by": 0.5}, template="scale-from-editor") == (FRAME[0] // 2, FRAME[1] // 2)
