@@ -26,9 +26,9 @@ import pytest
 from orchestrator.comfy.worker import LocalWorker
 from orchestrator.settings import PROJECT_ROOT
 from tests.conftest import FIXTURE_MODEL, MODELS, RUNTIME, png_bytes
-from tests.integration.test_cli_remote import medialab, served
+from tests.integration.test_cli_remote import served
 from tests.integration.test_serve_workers import free_port
-from tests.integration.test_studio_browser import CHROMIUM, create_key
+from tests.integration.test_studio_browser import CHROMIUM, index_screenshots, pool_ready, service_home
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the PyPI package playwright is not installed "
                                      "(pip install -e '.[dev]')")
@@ -78,11 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not (RUNTIME / "main.py").exists() or not (MODELS / "upscale_models" / FIXTURE_MODEL).exists():
         pytest.skip(f"no ComfyUI runtime or fixture model under {RUNTIME.parent}: run scripts/setup.sh first")
     root = tmp_path_factory.mktemp("editor-panel")
-    home = root / "service" / ".medialab"
-    home.parent.mkdir()
-    init = medialab(home, "init")
-    assert init.returncode == 0, init.stdout + init.stderr
-    keys = {role: create_key(home, role) for role in ("publish", "run")}
+    home, keys = service_home(root, "publish", "run")
     port = free_port()  # the ComfyUI's, known before the service starts: each names the other
     comfy = f"http://127.0.0.1:{port}"
     env = {"MEDIALAB_COMFY_SERVERS": json.dumps([comfy]), "MEDIALAB_LOCAL_TRAINER": "false"}
@@ -93,14 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                              env={"MEDIALAB_EDITOR_ORCHESTRATORS": service})
         worker.start()
         try:
-            with httpx.Client(base_url=service, headers={"X-API-Key": keys["run"]}, timeout=10) as client:
-                for _ in range(300):
-                    rows = client.get("/v1/servers").json()
-                    if rows and rows[0]["healthy"] and FIXTURE_MODEL in rows[0]["models"].get("upscale_models", []):
-                        break
-                    time.sleep(0.2)
-                else:
-                    pytest.fail(f"the pool never reported {comfy} healthy with {FIXTURE_MODEL}: {rows}")
+            pool_ready(service, keys["run"])
             yield Stack(service=service, comfy=comfy, keys=keys)
         finally:
             worker.stop()
@@ -109,10 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module", autouse=True)
 def screenshot_index(stack: Stack) -> Iterator[None]:
     yield
-    if stack.shots:
-        lines = [f"{path}: {what}" for path, what in sorted(stack.shots.items())]
-        (SCREENSHOTS / "index.txt").write_text("\n".join(lines) + "\n")
-        print("\neditor screenshots:\n  " + "\n  ".join(lines))
+    index_screenshots(stack.shots, SCREENSHOTS, "editor")
 
 
 def test_the_pack_refuses_without_a_sign_in_and_never_returns_the_key(stack: Stack) -> None:

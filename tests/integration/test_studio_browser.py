@@ -90,31 +90,40 @@ def create_key(home: Path, role: str) -> str:
     return match.group(1)
 
 
+def service_home(root: Path, *roles: str) -> tuple[Path, dict[str, str]]:
+    """A service's home under root (``medialab init``) and a key per role."""
+    home = root / "service" / ".medialab"
+    home.parent.mkdir()
+    init = medialab(home, "init")
+    assert init.returncode == 0, init.stdout + init.stderr
+    return home, {role: create_key(home, role) for role in roles}
+
+
+def pool_ready(url: str, key: str) -> dict[str, Any]:
+    """The service's one pool server once it is healthy with the fixture model (its row)."""
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=10) as client:
+        for _ in range(300):
+            rows = client.get("/v1/servers").json()
+            if rows and rows[0]["healthy"] and FIXTURE_MODEL in rows[0]["models"].get("upscale_models", []):
+                return rows[0]
+            time.sleep(0.2)
+    raise AssertionError(f"the pool never reported a server healthy with {FIXTURE_MODEL}: {rows}")
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Studio]:
     requirements()  # before a ComfyUI server is started for nothing
     comfy_url: str = request.getfixturevalue("comfy_url")
     root = tmp_path_factory.mktemp("studio-browser")
-    home = root / "service" / ".medialab"
-    home.parent.mkdir()
-    init = medialab(home, "init")
-    assert init.returncode == 0, init.stdout + init.stderr
-    keys = {role: create_key(home, role) for role in ("run", "export")}
+    home, keys = service_home(root, "run", "export")
     frame = root / "frame.png"
     frame.write_bytes(png_bytes(*FRAME))
     env = {"MEDIALAB_COMFY_SERVERS": json.dumps([comfy_url]), "MEDIALAB_LOCAL_TRAINER": "false",
            "MEDIALAB_STUDIO_DIR": str(STUDIO_DIST)}
     with served(home, env=env) as url:
         # the pool probed (health and models) before a page asks for the model pickers
-        server: dict[str, Any] = {}
-        with httpx.Client(base_url=url, headers={"X-API-Key": keys["run"]}, timeout=10) as client:
-            for _ in range(300):
-                rows = client.get("/v1/servers").json()
-                if rows and rows[0]["healthy"] and FIXTURE_MODEL in rows[0]["models"].get("upscale_models", []):
-                    server = rows[0]
-                    break
-                time.sleep(0.2)
-        assert server, f"the pool never reported {comfy_url} healthy with {FIXTURE_MODEL}: {rows}"
+        server = pool_ready(url, keys["run"])
         yield Studio(url=url, home=home, keys=keys, frame=frame, server=server)
 
 
@@ -179,10 +188,15 @@ def watched(browser: Any, studio: Studio) -> Iterator[Any]:
 def screenshot_index(studio: Studio) -> Iterator[None]:
     """After the module: every screenshot's path and what it shows, printed and in index.txt."""
     yield
-    if studio.shots:
-        lines = [f"{path}: {what}" for path, what in sorted(studio.shots.items())]
-        (SCREENSHOTS / "index.txt").write_text("\n".join(lines) + "\n")
-        print("\nstudio screenshots:\n  " + "\n  ".join(lines))
+    index_screenshots(studio.shots, SCREENSHOTS, "studio")
+
+
+def index_screenshots(shots: dict[str, str], folder: Path, label: str) -> None:
+    """Every screenshot's path and what it shows, printed and written to index.txt in their folder."""
+    if shots:
+        lines = [f"{path}: {what}" for path, what in sorted(shots.items())]
+        (folder / "index.txt").write_text("\n".join(lines) + "\n")
+        print(f"\n{label} screenshots:\n  " + "\n  ".join(lines))
 
 
 def natural_size(page: Any, test_id: str) -> tuple[int, int]:
