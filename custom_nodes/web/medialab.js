@@ -390,7 +390,7 @@ async function publish() {
 }
 
 function shortValue(v) {
-  const text = v === undefined || v === null ? "(none)" : typeof v === "string" ? v : JSON.stringify(v);
+  const text = v === undefined || v === null ? "(none)" : typeof v === "string" && v ? v : JSON.stringify(v);
   return text.length > 60 ? text.slice(0, 57) + "…" : text;
 }
 
@@ -430,7 +430,10 @@ function reviewSection() {
         el("td", {}, q.default === undefined || q.default === null ? "(required)" : JSON.stringify(q.default)),
         el("td", {}, `${q.bind.node}.${q.bind.input}`)))),
     el("div", { class: "ml-muted" }, "Outputs: " + (p.manifest.outputs ?? []).map((o) => `${o.name} (${o.node})`).join(", ")),
-    p.base_version ? el("div", { testid: "ml-diff" }, diffList("parameters", p.parameters), diffList("nodes", p.nodes)) : null,
+    p.base_version ? el("div", { testid: "ml-diff" },
+      Object.keys(p.fields ?? {}).length ? el("div", {}, el("b", {}, "manifest"), Object.entries(p.fields).map(([k, c]) =>
+        el("div", { class: "ml-muted", testid: `ml-diff-field-${k}` }, `${k}: ${shortValue(c.from)} → ${shortValue(c.to)}`))) : null,
+      diffList("parameters", p.parameters), diffList("nodes", p.nodes)) : null,
     el("button", { testid: "ml-confirm", onclick: () => run(publish) }, `Publish ${p.name}@v${p.version}`));
 }
 

@@ -176,6 +176,8 @@ class TemplatePreview(BaseModel):
     graph: dict[str, Any] = Field(description="The API-format graph it would store.")
     base_version: int | None = Field(description="The version the diff is against: the one the workflow was opened "
                                                  "from, else the newest; null for a new template.")
+    fields: dict[str, Change] | None = Field(description="The manifest's own fields that changed (title, description, "
+                                                         "kind, timeout_s), with old and new value.")
     parameters: TemplateDiff | None = Field(description="Parameters added, removed and changed (by name).")
     nodes: TemplateDiff | None = Field(description="Nodes added, removed and changed (by title, else id).")
 

@@ -486,8 +486,9 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
 
 
 def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
-    """What changed from a to b: parameters (by name) and nodes (by title, else id); ``details`` gives, for each
-    changed one, the fields (a node's literal inputs, a link written ``<- source``) with their old and new value."""
+    """What changed from a to b: the manifest's own fields (title, description, kind, timeout), parameters (by
+    name) and nodes (by title, else id); ``details`` gives, for each changed one, the fields (a node's literal
+    inputs, a link written ``<- source``) with their old and new value."""
     pa = {p.name: p.model_dump(mode="json") for p in a.manifest.parameters}
     pb = {p.name: p.model_dump(mode="json") for p in b.manifest.parameters}
 
@@ -507,7 +508,9 @@ def diff(a: TemplateVersion, b: TemplateVersion) -> dict[str, Any]:
 
     changed_params = sorted(k for k in pa.keys() & pb.keys() if pa[k] != pb[k])
     changed_nodes = sorted(k for k in na.keys() & nb.keys() if changed(k))
+    own = ("title", "description", "kind", "timeout_s")
     return {
+        "fields": _changes({k: getattr(a.manifest, k) for k in own}, {k: getattr(b.manifest, k) for k in own}),
         "parameters": {"added": sorted(pb.keys() - pa.keys()), "removed": sorted(pa.keys() - pb.keys()),
                        "changed": changed_params, "details": {k: _changes(pa[k], pb[k]) for k in changed_params}},
         "nodes": {"added": sorted(nb.keys() - na.keys()), "removed": sorted(na.keys() - nb.keys()),

@@ -262,12 +262,14 @@ def test_the_artist_opens_changes_reviews_and_publishes_from_the_editor(stack: S
         # change two widgets, review, publish v3
         editor.set_widget("Upscale model", "model_name", FIXTURE_MODEL)
         editor.set_widget("Resize", "scale_by", 0.5)
+        page.get_by_test_id("ml-publish-description").fill("The fixture model, then half size.")
         editor.review()
         expect(page.get_by_test_id("ml-preview")).to_contain_text("Will publish upscale-esrgan@v3")
         expect(page.get_by_test_id("ml-preview")).to_contain_text("diff against v2")
         expect(page.get_by_test_id("ml-diff-parameters-changed")).to_have_text("~ changed: model, resize")
         expect(page.get_by_test_id("ml-diff-nodes-changed")).to_have_text("~ changed: Resize, Upscale model")
         expect(page.get_by_test_id("ml-diff-detail-nodes-Resize")).to_have_text("Resize: scale_by 1 → 0.5")
+        expect(page.get_by_test_id("ml-diff-field-description")).to_contain_text("→ The fixture model, then half size.")
         expect(page.get_by_test_id("ml-diff-detail-parameters-resize")).to_have_text("resize: default 1 → 0.5")
         expect(page.get_by_test_id("ml-param-resize")).to_contain_text("0.5")
         editor.shot("04-review", "the review: the manifest read from the graph and the diff against v2")
@@ -277,7 +279,7 @@ def test_the_artist_opens_changes_reviews_and_publishes_from_the_editor(stack: S
         editor.shot("05-published", "published: upscale-esrgan@v3")
 
         v3 = stack.api("GET", "/v1/templates/upscale-esrgan/versions/3").json()
-        assert v3["source"] == "published"
+        assert v3["source"] == "published" and v3["description"] == "The fixture model, then half size."
         defaults = {p["name"]: p.get("default") for p in v3["manifest"]["parameters"]}
         assert defaults["model"] == FIXTURE_MODEL and defaults["resize"] == 0.5
         assert {n["_meta"]["title"]: n["inputs"] for n in v3["graph"].values()}["Resize"]["scale_by"] == 0.5

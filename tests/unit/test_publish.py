@@ -53,6 +53,9 @@ def test_diff_and_deprecation() -> None:
     a, b = tpl.from_dicts("scale", 1, m1, g1), tpl.from_dicts("scale", 2, m2, g2)
     d = tpl.diff(a, b)
     assert d["parameters"] == {"added": [], "removed": ["method"], "changed": [], "details": {}}
+    assert d["fields"] == {}
+    b.manifest.description = "smaller"
+    assert tpl.diff(a, b)["fields"] == {"description": {"from": "", "to": "smaller"}}
     assert d["nodes"]["removed"] == ["param method"] and "Output" in d["nodes"]["changed"]
     assert d["nodes"]["details"]["Output"] == {"filename_prefix": {"from": GRAPH["5"]["inputs"]["filename_prefix"],
                                                                    "to": "y"}}

@@ -80,7 +80,7 @@ def preview(name: str, body: TemplatePublish, ctx: CtxDep, session: SessionDep, 
                            kind=t.manifest.kind, content_hash=t.content_hash, manifest=found.manifest,
                            params_schema=t.params_schema(), graph=t.graph,
                            base_version=found.base.version if found.base else None,
-                           parameters=TemplateDiff(**diff["parameters"]) if diff else None,
+                           fields=diff.get("fields"), parameters=TemplateDiff(**diff["parameters"]) if diff else None,
                            nodes=TemplateDiff(**diff["nodes"]) if diff else None)
 
 

@@ -1801,6 +1801,14 @@ export type TemplatePreview = {
      */
     description: string;
     /**
+     * Fields
+     *
+     * The manifest's own fields that changed (title, description, kind, timeout_s), with old and new value.
+     */
+    fields: {
+        [key: string]: Change;
+    } | null;
+    /**
      * Graph
      *
      * The API-format graph it would store.
