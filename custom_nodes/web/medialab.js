@@ -10,8 +10,11 @@ const KINDS = ["image", "video", "audio", "model", "other"];
 const MODEL_FILE = /\.(safetensors|ckpt|pt|pth|bin|gguf|onnx|sft)$/i;
 const PARAM_NODES = { INT: "MediaLabParamInt", FLOAT: "MediaLabParamFloat", STRING: "MediaLabParamText",
                       BOOLEAN: "MediaLabParamBool" };
-// a loader whose file input becomes a parameter by the loader's own stand-in: [input, parameter node, its input]
-const LOADERS = { LoadImage: ["image", "MediaLabParamImage", "image"], LoadVideo: ["file", "MediaLabParamVideo", "file"] };
+// a loader whose file input becomes a parameter by the loader's stand-in (same outputs), named after what it loads
+const LOADERS = {
+  LoadImage: { input: "image", type: "MediaLabParamImage", carrier: "image", name: "image" },
+  LoadVideo: { input: "file", type: "MediaLabParamVideo", carrier: "file", name: "video" },
+};
 const state = { session: null, templates: [], review: null, root: null };
 
 // -- the pack's routes ---------------------------------------------------------------------------------------
@@ -151,11 +154,11 @@ async function makeParameter(node, widget) {
 
 function replaceLoader(node) {
   // the loader's stand-in parameter node, with the same outputs, takes its place and its links
-  const [input, type, carrier] = LOADERS[node.type];
+  const { input, type, carrier, name } = LOADERS[node.type];
   const param = LiteGraph.createNode(type);
   app.graph.add(param);
   param.pos = [node.pos[0] + node.size[0] - param.size[0], node.pos[1]];  // its right edge where the loader's was
-  setWidget(param, "name", paramName(input));
+  setWidget(param, "name", name);
   setWidget(param, carrier, node.widgets?.find((w) => w.name === input)?.value, { callback: false });
   (node.outputs ?? []).forEach((output, slot) => {
     for (const id of [...(output.links ?? [])]) {
@@ -192,7 +195,7 @@ function parameterItems(node) {
     submenu: {
       options: widgets.map((w) => ({
         content: w.name,
-        callback: () => (LOADERS[node.type]?.[0] === w.name ? Promise.resolve().then(() => replaceLoader(node))
+        callback: () => (LOADERS[node.type]?.input === w.name ? Promise.resolve().then(() => replaceLoader(node))
           : makeParameter(node, w)).catch((e) => toast("error", "Media Lab", e.message)),
       })),
     },

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from orchestrator.core.errors import InvalidInput, NotFound
-from orchestrator.core.graph import is_link, nodes_by_title, sources, title_of
+from orchestrator.core.graph import NodeProblem, is_link, node_errors, nodes_by_title, sources, title_of
 
 # Loader inputs that name a model file, by node class: (input name, models folder).
 MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
@@ -385,7 +385,8 @@ def merge_manifest(origin: dict[str, Any], derived: dict[str, Any], graph: dict[
 
     The origin's parameters stay while their bound input is still a value of a node in the graph (with the
     value left there as the default, as ``defaults_from_graph``); one whose input a parameter node now feeds,
-    or whose node is gone, is dropped, and a parameter node of the same name replaces it. The origin's outputs
+    or whose node is gone, is dropped, and a parameter node of the same name replaces it (keeping its help when
+    the node has none). The origin's outputs
     stay while all their nodes are there, else the save nodes' are taken."""
     kept = defaults_from_graph(origin, graph)
     titles = nodes_by_title(graph)
@@ -396,10 +397,13 @@ def merge_manifest(origin: dict[str, Any], derived: dict[str, Any], graph: dict[
         return node is not None and not is_link((node.get("inputs") or {}).get(p["bind"]["input"]))
 
     params = [p for p in kept.get("parameters", []) if p["name"] not in added and bound_to_value(p)]
+    replaced = {p["name"]: p for p in kept.get("parameters", []) if p["name"] in added}
+    derived_params = [{**p, "help": replaced[p["name"]].get("help", "")} if p["name"] in replaced
+                      and not p.get("help") else p for p in derived["parameters"]]
     outputs = kept.get("outputs") or []
     if not outputs or any(o["node"] not in titles for o in outputs):
         outputs = derived["outputs"]
-    return {**kept, "parameters": params + derived["parameters"], "outputs": outputs}
+    return {**kept, "parameters": params + derived_params, "outputs": outputs}
 
 
 def model_refs(graph: dict[str, Any]) -> set[tuple[str, str]]:
@@ -438,7 +442,7 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
     require_api_format(graph, f"template {title!r}")
     graph = copy.deepcopy(graph)
     taken = {title_of(n) for n in graph.values()}
-    params, outputs = [], []
+    params, outputs, param_nodes = [], [], []
 
     def titled(node: dict[str, Any], wanted: str) -> str:
         current = title_of(node)
@@ -458,8 +462,9 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
             ptype, carrier = PARAM_NODES[cls]
             name = str(inputs.get("name") or "").strip()
             if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-                raise InvalidInput(f"parameter node #{node_id} ({cls}) has name {name!r}: use lowercase "
-                                   "letters, digits and _")
+                problem = NodeProblem(f"parameter node #{node_id} ({cls}) has name {name!r}: use lowercase "
+                                      "letters, digits and _", node_id, "name")
+                raise InvalidInput(problem, nodes=node_errors([problem]))
             param: dict[str, Any] = {"name": name, "type": ptype.value, "help": inputs.get("help") or "",
                                      "bind": {"node": titled(node, f"param {name}"), "input": carrier}}
             if ptype not in ARTIFACT_TYPES:
@@ -471,12 +476,16 @@ def manifest_from_graph(graph: dict[str, Any], title: str, kind: str, descriptio
             if ptype == ParamType.model:
                 param["folder"] = inputs.get("folder") or "checkpoints"
             params.append(param)
+            param_nodes.append(node_id)
         elif cls in OUTPUT_NODES:
             outputs.append({"node": titled(node, "Output"), "name": f"output{len(outputs) + 1}"
                             if outputs else "output"})
     names = [p["name"] for p in params]
     if len(names) != len(set(names)):
-        raise InvalidInput(f"two parameter nodes share a name: {sorted({n for n in names if names.count(n) > 1})}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        problems = [NodeProblem(f"parameter node #{nid} is named {p['name']!r}, as another one", nid, "name")
+                    for nid, p in zip(param_nodes, params, strict=True) if p["name"] in twice]
+        raise InvalidInput(f"two parameter nodes share a name: {twice}", nodes=node_errors(problems))
     if not outputs:
         raise InvalidInput("the graph has no save node (SaveImage, SaveVideo, ...): nothing would be stored")
     manifest = {"title": title, "description": description, "kind": kind, "parameters": params, "outputs": outputs}

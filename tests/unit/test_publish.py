@@ -33,11 +33,13 @@ def test_manifest_from_parameter_and_save_nodes() -> None:
 
 
 def test_bad_parameter_nodes_are_named() -> None:
-    with pytest.raises(InvalidInput, match="parameter node #2 .* has name 'Bad Name'"):
+    with pytest.raises(InvalidInput, match="parameter node #2 .* has name 'Bad Name'") as bad:
         tpl.manifest_from_graph({**GRAPH, "2": {**GRAPH["2"], "inputs": {"name": "Bad Name", "value": 1.0}}},
                                 "t", "image")
-    with pytest.raises(InvalidInput, match="two parameter nodes share a name"):
+    assert [(n["node"], n["input"]) for n in bad.value.extra["nodes"]] == [("2", "name")]  # shown on that node
+    with pytest.raises(InvalidInput, match="two parameter nodes share a name") as twice:
         tpl.manifest_from_graph({**GRAPH, "6": GRAPH["2"]}, "t", "image")
+    assert [n["node"] for n in twice.value.extra["nodes"]] == ["2", "6"]
     with pytest.raises(InvalidInput, match="no save node"):
         tpl.manifest_from_graph({k: v for k, v in GRAPH.items() if k != "5"}, "t", "image")
     with pytest.raises(InvalidInput, match="editor format"):
@@ -88,6 +90,10 @@ def test_parameter_nodes_added_to_an_opened_version_join_its_manifest() -> None:
     merged = merge_manifest(origin, derived, graph)
     assert [p["name"] for p in merged["parameters"]] == ["image", "method", "zoom"]  # scale: a link now; gone: gone
     assert merged["parameters"][1]["default"] == "bicubic"  # the value left in the graph
+    origin["parameters"].append({"name": "zoom", "type": "float", "default": 1.0, "help": "How much.",
+                                 "bind": {"node": "Scale", "input": "scale_by"}})
+    assert merge_manifest(origin, derived, graph)["parameters"][-1]["help"] == "How much."  # kept for the node
+    origin["parameters"].pop()
     assert merged["outputs"] == [{"node": "Save", "name": "out"}] and merged["title"] == "T"
     del graph["3"]["_meta"]
     assert merge_manifest(origin, derived, graph)["outputs"] == derived["outputs"]  # its output node is gone
