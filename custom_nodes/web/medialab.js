@@ -317,7 +317,7 @@ async function openVersion(name, version) {
   setOrigin(name, version);
   fitView();
   state.review = null;
-  state.publish = { name, title: "", kind: null };
+  state.publish = { name, title: "", kind: null, description: "" };
   toast("info", "Media Lab", `Opened ${name}@v${version}`);
 }
 
@@ -329,9 +329,11 @@ function publishSection() {
   const title = el("input", { testid: "ml-publish-title", value: p.title ?? "", placeholder: from ? "(the version's)" : "Title",
                               oninput: (e) => { state.publish = { ...state.publish, title: e.target.value }; } });
   const kind = el("select", { testid: "ml-publish-kind",
-                              onchange: (e) => { state.publish = { ...state.publish, kind: e.target.value }; } },
-    KINDS.map((k) => el("option", { value: k, selected: k === (p.kind ?? "image") }, k)));
-  const description = el("textarea", { testid: "ml-publish-description", rows: 2, placeholder: "What changed" },
+                              onchange: (e) => { state.publish = { ...state.publish, kind: e.target.value || null }; } },
+    from?.template ? el("option", { value: "", selected: !p.kind }, "(the version's)") : null,
+    KINDS.map((k) => el("option", { value: k, selected: k === (p.kind ?? (from?.template ? null : "image")) }, k)));
+  const description = el("textarea", { testid: "ml-publish-description", rows: 2,
+                                        placeholder: from?.template ? "(the version's)" : "What it does" },
     p.description ?? "");
   description.addEventListener("input", (e) => { state.publish = { ...state.publish, description: e.target.value }; });
   return el("section", {},
@@ -348,7 +350,8 @@ function publishSection() {
 
 function publishBody() {
   const p = state.publish ?? {};
-  const body = { graph: currentWorkflow(), kind: p.kind ?? "image" };
+  const body = { graph: currentWorkflow() };
+  if (p.kind) body.kind = p.kind;
   if (p.title) body.title = p.title;
   if (p.description) body.description = p.description;
   return { name: (p.name ?? origin()?.template ?? "").trim(), body };

@@ -144,7 +144,8 @@ class TemplatePublish(BaseModel):
                                               "its API format (Workflow > Export (API)).")
     manifest: dict[str, Any] | None = Field(None, description="Default: read from the parameter and save nodes.")
     title: str | None = None
-    kind: str = "image"
+    kind: str | None = Field(None, description="Default: the kind of the version the workflow was opened from, "
+                                               "else image.")
     description: str = ""
 
 

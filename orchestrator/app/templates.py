@@ -71,7 +71,7 @@ class Preview:
 
 
 def preview_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
-                     manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str = "image",
+                     manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str | None = None,
                      description: str = "", settings: Settings | None = None) -> Preview:
     """Every check of a publish (``publish_template``), storing nothing: the version it would be, its manifest
     (read from the parameter nodes) for review, and the diff against the version it was opened from.
@@ -80,7 +80,8 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
     definitions of a live pool server. Without a manifest, parameters come from the node pack's parameter
     nodes and outputs from the save nodes; a workflow that ``templates open`` (or the editor's Media Lab panel)
     opened keeps the manifest of the version it came from, merged with any parameter nodes added since
-    (``tpl.merge_manifest``; bindings are by title). The graph is checked against the node definitions of a
+    (``tpl.merge_manifest``; bindings are by title), with the title, kind and description given, else its own
+    (a new template's kind is image unless given). The graph is checked against the node definitions of a
     live pool server, and every node class and model it needs must exist on some server. Before any of that,
     the graph with its defaults bound must stay in the sandbox (``sandbox.check_graph``: no file input leaving
     ComfyUI's folders, no URL the URL rule refuses). First of all, the request is bounded (``check_publish``).
@@ -96,13 +97,12 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
         object_info = pool.object_info()
         graph = editor.to_api(graph, object_info)
     if manifest is None:
-        derived, graph = tpl.manifest_from_graph(graph, title or name, kind, description)
+        derived, graph = tpl.manifest_from_graph(graph, title or name, kind or "image", description)
         manifest = derived
         if origin:
             source, _t = get_template(session, *origin)
-            named = {"title": title} if title else {}
-            manifest = tpl.merge_manifest({**source.manifest, **named, **({"description": description}
-                                                                           if description else {})}, derived, graph)
+            given = {"title": title, "kind": kind, "description": description}
+            manifest = tpl.merge_manifest({**source.manifest, **{k: v for k, v in given.items() if v}}, derived, graph)
     rows = template_rows(session, name)
     version = max((r.version for r in rows), default=0) + 1
     t = tpl.from_dicts(name, version, manifest, graph)
@@ -128,7 +128,7 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
 
 
 def publish_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
-                     manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str = "image",
+                     manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str | None = None,
                      description: str = "", api_key_id: str | None = None,
                      settings: Settings | None = None) -> TemplateVersionRow:
     """Publish the next version of a template from an API-format graph or an editor-format workflow, after

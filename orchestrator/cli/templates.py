@@ -68,7 +68,10 @@ def templates_publish(
     graph: Annotated[Path, typer.Argument(help="The workflow as ComfyUI saves it (Workflow > Save), or its API "
                                           "format (Workflow > Export (API)).")],
     manifest: Annotated[Path | None, typer.Option(help="Manifest; default: read from the parameter nodes.")] = None,
-    title: str | None = None, kind: str = "image", description: str = "",
+    title: str | None = None,
+    kind: Annotated[str | None, typer.Option(help="Default: the kind of the version the workflow was opened "
+                                                  "from, else image.")] = None,
+    description: str = "",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Every check, nothing stored: the version it would be, "
                                                             "its parameters and the diff.")] = False,
 ) -> None:

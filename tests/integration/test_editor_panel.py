@@ -256,6 +256,7 @@ def test_the_artist_opens_changes_reviews_and_publishes_from_the_editor(stack: S
         page.get_by_test_id("ml-open-upscale-esrgan").click()
         page.wait_for_function("() => app.graph.nodes.some(n => n.title === 'Resize')")
         expect(page.get_by_test_id("ml-origin")).to_have_text("Opened from upscale-esrgan@v2")
+        expect(page.get_by_test_id("ml-publish-kind")).to_have_value("")  # the version's own kind
         assert editor.js("() => app.graph.extra.medialab.version") == 2
         editor.shot("03-opened", "upscale-esrgan v2 opened onto the canvas from the panel")
 

@@ -206,6 +206,11 @@ def test_preview_reviews_a_publish_and_names_the_nodes_of_its_problems(comfy_url
         assert seen["nodes"]["added"] == ["param zoom"] and "Resize" in seen["nodes"]["changed"]
         assert seen["params_schema"]["properties"]["zoom"]["default"] == 0.5
         assert api.client.get("/v1/templates/reviewed", headers=api.reader).json()["version"] == 1  # nothing stored
+        assert (seen["kind"], seen["fields"]) == ("image", {})  # the version's own kind and title
+        other = api.client.post("/v1/templates/reviewed/preview", headers=api.admin,
+                                json={"graph": workflow, "kind": "other", "title": "Reviewed"}).json()
+        assert other["fields"] == {"kind": {"from": "image", "to": "other"},
+                                   "title": {"from": "ESRGAN upscale", "to": "Reviewed"}}
         assert api.client.post("/v1/templates/reviewed/preview", headers=api.run,
                                json={"graph": workflow}).status_code == 403
 

@@ -1876,8 +1876,10 @@ export type TemplatePublish = {
     };
     /**
      * Kind
+     *
+     * Default: the kind of the version the workflow was opened from, else image.
      */
-    kind?: string;
+    kind?: string | null;
     /**
      * Manifest
      *
