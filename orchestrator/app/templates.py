@@ -21,6 +21,7 @@ from orchestrator.db.tables import (
 )
 from orchestrator.db.templates import get_template, template_from_row, template_rows
 from orchestrator.runtime.graph_check import check_sandbox
+from orchestrator.runtime.pool import MissingCapability
 from orchestrator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -121,7 +122,12 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
         if problems:
             raise InvalidInput(f"{t.ref} does not validate against the pool's node definitions: "
                                + "; ".join(problems), problems=problems, nodes=node_errors(problems))
-        pool.check_runnable(requirements(t, values))
+        needs = requirements(t, values)
+        try:
+            pool.check_runnable(needs)
+        except MissingCapability as exc:  # the loaders (or model parameters) that name a model no server has
+            exc.extra["nodes"] = node_errors(tpl.model_problems(tpl.bind(t, values), pool.absent_models(needs)))
+            raise
     base_row = next((r for r in rows if origin and origin == (name, r.version)), rows[-1] if rows else None)
     base = template_from_row(base_row) if base_row is not None else None
     return Preview(template=t, manifest=manifest, base=base, diff=tpl.diff(base, t) if base is not None else None)

@@ -23,9 +23,9 @@ class NodeProblem(str):
         made.node, made.input = str(node), input
         return made
 
-    def extend(self, text: str, sep: str = ": ") -> NodeProblem:
+    def extend(self, text: str) -> NodeProblem:
         """The same node and input, with ``text`` said after this line."""
-        return NodeProblem(f"{self}{sep}{text}", self.node, self.input)
+        return NodeProblem(f"{self}: {text}", self.node, self.input)
 
 
 def node_errors(problems: Iterable[str]) -> list[dict[str, Any]]:

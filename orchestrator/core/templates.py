@@ -417,6 +417,22 @@ def model_refs(graph: dict[str, Any]) -> set[tuple[str, str]]:
     return refs
 
 
+def model_problems(graph: dict[str, Any], absent: set[tuple[str, str]]) -> list[NodeProblem]:
+    """The nodes of a bound graph that name one of the ``absent`` (folder, file) models: a loader's file input,
+    or a model parameter node's value."""
+    found = []
+    for nid, node in graph.items():
+        cls, inputs = node.get("class_type", ""), node.get("inputs") or {}
+        named = list(MODEL_INPUTS.get(cls, []))
+        if cls == "MediaLabParamModel":
+            named.append(("value", str(inputs.get("folder") or "checkpoints")))
+        for name, folder in named:
+            if (folder, inputs.get(name)) in absent:
+                found.append(NodeProblem(f"node '{title_of(node) or nid}' (#{nid} {cls}) input '{name}': no server "
+                                         f"of the pool has {folder}/{inputs[name]}", nid, name))
+    return found
+
+
 def output_node_ids(t: TemplateVersion) -> dict[str, str]:
     """Output node id -> output name."""
     titles = nodes_by_title(t.graph)

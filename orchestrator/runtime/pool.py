@@ -330,6 +330,12 @@ class Pool:
         if reason:
             raise MissingCapability(reason)
 
+    def absent_models(self, req: Requirements) -> set[tuple[str, str]]:
+        """The (folder, file) models of the job that no active server of the pool has, as far as is known."""
+        caps = [v.caps for v in self.views() if v.active and v.tier == 0 and v.caps is not None]
+        return {(folder, name) for folder, name in req.models
+                if not any(name in c.models.get(folder, ()) for c in caps)}
+
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, wait_s: float = 10.0) -> Pool:
         """Sync and check every server once (in parallel), then keep doing it in the background."""

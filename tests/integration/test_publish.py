@@ -221,6 +221,15 @@ def test_preview_reviews_a_publish_and_names_the_nodes_of_its_problems(comfy_url
         assert job["state"] == "SUCCEEDED" and job["version"] == 2, job["error"]
         assert (job["outputs"][0]["width"], job["outputs"][0]["height"]) == (40, 30)  # 4x, then a quarter
 
+        loader = next(n for n in workflow["nodes"] if n.get("title") == "Upscale model")
+        loader["widgets_values"][0] = "nowhere.pth"  # a model no server has: shown on its loader
+        r = api.client.post("/v1/templates/reviewed/preview", headers=api.admin, json={"graph": workflow})
+        assert r.status_code == 422 and "lacks upscale_models/nowhere.pth" in r.json()["detail"], r.text
+        assert r.json()["nodes"] == [{"node": str(loader["id"]), "input": "model_name", "message": (
+            f"node 'Upscale model' (#{loader['id']} UpscaleModelLoader) input 'model_name': no server of the pool "
+            "has upscale_models/nowhere.pth")}]
+        loader["widgets_values"][0] = FIXTURE_MODEL
+
         upscale = next(n for n in workflow["nodes"] if n.get("title") == "Upscale")
         image_in = next(inp for inp in upscale["inputs"] if inp["name"] == "image")
         workflow["links"] = [lk for lk in workflow["links"] if lk[0] != image_in["link"]]
