@@ -365,7 +365,9 @@ async function promptOf() {
 async function review() {
   const { name, body } = publishBody();
   state.publish = { ...(state.publish ?? {}), name };
-  state.review = { name, body, prompt: await promptOf(), preview: null, error: null, published: null };
+  state.review = { name, body, prompt: null, preview: null, error: null, published: null };
+  render();  // "Checking…" at once, not the last review's answer
+  state.review.prompt = await promptOf();
   showNodeErrors([]);
   try {
     state.review.preview = await call("POST", `/templates/${encodeURIComponent(name)}/preview`, body);
@@ -382,6 +384,8 @@ async function publish() {
     r.error = new Error("The graph changed after the review: review it again before publishing.");
     return;
   }
+  r.publishing = true;
+  render();  // the button off while it is sent: one click, one version
   try {
     const made = await call("POST", `/templates/${encodeURIComponent(r.name)}/versions`, r.body);
     r.published = made;
@@ -426,7 +430,7 @@ function reviewSection() {
         el("span", { class: "ml-error" }, n.message)))) : null);
   }
   const p = r.preview;
-  if (!p) return el("div", {}, "Checking…");
+  if (!p) return el("div", { testid: "ml-checking" }, "Checking…");
   const params = p.manifest.parameters ?? [];
   return el("div", { testid: "ml-preview" },
     el("div", {}, `Will publish ${p.name}@v${p.version}`, p.base_version ? ` (diff against v${p.base_version})` : " (a new template)"),
@@ -440,7 +444,8 @@ function reviewSection() {
       Object.keys(p.fields ?? {}).length ? el("div", {}, el("b", {}, "manifest"), Object.entries(p.fields).map(([k, c]) =>
         el("div", { class: "ml-muted", testid: `ml-diff-field-${k}` }, `${k}: ${shortValue(c.from)} → ${shortValue(c.to)}`))) : null,
       diffList("parameters", p.parameters), diffList("nodes", p.nodes)) : null,
-    el("button", { testid: "ml-confirm", onclick: () => run(publish) }, `Publish ${p.name}@v${p.version}`));
+    el("button", { testid: "ml-confirm", disabled: r.publishing, onclick: () => run(publish) },
+      r.publishing ? "Publishing…" : `Publish ${p.name}@v${p.version}`));
 }
 
 async function run(step) {

@@ -198,6 +198,7 @@ class Editor:
 
     def review(self) -> None:
         self.page.get_by_test_id("ml-review").click()
+        playwright_api.expect(self.page.get_by_test_id("ml-checking")).to_have_count(0)
         playwright_api.expect(self.page.get_by_test_id("ml-preview").or_(
             self.page.get_by_test_id("ml-review-error"))).to_be_visible()
 
@@ -212,10 +213,12 @@ class Editor:
 
 @pytest.fixture(scope="module")
 def browser(stack: Stack) -> Iterator[Any]:
+    playwright_api.expect.set_options(timeout=30_000)  # a review or publish checks the graph on a busy pool
     with playwright_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         yield b
         b.close()
+    playwright_api.expect.set_options(timeout=5_000)  # Playwright's default
 
 
 def job_size(stack: Stack, version: int | None, params: dict[str, Any],
