@@ -73,7 +73,7 @@ class Preview:
 
 def preview_template(session: Session, pool: Pool | None, name: str, graph: dict[str, Any],
                      manifest: dict[str, Any] | None = None, *, title: str | None = None, kind: str | None = None,
-                     description: str = "", settings: Settings | None = None) -> Preview:
+                     description: str = "", settings: Settings | None = None, with_diff: bool = True) -> Preview:
     """Every check of a publish (``publish_template``), storing nothing: the version it would be, its manifest
     (read from the parameter nodes) for review, and the diff against the version it was opened from.
 
@@ -86,7 +86,8 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
     live pool server, and every node class and model it needs must exist on some server. Before any of that,
     the graph with its defaults bound must stay in the sandbox (``sandbox.check_graph``: no file input leaving
     ComfyUI's folders, no URL the URL rule refuses). First of all, the request is bounded (``check_publish``).
-    A problem that concerns a node is also listed under ``nodes`` of the error (id, input, message)."""
+    A problem that concerns a node is also listed under ``nodes`` of the error (id, input, message). Without
+    ``with_diff`` (a publish), no base is read and no diff made."""
     check_publish(name, graph, manifest, title, description, settings or get_settings())
     object_info, origin = None, None
     if editor.is_editor_format(graph):
@@ -129,7 +130,7 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
             exc.extra["nodes"] = node_errors(tpl.model_problems(tpl.bind(t, values), pool.absent_models(needs)))
             raise
     base_row = next((r for r in rows if origin and origin == (name, r.version)), rows[-1] if rows else None)
-    base = template_from_row(base_row) if base_row is not None else None
+    base = template_from_row(base_row) if base_row is not None and with_diff else None
     return Preview(template=t, manifest=manifest, base=base, diff=tpl.diff(base, t) if base is not None else None)
 
 
@@ -140,7 +141,7 @@ def publish_template(session: Session, pool: Pool | None, name: str, graph: dict
     """Publish the next version of a template from an API-format graph or an editor-format workflow, after
     every check of ``preview_template``. A published version is immutable."""
     preview = preview_template(session, pool, name, graph, manifest, title=title, kind=kind,
-                               description=description, settings=settings)
+                               description=description, settings=settings, with_diff=False)
     t = preview.template
     row = TemplateVersionRow(name=name, version=t.version, content_hash=t.content_hash, title=t.manifest.title,
                              kind=t.manifest.kind, manifest=preview.manifest, graph=t.graph,
