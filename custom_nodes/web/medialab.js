@@ -49,11 +49,15 @@ function setOrigin(template, version) {
   app.graph.extra.medialab = { ...(app.graph.extra.medialab ?? {}), template, version };
 }
 
+function nodeById(id) {
+  return app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(id);  // the orchestrator names ids as strings
+}
+
 function showNodeErrors(nodes) {
   // the shape of a failed /prompt's node_errors, which the frontend draws on the nodes (red outline, inputs)
   const errors = {};
   for (const p of nodes ?? []) {
-    const node = app.graph.getNodeById(Number(p.node)) ?? app.graph.getNodeById(p.node);
+    const node = nodeById(p.node);
     const entry = errors[p.node] ?? { errors: [], class_type: node?.type ?? "", dependent_outputs: [] };
     entry.errors.push({ type: "medialab_publish", message: p.message, details: p.message,
                         extra_info: p.input ? { input_name: p.input } : {} });
@@ -90,7 +94,7 @@ function fitView() {
 }
 
 function focusNode(id) {
-  const node = app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(id);
+  const node = nodeById(id);
   if (!node) return;
   const [x0, y0, x1, y1] = nodeBounds([node]);
   showBounds(x0 - 200, y0 - 150, x1 + 200, y1 + 150, 1.25);
