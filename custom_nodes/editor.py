@@ -6,9 +6,10 @@ kept in this ComfyUI process, and the few orchestrator calls the panel makes, se
 - Only an orchestrator that ``MEDIALAB_EDITOR_ORCHESTRATORS`` lists (comma-separated origins, e.g.
   ``http://10.0.0.5:8000``) can be signed in to, so nothing the page sends makes this server fetch anything
   else; redirects are not followed. Unset, the panel says how to set it.
-- Without a sign-in every forwarding route answers 401 and sends nothing on. A sign-in is the server's (anyone
-  who reaches this ComfyUI acts with it, as with its queue): it ends on sign-out, on a restart, and after
-  ``MEDIALAB_EDITOR_SIGNIN_HOURS`` (12).
+- A sign-in belongs to the browser that made it: the key stays in this process, under a random session id
+  that an HttpOnly, SameSite=Strict cookie carries (no script of the page can read it, no other site's page
+  sends it). Without one every forwarding route answers 401 and sends nothing on. A sign-in ends on sign-out,
+  on a restart, and after ``MEDIALAB_EDITOR_SIGNIN_HOURS`` (12).
 - A request whose ``Origin`` is not this server's own is refused (403), whatever ComfyUI's own checks are,
   and one that changes something must be JSON (a form post from another site cannot be).
 - Template names and version numbers are checked before they go into the orchestrator's path.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,8 @@ PREFIX = "/medialab/editor"
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a template name (the orchestrator's own rule)
 TIMEOUT_S = 180.0  # a publish checks the graph on a live pool server
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+COOKIE = "medialab_editor"  # names a sign-in of this server; HttpOnly, so the page's scripts never see it
+MAX_SESSIONS = 64  # sign-ins kept at once; the oldest makes room
 NOT_SIGNED_IN = "not signed in to a Media Lab orchestrator: sign in from the Media Lab panel first"
 
 
@@ -114,24 +118,29 @@ class SignIn:
 
 
 class Link:
-    """This ComfyUI's sign-in (one for the whole server, like its queue) and the calls made with it."""
+    """The sign-ins of this ComfyUI server, one per browser: a random session id in an HttpOnly cookie names a
+    sign-in kept here (the key never leaves the process), and the calls made with it."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, most: int = MAX_SESSIONS) -> None:
         self.env = env
-        self.signed: SignIn | None = None
+        self.most = most
+        self.sessions: dict[str, SignIn] = {}
 
-    def current(self) -> SignIn | None:
-        if self.signed is not None and time.monotonic() >= self.signed.ends:
-            self.signed = None
-        return self.signed
+    def current(self, session: str | None) -> SignIn | None:
+        now = time.monotonic()
+        for sid in [sid for sid, s in self.sessions.items() if now >= s.ends]:
+            del self.sessions[sid]
+        return self.sessions.get(session) if session else None
 
-    def state(self) -> dict[str, Any]:
+    def state(self, session: str | None) -> dict[str, Any]:
         allowed = allowed_orchestrators(self.env)
-        if self.current() is None:
+        signed = self.current(session)
+        if signed is None:
             return {"signed_in": False, "orchestrators": allowed}
-        return {**self.signed.public(), "orchestrators": allowed}
+        return {**signed.public(), "orchestrators": allowed}
 
-    async def sign_in(self, url: str, key: str) -> dict[str, Any]:
+    async def sign_in(self, url: str, key: str, session: str | None = None) -> tuple[str, dict[str, Any]]:
+        """A new session (replacing ``session``, the browser's current one): its id and its state."""
         origin = orchestrator_origin(url, allowed_orchestrators(self.env))
         key = key.strip()
         if not key or len(key) > 512 or not key.isascii() or not key.isprintable():
@@ -141,16 +150,21 @@ class Link:
             raise EditorError(401, "the orchestrator refused this API key: " + detail(body, key))
         if status != 200 or not isinstance(body, dict):
             raise EditorError(502, f"{origin} did not answer as a Media Lab orchestrator (GET /v1/me: {status})")
-        self.signed = SignIn(url=origin, key=key, who=body,
-                             ends=time.monotonic() + signin_hours(self.env) * 3600)
-        return self.state()
+        self.sign_out(session)
+        self.current(None)  # the ended ones go first
+        while len(self.sessions) >= self.most:  # the oldest sign-in makes room
+            del self.sessions[min(self.sessions, key=lambda sid: self.sessions[sid].ends)]
+        sid = secrets.token_urlsafe(32)
+        ends = time.monotonic() + signin_hours(self.env) * 3600
+        self.sessions[sid] = SignIn(url=origin, key=key, who=body, ends=ends)
+        return sid, self.state(sid)
 
-    def sign_out(self) -> dict[str, Any]:
-        self.signed = None
-        return self.state()
+    def sign_out(self, session: str | None) -> dict[str, Any]:
+        self.sessions.pop(session or "", None)
+        return self.state(None)
 
-    async def forward(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        signed = self.current()
+    async def forward(self, session: str | None, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        signed = self.current(session)
         if signed is None:
             raise EditorError(401, NOT_SIGNED_IN)
         status, answer = await call(signed.url, signed.key, method, path, body)
@@ -216,37 +230,47 @@ def register(routes: Any, link: Link) -> None:
             raise EditorError(422, "the body is not a JSON object")
         return body
 
-    async def get_session(_request: web.Request) -> web.Response:
-        return answer(200, link.state())
+    def session_of(request: web.Request) -> str | None:
+        return request.cookies.get(COOKIE)
+
+    async def get_session(request: web.Request) -> web.Response:
+        return answer(200, link.state(session_of(request)))
 
     async def post_session(request: web.Request) -> web.Response:
         body = await body_of(request)
         url, key = body.get("url"), body.get("api_key")
         if not isinstance(url, str) or not isinstance(key, str):
             raise EditorError(422, "send {\"url\": the orchestrator's URL, \"api_key\": your API key}")
-        return answer(200, await link.sign_in(url, key))
+        sid, state = await link.sign_in(url, key, session_of(request))
+        response = answer(200, state)
+        response.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", secure=request.secure,
+                            max_age=round(signin_hours(link.env) * 3600))
+        return response
 
-    async def delete_session(_request: web.Request) -> web.Response:
-        return answer(200, link.sign_out())
+    async def delete_session(request: web.Request) -> web.Response:
+        response = answer(200, link.sign_out(session_of(request)))
+        response.del_cookie(COOKIE, path="/")
+        return response
 
-    async def templates(_request: web.Request) -> web.Response:
-        return answer(*await link.forward("GET", "/v1/templates"))
+    async def templates(request: web.Request) -> web.Response:
+        return answer(*await link.forward(session_of(request), "GET", "/v1/templates"))
 
     async def version(request: web.Request) -> web.Response:
         m = request.match_info
-        return answer(*await link.forward("GET", template_path(m["name"], m["version"])))
+        return answer(*await link.forward(session_of(request), "GET", template_path(m["name"], m["version"])))
 
     async def workflow(request: web.Request) -> web.Response:
         m = request.match_info
-        return answer(*await link.forward("GET", template_path(m["name"], m["version"]) + "/workflow"))
+        path = template_path(m["name"], m["version"]) + "/workflow"
+        return answer(*await link.forward(session_of(request), "GET", path))
 
     async def preview(request: web.Request) -> web.Response:
         path = template_path(request.match_info["name"]) + "/preview"
-        return answer(*await link.forward("POST", path, await body_of(request)))
+        return answer(*await link.forward(session_of(request), "POST", path, await body_of(request)))
 
     async def publish(request: web.Request) -> web.Response:
         path = template_path(request.match_info["name"]) + "/versions"
-        return answer(*await link.forward("POST", path, await body_of(request)))
+        return answer(*await link.forward(session_of(request), "POST", path, await body_of(request)))
 
     async def model_folder(request: web.Request) -> web.Response:
         """The models folders of this server that hold the file (the panel makes a model picker of it)."""

@@ -2,13 +2,13 @@
 Playwright) on a real ComfyUI 0.3.75 with the pack, signed in to a real `medialab serve` in its own process.
 
 One service, one ComfyUI and one browser for the module. The ComfyUI server is this module's own: it is started
-with MEDIALAB_EDITOR_ORCHESTRATORS naming the service (its sign-in is one per server, so no other test shares it).
-The artist signs in, opens upscale-esrgan v2 onto the canvas, changes two widgets, reviews the manifest and diff,
-publishes v3 and a job runs on it; makes an input a parameter from the node's context menu and publishes v4; a
-publish with an unlinked input shows the error on that node, and nothing is stored. The pack's routes refuse to
-act without a sign-in, refuse a wrong key, a foreign origin and a form post, and the key appears in no response
-the page or curl gets, nor in the page or its storage. Screenshots go to .runtime/screenshots/editor/ (listed in
-index.txt there)."""
+with MEDIALAB_EDITOR_ORCHESTRATORS naming the service. The artist signs in, opens upscale-esrgan v2 onto the
+canvas, changes two widgets, reviews the manifest and diff, publishes v3 and a job runs on it; makes an input a
+parameter from the node's context menu and publishes v4; a publish with an unlinked input shows the error on that
+node, and nothing is stored; a new template built on an empty canvas is published and runs. The pack's routes
+refuse to act without a sign-in, refuse a wrong key, a foreign origin and a form post; a sign-in is the browser's
+that made it (an HttpOnly cookie), and the key appears in no response the page or curl gets, nor in the page, its
+storage or its cookies. Screenshots go to .runtime/screenshots/editor/ (listed in index.txt there)."""
 
 from __future__ import annotations
 
@@ -55,9 +55,13 @@ class Stack:
         return httpx.request(method, f"{self.service}{path}", headers={"X-API-Key": self.keys[role]}, timeout=60,
                              **kw)
 
-    def pack(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        r = httpx.request(method, f"{self.comfy}{ROUTES}{path}", timeout=60, **kw)
-        self.seen.append(r.text)
+    def pack(self, method: str, path: str, browser: httpx.Client | None = None, **kw: Any) -> httpx.Response:
+        """A call of the pack's routes, from ``browser`` (a client keeping its cookies) or from a client of its own."""
+        if browser is None:
+            with httpx.Client(timeout=60) as fresh:
+                return self.pack(method, path, fresh, **kw)
+        r = browser.request(method, f"{self.comfy}{ROUTES}{path}", **kw)
+        self.seen.append(f"{r.headers} {r.text}")
         return r
 
 
@@ -122,19 +126,28 @@ def test_the_pack_refuses_without_a_sign_in_and_never_returns_the_key(stack: Sta
     assert wrong.status_code == 401 and "refused this API key" in wrong.json()["detail"], wrong.text
     assert stack.pack("GET", "/session").json()["signed_in"] is False
 
-    signed = stack.pack("POST", "/session", json={"url": stack.service, "api_key": key})
-    assert signed.status_code == 200, signed.text
-    assert signed.json() | {"orchestrators": None, "ends_in_s": None} == {
-        "signed_in": True, "url": stack.service, "name": "studio-publish", "roles": ["publish"], "can_publish": True,
-        "orchestrators": None, "ends_in_s": None}
-    assert 12 * 3600 - 60 < signed.json()["ends_in_s"] <= 12 * 3600
-    listed = stack.pack("GET", "/templates")
-    assert listed.status_code == 200 and "upscale-esrgan" in {t["name"] for t in listed.json()}
-    assert stack.pack("GET", "/templates/..%2Fkeys/versions/1").status_code in (404, 422)
-    assert stack.pack("GET", "/templates/upscale-esrgan/versions/0x1").status_code == 422
-    assert stack.pack("GET", "/templates/upscale-esrgan/versions/9/workflow").status_code == 404
-    assert stack.pack("DELETE", "/session").json()["signed_in"] is False
-    assert stack.pack("GET", "/templates").status_code == 401
+    with httpx.Client(timeout=60) as artist:  # a browser: its cookies kept
+        signed = stack.pack("POST", "/session", artist, json={"url": stack.service, "api_key": key})
+        assert signed.status_code == 200, signed.text
+        assert signed.json() | {"orchestrators": None, "ends_in_s": None} == {
+            "signed_in": True, "url": stack.service, "name": "studio-publish", "roles": ["publish"],
+            "can_publish": True, "orchestrators": None, "ends_in_s": None}
+        assert 12 * 3600 - 60 < signed.json()["ends_in_s"] <= 12 * 3600
+        cookie = signed.headers["set-cookie"]
+        assert cookie.startswith("medialab_editor=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        listed = stack.pack("GET", "/templates", artist)
+        assert listed.status_code == 200 and "upscale-esrgan" in {t["name"] for t in listed.json()}
+        # the sign-in is that browser's: another one (or a forged session id) is not signed in
+        assert stack.pack("GET", "/session").json()["signed_in"] is False
+        assert stack.pack("GET", "/templates").status_code == 401
+        with httpx.Client(timeout=60, cookies={"medialab_editor": "forged"}) as forger:
+            assert stack.pack("GET", "/templates", forger).status_code == 401
+        assert stack.pack("GET", "/templates/..%2Fkeys/versions/1", artist).status_code in (404, 422)
+        assert stack.pack("GET", "/templates/upscale-esrgan/versions/0x1", artist).status_code == 422
+        assert stack.pack("GET", "/templates/upscale-esrgan/versions/9/workflow", artist).status_code == 404
+        gone = stack.pack("DELETE", "/session", artist)
+        assert gone.json()["signed_in"] is False and 'medialab_editor=""' in gone.headers["set-cookie"]
+        assert stack.pack("GET", "/templates", artist).status_code == 401
     leaked = [text[:200] for text in stack.seen if key in text]
     assert not leaked and len(stack.seen) > 10, leaked
 
@@ -203,7 +216,8 @@ class Editor:
             self.page.get_by_test_id("ml-review-error"))).to_be_visible()
 
     def close(self) -> None:
-        storage = self.js("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])")
+        storage = self.js("() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage), "
+                          "document.cookie])")
         page_text = self.page.content()
         self.context.close()
         key = self.stack.keys["publish"]
@@ -345,10 +359,11 @@ def test_a_new_template_built_on_the_canvas_is_published_and_runs(stack: Stack, 
     editor = Editor(browser, stack)
     page = editor.page
     try:
-        if not editor.js("() => !!document.querySelector('[data-testid=ml-whoami]')"):
-            page.get_by_test_id("ml-key").fill(stack.keys["publish"])
-            page.get_by_test_id("ml-signin").click()
+        expect(page.get_by_test_id("ml-key")).to_be_visible()  # another browser: not signed in by the first one
+        page.get_by_test_id("ml-key").fill(stack.keys["publish"])
+        page.get_by_test_id("ml-signin").click()
         expect(page.get_by_test_id("ml-whoami")).to_be_visible()
+        assert editor.js("() => document.cookie").find("medialab_editor") == -1  # HttpOnly: no script reads it
         editor.js("""() => { app.graph.clear();
             const load = LiteGraph.createNode('LoadImage'), scale = LiteGraph.createNode('ImageScaleBy'),
                   save = LiteGraph.createNode('SaveImage');

@@ -1,5 +1,6 @@
 """The editor panel's server side (custom_nodes/editor.py): which orchestrator may be signed in to, the paths sent
-on, the same-origin rule, the key blanked out, and a sign-in's end (no ComfyUI needed: pure rules and the Link)."""
+on, the same-origin rule, the key blanked out, a sign-in per browser and its end (no ComfyUI needed: pure rules
+and the Link)."""
 
 from __future__ import annotations
 
@@ -51,33 +52,38 @@ def test_same_origin_and_blanking() -> None:
     assert editor.blank('{"detail": "key mlk_abc refused"}', "mlk_abc") == '{"detail": "key *** refused"}'
 
 
-def test_a_sign_in_ends_after_its_hours(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sign_in_is_one_browser_s_and_ends_after_its_hours(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {editor.ENV: "http://127.0.0.1:9", editor.HOURS_ENV: "2"}
-    link = editor.Link(env)
-    assert link.state() == {"signed_in": False, "orchestrators": ["http://127.0.0.1:9"]}
+    link = editor.Link(env, most=3)
+    assert link.state(None) == {"signed_in": False, "orchestrators": ["http://127.0.0.1:9"]}
 
     async def me(origin: str, key: str, method: str, path: str, body: object = None) -> tuple[int, object]:
         assert (origin, method, path) == ("http://127.0.0.1:9", "GET", "/v1/me")
-        return (200, {"name": "artist", "roles": ["publish"], "can_publish": True}) if key == "mlk_good" \
+        return (200, {"name": "artist", "roles": ["publish"], "can_publish": True}) if key.startswith("mlk_good") \
             else (401, {"detail": "unknown API key"})
 
     monkeypatch.setattr(editor, "call", me)
     with pytest.raises(editor.EditorError) as caught:
         asyncio.run(link.sign_in("http://127.0.0.1:9", "mlk_bad"))
-    assert caught.value.status == 401 and "unknown API key" in caught.value.message
-    for bad in ("", " ", "mlk_\n", "k" * 600, "ключ"):
+    assert caught.value.status == 401 and "unknown API key" in caught.value.message and not link.sessions
+    for bad in ("", " ", "k" * 600, "ключ", "mlk_\x00"):
         with pytest.raises(editor.EditorError):
             asyncio.run(link.sign_in("http://127.0.0.1:9", bad))
     now = [1000.0]
     monkeypatch.setattr(editor.time, "monotonic", lambda: now[0])
-    state = asyncio.run(link.sign_in("http://127.0.0.1:9", "mlk_good"))
-    assert state["signed_in"] and state["ends_in_s"] == 7200 and "mlk_good" not in repr(state)
+    sid, state = asyncio.run(link.sign_in("http://127.0.0.1:9", "mlk_good"))
+    assert state["signed_in"] and state["ends_in_s"] == 7200 and "mlk_good" not in repr(state) and "mlk" not in sid
+    assert link.state(sid)["signed_in"] and not link.state(None)["signed_in"] and not link.state("forged")["signed_in"]
+    again, _ = asyncio.run(link.sign_in("http://127.0.0.1:9", "mlk_good2", sid))  # signing in again replaces it
+    assert again != sid and not link.state(sid)["signed_in"] and list(link.sessions) == [again]
+    others = [asyncio.run(link.sign_in("http://127.0.0.1:9", f"mlk_good{i}"))[0] for i in range(3)]
+    assert len(link.sessions) == 3 and again not in link.sessions and others[-1] in link.sessions  # the oldest left
     now[0] += 7199
-    assert link.state()["signed_in"]
+    assert link.state(others[-1])["signed_in"]
     now[0] += 1
-    assert link.state()["signed_in"] is False
+    assert link.state(others[-1])["signed_in"] is False and not link.sessions
     with pytest.raises(editor.EditorError) as caught:
-        asyncio.run(link.forward("GET", "/v1/templates"))
+        asyncio.run(link.forward(others[-1], "GET", "/v1/templates"))
     assert caught.value.status == 401 and caught.value.message == editor.NOT_SIGNED_IN
     with pytest.raises(editor.EditorError):
         editor.signin_hours({editor.HOURS_ENV: "0"})
