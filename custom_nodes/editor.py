@@ -168,7 +168,8 @@ class Link:
         if signed is None:
             raise EditorError(401, NOT_SIGNED_IN)
         status, answer = await call(signed.url, signed.key, method, path, body)
-        if status == 401:
+        if status == 401:  # revoked or expired there: this sign-in is over
+            self.sign_out(session)
             raise EditorError(401, "the orchestrator no longer takes this API key (revoked?): sign in again; "
                                    + detail(answer, signed.key))
         return status, answer

@@ -78,6 +78,14 @@ def test_a_sign_in_is_one_browser_s_and_ends_after_its_hours(monkeypatch: pytest
     assert again != sid and not link.state(sid)["signed_in"] and list(link.sessions) == [again]
     others = [asyncio.run(link.sign_in("http://127.0.0.1:9", f"mlk_good{i}"))[0] for i in range(3)]
     assert len(link.sessions) == 3 and again not in link.sessions and others[-1] in link.sessions  # the oldest left
+    async def revoked(origin: str, key: str, method: str, path: str, body: object = None) -> tuple[int, object]:
+        return 401, {"detail": f"key {key} revoked"}
+
+    monkeypatch.setattr(editor, "call", revoked)
+    with pytest.raises(editor.EditorError) as caught:
+        asyncio.run(link.forward(others[0], "GET", "/v1/templates"))
+    assert "sign in again" in caught.value.message and "mlk_good0" not in caught.value.message
+    assert others[0] not in link.sessions  # a key the orchestrator no longer takes ends its sign-in
     now[0] += 7199
     assert link.state(others[-1])["signed_in"]
     now[0] += 1
