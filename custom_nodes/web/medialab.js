@@ -317,8 +317,7 @@ function templatesSection() {
 
 async function openVersion(name, version) {
   const workflow = await call("GET", `/templates/${name}/versions/${version}/workflow`);
-  await app.loadGraphData(workflow, true, true, `${name}-v${version}`);
-  setOrigin(name, version);
+  await app.loadGraphData(workflow, true, true, `${name}-v${version}`);  // its extra.medialab names the version
   fitView();
   state.review = null;
   state.publish = { name, title: "", kind: null, description: "" };

@@ -116,10 +116,11 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
         object_info = pool.object_info()
     defs = sandbox.Definitions.from_object_info(object_info) if object_info is not None \
         else sandbox_definitions(session, None)
-    check_sandbox(tpl.bind(t, values), defs, settings, skip=bound_inputs(t, lambda p: p.type in tpl.ARTIFACT_TYPES
-                                                                          or p.default is None))
+    bound = tpl.bind(t, values)  # a copy; the checks below only read it
+    check_sandbox(bound, defs, settings, skip=bound_inputs(t, lambda p: p.type in tpl.ARTIFACT_TYPES
+                                                           or p.default is None))
     if pool is not None:
-        problems = validate_graph(tpl.bind(t, values), object_info)
+        problems = validate_graph(bound, object_info)
         if problems:
             raise InvalidInput(f"{t.ref} does not validate against the pool's node definitions: "
                                + "; ".join(problems), problems=problems, nodes=node_errors(problems))
@@ -127,7 +128,7 @@ def preview_template(session: Session, pool: Pool | None, name: str, graph: dict
         try:
             pool.check_runnable(needs)
         except MissingCapability as exc:  # the loaders (or model parameters) that name a model no server has
-            exc.extra["nodes"] = node_errors(tpl.model_problems(tpl.bind(t, values), pool.absent_models(needs)))
+            exc.extra["nodes"] = node_errors(tpl.model_problems(bound, pool.absent_models(needs)))
             raise
     base_row = next((r for r in rows if origin and origin == (name, r.version)), rows[-1] if rows else None)
     base = template_from_row(base_row) if base_row is not None and with_diff else None

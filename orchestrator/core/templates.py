@@ -386,8 +386,8 @@ def merge_manifest(origin: dict[str, Any], derived: dict[str, Any], graph: dict[
     The origin's parameters stay while their bound input is still a value of a node in the graph (with the
     value left there as the default, as ``defaults_from_graph``); one whose input a parameter node now feeds,
     or whose node is gone, is dropped, and a parameter node of the same name replaces it (keeping its help when
-    the node has none). The origin's outputs
-    stay while all their nodes are there, else the save nodes' are taken."""
+    the node has none). The origin's outputs stay while all their nodes are there, else the save nodes' are
+    taken."""
     kept = defaults_from_graph(origin, graph)
     titles = nodes_by_title(graph)
     added = {p["name"] for p in derived["parameters"]}
